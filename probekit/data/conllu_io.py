@@ -1,0 +1,353 @@
+"""Read UD CoNLL-U files into :class:`Sentence` records (syntactic words only).
+
+Multiword-token lines (``3-4``) and empty nodes (``8.1``) are not syntactic words and are
+skipped, but a multiword token's surface form is kept so that its words can be found again in
+the sentence text. Every word gets a character span ``[start, end)`` in ``Sentence.text``:
+this is how subwords are aligned to words later (see :mod:`probekit.align`).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import conllu
+import conllu.exceptions
+import conllu.parser
+
+from probekit.errors import DataError
+
+log = logging.getLogger(__name__)
+
+PARSE_CACHE_VERSION = 3
+
+
+@dataclass
+class Sentence:
+    """One sentence of syntactic words with its gold (or silver) annotation.
+
+    All per-word lists have one entry per syntactic word. ``heads`` are 1-based word indices
+    (0 = root), as in CoNLL-U. ``spans[i]`` is the character span of word ``i`` in ``text``.
+    """
+
+    sent_id: str
+    text: str
+    words: list[str]
+    lemmas: list[str]
+    upos: list[str]
+    xpos: list[str]
+    feats: list[dict[str, str]]
+    heads: list[int]
+    deprels: list[str]
+    space_after: list[bool]
+    spans: list[tuple[int, int]] = field(default_factory=list)
+    #: Multiword tokens: (first word index, last word index inclusive, surface form).
+    mwts: list[tuple[int, int, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def __post_init__(self) -> None:
+        if not self.spans:
+            self.spans = compute_spans(self.text, self.words, self.space_after, self.mwts)
+
+    def children(self, i: int) -> list[int]:
+        """0-based indices of the dependents of word ``i`` (0-based)."""
+        return [j for j, h in enumerate(self.heads) if h == i + 1]
+
+    def root(self) -> int | None:
+        """0-based index of the root word, or None when there is none."""
+        for j, h in enumerate(self.heads):
+            if h == 0:
+                return j
+        return None
+
+    @classmethod
+    def from_words(cls, words: list[str], *, sent_id: str = "", space_after: list[bool] | None = None,
+                   upos: list[str] | None = None, **columns) -> "Sentence":
+        """Build a sentence from words alone (other columns default to '_')."""
+        n = len(words)
+        space_after = space_after if space_after is not None else [True] * n
+        text = "".join(w + (" " if sp and i < n - 1 else "") for i, (w, sp) in enumerate(zip(words, space_after)))
+        return cls(sent_id=sent_id, text=text, words=list(words),
+                   lemmas=columns.get("lemmas", ["_"] * n), upos=upos or ["X"] * n,
+                   xpos=columns.get("xpos", ["_"] * n), feats=columns.get("feats", [{} for _ in range(n)]),
+                   heads=columns.get("heads", [0] * n), deprels=columns.get("deprels", ["dep"] * n),
+                   space_after=list(space_after))
+
+
+def text_from_words(words: list[str], space_after: list[bool], mwts: list[tuple[int, int, str]] = ()) -> str:
+    """Rebuild the sentence text from words (or multiword surfaces) and SpaceAfter."""
+    mwt_start = {a: (b, form) for a, b, form in mwts}
+    parts, i, n = [], 0, len(words)
+    while i < n:
+        if i in mwt_start:
+            b, form = mwt_start[i]
+            parts.append(form)
+            i_last = b
+        else:
+            parts.append(words[i])
+            i_last = i
+        if space_after[i_last] and i_last < n - 1:
+            parts.append(" ")
+        i = i_last + 1
+    return "".join(parts)
+
+
+def _split_surface(start: int, surface: str, forms: list[str]) -> list[tuple[int, int]]:
+    """Spans for the words of a multiword token inside its surface form.
+
+    When the words concatenate to the surface (``do`` + ``n't`` = ``don't``), each word keeps its
+    own characters. Otherwise (``del`` = ``de`` + ``el``) the surface is divided in proportion to
+    the word lengths, every word getting at least one character where the surface allows.
+    """
+    spans = []
+    pos = 0
+    low = surface.lower()
+    if low == "".join(forms).lower():
+        for f in forms:
+            spans.append((start + pos, start + pos + len(f)))
+            pos += len(f)
+        return spans
+    total = sum(max(len(f), 1) for f in forms)
+    n = len(surface)
+    for k, f in enumerate(forms):
+        if k == len(forms) - 1:
+            end = n
+        else:
+            end = max(pos + 1, min(n - (len(forms) - k - 1), round(pos + n * max(len(f), 1) / total)))
+        spans.append((start + pos, start + max(end, pos)))
+        pos = max(end, pos)
+    return spans
+
+
+def compute_spans(text: str, words: list[str], space_after: list[bool],
+                  mwts: list[tuple[int, int, str]] = ()) -> list[tuple[int, int]]:
+    """Find each word's character span in ``text``, left to right.
+
+    Raises ``ValueError`` when a word (or multiword surface) cannot be found where expected.
+    """
+    mwt_start = {a: (b, form) for a, b, form in mwts}
+    spans: list[tuple[int, int]] = []
+    pos, i, n = 0, 0, len(words)
+    while i < n:
+        if i in mwt_start:
+            b, surface = mwt_start[i]
+            forms = words[i:b + 1]
+        else:
+            b, surface, forms = i, words[i], None
+        while pos < len(text) and text[pos].isspace() and not surface[:1].isspace():
+            pos += 1
+        if text.startswith(surface, pos):
+            start = pos
+        else:
+            # Tolerate differences of spacing inside a form ("4 / 5" written "4/5" in text etc.)
+            found = text.find(surface, pos)
+            if found < 0 or text[pos:found].strip():
+                raise ValueError(f"word {i + 1} {surface!r} not found in the sentence text at character {pos}: "
+                                 f"{text[pos:pos + 40]!r}")
+            start = found
+        end = start + len(surface)
+        if forms is None:
+            spans.append((start, end))
+        else:
+            spans.extend(_split_surface(start, surface, forms))
+        pos = end
+        i = b + 1
+    return spans
+
+
+def _iter_blocks(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """Yield (first line number, lines) per sentence block, decoding UTF-8 strictly."""
+    block: list[str] = []
+    start = 1
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid UTF-8 ({e.reason} at byte {e.start}). "
+                                "CoNLL-U files must be UTF-8: re-encode the file, e.g. with "
+                                "`iconv -f latin1 -t utf-8`.") from None
+            if not line.strip():
+                if block:
+                    yield start, block
+                block = []
+                start = lineno + 1
+                continue
+            if not block:
+                start = lineno
+            block.append(line)
+    if block:
+        yield start, block
+
+
+def _locate_parse_error(path: Path, start: int, lines: list[str], err: Exception) -> DataError:
+    """Find the line a conllu ParseException came from, by parsing the block line by line."""
+    for off, line in enumerate(lines):
+        if line.startswith("#"):
+            continue
+        try:
+            conllu.parser.parse_line(line, fields=conllu.parser.DEFAULT_FIELDS)
+        except Exception as e:  # noqa: BLE001 - conllu raises several types
+            return DataError(f"{path}:{start + off}: malformed CoNLL-U line ({e}): {line[:80]!r}. "
+                             "Fix the line, or validate the file with UD's validate.py.")
+    return DataError(f"{path}:{start}: malformed CoNLL-U sentence ({err}).")
+
+
+def _parse_block(path: Path, start: int, lines: list[str], index: int) -> Sentence | None:
+    for off, line in enumerate(lines):
+        if not line.startswith("#") and line.count("\t") != 9:
+            raise DataError(f"{path}:{start + off}: expected 10 tab-separated CoNLL-U columns, found "
+                            f"{line.count(chr(9)) + 1} in {line[:80]!r}. Check that the file is CoNLL-U "
+                            "(not CoNLL-X or space-separated) and that no tab is missing.")
+    try:
+        toks = conllu.parse_token_and_metadata("\n".join(lines))
+    except conllu.exceptions.ParseException as e:
+        raise _locate_parse_error(path, start, lines, e) from None
+    meta = toks.metadata
+    words, lemmas, upos, xpos, feats, heads, deprels, space_after = [], [], [], [], [], [], [], []
+    mwts: list[tuple[int, int, str]] = []
+    mwt_nospace: list[int] = []
+    line_of = [start + off for off, line in enumerate(lines) if not line.startswith("#")]
+    for k, t in enumerate(toks):
+        where = f"{path}:{line_of[k] if k < len(line_of) else start}"
+        tid = t["id"]
+        misc = t["misc"] or {}
+        if isinstance(tid, tuple):
+            if tid[1] == "-":
+                mwts.append((tid[0] - 1, tid[2] - 1, t["form"]))
+                if misc.get("SpaceAfter") == "No":
+                    mwt_nospace.append(tid[2] - 1)
+            continue  # multiword token or empty node: not a syntactic word
+        if tid != len(words) + 1:
+            raise DataError(f"{where}: word id {tid} out of sequence (expected {len(words) + 1}). "
+                            "Is a sentence missing its blank separator line?")
+        head = t["head"]
+        if head is not None and not isinstance(head, int):
+            raise DataError(f"{where}: HEAD {head!r} is not an integer.")
+        words.append(t["form"])
+        lemmas.append(t["lemma"])
+        upos.append(t["upos"])
+        xpos.append(t["xpos"] or "_")
+        feats.append(dict(t["feats"] or {}))
+        heads.append(head or 0)
+        deprels.append(t["deprel"])
+        space_after.append(misc.get("SpaceAfter") != "No")
+    if not words:
+        return None
+    for k in mwt_nospace:
+        space_after[k] = False
+    for h_i, h in enumerate(heads):
+        if h > len(words) or h < 0:
+            raise DataError(f"{path}:{start}: sentence {meta.get('sent_id', index)}: word {h_i + 1} has HEAD {h}, "
+                            f"but the sentence has {len(words)} words.")
+    text = meta.get("text") or text_from_words(words, space_after, mwts)
+    sent_id = meta.get("sent_id", f"{path.name}#{index}")
+    try:
+        spans = compute_spans(text, words, space_after, mwts)
+    except ValueError:
+        # The '# text' line disagrees with the words: rebuild the text from the words instead.
+        log.debug("%s:%d: '# text' disagrees with the words; rebuilding text from FORM + SpaceAfter", path, start)
+        text = text_from_words(words, space_after, mwts)
+        spans = compute_spans(text, words, space_after, mwts)
+    return Sentence(sent_id=sent_id, text=text, words=words, lemmas=lemmas, upos=upos, xpos=xpos, feats=feats,
+                    heads=heads, deprels=deprels, space_after=space_after, spans=spans, mwts=mwts)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _parse_file(path: Path) -> list[Sentence]:
+    sents = []
+    for k, (start, lines) in enumerate(_iter_blocks(path)):
+        s = _parse_block(path, start, lines, k)
+        if s is not None:
+            sents.append(s)
+    return sents
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: temporary file in the same folder, fsync, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def read_conllu(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
+                limit: int | None = None) -> list[Sentence]:
+    """Read a CoNLL-U file into sentences of syntactic words.
+
+    Args:
+        path: the ``.conllu`` file.
+        cache_dir: where to keep a parsed copy keyed by the file's sha256 (parsing EWT train takes
+            seconds; loading the cached copy takes a fraction of that). ``None`` disables the cache.
+        limit: keep only the first ``limit`` sentences.
+
+    Raises:
+        DataError: the file is missing, not UTF-8, or malformed; the message names the file and line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"CoNLL-U file not found: {path}. Check the path, or point PROBEKIT_DATA_DIR at the "
+                        "folder that holds the UD treebanks.")
+    sents = None
+    cache_file = None
+    if cache_dir is not None:
+        digest = sha256_file(path)
+        cache_file = Path(cache_dir) / "parsed" / f"{digest}.v{PARSE_CACHE_VERSION}.pkl"
+        if cache_file.is_file():
+            try:
+                with open(cache_file, "rb") as fh:
+                    sents = pickle.load(fh)
+            except Exception:  # a damaged cache entry is recomputed, never trusted
+                log.warning("Parsed-corpus cache %s is unreadable; re-parsing %s", cache_file, path)
+                sents = None
+    if sents is None:
+        sents = _parse_file(path)
+        if cache_file is not None:
+            atomic_write_bytes(cache_file, pickle.dumps(sents, protocol=pickle.HIGHEST_PROTOCOL))
+    if limit is not None:
+        sents = sents[:limit]
+    return sents
+
+
+def _feats_str(f: dict[str, str]) -> str:
+    return "|".join(f"{k}={v}" for k, v in sorted(f.items(), key=lambda kv: kv[0].lower())) or "_"
+
+
+def write_conllu(sentences: Iterable[Sentence], path: str | os.PathLike) -> None:
+    """Write sentences as CoNLL-U (atomically), with ``# sent_id`` and ``# text`` lines."""
+    out = []
+    for s in sentences:
+        out.append(f"# sent_id = {s.sent_id}")
+        out.append(f"# text = {s.text}")
+        for i, w in enumerate(s.words):
+            misc = "_" if s.space_after[i] or i == len(s.words) - 1 else "SpaceAfter=No"
+            out.append("\t".join([str(i + 1), w, s.lemmas[i] or "_", s.upos[i], s.xpos[i] or "_", _feats_str(s.feats[i]),
+                                  str(s.heads[i]), s.deprels[i], "_", misc]))
+        out.append("")
+    atomic_write_bytes(Path(path), ("\n".join(out) + "\n").encode("utf-8"))

