@@ -1,0 +1,99 @@
+"""Shared pytest fixtures: tiny random models (built once per session, offline) and EWT slices.
+
+Model folders are written under a session ``tmp_path_factory`` folder with ``save_pretrained``,
+so ``probekit.models.load_model(str(tiny_bert_dir))`` loads them as local HF folders.
+
+The gold data folder is ``$PROBEKIT_DATA_DIR`` when set, else ``<repo>/../shared/data`` (CI
+clones the repository with ``shared/`` beside it).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import tiny  # noqa: E402  (the helper module beside this file)
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The folder holding ``ud/UD_English-EWT/*.conllu`` (fails clearly when it is missing)."""
+    d = tiny.data_dir()
+    if not (d / "ud" / "UD_English-EWT").is_dir():
+        pytest.fail(f"UD data not found under {d}: put shared/data beside the repository or set PROBEKIT_DATA_DIR.")
+    return d
+
+
+@pytest.fixture(scope="session")
+def ewt_dev_path(data_dir: Path) -> Path:
+    return data_dir / "ud" / "UD_English-EWT" / "en_ewt-ud-dev.conllu"
+
+
+@pytest.fixture(scope="session")
+def ewt_dev(ewt_dev_path: Path):
+    """All 2,001 sentences of EWT dev as ``Sentence`` records."""
+    from probekit.data.conllu_io import read_conllu
+
+    return read_conllu(ewt_dev_path)
+
+
+@pytest.fixture(scope="session")
+def ewt_dev_small(ewt_dev):
+    """The first 40 sentences of EWT dev."""
+    return ewt_dev[:40]
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("tiny_models")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tiny_root: Path) -> Path:
+    """Tiny random BERT (32 wide, 2 layers, 64 positions) + the minilm WordPiece tokenizer."""
+    return tiny.build_tiny_bert(tiny_root / "bert")
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tiny_root: Path) -> Path:
+    """Tiny random GPT-2 (32 wide, 2 layers, 64 positions) + a byte-level BPE GPT2TokenizerFast."""
+    return tiny.build_tiny_gpt2(tiny_root / "gpt2")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tiny_root: Path) -> Path:
+    """Tiny random Llama (32 wide, 2 layers, 64 positions) + a BOS-adding byte-level BPE tokenizer."""
+    return tiny.build_tiny_llama(tiny_root / "llama")
+
+
+def _load_tokenizer(folder: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder, use_fast=True)
+
+
+@pytest.fixture(scope="session")
+def bert_tokenizer(tiny_bert_dir: Path):
+    """The tiny BERT's tokenizer as ``AutoTokenizer`` loads it (BertTokenizerFast, WordPiece)."""
+    return _load_tokenizer(tiny_bert_dir)
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer(tiny_gpt2_dir: Path):
+    """The tiny GPT-2's tokenizer as ``AutoTokenizer`` loads it (GPT2TokenizerFast, byte-level BPE)."""
+    return _load_tokenizer(tiny_gpt2_dir)
+
+
+@pytest.fixture(scope="session")
+def llama_tokenizer(tiny_llama_dir: Path):
+    """The tiny Llama's tokenizer as ``AutoTokenizer`` loads it (PreTrainedTokenizerFast, BOS by post-processor)."""
+    return _load_tokenizer(tiny_llama_dir)
+
+
+@pytest.fixture(scope="session")
+def minilm_tokenizer():
+    """The real packaged all-MiniLM-L6-v2 tokenizer (tokenizer only: fast to load)."""
+    return _load_tokenizer(tiny.minilm_dir())
