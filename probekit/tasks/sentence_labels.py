@@ -20,7 +20,7 @@ from probekit.tasks.base import register_label_fn
 #: Relations by which a function word carrying the clause's finiteness hangs off the predicate.
 FINITE_CARRIER_RELS = {"aux", "aux:pass", "cop"}
 SUBJECT_RELS = {"nsubj", "nsubj:pass"}
-PASSIVE_DEP_RELS = {"aux:pass", "nsubj:pass", "csubj:pass"}
+PASSIVE_DEP_RELS = {"aux:pass", "nsubj:pass", "csubj:pass", "obl:agent"}
 TENSES = ("Past", "Pres")
 NUMBERS = ("Sing", "Plur")
 #: Default upper bin edges (inclusive) of ``sentence_length``: 1-4, 5-8, 9-13, 14-19, 20-27, 28+.
@@ -92,8 +92,8 @@ def subject_number(s: Sentence) -> str | None:
 def voice(s: Sentence) -> str | None:
     """``passive`` or ``active`` voice of the main clause.
 
-    passive = the root has an aux:pass, nsubj:pass or csubj:pass dependent, or the root itself
-    has Voice=Pass (e.g. headline passives "Man arrested"); active = otherwise, when the root
+    passive = the root has an aux:pass, nsubj:pass, csubj:pass or obl:agent dependent, or the
+    root itself has Voice=Pass (e.g. headline passives "Man arrested"); active = otherwise, when the root
     has UPOS VERB. Undefined (None) for any other root: copular and nominal predicates ("She is
     happy", root ADJ), fragments ("Thanks!"), roots that are AUX in elliptical clauses.
     """
