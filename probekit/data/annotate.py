@@ -329,7 +329,8 @@ def _span_to_sentence(span: "Span | Doc", *, sent_id: str, convert: bool = True)
         heads, deprels = clear_to_ud(upos, lemmas, heads, deps)
     else:
         deprels = ["root" if h < 0 else d for d, h in zip(deps, heads)]
-    space_after = [spans[k][1] < spans[k + 1][0] for k in range(len(toks) - 1)] + [False]
+    # the last word gets True, as read_conllu gives a final word without SpaceAfter=No (UD's usual case)
+    space_after = [spans[k][1] < spans[k + 1][0] for k in range(len(toks) - 1)] + [True]
     return Sentence(sent_id=sent_id, text=text, words=[t.text for t in toks], lemmas=lemmas, upos=upos,
                     xpos=[t.tag_ or "_" for t in toks], feats=[dict(t.morph.to_dict()) for t in toks],
                     heads=[h + 1 for h in heads], deprels=deprels, space_after=space_after, spans=spans)
