@@ -59,13 +59,15 @@ def agreement(task, gold: Sequence, silver: Sequence) -> dict:
     g, s, silver_only = _pairs(task, gold, silver)
     g_arr, s_arr = np.asarray(g, dtype=object), np.asarray(s, dtype=object)
     n = len(g)
+    present = [lab for lab in task.labels if lab in set(g)]
+    per_label = f1_score(g, s, labels=present, average=None, zero_division=0) if n else []
     return {
         "task": task.name, "level": task.level, "task_version": task.version, "n": n,
         "coverage": float(np.mean(s_arr != UNDEF)) if n else float("nan"),
         "accuracy": float(np.mean(g_arr == s_arr)) if n else float("nan"),
-        "macro_f1": float(f1_score(g, s, labels=[lab for lab in task.labels if lab in set(g)], average="macro",
-                                   zero_division=0)) if n else float("nan"),
+        "macro_f1": float(np.mean(per_label)) if n else float("nan"),
         "silver_only": int(silver_only),
+        "per_label_f1": {lab: float(f) for lab, f in zip(present, per_label)},
     }
 
 
@@ -119,6 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for r in rows:
         out.write(f"| {r['task']} | {r['level']} | {r['n']} | {r['coverage']:.3f} | {r['accuracy']:.3f} | "
                   f"{r['macro_f1']:.3f} | {r['silver_only']} |\n")
+    out.write("\n| task | per-label F1 |\n|---|---|\n")
+    for r in rows:
+        if len(r["per_label_f1"]) <= 6:
+            out.write(f"| {r['task']} | " + ", ".join(f"{k} {v:.3f}" for k, v in r["per_label_f1"].items()) + " |\n")
     out.write("\n| trees | UAS | LAS | LAS (base labels) |\n|---|---:|---:|---:|\n")
     out.write(f"| converted to UD | {att['UAS']:.3f} | {att['LAS']:.3f} | {att['LAS_base']:.3f} |\n")
     out.write(f"| spaCy unconverted (ClearNLP) | {att_raw['UAS']:.3f} | {att_raw['LAS']:.3f} | "
