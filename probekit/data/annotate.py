@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 from probekit.data.conllu_io import Sentence, write_conllu
-from probekit.errors import ConfigError, DataError, ModelError
+from probekit.errors import ConfigError, DataError, ModelError, unknown_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from spacy.language import Language
@@ -338,8 +338,6 @@ def _span_to_sentence(span: "Span | Doc", *, sent_id: str, convert: bool = True)
 
 def _check_mode(mode: str) -> None:
     if mode not in MODES:
-        from probekit.errors import unknown_name
-
         raise unknown_name("annotation mode", mode, MODES, ConfigError,
                            hint="'lines' = one sentence per non-empty line; 'paragraphs' = spaCy splits sentences.")
 
