@@ -204,16 +204,14 @@ def token_starts_in_words(text: str, spans, offsets) -> list[int]:
     A token that starts in whitespace outside every word counts for the first word it overlaps.
     Written independently of :mod:`probekit.align` to check it.
     """
+    char_word = [-1] * len(text)
+    for k in reversed(range(len(spans))):  # the first word wins where spans overlap
+        x, y = spans[k]
+        char_word[x:y] = [k] * (y - x)
     owner = []
     for a, b in offsets:
         chars = [c for c in range(a, b) if not text[c].isspace()] or list(range(a, b))
-        w = -1
-        for c in chars:
-            hit = [k for k, (x, y) in enumerate(spans) if x <= c < y]
-            if hit:
-                w = hit[0]
-                break
-        owner.append(w)
+        owner.append(next((char_word[c] for c in chars if char_word[c] >= 0), -1))
     return owner
 
 
