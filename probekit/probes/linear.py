@@ -1,0 +1,302 @@
+"""Multinomial logistic-regression probes, trained for many layers at once.
+
+The trainer solves one L2-regularised multinomial logistic regression per layer, all layers as
+one batched problem on ``[layer, word, d_model]`` tensors:
+
+* features are standardised per layer (mean 0, variance 1 on train), which makes the problem
+  well conditioned;
+* L-BFGS with per-layer history, per-layer Armijo backtracking and per-layer convergence
+  checks (a converged layer stops moving while the others go on);
+* the regularisation path (strongest first) is warm-started, and the strength is chosen per layer
+  on dev accuracy;
+* float32, on the GPU when there is one.
+
+The objective per layer is ``mean_i CE(x_i W + b, y_i) + ||W||² / (2 C N)``, i.e. exactly
+scikit-learn's ``LogisticRegression(C=C)`` objective divided by ``C N``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CS = (0.01, 0.1, 1.0)
+
+
+def _device(device: str | None) -> str:
+    import torch
+
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class _Problem:
+    """Batched objective: G independent multinomial LR problems sharing labels."""
+
+    def __init__(self, X, y, n_classes: int, l2):
+        import torch
+
+        self.X = X  # [G, N, d] float32, standardised
+        self.y = y  # [N] long
+        self.G, self.N, self.d = X.shape
+        self.C = n_classes
+        self.l2 = l2  # [G]
+        self.onehot = torch.zeros(self.N, self.C, dtype=X.dtype, device=X.device)
+        self.onehot[torch.arange(self.N, device=X.device), y] = 1.0
+
+    def split(self, p):
+        d, C = self.d, self.C
+        return p[:, :d * C].view(self.G, d, C), p[:, d * C:]
+
+    def loss_grad(self, p):
+        """p: [G, d*C + C] -> (loss [G], grad [G, d*C + C])."""
+        import torch
+
+        W, b = self.split(p)
+        logits = torch.baddbmm(b.unsqueeze(1), self.X, W)  # [G, N, C]
+        lse = torch.logsumexp(logits, dim=2)  # [G, N]
+        true = (logits * self.onehot).sum(2)
+        loss = (lse - true).mean(1) + 0.5 * self.l2 * (W * W).sum((1, 2))
+        R = torch.softmax(logits, dim=2).sub_(self.onehot).div_(self.N)  # [G, N, C]
+        gW = torch.bmm(self.X.transpose(1, 2), R) + self.l2.view(-1, 1, 1) * W
+        gb = R.sum(1)
+        return loss, torch.cat([gW.reshape(self.G, -1), gb], dim=1)
+
+    def loss(self, p):
+        import torch
+
+        W, b = self.split(p)
+        logits = torch.baddbmm(b.unsqueeze(1), self.X, W)
+        lse = torch.logsumexp(logits, dim=2)
+        true = (logits * self.onehot).sum(2)
+        return (lse - true).mean(1) + 0.5 * self.l2 * (W * W).sum((1, 2))
+
+
+def batched_lbfgs(problem: _Problem, p0, *, max_iter: int = 100, tol: float = 1e-4, history: int = 10,
+                  ftol: float = 1e-7):
+    """Minimise G independent smooth objectives with L-BFGS; returns (params, iterations per problem).
+
+    Converged problems (max |grad| <= tol, or relative decrease < ftol) are frozen.
+    """
+    import torch
+
+    p = p0.clone()
+    G, n = p.shape
+    f, g = problem.loss_grad(p)
+    S = torch.zeros(history, G, n, dtype=p.dtype, device=p.device)
+    Yh = torch.zeros_like(S)
+    rho = torch.zeros(history, G, dtype=p.dtype, device=p.device)
+    k_hist = 0
+    active = g.abs().amax(1) > tol
+    iters = torch.zeros(G, dtype=torch.long, device=p.device)
+    for it in range(max_iter):
+        if not bool(active.any()):
+            break
+        # two-loop recursion, batched
+        q = g.clone()
+        m = min(k_hist, history)
+        alphas = []
+        for j in range(m):
+            idx = (k_hist - 1 - j) % history
+            a = rho[idx] * (S[idx] * q).sum(1)
+            q -= a.unsqueeze(1) * Yh[idx]
+            alphas.append((idx, a))
+        if m:
+            idx = (k_hist - 1) % history
+            gamma = (S[idx] * Yh[idx]).sum(1) / (Yh[idx] * Yh[idx]).sum(1).clamp_min(1e-20)
+            q *= gamma.unsqueeze(1)
+        else:
+            q /= g.abs().sum(1, keepdim=True).clamp_min(1e-12) / 1.0
+        for idx, a in reversed(alphas):
+            bcoef = rho[idx] * (Yh[idx] * q).sum(1)
+            q += (a - bcoef).unsqueeze(1) * S[idx]
+        direction = -q
+        gd = (g * direction).sum(1)
+        bad = gd >= 0  # not a descent direction: fall back to steepest descent
+        if bool(bad.any()):
+            direction[bad] = -g[bad]
+            gd = (g * direction).sum(1)
+        # per-problem Armijo backtracking; the loss and gradient at the trial point come from one
+        # evaluation, so an accepted unit step (the usual case) costs a single pass over the data
+        t = torch.ones(G, dtype=p.dtype, device=p.device)
+        accepted = ~active
+        p_new, f2, g_new = p.clone(), f.clone(), g.clone()
+        for _ in range(20):
+            trial = p + t.unsqueeze(1) * direction
+            ft, gt = problem.loss_grad(trial)
+            ok = (ft <= f + 1e-4 * t * gd) & ~accepted
+            p_new = torch.where(ok.unsqueeze(1), trial, p_new)
+            f2 = torch.where(ok, ft, f2)
+            g_new = torch.where(ok.unsqueeze(1), gt, g_new)
+            accepted = accepted | ok
+            if bool(accepted.all()):
+                break
+            t = torch.where(accepted, t, t * 0.5)
+        step_ok = accepted & active
+        s = torch.where(step_ok.unsqueeze(1), p_new - p, torch.zeros_like(p))
+        ycur = g_new - g
+        sy = (s * ycur).sum(1)
+        good = step_ok & (sy > 1e-10)
+        slot = k_hist % history
+        S[slot] = torch.where(good.unsqueeze(1), s, S[slot])
+        Yh[slot] = torch.where(good.unsqueeze(1), ycur, Yh[slot])
+        rho[slot] = torch.where(good, 1.0 / sy.clamp_min(1e-20), rho[slot])
+        # Problems that skipped the update keep old slot content; harmless in practice.
+        k_hist += 1
+        rel = (f - f2).abs() / torch.maximum(f.abs(), f2.abs()).clamp_min(1.0)
+        iters += active.long()
+        p = torch.where(step_ok.unsqueeze(1), p_new, p)
+        g = torch.where(step_ok.unsqueeze(1), g_new, g)
+        f = torch.where(step_ok, f2, f)
+        active = active & step_ok & (g.abs().amax(1) > tol) & (rel > ftol)
+    return p, iters
+
+
+@dataclass
+class LayerFit:
+    """What a trained per-layer probe keeps (arrays are numpy, float32)."""
+
+    layer: int
+    C: float
+    coef: np.ndarray  # [d, n_classes], in standardised space
+    intercept: np.ndarray  # [n_classes]
+    mean: np.ndarray  # [d]
+    scale: np.ndarray  # [d]
+    iterations: int
+    dev_accuracy: float | None = None
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        return ((X - self.mean) / self.scale) @ self.coef + self.intercept
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        z = self.decision_function(X)
+        z -= z.max(1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(1, keepdims=True)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.decision_function(X).argmax(1)
+
+    @property
+    def n_params(self) -> int:
+        return int(self.coef.size + self.intercept.size)
+
+
+def fit_layers(X_train: np.ndarray, y_train: np.ndarray, *, n_classes: int, Cs=DEFAULT_CS,
+               X_dev: np.ndarray | None = None, y_dev: np.ndarray | None = None, layers: list[int] | None = None,
+               max_iter: int = 100, tol: float = 1e-4, device: str | None = None, seed: int = 0,
+               warm_subsample: int = 8192) -> list[LayerFit]:
+    """Fit one probe per layer on ``X_train: [layer, word, d_model]`` with labels ``y_train: [word]``.
+
+    With several ``Cs`` the path runs strongest regularisation first, warm-starting each next
+    strength, and each layer keeps the C with the best dev accuracy (ties -> stronger
+    regularisation). Without dev data, the last C is used.
+    """
+    import torch
+
+    dev = _device(device)
+    G, N, d = X_train.shape
+    layers = list(range(G)) if layers is None else list(layers)
+    torch.manual_seed(seed)
+    Xt = torch.as_tensor(np.ascontiguousarray(X_train), dtype=torch.float32, device=dev)
+    mean = Xt.mean(1, keepdim=True)
+    scale = Xt.std(1, keepdim=True).clamp_min(1e-6)
+    Xt.sub_(mean).div_(scale)
+    yt = torch.as_tensor(y_train, dtype=torch.long, device=dev)
+    Xd = yd = None
+    if X_dev is not None and y_dev is not None and len(Cs) > 1:
+        Xd = torch.as_tensor(np.ascontiguousarray(X_dev), dtype=torch.float32, device=dev).sub_(mean).div_(scale)
+        yd = torch.as_tensor(y_dev, dtype=torch.long, device=dev)
+    Cs = sorted(Cs)
+    p = torch.zeros(G, d * n_classes + n_classes, dtype=torch.float32, device=dev)
+    # initialise the bias at the log class prior: the optimum for all-zero weights
+    prior = torch.bincount(yt, minlength=n_classes).float() + 1e-3
+    p[:, d * n_classes:] = torch.log(prior / prior.sum())
+    best = [None] * G
+    best_acc = torch.full((G,), -1.0)
+    if N >= 4 * warm_subsample > 0:
+        # Warm start: solve on a random subsample first (cheap iterations), then polish on all data.
+        gen = torch.Generator().manual_seed(seed)
+        sub = torch.randperm(N, generator=gen)[:warm_subsample].to(dev)
+        l2s = torch.full((G,), 1.0 / (Cs[0] * len(sub)), dtype=torch.float32, device=dev)
+        p, _ = batched_lbfgs(_Problem(Xt[:, sub], yt[sub], n_classes, l2s), p, max_iter=max_iter, tol=tol)
+    for C in Cs:
+        l2 = torch.full((G,), 1.0 / (C * N), dtype=torch.float32, device=dev)
+        prob = _Problem(Xt, yt, n_classes, l2)
+        p, iters = batched_lbfgs(prob, p, max_iter=max_iter, tol=tol)
+        W, b = prob.split(p)
+        if Xd is not None:
+            acc = (torch.baddbmm(b.unsqueeze(1), Xd, W).argmax(2) == yd).float().mean(1).cpu()
+        else:
+            acc = torch.zeros(G)
+        for g_ in range(G):
+            if best[g_] is None or acc[g_] > best_acc[g_] + 1e-12:
+                best_acc[g_] = acc[g_]
+                best[g_] = (C, W[g_].detach().cpu().numpy().copy(), b[g_].detach().cpu().numpy().copy(),
+                            int(iters[g_]))
+        log.debug("C=%g iterations per layer %s", C, iters.tolist())
+    m = mean.squeeze(1).cpu().numpy()
+    s = scale.squeeze(1).cpu().numpy()
+    return [LayerFit(layer=layers[g_], C=best[g_][0], coef=best[g_][1], intercept=best[g_][2], mean=m[g_],
+                     scale=s[g_], iterations=best[g_][3],
+                     dev_accuracy=float(best_acc[g_]) if Xd is not None else None) for g_ in range(G)]
+
+
+class LinearProbe:
+    """A single-layer multinomial logistic-regression probe with scikit-learn's estimator contract.
+
+    Args:
+        C: inverse regularisation strength (as in scikit-learn), or a tuple of candidates chosen on
+            the ``X_dev``/``y_dev`` passed to :meth:`fit`.
+        max_iter, tol: L-BFGS limits (per fit).
+        device: ``cpu``/``cuda``; default CUDA when available.
+    """
+
+    def __init__(self, C=1.0, *, max_iter: int = 100, tol: float = 1e-4, device: str | None = None,
+                 random_state: int = 0):
+        self.C = C
+        self.max_iter = max_iter
+        self.tol = tol
+        self.device = device
+        self.random_state = random_state
+
+    def fit(self, X, y, X_dev=None, y_dev=None):
+        X = np.asarray(X, dtype=np.float32)
+        y = np.asarray(y)
+        self.classes_, y_idx = np.unique(y, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise ValueError(f"Need at least 2 classes in y to fit a probe, got {self.classes_.tolist()}.")
+        Cs = tuple(self.C) if isinstance(self.C, (tuple, list)) else (self.C,)
+        ydev_idx = None
+        if X_dev is not None:
+            lookup = {c: i for i, c in enumerate(self.classes_)}
+            ydev_idx = np.array([lookup.get(v, -1) for v in np.asarray(y_dev)])
+            keep = ydev_idx >= 0
+            X_dev, ydev_idx = np.asarray(X_dev, dtype=np.float32)[keep][None], ydev_idx[keep]
+        fit = fit_layers(X[None], y_idx, n_classes=len(self.classes_), Cs=Cs, X_dev=X_dev, y_dev=ydev_idx,
+                         max_iter=self.max_iter, tol=self.tol, device=self.device, seed=self.random_state)[0]
+        self.fit_ = fit
+        self.C_ = fit.C
+        self.coef_ = (fit.coef / fit.scale[:, None]).T  # [n_classes, d] in raw feature space, as sklearn
+        self.intercept_ = fit.intercept - (fit.mean / fit.scale) @ fit.coef
+        self.n_iter_ = np.array([fit.iterations])
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def decision_function(self, X):
+        return np.asarray(X, dtype=np.float32) @ self.coef_.T + self.intercept_
+
+    def predict_proba(self, X):
+        z = self.decision_function(X)
+        z = z - z.max(1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(1, keepdims=True)
+
+    def predict(self, X):
+        return self.classes_[self.decision_function(X).argmax(1)]
+
+    def score(self, X, y):
+        return float((self.predict(X) == np.asarray(y)).mean())
