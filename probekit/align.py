@@ -189,18 +189,16 @@ def special_layout(tokenizer, *, prepend_bos: bool = False) -> tuple[list[int], 
 
     With ``prepend_bos`` a BOS token is put first when the tokenizer defines one and does not add it.
     """
-    probe = [tokenizer.convert_tokens_to_ids(tokenizer.unk_token)] if tokenizer.unk_token else [0]
-    sentinel = -12345
-    try:
-        built = tokenizer.build_inputs_with_special_tokens([sentinel])
-    except Exception:  # noqa: BLE001 - some tokenizers reject foreign ids
-        built = [sentinel]
-    del probe
-    if sentinel in built:
-        k = built.index(sentinel)
-        prefix, suffix = list(built[:k]), list(built[k + 1:])
-    else:
-        prefix, suffix = [], []
+    # Ask the tokenizer itself: encode a probe text with and without special tokens and find the
+    # content inside (build_inputs_with_special_tokens is not overridden by every fast tokenizer,
+    # e.g. Llama-3-style ones whose post-processor adds the BOS).
+    probe = "a b"
+    content = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    full = tokenizer(probe, add_special_tokens=True)["input_ids"]
+    k = next((i for i in range(len(full) - len(content) + 1) if full[i:i + len(content)] == content), None)
+    if k is None or not content:
+        raise ModelError(f"Cannot find where {type(tokenizer).__name__} puts its special tokens ({full}).")
+    prefix, suffix = list(full[:k]), list(full[k + len(content):])
     bos = tokenizer.bos_token_id
     if prepend_bos and bos is not None and (not prefix or prefix[0] != bos):
         prefix = [bos] + prefix

@@ -211,9 +211,6 @@ def test_special_layout_gpt2(gpt2_tokenizer):
     assert special_layout(gpt2_tokenizer, prepend_bos=True) == ([eot], [])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "probekit.align.special_layout asks build_inputs_with_special_tokens, which a plain PreTrainedTokenizerFast "
-    "(Llama-3 style) does not override: the BOS its post-processor adds is missed. Fix proposed in the tests report."))
 def test_special_layout_llama_bos_from_post_processor(llama_tokenizer):
     bos = llama_tokenizer.bos_token_id
     ids = llama_tokenizer("a dog")["input_ids"]

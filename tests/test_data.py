@@ -356,9 +356,6 @@ def test_unreachable_server_is_a_data_error_naming_the_url(env):
     assert not folder.exists() or list(folder.iterdir()) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "locate() only logs the local places it looked before downloading; the DataError raised when the download "
-    "fails names the URL but not those folders. Fix proposed in the tests report."))
 def test_unreachable_server_error_also_names_local_places(env, tmp_path):
     url = f"http://127.0.0.1:{_closed_port()}/{{file}}"
     with pytest.raises(DataError) as info:

@@ -58,10 +58,6 @@ def smollm2_tokenizer():
     return load_model("smollm2-135m", device="cpu").tokenizer
 
 
-_LAYOUT_BUG = pytest.mark.xfail(strict=True, reason=(
-    "special_layout misses the BOS that a plain PreTrainedTokenizerFast (Llama-3 style) adds in its post-processor; "
-    "see test_align.py::test_special_layout_llama_bos_from_post_processor"))
-
 TOKENIZERS = [
     pytest.param("tiny-bert", id="tiny-bert"),
     pytest.param("tiny-gpt2", id="tiny-gpt2"),
@@ -85,7 +81,7 @@ def tok(request):
 def _layout_params():
     out = []
     for p in TOKENIZERS:
-        marks = list(p.marks) + ([_LAYOUT_BUG] if p.values[0] == "tiny-llama" else [])
+        marks = list(p.marks)
         out.append(pytest.param(p.values[0], id=p.id, marks=marks))
     return out
 

@@ -133,7 +133,11 @@ def locate(name: str, split: str, *, data_dir: str | os.PathLike | None = None, 
     dest = cache / "ud" / spec.repo / fname
     log.info("%s not found locally (looked in %s); downloading release %s", fname,
              ", ".join(str(p) for p in looked), spec.tag)
-    return download_file(url, dest, sha)
+    try:
+        return download_file(url, dest, sha)
+    except DataError as e:
+        raise DataError(f"{spec.description}: split {split!r} ({fname}) not found locally (looked in: "
+                        + ", ".join(str(p) for p in looked) + f") and the download failed. {e}") from None
 
 
 def load_split(name: str, split: str, *, data_dir: str | os.PathLike | None = None, limit: int | None = None,

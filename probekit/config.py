@@ -1,0 +1,159 @@
+"""Experiment configuration: a dataclass with help text, read from YAML, overridden from the CLI.
+
+Settings are resolved in one place (:func:`resolve_config`): CLI overrides > YAML file > defaults.
+Unknown keys are errors with a "did you mean" suggestion, never silently ignored.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from probekit.errors import ConfigError, unknown_name
+
+PROBES = ("linear", "mlp1", "mlp2")
+SPLIT_NAMES = ("train", "dev", "test")
+
+
+def _help(default, text: str, **kw):
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": text}, **kw)
+    return field(default=default, metadata={"help": text}, **kw)
+
+
+@dataclass
+class ExperimentConfig:
+    """One probing experiment: models × tasks × probes × seeds on one dataset."""
+
+    name: str = _help("experiment", "Experiment name; results go to <results_dir>/<name>/.")
+    models: list = _help(["minilm"], "Model aliases, local folders, .gguf files or HF ids (NAME@random[:SEED] "
+                                     "for a random-weights model).")
+    dataset: str = _help("ud_ewt", "Dataset name (ud_ewt, ud_pud) or a folder/file of CoNLL-U for 'conllu'.")
+    data_dir: str | None = _help(None, "Folder holding the treebanks (else $PROBEKIT_DATA_DIR, the cache, download).")
+    splits: dict = _help({"train": "train", "dev": "dev", "test": "test"},
+                         "Which dataset split plays train / dev / test (ud_pud has only test).")
+    files: dict = _help({}, "For dataset 'conllu': paths of the train/dev/test CoNLL-U files.")
+    limit: dict = _help({}, "Maximum number of sentences per split, e.g. {train: 2000}; empty = all.")
+    tasks: list = _help(["aux_verb", "subject", "syntactic_role", "upos"], "Task names (see `probekit tasks`).")
+    probes: list = _help(["linear"], f"Probe types: {', '.join(PROBES)}.")
+    seeds: list = _help([0], "Seeds; the table reports the mean and a 95% CI over them.")
+    layers: list | None = _help(None, "Layers to probe (0 = embedding output); default all.")
+    word_pooling: str | None = _help(None, "first / last / mean over a word's subwords (default: first for "
+                                           "encoders, last for decoders).")
+    sentence_poolings: list = _help(["cls", "mean", "last"], "Sentence vectors probed for sentence-level tasks.")
+    Cs: list = _help([0.01, 0.1, 1.0], "Inverse L2 strengths tried for linear probes; chosen per layer on dev.")
+    control_tasks: bool = _help(True, "Also train every probe on a control task (Hewitt & Liang 2019) and report "
+                                      "selectivity.")
+    mdl: bool = _help(True, "Report MDL online codelength per layer (Voita & Titov 2020).")
+    random_baseline: bool = _help(True, "Also probe each model with re-initialised weights (NAME@random).")
+    mlp: dict = _help({}, "MLP probe settings: hidden, dropout, weight_decay, lr, max_epochs, batch_size.")
+    dtype: str = _help("float16", "On-disk dtype of the activation store (float16 or float32).")
+    batch_tokens: int | None = _help(None, "Token budget of one forward batch (default 4096 on CPU, 16384 on GPU).")
+    device: str | None = _help(None, "cpu, cuda, cuda:1 ... (default: CUDA when available).")
+    store_dir: str | None = _help(None, "Where activation stores live (default $PROBEKIT_STORE_DIR or the cache).")
+    results_dir: str = _help("results", "Folder holding one sub-folder per experiment.")
+    strict: bool = _help(False, "Stop on a damaged store file instead of recomputing it.")
+    baselines: dict | None = _help(None, "Fine-tuning / lightweight-tuning baselines (see docs/baselines.md).")
+    figures: list = _help(["pdf", "png"], "Figure formats (pdf, png, svg).")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.models, str):
+            self.models = [self.models]
+        if not self.models:
+            raise ConfigError("Config 'models' is empty: name at least one model (e.g. minilm).")
+        if not self.tasks:
+            raise ConfigError("Config 'tasks' is empty: name at least one task (see `probekit tasks`).")
+        for p in self.probes:
+            if p not in PROBES:
+                raise unknown_name("probe", p, PROBES)
+        for k in self.splits:
+            if k not in SPLIT_NAMES:
+                raise unknown_name("split role", k, SPLIT_NAMES)
+        for k in self.limit:
+            if k not in SPLIT_NAMES:
+                raise unknown_name("split role in 'limit'", k, SPLIT_NAMES)
+        if not self.seeds or not all(isinstance(s, int) for s in self.seeds):
+            raise ConfigError(f"Config 'seeds' must be a non-empty list of integers, got {self.seeds!r}.")
+        if self.dtype not in ("float16", "float32"):
+            raise unknown_name("store dtype", self.dtype, ("float16", "float32"))
+        if not self.Cs or any(float(c) <= 0 for c in self.Cs):
+            raise ConfigError(f"Config 'Cs' must be positive numbers, got {self.Cs!r}.")
+        for f in self.figures:
+            if f not in ("pdf", "png", "svg"):
+                raise unknown_name("figure format", f, ("pdf", "png", "svg"))
+        from probekit.align import SENTENCE_POOLINGS, check_pooling
+        if self.word_pooling is not None:
+            check_pooling(self.word_pooling)
+        for sp in self.sentence_poolings:
+            if sp not in SENTENCE_POOLINGS:
+                raise unknown_name("sentence pooling", sp, SENTENCE_POOLINGS)
+
+    # ------------------------------------------------------------------ I/O
+    @classmethod
+    def from_dict(cls, d: dict, *, source: str = "config") -> "ExperimentConfig":
+        d = dict(d)
+        if "model" in d:  # singular alias
+            m = d.pop("model")
+            d.setdefault("models", [m] if isinstance(m, str) else m)
+        names = {f.name for f in fields(cls)}
+        for k in d:
+            if k not in names:
+                raise unknown_name("config key", k, names, ConfigError, hint=f"(in {source})")
+        return cls(**d)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "ExperimentConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"Config file not found: {path}. Shipped configs are in configs/.")
+        try:
+            d = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML ({e}).") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start}).") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"{path}: a config must be a YAML mapping of keys to values.")
+        return cls.from_dict(d, source=str(path))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def replace(self, **changes) -> "ExperimentConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def help_table() -> list[tuple[str, str, str]]:
+    return [(f.name, repr(f.default if f.default is not dataclasses.MISSING else f.default_factory()),
+             f.metadata.get("help", "")) for f in fields(ExperimentConfig)]
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``key=value`` with the value parsed as YAML (``seeds=[0,1]``, ``limit={train: 100}``)."""
+    if "=" not in item:
+        raise ConfigError(f"Override {item!r} must look like key=value (e.g. seeds=[0,1,2]).")
+    k, v = item.split("=", 1)
+    try:
+        return k.strip(), yaml.safe_load(v)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"Override {item!r}: value is not valid YAML ({e}).") from None
+
+
+def resolve_config(path: str | Path | None = None, overrides: dict | None = None) -> ExperimentConfig:
+    """CLI overrides > YAML file > defaults, merged here and nowhere else."""
+    base = {}
+    source = "defaults"
+    if path is not None:
+        cfg = ExperimentConfig.from_yaml(path)
+        base = cfg.to_dict()
+        source = str(path)
+    for k, v in (overrides or {}).items():
+        if v is not None:
+            base[k] = v
+    return ExperimentConfig.from_dict(base, source=source)
