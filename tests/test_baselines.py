@@ -539,3 +539,40 @@ def test_smollm2_supported(method):
     grads = [p.grad for n, p in built.tagger.named_parameters() if p.requires_grad and not n.startswith("head.")]
     assert grads and all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
     assert built.trainable_fraction < 0.05
+
+
+# ------------------------------------------------------------------------------------------ configs and runner
+
+@pytest.mark.parametrize("name", ["baselines.yaml", "baselines_decoder.yaml"])
+def test_shipped_configs_are_valid(name):
+    from pathlib import Path
+
+    from probekit.config import ExperimentConfig
+
+    exp = ExperimentConfig.from_yaml(Path(__file__).resolve().parents[1] / "configs" / name)
+    cfg = BaselineConfig.from_dict(exp.baselines)
+    assert set(cfg.methods) == set(METHODS)
+    assert set(exp.tasks) == {"aux_verb", "subject"}
+    for m in cfg.methods:
+        assert cfg.resolved(m).lr > 0
+
+
+def test_run_config_end_to_end(tmp_path, tiny_bert_dir):
+    from probekit.baselines.runner import run_config, summary_table
+    from probekit.data.conllu_io import write_conllu
+
+    files = {}
+    for role, (n, off) in {"train": (8, 0), "dev": (4, 1), "test": (5, 2)}.items():
+        files[role] = str(tmp_path / f"{role}.conllu")
+        write_conllu(make_sentences(n, off), files[role])
+    exp = {"name": "tiny", "models": [str(tiny_bert_dir)], "dataset": "conllu", "files": files,
+           "tasks": ["aux_verb"], "seeds": [0, 1], "device": "cpu",
+           "baselines": {**QUICK, "methods": ["lora", "prompt_tuning"]}}
+    out = tmp_path / "res"
+    rows = run_config(exp, results_dir=out)
+    assert len({(r["method"], r["seed"]) for r in rows}) == 4
+    assert (out / "baseline_rows.csv").is_file() and len(list((out / "runs").glob("*.json"))) == 4
+    table = summary_table(rows)
+    assert "lora" in table and "prompt_tuning" in table
+    with pytest.raises(ConfigError, match="no 'baselines' section"):
+        run_config({k: v for k, v in exp.items() if k != "baselines"}, results_dir=out)

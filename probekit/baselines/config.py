@@ -122,12 +122,12 @@ class BaselineConfig:
         "Bottleneck adapter reduction factor: bottleneck width = hidden size / this."))
     adapter_non_linearity: str = field(default="swish", metadata=_h(
         "Bottleneck adapter activation: " + ", ".join(NON_LINEARITIES) + "."))
-    prefix_length: int = field(default=20, metadata=_h("Prefix tuning: number of prefix positions per layer."))
+    prefix_length: int = field(default=10, metadata=_h("Prefix tuning: number of prefix positions per layer."))
     prefix_bottleneck: int = field(default=512, metadata=_h(
         "Prefix tuning: width of the reparameterisation MLP (trained, counted as trainable)."))
     prefix_flat: bool = field(default=False, metadata=_h(
         "Prefix tuning: learn the prefixes directly instead of through the reparameterisation MLP."))
-    prompt_length: int = field(default=20, metadata=_h("Prompt tuning: number of soft-prompt vectors."))
+    prompt_length: int = field(default=10, metadata=_h("Prompt tuning: number of soft-prompt vectors."))
     prompt_init: str = field(default="vocab", metadata=_h(
         "Prompt tuning initialisation: vocab (embeddings of random vocabulary tokens) or random_uniform "
         "(U(-0.5, 0.5), adapters' default). Ignored for adapters' BERT prompt tuning unless random_uniform."))

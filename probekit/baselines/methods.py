@@ -214,9 +214,9 @@ def build_method(method: str, model, *, hidden_size: int, n_labels: int, cfg: Ba
         quiet.setLevel(logging.ERROR)  # "adapters available but none are activated": train_adapter activates it
         try:
             model.add_adapter(ADAPTER_NAME, config=a_cfg)
+            model.train_adapter(ADAPTER_NAME)
         finally:
             quiet.setLevel(level)
-        model.train_adapter(ADAPTER_NAME)
         if method == "prompt_tuning" and cfg.prompt_init == "vocab":
             _vocab_init_adapters_prompt(model, cfg.prompt_length)
         summary = model.adapter_summary(as_dict=True)

@@ -4,9 +4,9 @@ Usage::
 
     python -m probekit.baselines configs/baselines.yaml --results-dir results/baselines
 
-Reads the experiment keys ``name``, ``models``, ``dataset``, ``data_dir``, ``tasks``, ``seeds``,
-``limit`` and ``baselines`` (other keys, e.g. ``probes``, belong to the probing pipeline and are
-ignored here). Finished runs are kept under ``<results-dir>/runs/`` and skipped when the command is
+The config is an ordinary experiment config (:class:`probekit.config.ExperimentConfig`); this runner
+uses ``name``, ``models``, ``dataset``/``splits``/``files``/``data_dir``, ``limit``, ``tasks``, ``seeds``,
+``device`` and the ``baselines`` section (probe settings are ignored here). Finished runs are kept under ``<results-dir>/runs/`` and skipped when the command is
 run again; all rows are also written to ``<results-dir>/baseline_rows.csv``.
 """
 from __future__ import annotations
@@ -16,53 +16,44 @@ import logging
 import time
 from pathlib import Path
 
-import yaml
-
 from probekit.baselines.config import BaselineConfig
 from probekit.errors import ConfigError, ProbekitError
 
 log = logging.getLogger(__name__)
 
 
-def load_config(path_or_dict) -> dict:
-    """Read an experiment config (path or already-parsed mapping)."""
-    if isinstance(path_or_dict, dict):
-        return dict(path_or_dict)
-    p = Path(path_or_dict)
-    try:
-        d = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ConfigError(f"Cannot read experiment config {p}: {e}.") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: invalid YAML ({e}).") from None
-    if not isinstance(d, dict):
-        raise ConfigError(f"{p}: an experiment config must be a mapping.")
-    return d
+def run_config(path_or_dict, *, results_dir: str | Path | None = None, device: str | None = None) -> list[dict]:
+    """Run every baseline of an experiment config (YAML path, mapping or ``ExperimentConfig``).
 
-
-def run_config(path_or_dict, *, results_dir: str | Path, device: str | None = None) -> list[dict]:
-    """Run every baseline of an experiment config; returns all rows (also written as CSV)."""
+    Data are loaded like the probes' (:func:`probekit.experiment.load_data`: dataset, splits,
+    files, limit). Rows are returned and written to ``<results_dir>/baseline_rows.csv``; the
+    default ``results_dir`` is ``<config.results_dir>/<config.name>/baselines``.
+    """
     from probekit.baselines.train import run_baselines
+    from probekit.config import ExperimentConfig
+    from probekit.experiment import load_data
 
-    d = load_config(path_or_dict)
-    for key in ("models", "tasks"):
-        if not d.get(key):
-            raise ConfigError(f"The experiment config needs a non-empty {key!r} list.")
-    config = BaselineConfig.from_dict(d.get("baselines"))
-    limit = d.get("limit") or {}
-    if not isinstance(limit, dict):
-        raise ConfigError(f"'limit' must be a mapping like {{train: null, dev: 500, test: null}}, got {limit!r}.")
+    if isinstance(path_or_dict, ExperimentConfig):
+        exp = path_or_dict
+    elif isinstance(path_or_dict, dict):
+        exp = ExperimentConfig.from_dict(path_or_dict)
+    else:
+        exp = ExperimentConfig.from_yaml(path_or_dict)
+    if exp.baselines is None:
+        raise ConfigError("The experiment config has no 'baselines' section; add one, e.g. "
+                          "baselines: {methods: [finetune, lora]}.")
+    config = BaselineConfig.from_dict(exp.baselines)
+    out = Path(results_dir) if results_dir is not None else Path(exp.results_dir) / exp.name / "baselines"
+    data, _fp = load_data(exp)
     t0 = time.perf_counter()
-    rows = run_baselines(models=list(d["models"]), tasks=list(d["tasks"]), seeds=list(d.get("seeds") or [0]),
-                         config=config, dataset=d.get("dataset", "ud_ewt"), data_dir=d.get("data_dir"), limit=limit,
-                         results_dir=results_dir, device=device, experiment=str(d.get("name", "")))
+    rows = run_baselines(models=list(exp.models), tasks=list(exp.tasks), seeds=list(exp.seeds), config=config,
+                         train=data["train"], dev=data["dev"], test=data["test"], results_dir=out,
+                         device=device or exp.device, experiment=exp.name)
     log.info("all baselines finished in %.0f s", time.perf_counter() - t0)
     import pandas as pd
 
-    out = Path(results_dir)
     out.mkdir(parents=True, exist_ok=True)
-    df = pd.DataFrame(rows)
-    df.to_csv(out / "baseline_rows.csv", index=False)
+    pd.DataFrame(rows).to_csv(out / "baseline_rows.csv", index=False)
     return rows
 
 
@@ -86,7 +77,8 @@ def summary_table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m probekit.baselines", description=__doc__.split("\n\n")[0])
     ap.add_argument("config", help="experiment YAML with a 'baselines' section")
-    ap.add_argument("--results-dir", required=True, help="where runs/*.json and baseline_rows.csv go")
+    ap.add_argument("--results-dir", default=None,
+                    help="where runs/*.json and baseline_rows.csv go (default <results_dir>/<name>/baselines)")
     ap.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda when available)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads (default: torch's choice). On a CPU shared with other jobs, 1 is often "

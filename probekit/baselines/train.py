@@ -24,9 +24,14 @@ from probekit.errors import ConfigError, TaskError
 
 log = logging.getLogger(__name__)
 
-ROW_KEYS = ("experiment", "model", "model_kind", "model_hash", "task", "task_version", "level", "method", "probe",
-            "control", "pooling", "layer", "n_layers", "seed", "split", "metric", "value", "trainable_params",
-            "trainable_fraction", "train_size", "train_seconds")
+def _row_keys() -> tuple[str, ...]:
+    from probekit.results import COLUMNS
+
+    return tuple(COLUMNS) + (() if "train_seconds" in COLUMNS else ("train_seconds",))
+
+
+#: The columns of a result row: the shared schema of :mod:`probekit.results` plus ``train_seconds``.
+ROW_KEYS = _row_keys()
 
 RUN_FORMAT = 1
 
@@ -34,22 +39,19 @@ RUN_FORMAT = 1
 # ----------------------------------------------------------------------------------------- metrics
 
 def word_metrics(gold: np.ndarray, pred: np.ndarray, n_labels: int) -> dict[str, float]:
-    """Per-word metrics: accuracy, macro-F1 (over the classes present in gold or predictions) and,
-    for binary tasks, ``pos_f1`` = F1 of class 1.
+    """Per-word metrics, computed exactly as for the probes (:func:`probekit.results.classification_metrics`):
+    accuracy, macro-F1 (over the classes present in gold or predictions) and, for binary tasks,
+    ``pos_f1`` = F1 of class 1.
 
     Args:
         gold: ``[word]`` class ids.
         pred: ``[word]`` predicted class ids.
     """
-    from sklearn.metrics import accuracy_score, f1_score
+    from probekit.results import classification_metrics
 
     if len(gold) == 0:
         raise TaskError("No labelled words to score.")
-    out = {"accuracy": float(accuracy_score(gold, pred)),
-           "macro_f1": float(f1_score(gold, pred, average="macro", zero_division=0))}
-    if n_labels == 2:
-        out["pos_f1"] = float(f1_score(gold, pred, average="binary", pos_label=1, zero_division=0))
-    return out
+    return classification_metrics(gold, pred, n_labels)
 
 
 # ----------------------------------------------------------------------------------------- training
@@ -265,11 +267,13 @@ def run_baseline(*, method: str, model_name: str, task, train: Sequence[Sentence
         "trainable_params": built.trainable_params, "trainable_fraction": built.trainable_fraction,
         "train_size": train_enc.n_words, "train_seconds": result["train_seconds"],
     }
+    from probekit.results import row
+
     rows = []
     for split, metrics in (("test", test_m), ("dev", result["dev"])):
         for metric, value in metrics.items():
-            rows.append({**common, "split": split, "metric": metric, "value": float(value)})
-    rows = [{k: r.get(k) for k in ROW_KEYS} for r in rows]
+            r = row(**common, split=split, metric=metric, value=float(value))
+            rows.append({k: r.get(k) for k in ROW_KEYS})
     if info is not None:
         info.update({"backend": built.backend, "trainable_params": built.trainable_params,
                      "total_params": built.total_params, "library_params": built.library_params,
