@@ -25,13 +25,11 @@ log = logging.getLogger(__name__)
 def run_config(path_or_dict, *, results_dir: str | Path | None = None, device: str | None = None) -> list[dict]:
     """Run every baseline of an experiment config (YAML path, mapping or ``ExperimentConfig``).
 
-    Data are loaded like the probes' (:func:`probekit.experiment.load_data`: dataset, splits,
-    files, limit). Rows are returned and written to ``<results_dir>/baseline_rows.csv``; the
+    Data are loaded like the probes' (dataset, splits, files, limit: :func:`load_data`). Rows are returned and written to ``<results_dir>/baseline_rows.csv``; the
     default ``results_dir`` is ``<config.results_dir>/<config.name>/baselines``.
     """
     from probekit.baselines.train import run_baselines
     from probekit.config import ExperimentConfig
-    from probekit.experiment import load_data
 
     if isinstance(path_or_dict, ExperimentConfig):
         exp = path_or_dict
@@ -44,7 +42,7 @@ def run_config(path_or_dict, *, results_dir: str | Path | None = None, device: s
                           "baselines: {methods: [finetune, lora]}.")
     config = BaselineConfig.from_dict(exp.baselines)
     out = Path(results_dir) if results_dir is not None else Path(exp.results_dir) / exp.name / "baselines"
-    data, _fp = load_data(exp)
+    data = load_data(exp)
     t0 = time.perf_counter()
     rows = run_baselines(models=list(exp.models), tasks=list(exp.tasks), seeds=list(exp.seeds), config=config,
                          train=data["train"], dev=data["dev"], test=data["test"], results_dir=out,
@@ -55,6 +53,29 @@ def run_config(path_or_dict, *, results_dir: str | Path | None = None, device: s
     out.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(out / "baseline_rows.csv", index=False)
     return rows
+
+
+def load_data(exp) -> dict:
+    """Sentences per split role (train/dev/test) of an ``ExperimentConfig``: its ``dataset`` (or
+    ``conllu`` with ``files``), ``splits`` mapping, ``data_dir`` and ``limit`` (first N sentences)."""
+    from probekit.data.conllu_io import read_conllu
+    from probekit.data.datasets import cache_root, locate
+    from probekit.errors import DataError
+
+    data = {}
+    for role in ("train", "dev", "test"):
+        limit = (exp.limit or {}).get(role)
+        if exp.dataset == "conllu":
+            if role not in exp.files:
+                raise DataError(f"Dataset 'conllu' needs files.{role}: the path of the {role} CoNLL-U file.")
+            path = Path(exp.files[role])
+        else:
+            path = locate(exp.dataset, exp.splits.get(role, role), data_dir=exp.data_dir)
+        sents = read_conllu(path, cache_dir=cache_root(), limit=limit)
+        if not sents:
+            raise DataError(f"{path}: the {role} split is empty (limit={limit}).")
+        data[role] = sents
+    return data
 
 
 def summary_table(rows: list[dict]) -> str:
