@@ -47,7 +47,9 @@ class ExperimentConfig:
     Cs: list = _help([0.01, 0.1, 1.0], "Inverse L2 strengths tried for linear probes; chosen per layer on dev.")
     control_tasks: bool = _help(True, "Also train every probe on a control task (Hewitt & Liang 2019) and report "
                                       "selectivity.")
-    mdl: bool = _help(True, "Report MDL online codelength per layer (Voita & Titov 2020).")
+    mdl: bool = _help(True, "Report MDL online codelength per layer (Voita & Titov 2020), first seed only.")
+    mdl_max_examples: int | None = _help(10000, "MDL uses at most this many training items (seeded sample); "
+                                                "null = all.")
     random_baseline: bool = _help(True, "Also probe each model with re-initialised weights (NAME@random).")
     mlp: dict = _help({}, "MLP probe settings: hidden, dropout, weight_decay, lr, max_epochs, batch_size.")
     dtype: str = _help("float16", "On-disk dtype of the activation store (float16 or float32).")

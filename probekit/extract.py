@@ -298,7 +298,9 @@ def extract(model, sentences: Sequence[Sentence], *, dataset: str = "custom", sp
     if not manifest["complete"]:
         raise StoreError(f"Extraction of {store_dir} stopped after {len(done)} of {len(plans)} shards; "
                          "run it again to resume.")
-    return ActivationStore(store_dir)
+    store = ActivationStore(store_dir)
+    store.computed_shards = len(todo)  # shards computed by this call (0 = pure reuse, no forward pass)
+    return store
 
 
 def shutil_rmtree(path: Path) -> None:

@@ -97,7 +97,7 @@ def convert_gguf(folder: Path, gguf_file: str, cache_dir: Path | None = None) ->
     src = Path(folder) / gguf_file
     if not src.is_file():
         raise ModelError(f"GGUF file not found: {src}.")
-    digest = weights_hash_file(src)
+    digest = _memo_file_hash(src)
     root = Path(cache_dir) if cache_dir else cache_root() / "models"
     dest = root / f"gguf-{src.stem}-{digest[:16]}"
     if (dest / "config.json").is_file():
@@ -288,3 +288,27 @@ def load_model(name: str, *, device: str | None = None, dtype=None, revision: st
 
 def list_aliases() -> list[Alias]:
     return list(ALIASES.values())
+
+
+def fingerprint(name: str) -> dict:
+    """What identifies a model's weights, computed without loading it (memoised weights hash)."""
+    base, where, gguf, seed = resolve(name)
+    if isinstance(where, Path):
+        whash = _memo_file_hash(Path(where) / gguf) if gguf else weights_hash(Path(where))
+    else:
+        whash = f"hub:{where}"
+    return {"name": name, "base": base, "weights_hash": whash, "random_seed": seed}
+
+
+def _memo_file_hash(path: Path) -> str:
+    from probekit.data.datasets import cache_root
+
+    st = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:24]
+    memo = cache_root() / "weights_hash" / key
+    if memo.is_file():
+        return memo.read_text().strip()
+    digest = weights_hash_file(path)
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    memo.write_text(digest)
+    return digest

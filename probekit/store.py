@@ -155,6 +155,7 @@ class ActivationStore:
             raise StoreError(f"{self.path} is incomplete ({len(self.manifest.get('shards', []))} of "
                              f"{self.manifest.get('n_shards')} shards); run the extraction again to resume it.")
         self._mm: dict[tuple[str, str], np.ndarray] = {}
+        self.computed_shards = 0
 
     # ------------------------------------------------------------------ metadata
     @property

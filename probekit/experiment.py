@@ -1,0 +1,358 @@
+"""The experiment runner: data → stores → probes for every layer → one results table → figures.
+
+Every stage is a public function a notebook can call alone; :func:`run_experiment` chains them
+and is what ``probekit run CONFIG`` calls.
+
+Work is cut into *units* (model × task × pooling × probe × seed, all layers together). A unit's
+rows are written atomically to ``results/<experiment>/runs/<key>.json``, keyed by the content of
+everything that produced them, so a rerun (or a resumed, killed run) recomputes nothing finished
+and loads no model when all its units are done.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from probekit.config import ExperimentConfig
+from probekit.errors import TaskError
+from probekit.results import classification_metrics, load_unit, row, save_unit
+
+log = logging.getLogger(__name__)
+
+UNIT_VERSION = 1
+#: Largest float32 feature block (bytes) loaded for probe training at once; layers are grouped under it.
+MEMORY_BUDGET = 3 << 30
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+def load_data(cfg: ExperimentConfig) -> tuple[dict, dict]:
+    """Sentences per split role and a fingerprint of the data: ({role: [Sentence]}, {role: {...}})."""
+    from probekit.data.conllu_io import read_conllu, sha256_file
+    from probekit.data.datasets import cache_root, locate
+    from probekit.errors import DataError
+
+    data, fp = {}, {}
+    for role in ("train", "dev", "test"):
+        limit = (cfg.limit or {}).get(role)
+        if cfg.dataset == "conllu":
+            if role not in cfg.files:
+                raise DataError(f"Dataset 'conllu' needs files.{role}: the path of the {role} CoNLL-U file.")
+            path = Path(cfg.files[role])
+        else:
+            split = cfg.splits.get(role, role)
+            path = locate(cfg.dataset, split, data_dir=cfg.data_dir)
+        sents = read_conllu(path, cache_dir=cache_root(), limit=limit)
+        if not sents:
+            raise DataError(f"{path}: the {role} split is empty (limit={limit}). Give a file with sentences.")
+        data[role] = sents
+        fp[role] = {"file": str(path), "sha256": sha256_file(path), "limit": limit, "n_sentences": len(sents),
+                    "n_words": sum(len(s) for s in sents)}
+    return data, fp
+
+
+def model_list(cfg: ExperimentConfig) -> list[str]:
+    models = list(cfg.models)
+    if cfg.random_baseline:
+        models += [f"{m}@random" for m in cfg.models if "@" not in m]
+    return models
+
+
+# ----------------------------------------------------------------------------------------------- units
+
+@dataclass
+class Unit:
+    model: str
+    task: str
+    pooling: str
+    probe: str
+    seed: int
+    key: str = ""
+    rows: list = field(default_factory=list)
+
+
+def _unit_key(spec: dict) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def plan_units(cfg: ExperimentConfig, model: str, model_fp: dict, data_fp: dict, kind_hint: str | None = None
+               ) -> list[Unit]:
+    """Every unit of work for one model (keys depend on everything that changes the rows)."""
+    from probekit.tasks import get_task
+
+    units = []
+    for tname in cfg.tasks:
+        task = get_task(tname)
+        poolings = list(cfg.sentence_poolings) if task.level == "sentence" else [cfg.word_pooling or "default"]
+        for pooling in poolings:
+            for probe in cfg.probes:
+                for seed in cfg.seeds:
+                    spec = {"v": UNIT_VERSION, "model": model_fp, "data": data_fp, "task": task.name,
+                            "task_version": task.version, "labels": task.labels, "pooling": pooling,
+                            "probe": probe, "seed": seed, "layers": cfg.layers, "Cs": cfg.Cs,
+                            "control": cfg.control_tasks, "mdl": cfg.mdl and probe == "linear" and seed == cfg.seeds[0],
+                            "mdl_max": cfg.mdl_max_examples, "mlp": cfg.mlp if probe != "linear" else None,
+                            "dtype": cfg.dtype, "experiment": cfg.name}
+                    units.append(Unit(model, task.name, pooling, probe, seed, key=_unit_key(spec)))
+    return units
+
+
+# ----------------------------------------------------------------------------------------------- probing
+
+def _layer_groups(layers: list[int], n_rows: int, d: int, budget: int = MEMORY_BUDGET) -> list[list[int]]:
+    per_layer = max(1, n_rows * d * 4)
+    size = max(1, budget // per_layer)
+    return [layers[i:i + size] for i in range(0, len(layers), size)]
+
+
+def _features(store, layers: list[int], rows: np.ndarray, level: str, pooling: str) -> np.ndarray:
+    """``[len(layers), n, d_model]`` float32 features of the labelled items."""
+    if level == "word":
+        return store.layers(layers, rows=rows)
+    return np.stack([store.sentence_vectors(pooling, layer)[rows] for layer in layers])
+
+
+def probe_task(*, lm_info: dict, stores: dict, data: dict, task, cfg: ExperimentConfig, units: list[Unit],
+               progress: bool = True) -> None:
+    """Train and score every pending unit of one task for one model (fills ``unit.rows``)."""
+    from probekit.control import control_sentence_labels, control_word_labels
+
+    level = task.level
+    ys = {role: task.encode(data[role]) for role in ("train", "dev", "test")}
+    masks = {role: np.flatnonzero(y >= 0) for role, y in ys.items()}
+    C = len(task.labels)
+    for role in ("train", "dev", "test"):
+        if len(masks[role]) == 0:
+            raise TaskError(f"Task {task.name}: the {role} split has no labelled items "
+                            f"({len(data[role])} sentences). Use more data or another split.")
+    present = np.unique(ys["train"][masks["train"]])
+    if len(present) < 2:
+        raise TaskError(f"Task {task.name}: the train split has a single label ({task.labels[present[0]]!r}); "
+                        "a probe cannot learn anything. Use more training data or check the task's rule.")
+    y = {role: ys[role][masks[role]] for role in ys}
+    n_layers = stores["train"].n_layers
+    layers = cfg.layers if cfg.layers is not None else list(range(n_layers))
+    for layer in layers:
+        stores["train"]._check_layer(layer)
+    d = stores["train"].hidden_size
+    left_out = {role: int((ys[role] < 0).sum()) for role in ys}
+    common = dict(experiment=cfg.name, model=lm_info["name"], model_kind=lm_info["kind"],
+                  model_hash=lm_info["hash"][:16], task=task.name, task_version=task.version, level=level,
+                  method="probe", n_layers=n_layers - 1)
+    # control labels (per seed), word-type controls for word tasks, shuffled labels for sentence tasks
+    controls = {}
+    if cfg.control_tasks:
+        for seed in sorted({u.seed for u in units}):
+            if level == "word":
+                words = {role: np.array([w for s in data[role] for w in s.words], dtype=object)[masks[role]]
+                         for role in ys}
+                controls[seed] = control_word_labels(words, y, n_classes=C, seed=seed)
+            else:
+                controls[seed] = {role: control_sentence_labels(y[role], seed=seed + 1000 * i)
+                                  for i, role in enumerate(("train", "dev", "test"))}
+    majority = int(np.bincount(y["train"], minlength=C).argmax())
+    by_pool: dict[str, list[Unit]] = {}
+    for u in units:
+        by_pool.setdefault(u.pooling, []).append(u)
+    for pooling, punits in by_pool.items():
+        pool_name = pooling if level == "sentence" else stores["train"].manifest["word_pooling"]
+        for u in punits:
+            for role in ("test",):
+                for metric, value in classification_metrics(y[role], np.full(len(y[role]), majority), C).items():
+                    u.rows.append(row(**common, probe="majority", control=False, pooling=pool_name, layer=None,
+                                      seed=u.seed, split=role, metric=metric, value=value, trainable_params=0,
+                                      train_size=len(y["train"])))
+            for role, n in left_out.items():
+                u.rows.append(row(**common, probe=u.probe, control=False, pooling=pool_name, layer=None, seed=u.seed,
+                                  split=role, metric="left_out", value=float(n)))
+        groups = _layer_groups(layers, len(y["train"]), d)
+        for group in groups:
+            t0 = time.perf_counter()
+            X = {role: _features(stores[role], group, masks[role], level, pooling) for role in ("train", "dev", "test")}
+            log.info("%s %s %s: layers %s loaded (%.1fs)", lm_info["name"], task.name, pool_name, group,
+                     time.perf_counter() - t0)
+            for u in punits:
+                _run_unit_group(u, X, y, group, C, controls.get(u.seed), cfg, common, pool_name, d)
+
+
+def _score_rows(common, u, pool_name, layer, control, split_scores, n_params, train_size, reg, seconds):
+    out = []
+    for split, metrics in split_scores.items():
+        for metric, value in metrics.items():
+            out.append(row(**common, probe=u.probe, control=control, pooling=pool_name, layer=layer, seed=u.seed,
+                           split=split, metric=metric, value=value, trainable_params=n_params,
+                           train_size=train_size, reg=reg, train_seconds=seconds))
+    return out
+
+
+def _fit_predict(probe: str, X: dict, y: dict, C: int, cfg: ExperimentConfig, seed: int, fixed_C=None):
+    """Fit one probe type on a layer group; returns per layer (pred_dev, pred_test, n_params, reg)."""
+    from probekit.probes.linear import fit_layers
+
+    out = []
+    if probe == "linear":
+        if fixed_C is None:
+            fits = fit_layers(X["train"], y["train"], n_classes=C, Cs=tuple(cfg.Cs), X_dev=X["dev"], y_dev=y["dev"],
+                              device=cfg.device, seed=seed)
+        else:
+            fits = []
+            for i, c in enumerate(fixed_C):
+                fits += fit_layers(X["train"][i:i + 1], y["train"], n_classes=C, Cs=(c,), device=cfg.device,
+                                   seed=seed)
+        for i, f in enumerate(fits):
+            out.append((f.predict(X["dev"][i]), f.predict(X["test"][i]), f.n_params, f.C))
+        return out
+    from probekit.probes.mlp import MLPProbe
+
+    params = {"hidden_size": 256, "dropout": 0.1, "weight_decay": 0.0, "max_epochs": 20, "patience": 3,
+              "batch_size": 512}
+    params.update(cfg.mlp or {})
+    for i in range(X["train"].shape[0]):
+        m = MLPProbe(hidden_layers=1 if probe == "mlp1" else 2, seed=seed, device=cfg.device, **params)
+        m.fit(X["train"][i], y["train"], X["dev"][i], y["dev"])
+        n_params = sum(p.numel() for p in m.model_.parameters()) if hasattr(m, "model_") else None
+        out.append((m.predict(X["dev"][i]), m.predict(X["test"][i]), n_params, params.get("weight_decay")))
+    return out
+
+
+def _run_unit_group(u: Unit, X: dict, y: dict, group: list[int], C: int, control, cfg: ExperimentConfig, common,
+                    pool_name: str, d: int) -> None:
+    t0 = time.perf_counter()
+    res = _fit_predict(u.probe, X, y, C, cfg, u.seed)
+    secs = (time.perf_counter() - t0) / len(group)
+    for i, layer in enumerate(group):
+        pdev, ptest, n_params, reg = res[i]
+        scores = {"dev": {"accuracy": float((pdev == y["dev"]).mean())},
+                  "test": classification_metrics(y["test"], ptest, C)}
+        u.rows += _score_rows(common, u, pool_name, layer, False, scores, n_params, len(y["train"]), reg, secs)
+    if control is not None:
+        t0 = time.perf_counter()
+        chosen = [res[i][3] for i in range(len(group))] if u.probe == "linear" else None
+        cres = _fit_predict(u.probe, X, control, C, cfg, u.seed, fixed_C=chosen)
+        secs = (time.perf_counter() - t0) / len(group)
+        for i, layer in enumerate(group):
+            pdev, ptest, n_params, reg = cres[i]
+            scores = {"test": {"accuracy": float((ptest == control["test"]).mean())}}
+            u.rows += _score_rows(common, u, pool_name, layer, True, scores, n_params, len(y["train"]), reg, secs)
+    if cfg.mdl and u.probe == "linear" and u.seed == cfg.seeds[0]:
+        # MDL is costly (11 trainings per layer); it is computed for the first seed only.
+        from probekit.mdl import online_codelength_layers
+        from probekit.probes.linear import small_problem_threads, torch_threads
+
+        t0 = time.perf_counter()
+        n = len(y["train"])
+        take = np.arange(n)
+        if cfg.mdl_max_examples and n > cfg.mdl_max_examples:
+            take = np.sort(np.random.default_rng(u.seed).choice(n, cfg.mdl_max_examples, replace=False))
+        with torch_threads(small_problem_threads(len(group) * len(take) * d, cfg.device or "cpu")):
+            res_mdl = online_codelength_layers(X["train"][:, take], y["train"][take], n_classes=C, seed=u.seed,
+                                               device=cfg.device)
+        secs = (time.perf_counter() - t0) / len(group)
+        for i, layer in enumerate(group):
+            for metric, value in res_mdl[i].metrics().items():
+                u.rows.append(row(**common, probe=u.probe, control=False, pooling=pool_name, layer=layer,
+                                  seed=u.seed, split="train", metric=f"mdl_{metric}", value=value,
+                                  train_size=len(take), train_seconds=secs))
+
+
+# ----------------------------------------------------------------------------------------------- runner
+
+@dataclass
+class ExperimentResult:
+    """What :func:`run_experiment` returns: the tidy table, its summary and where files went."""
+
+    config: ExperimentConfig
+    folder: Path
+    table: object  # pandas.DataFrame
+    summary: object  # pandas.DataFrame
+    figures: list[Path]
+    forward_passes: int = 0
+
+    def __repr__(self) -> str:
+        return (f"ExperimentResult({self.config.name!r}, rows={len(self.table)}, models={self.table['model'].nunique()}, "
+                f"tasks={self.table['task'].nunique()}, folder={str(self.folder)!r})")
+
+    def _repr_html_(self) -> str:
+        from probekit.report.tables import best_layer_table
+
+        return (f"<p><b>{self.config.name}</b>: {len(self.table)} rows in {self.folder}</p>"
+                + best_layer_table(self.summary).to_html(index=False))
+
+
+def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> ExperimentResult:
+    """Run (or resume) an experiment end to end and write its results folder."""
+    from probekit.extract import extract
+    from probekit.models import fingerprint, load_model
+    from probekit.results import provenance, to_frames, write_csv
+    from probekit.tasks import get_task
+
+    folder = Path(cfg.results_dir) / cfg.name
+    runs = folder / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    tasks = [get_task(t) for t in cfg.tasks]
+    data, data_fp = load_data(cfg)
+    all_rows: list[dict] = []
+    models_info = {}
+    forward_passes = 0
+    for m in model_list(cfg):
+        fp = fingerprint(m)
+        units = plan_units(cfg, m, fp, data_fp)
+        pending = []
+        for u in units:
+            rows = load_unit(runs / f"{u.key}.json")
+            if rows is None:
+                pending.append(u)
+            else:
+                u.rows = rows
+        models_info[m] = {"fingerprint": fp}
+        if pending:
+            log.info("%s: %d of %d units to compute", m, len(pending), len(units))
+            lm = load_model(m, device=cfg.device)
+            stores = {}
+            for role in ("train", "dev", "test"):
+                st = extract(lm, data[role], dataset=cfg.dataset, split=cfg.splits.get(role, role),
+                             data_checksum=data_fp[role]["sha256"] + f":{data_fp[role]['limit']}",
+                             store_root=cfg.store_dir, word_pooling=cfg.word_pooling, dtype=cfg.dtype,
+                             batch_tokens=cfg.batch_tokens, strict=cfg.strict, progress=progress)
+                forward_passes += st.computed_shards
+                stores[role] = st
+            info = {"name": m, "kind": lm.kind, "hash": lm.weights_hash}
+            models_info[m].update({"kind": lm.kind, "weights_hash": lm.weights_hash, "num_layers": lm.num_layers,
+                                   "stores": {r: str(s.path) for r, s in stores.items()}})
+            for task in tasks:
+                tunits = [u for u in pending if u.task == task.name]
+                if not tunits:
+                    continue
+                t0 = time.perf_counter()
+                probe_task(lm_info=info, stores=stores, data=data, task=task, cfg=cfg, units=tunits,
+                           progress=progress)
+                for u in tunits:
+                    save_unit(runs / f"{u.key}.json", u.rows)
+                log.info("%s %s: probed in %.1fs", m, task.name, time.perf_counter() - t0)
+            del lm
+        for u in units:
+            all_rows.extend(u.rows)
+    df, timings = to_frames(all_rows)
+    write_csv(df, folder / "results.csv")
+    if timings is not None:
+        write_csv(timings, folder / "timings.csv")
+    from probekit.report.tables import summarize
+
+    summary = summarize(df)
+    write_csv(summary, folder / "summary.csv")
+    prov = provenance(cfg.to_dict(), data=data_fp, models=models_info)
+    from probekit.data.conllu_io import atomic_write_bytes
+
+    atomic_write_bytes(folder / "provenance.json", json.dumps(prov, indent=1, default=str).encode())
+    from probekit.report.figures import experiment_figures
+
+    figs = experiment_figures(df, summary, folder, formats=cfg.figures)
+    return ExperimentResult(config=cfg, folder=folder, table=df, summary=summary, figures=figs,
+                            forward_passes=forward_passes)

@@ -1,0 +1,63 @@
+"""One style for every probekit figure: paper column sizes, embedded fonts, colourblind-safe colours.
+
+Sizes: one column = 3.25 in, two columns = 6.75 in wide (ACL / NeurIPS style). Fonts are embedded
+as TrueType (``pdf.fonttype`` 42) so that PDFs pass camera-ready checks; text is 8 pt, readable at
+print size. The palette is Okabe & Ito's colourblind-safe set.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+
+ONE_COLUMN = 3.25
+TWO_COLUMN = 6.75
+#: Okabe & Ito (2008) colourblind-safe palette.
+PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+
+RC = {
+    "pdf.fonttype": 42, "ps.fonttype": 42, "svg.fonttype": "none",
+    "font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "legend.fontsize": 7,
+    "xtick.labelsize": 7, "ytick.labelsize": 7, "lines.linewidth": 1.2, "lines.markersize": 3,
+    "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3,
+    "grid.linewidth": 0.5, "legend.frameon": False, "figure.dpi": 150, "savefig.dpi": 300,
+    "savefig.bbox": "tight", "savefig.pad_inches": 0.02,
+}
+
+
+def mpl():
+    """matplotlib with a non-interactive backend unless one is already chosen (e.g. in Jupyter)."""
+    import matplotlib
+
+    if matplotlib.get_backend().lower() not in ("module://matplotlib_inline.backend_inline", "nbagg", "widget",
+                                                "ipympl"):
+        matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+@contextmanager
+def paper_style():
+    plt = mpl()
+    from cycler import cycler
+
+    with plt.rc_context({**RC, "axes.prop_cycle": cycler(color=PALETTE)}):
+        yield plt
+
+
+def color(i: int) -> str:
+    return PALETTE[i % len(PALETTE)]
+
+
+def save(fig, stem: Path, formats=("pdf", "png")) -> list[Path]:
+    """Save a figure as vector PDF plus PNG (and SVG on request); returns the paths."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    out = []
+    for fmt in formats:
+        p = stem.with_suffix(f".{fmt}")
+        tmp = p.with_name(f".{p.name}.tmp.{fmt}")
+        fig.savefig(tmp, format=fmt)
+        tmp.replace(p)
+        out.append(p)
+    return out

