@@ -135,6 +135,12 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from probekit.sweep import run_sweep_cli
+
+    return run_sweep_cli(args)
+
+
 def cmd_config_help(args) -> int:
     from probekit.config import help_table
 
@@ -203,6 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("folder")
     rep.add_argument("--formats", nargs="+", default=["pdf", "png"])
     rep.set_defaults(fn=cmd_report)
+
+    sw = sub.add_parser("sweep", help="Run the cross product of a sweep config (local processes or Ray).")
+    sw.add_argument("config")
+    sw.add_argument("--executor", default="local", choices=["local", "ray"])
+    sw.add_argument("--address", help="Ray cluster address (default: start a local Ray instance).")
+    sw.add_argument("--workers", type=int, help="Local worker processes (default: 1).")
+    sw.add_argument("--dry-run", action="store_true", help="Print the plan and stop.")
+    sw.set_defaults(fn=cmd_sweep)
 
     ch = sub.add_parser("config-help", help="Every config key with its default and meaning.")
     ch.set_defaults(fn=cmd_config_help)
