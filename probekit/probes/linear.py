@@ -228,14 +228,14 @@ def _fit_layers(X_train: np.ndarray, y_train: np.ndarray, *, n_classes: int, Cs=
     G, N, d = X_train.shape
     layers = list(range(G)) if layers is None else list(layers)
     torch.manual_seed(seed)
-    Xt = torch.as_tensor(np.ascontiguousarray(X_train), dtype=torch.float32, device=dev)
+    Xt = torch.tensor(X_train, dtype=torch.float32, device=dev)  # a copy: standardised in place below
     mean = Xt.mean(1, keepdim=True)
     scale = Xt.std(1, keepdim=True).clamp_min(1e-6)
     Xt.sub_(mean).div_(scale)
     yt = torch.as_tensor(y_train, dtype=torch.long, device=dev)
     Xd = yd = None
     if X_dev is not None and y_dev is not None:
-        Xd = torch.as_tensor(np.ascontiguousarray(X_dev), dtype=torch.float32, device=dev).sub_(mean).div_(scale)
+        Xd = torch.tensor(X_dev, dtype=torch.float32, device=dev).sub_(mean).div_(scale)
         yd = torch.as_tensor(y_dev, dtype=torch.long, device=dev)
     Cs = sorted(Cs)
     p = torch.zeros(G, d * n_classes + n_classes, dtype=torch.float32, device=dev)

@@ -1,0 +1,129 @@
+"""End to end on tiny random models: data -> store -> probes -> table -> figures, and reuse."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from probekit.config import ExperimentConfig
+from probekit.experiment import run_experiment
+from probekit.extract import extract
+from probekit.models import load_model
+
+
+def _cfg(tmp_path, model_dir, data_dir, **kw):
+    base = dict(name="t", models=[str(model_dir)], dataset="ud_ewt", data_dir=str(data_dir),
+                limit={"train": 40, "dev": 15, "test": 15}, tasks=["aux_verb", "upos"], seeds=[0],
+                mdl=False, random_baseline=False, store_dir=str(tmp_path / "stores"),
+                results_dir=str(tmp_path / "results"), figures=["png"])
+    base.update(kw)
+    return ExperimentConfig(**base)
+
+
+def test_run_experiment_end_to_end_and_warm_rerun(tmp_path, tiny_bert_dir, data_dir):
+    cfg = _cfg(tmp_path, tiny_bert_dir, data_dir)
+    res = run_experiment(cfg, progress=False)
+    assert res.forward_passes > 0
+    df = pd.read_csv(res.folder / "results.csv")
+    lin = df[(df.probe == "linear") & (df.split == "test") & (df.metric == "accuracy") & (~df.control)]
+    # tiny BERT has 2 blocks -> layers 0..2, for both tasks
+    assert sorted(lin[lin.task == "upos"].layer.unique().tolist()) == [0, 1, 2]
+    assert set(df.task) == {"aux_verb", "upos"}
+    assert {"pos_f1", "macro_f1", "accuracy"} <= set(df[df.task == "aux_verb"].metric)
+    assert "pos_f1" not in set(df[df.task == "upos"].metric)  # only for binary tasks
+    maj = df[(df.probe == "majority") & (df.metric == "accuracy")]
+    assert len(maj) == 2 and maj.value.between(0, 1).all()
+    assert (res.folder / "figures" / "accuracy_by_layer.png").is_file()
+    prov = json.loads((res.folder / "provenance.json").read_text())
+    assert prov["config"]["tasks"] == ["aux_verb", "upos"] and "torch" in prov["packages"]
+    assert prov["data"]["train"]["sha256"]
+    before = (res.folder / "results.csv").read_bytes()
+    # warm rerun: no forward pass, same table
+    res2 = run_experiment(cfg, progress=False)
+    assert res2.forward_passes == 0
+    assert (res2.folder / "results.csv").read_bytes() == before
+
+
+def test_control_selectivity_and_summary(tmp_path, tiny_bert_dir, data_dir):
+    cfg = _cfg(tmp_path, tiny_bert_dir, data_dir, tasks=["aux_verb"], seeds=[0, 1])
+    res = run_experiment(cfg, progress=False)
+    s = res.summary
+    sel = s[s.metric == "selectivity"]
+    assert len(sel) == 3  # one per layer
+    ctrl = res.table[(res.table.control == True) & (res.table.metric == "accuracy")]  # noqa: E712
+    assert set(ctrl.seed) == {0, 1}
+    acc = s[(s.metric == "accuracy") & (s.split == "test") & (s.probe == "linear") & (s.control.astype(str) == "False")]
+    assert (acc.n_seeds == 2).all()
+    assert (acc.ci_lo <= acc["mean"]).all() and (acc["mean"] <= acc.ci_hi).all()
+    assert len(s[s.metric == "expected_layer"]) == 1
+
+
+def test_store_reuse_no_forward_pass(tmp_path, tiny_bert_dir, ewt_dev_small):
+    lm = load_model(str(tiny_bert_dir), device="cpu")
+    st = extract(lm, ewt_dev_small, store_root=tmp_path, progress=False)
+    assert st.computed_shards > 0
+    n_words = sum(len(s) for s in ewt_dev_small)
+    assert st[0].shape == (n_words, lm.hidden_size) and st.n_layers == lm.num_layers + 1
+    assert np.array_equal(st[-1], st[lm.num_layers])
+    calls = []
+    orig = lm.model.forward
+    lm.model.forward = lambda *a, **k: calls.append(1) or orig(*a, **k)
+    st2 = extract(lm, ewt_dev_small, store_root=tmp_path, progress=False)
+    assert calls == [] and st2.computed_shards == 0
+    assert st2.path == st.path
+    # a different pooling is a different store
+    st3 = extract(lm, ewt_dev_small, store_root=tmp_path, word_pooling="mean", progress=False)
+    assert st3.path != st.path and calls
+
+
+def test_layer0_is_embedding_output(tmp_path, tiny_bert_dir, ewt_dev_small):
+    import torch
+
+    lm = load_model(str(tiny_bert_dir), device="cpu")
+    sents = ewt_dev_small[:3]
+    st = extract(lm, sents, store_root=tmp_path, dtype="float32", progress=False)
+    from probekit.align import align_batch, special_layout
+
+    a = align_batch(lm.tokenizer, sents[:1])[0]
+    prefix, suffix = special_layout(lm.tokenizer)
+    ids = torch.tensor([prefix + a.token_ids + suffix])
+    with torch.no_grad():
+        out = lm.model(input_ids=ids, output_hidden_states=True)
+    first = [t[0] for t in a.word_tokens]
+    for layer in (0, lm.num_layers):
+        want = out.hidden_states[layer][0, [len(prefix) + t for t in first]].numpy()
+        got = st[layer][:len(a.word_tokens)]
+        np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_sentence_task_poolings(tmp_path, tiny_bert_dir, data_dir):
+    cfg = _cfg(tmp_path, tiny_bert_dir, data_dir, tasks=["sentence_length"],
+               limit={"train": 80, "dev": 30, "test": 30})
+    res = run_experiment(cfg, progress=False)
+    pools = set(res.table[res.table.level == "sentence"].pooling)
+    assert pools == {"cls", "mean", "last"}
+    assert (res.folder / "figures" / "sentence_poolings.png").is_file()
+
+
+def test_single_label_task_is_an_error(tmp_path, tiny_bert_dir, data_dir, monkeypatch):
+    from probekit.errors import TaskError
+
+    task_dir = tmp_path / "tasks"
+    task_dir.mkdir()
+    (task_dir / "always.yaml").write_text("name: always_x\nlevel: word\nlabels: [x, y]\n"
+                                          "label_fn: 'tests.test_pipeline:_always_x'\n")
+    monkeypatch.setenv("PROBEKIT_TASKS_PATH", str(task_dir))
+    from probekit.tasks import base
+    base._all_tasks.cache_clear()
+    try:
+        cfg = _cfg(tmp_path, tiny_bert_dir, data_dir, tasks=["always_x"], control_tasks=False)
+        with pytest.raises(TaskError, match="single label"):
+            run_experiment(cfg, progress=False)
+    finally:
+        base._all_tasks.cache_clear()
+
+
+def _always_x(s):
+    return ["x"] * len(s)
