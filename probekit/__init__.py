@@ -18,6 +18,15 @@ _LAZY = {
     "get_task": "probekit.tasks.base",
     "list_tasks": "probekit.tasks.base",
     "load_model": "probekit.models",
+    "load_sentences": "probekit.api",
+    "extract": "probekit.api",
+    "probe": "probekit.api",
+    "summarize": "probekit.api",
+    "plot_layers": "probekit.api",
+    "ExperimentConfig": "probekit.config",
+    "run_experiment": "probekit.experiment",
+    "load_results": "probekit.results",
+    "ActivationStore": "probekit.store",
 }
 
 

@@ -1,0 +1,99 @@
+"""The step-by-step Python API for notebooks: load a task, extract, probe, tabulate, plot.
+
+    import probekit as pk
+    train, dev, test = (pk.load_sentences("ud_ewt", s, limit=500) for s in ("train", "dev", "test"))
+    lm = pk.load_model("minilm")
+    stores = {s: pk.extract(lm, sents, split=s) for s, sents in [("train", train), ("dev", dev), ("test", test)]}
+    table = pk.probe(lm, "upos", stores, {"train": train, "dev": dev, "test": test})
+    summary = pk.summarize(table)
+    pk.plot_layers(summary)
+
+Each function is the one the experiment runner uses, so a notebook and ``probekit run`` give
+the same numbers.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+from probekit.data.conllu_io import Sentence
+
+
+def load_sentences(dataset: str = "ud_ewt", split: str = "train", *, limit: int | None = None,
+                   data_dir: str | os.PathLike | None = None) -> list[Sentence]:
+    """Sentences of a named dataset split (``ud_ewt`` train/dev/test, ``ud_pud`` test) or a CoNLL-U file."""
+    from probekit.data.conllu_io import read_conllu
+    from probekit.data.datasets import cache_root, load_split
+
+    if Path(str(dataset)).suffix == ".conllu":
+        return read_conllu(dataset, cache_dir=cache_root(), limit=limit)
+    return load_split(dataset, split, data_dir=data_dir, limit=limit)
+
+
+def extract(model, sentences: Sequence[Sentence], *, split: str = "custom", dataset: str = "custom", **kw):
+    """Extract (or reuse) every layer's vectors; ``model`` is a name or a loaded model. See
+    :func:`probekit.extract.extract` for the options."""
+    from probekit.extract import extract as _extract
+    from probekit.models import load_model
+
+    lm = load_model(model) if isinstance(model, str) else model
+    return _extract(lm, sentences, dataset=dataset, split=split, **kw)
+
+
+def probe(model, task, stores: dict, sentences: dict, *, probe: str = "linear", seeds: Sequence[int] = (0,),
+          layers: list[int] | None = None, control_tasks: bool = True, mdl: bool = False,
+          pooling: str | None = None, Cs: Sequence[float] = (0.01, 0.1, 1.0), device: str | None = None,
+          experiment: str = "notebook"):
+    """Train and score probes on every layer of one task; returns the tidy results DataFrame.
+
+    Args:
+        model: the :class:`~probekit.models.LoadedModel` the stores were extracted with.
+        task: a task name or :class:`~probekit.tasks.Task`.
+        stores: ``{"train": store, "dev": store, "test": store}``.
+        sentences: ``{"train": [...], "dev": [...], "test": [...]}`` (same sentences as the stores).
+        pooling: for sentence-level tasks, the sentence pooling (default: every one the store has).
+    """
+    from probekit.config import ExperimentConfig
+    from probekit.experiment import Unit, probe_task
+    from probekit.results import to_frames
+    from probekit.tasks import get_task
+
+    task = get_task(task)
+    poolings = [pooling] if pooling else (stores["train"].sentence_poolings if task.level == "sentence"
+                                          else ["default"])
+    cfg = ExperimentConfig(name=experiment, models=[model.name], tasks=[task.name], probes=[probe],
+                           seeds=list(seeds), layers=layers, control_tasks=control_tasks, mdl=mdl, Cs=list(Cs),
+                           device=device, random_baseline=False)
+    units = [Unit(model.name, task.name, p, probe, s) for p in poolings for s in seeds]
+    probe_task(lm_info={"name": model.name, "kind": model.kind, "hash": model.weights_hash}, stores=stores,
+               data=sentences, task=task, cfg=cfg, units=units)
+    df, _ = to_frames([r for u in units for r in u.rows])
+    return df
+
+
+def summarize(table):
+    """Mean and 95% CI over seeds, selectivity, expected layer (see :func:`probekit.report.tables.summarize`)."""
+    from probekit.report.tables import summarize as _summarize
+
+    return _summarize(table)
+
+
+def plot_layers(summary, path: str | os.PathLike | None = None, *, formats=("pdf", "png")):
+    """Accuracy by layer (CI bands, majority dashed). Saves to ``path`` (a stem) when given; returns the figure paths
+    or shows the figure inline in Jupyter."""
+    from probekit.report.figures import accuracy_by_layer
+
+    if path is None:
+        import tempfile
+
+        path = Path(tempfile.mkdtemp()) / "accuracy_by_layer"
+        out = accuracy_by_layer(summary, path, ("png",))
+        try:
+            from IPython.display import Image, display
+
+            display(Image(filename=str(out[0])))
+        except ImportError:
+            pass
+        return out
+    return accuracy_by_layer(summary, Path(path), formats)
