@@ -293,6 +293,7 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> Experimen
     from probekit.results import provenance, to_frames, write_csv
     from probekit.tasks import get_task
 
+    t_start = time.time()
     folder = Path(cfg.results_dir) / cfg.name
     runs = folder / "runs"
     runs.mkdir(parents=True, exist_ok=True)
@@ -354,5 +355,20 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> Experimen
     from probekit.report.figures import experiment_figures
 
     figs = experiment_figures(df, summary, folder, formats=cfg.figures)
+    _append_run_log(folder, {"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t_start)),
+                             "seconds": round(time.time() - t_start, 2), "forward_passes": forward_passes})
     return ExperimentResult(config=cfg, folder=folder, table=df, summary=summary, figures=figs,
                             forward_passes=forward_passes)
+
+
+def _append_run_log(folder: Path, entry: dict) -> None:
+    """Keep a log of runs (wall time, forward passes) beside the results (not part of results.csv)."""
+    from probekit.data.conllu_io import atomic_write_bytes
+
+    path = folder / "run_log.json"
+    try:
+        runs = json.loads(path.read_text()) if path.is_file() else []
+    except json.JSONDecodeError:
+        runs = []
+    runs.append(entry)
+    atomic_write_bytes(path, json.dumps(runs, indent=1).encode())

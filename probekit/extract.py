@@ -54,7 +54,7 @@ def corpus_checksum(sentences: Sequence[Sentence]) -> str:
 def _progress(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="tok", unit_scale=True, disable=not enabled, leave=False)
+    return tqdm(total=total, desc=desc, unit="word", unit_scale=True, disable=not enabled, leave=False)
 
 
 def _autocast(device: str, amp: str | None):
