@@ -202,10 +202,7 @@ def _fit_predict(probe: str, X: dict, y: dict, C: int, cfg: ExperimentConfig, se
             fits = fit_layers(X["train"], y["train"], n_classes=C, Cs=tuple(cfg.Cs), X_dev=X["dev"], y_dev=y["dev"],
                               device=cfg.device, seed=seed)
         else:
-            fits = []
-            for i, c in enumerate(fixed_C):
-                fits += fit_layers(X["train"][i:i + 1], y["train"], n_classes=C, Cs=(c,), device=cfg.device,
-                                   seed=seed)
+            fits = fit_layers(X["train"], y["train"], n_classes=C, fixed_C=fixed_C, device=cfg.device, seed=seed)
         for i, f in enumerate(fits):
             out.append((f.predict(X["dev"][i]), f.predict(X["test"][i]), f.n_params, f.C))
         return out

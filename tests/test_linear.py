@@ -72,3 +72,14 @@ def test_inputs_are_not_modified():
     fit_layers(X3, y, n_classes=4, Cs=(0.1, 1.0), X_dev=Xd3, y_dev=y[:50])
     np.testing.assert_array_equal(X3[0], X)
     np.testing.assert_array_equal(Xd3[0], Xd)
+
+
+def test_fixed_C_per_layer_equals_separate_fits():
+    X, y = _data(7, n=600)
+    X2 = X * 0.5 + 1
+    both = fit_layers(np.stack([X, X2]), y, n_classes=4, fixed_C=[0.01, 1.0])
+    a = fit_layers(X[None], y, n_classes=4, Cs=(0.01,))[0]
+    b = fit_layers(X2[None], y, n_classes=4, Cs=(1.0,))[0]
+    assert [f.C for f in both] == [0.01, 1.0]
+    np.testing.assert_allclose(both[0].coef, a.coef, atol=2e-3)
+    np.testing.assert_allclose(both[1].coef, b.coef, atol=2e-3)

@@ -20,6 +20,7 @@ import logging
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -212,7 +213,7 @@ class LayerFit:
 def _fit_layers(X_train: np.ndarray, y_train: np.ndarray, *, n_classes: int, Cs=DEFAULT_CS,
                X_dev: np.ndarray | None = None, y_dev: np.ndarray | None = None, layers: list[int] | None = None,
                max_iter: int = 100, tol: float = 1e-4, device: str | None = None, seed: int = 0,
-               warm_subsample: int = 16384) -> list[LayerFit]:
+               warm_subsample: int = 16384, fixed_C: Sequence[float] | None = None) -> list[LayerFit]:
     """Fit one probe per layer on ``X_train: [layer, word, d_model]`` with labels ``y_train: [word]``.
 
     Two stages. (1) On a random subsample of ``warm_subsample`` training words the
@@ -252,8 +253,11 @@ def _fit_layers(X_train: np.ndarray, y_train: np.ndarray, *, n_classes: int, Cs=
     best_p = p.clone()
     best_acc = torch.full((G,), -1.0, device=dev)
     iters_total = torch.zeros(G, dtype=torch.long, device=dev)
-    for C in Cs:
-        l2 = torch.full((G,), 1.0 / (C * Ns), dtype=torch.float32, device=dev)
+    # a fixed C per layer (e.g. a control task probed at the task's chosen strengths) is a one-step path
+    path = [torch.tensor([float(c) for c in fixed_C], dtype=torch.float32, device=dev)] if fixed_C is not None \
+        else [torch.full((G,), float(C), dtype=torch.float32, device=dev) for C in Cs]
+    for Cvec in path:
+        l2 = 1.0 / (Cvec * Ns)
         prob = _Problem(Xs, ys, n_classes, l2)
         p, iters = batched_lbfgs(prob, p, max_iter=max_iter, tol=tol)
         iters_total += iters
@@ -261,10 +265,10 @@ def _fit_layers(X_train: np.ndarray, y_train: np.ndarray, *, n_classes: int, Cs=
             W, b = prob.split(p)
             acc = (torch.baddbmm(b.unsqueeze(1), Xd, W).argmax(2) == yd).float().mean(1)
         else:
-            acc = torch.full((G,), float(C), device=dev)  # no dev data: keep the last (weakest) C
+            acc = Cvec.clone()  # no dev data: keep the last (weakest) C
         better = acc > best_acc + 1e-12
         best_acc = torch.where(better, acc, best_acc)
-        best_C = torch.where(better, torch.full_like(best_C, float(C)), best_C)
+        best_C = torch.where(better, Cvec, best_C)
         best_p = torch.where(better.unsqueeze(1), p, best_p)
     p = best_p
     # Stage 2: polish each layer at its chosen C on all training words (warm start from stage 1).
@@ -278,7 +282,7 @@ def _fit_layers(X_train: np.ndarray, y_train: np.ndarray, *, n_classes: int, Cs=
     W, b = prob.split(p)
     if Xd is not None:
         best_acc = (torch.baddbmm(b.unsqueeze(1), Xd, W).argmax(2) == yd).float().mean(1)
-    best = [(float(best_C[g_]), W[g_].detach().cpu().numpy().copy(), b[g_].detach().cpu().numpy().copy(),
+    best = [(float(f"{float(best_C[g_]):.6g}"), W[g_].detach().cpu().numpy().copy(), b[g_].detach().cpu().numpy().copy(),
              int(iters_total[g_])) for g_ in range(G)]
     m = mean.squeeze(1).cpu().numpy()
     s = scale.squeeze(1).cpu().numpy()
