@@ -1,0 +1,196 @@
+"""Paper tables and figures (probekit.report) on a synthetic results table: fast, no model.
+
+The table is built with :func:`probekit.results.row`: an encoder (6 blocks) and a decoder
+(4 blocks), two tasks, three seeds, control tasks, majority rows, MDL rows (first seed) and
+tuning-baseline rows. Accuracy peaks at a known layer per model × task, so the tables must
+report that layer.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from probekit.results import row, write_csv
+
+MODELS = {"enc": ("encoder", 6), "dec": ("decoder", 4)}
+TASKS = {"aux_verb": 2, "upos": 17}
+SEEDS = [0, 1, 2]
+#: the layer where accuracy peaks, per model × task
+PEAK = {("enc", "aux_verb"): 3, ("enc", "upos"): 2, ("dec", "aux_verb"): 4, ("dec", "upos"): 1}
+TOTAL_PARAMS = {"enc": 22_000_000, "dec": 135_000_000}
+
+
+def _acc(model: str, task: str, layer: int, seed: int) -> float:
+    peak = PEAK[(model, task)]
+    return 0.9 - 0.03 * abs(layer - peak) + 0.002 * seed + (0.02 if task == "aux_verb" else 0.0) - _dec(model)
+
+
+def _dec(model: str) -> float:
+    """The decoder is one point worse everywhere (so that the encoder's row is bold)."""
+    return 0.01 if model == "dec" else 0.0
+
+
+def synthetic_rows(with_baselines: bool = True) -> list[dict]:
+    rows = []
+    for model, (kind, n) in MODELS.items():
+        for task, C in TASKS.items():
+            common = dict(experiment="synth", model=model, model_kind=kind, model_hash="x", task=task, task_version=1,
+                          level="word", pooling="first" if kind == "encoder" else "last", n_layers=n)
+            for seed in SEEDS:
+                rows.append(row(**common, method="probe", probe="majority", control=False, layer=None, seed=seed,
+                                split="test", metric="accuracy", value=0.6, trainable_params=0, train_size=1000))
+                for layer in range(n + 1):
+                    a = _acc(model, task, layer, seed)
+                    kw = dict(common, method="probe", probe="linear", layer=layer, seed=seed,
+                              trainable_params=384 * C + C, train_size=1000, train_seconds=0.1)
+                    rows.append(row(**kw, control=False, split="test", metric="accuracy", value=a))
+                    rows.append(row(**kw, control=False, split="test", metric="macro_f1", value=a - 0.1))
+                    rows.append(row(**kw, control=False, split="dev", metric="accuracy", value=a - 0.01))
+                    rows.append(row(**kw, control=True, split="test", metric="accuracy", value=0.7 + 0.01 * layer))
+                    if seed == SEEDS[0]:
+                        # codelength smallest one layer below the accuracy peak
+                        mdl = 50.0 + 5 * abs(layer - max(0, PEAK[(model, task)] - 1))
+                        rows.append(row(**dict(kw, seed=seed), control=False, split="train",
+                                        metric="mdl_codelength_kbits", value=mdl))
+            if with_baselines:
+                for method, params in (("finetune", TOTAL_PARAMS[model]), ("lora", TOTAL_PARAMS[model] // 200),
+                                       ("prompt_tuning", 7680)):
+                    for seed in SEEDS:
+                        rows.append(row(**{**common, "pooling": common["pooling"]}, method=method, probe="",
+                                        control=False, layer=-1, seed=seed, split="test", metric="accuracy",
+                                        value=0.93 + 0.001 * seed, trainable_params=params,
+                                        trainable_fraction=params / TOTAL_PARAMS[model], train_size=1000))
+    return rows
+
+
+@pytest.fixture()
+def results_folder(tmp_path: Path) -> Path:
+    from probekit.results import to_frames
+
+    folder = tmp_path / "synth"
+    folder.mkdir()
+    df, _ = to_frames(synthetic_rows())
+    write_csv(df, folder / "results.csv")
+    return folder
+
+
+def _parse_md(path: Path) -> list[dict]:
+    lines = [l for l in path.read_text().splitlines() if l.startswith("|")]
+    header = [h.strip() for h in lines[0].strip("|").split("|")]
+    return [dict(zip(header, [c.strip() for c in l.strip("|").split("|")])) for l in lines[2:]]
+
+
+def test_report_tables_and_figures(results_folder: Path):
+    from probekit.report.build import build_report
+
+    paths = build_report(results_folder, formats=["png"])
+    names = {p.name for p in paths}
+    assert {"best_layers.tex", "best_layers.md", "best_layers.csv", "layers.md"} <= names
+    for stem in ("accuracy_by_layer", "heatmap", "relative_depth", "baselines_vs_params", "report_upos"):
+        assert f"{stem}.png" in names, stem
+    for p in paths:
+        assert p.is_file() and p.stat().st_size > 0
+        if p.suffix == ".png":
+            assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
+
+    md = _parse_md(results_folder / "tables" / "best_layers.md")
+    assert len(md) == len(PEAK)
+    for r in md:
+        model, task = r["Model"], r["Task"]
+        assert int(r["Best layer"]) == PEAK[(model, task)]
+        # mean over seeds 0, 1, 2 at the peak: 0.9 + 0.002 + task bonus
+        want = 100 * (0.902 + (0.02 if task == "aux_verb" else 0.0) - _dec(model))
+        acc, ci = (float(x) for x in re.sub(r"\*", "", r["Acc. (%)"]).split(" ± "))
+        assert acc == pytest.approx(want, abs=0.05)
+        assert ci > 0  # three seeds give a CI
+        assert float(r["Maj. (%)"]) == pytest.approx(60.0)
+        control = 0.7 + 0.01 * PEAK[(model, task)]
+        assert float(r["Sel. (pts)"]) == pytest.approx(100 * (want / 100 - control), abs=0.05)
+        assert int(r["MDL layer"]) == max(0, PEAK[(model, task)] - 1)
+    # best accuracy per task in bold: the encoder's
+    assert {(r["Model"], r["Task"]) for r in md if "**" in r["Acc. (%)"]} == {("enc", t) for t in TASKS}
+
+    tex = (results_folder / "tables" / "best_layers.tex").read_text()
+    for cmd in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}", r"\label{tab:synth-best-layers}"):
+        assert cmd in tex
+    assert r"aux\_verb" in tex and "aux_verb" not in tex.replace(r"aux\_verb", "")
+    body = [l for l in tex.splitlines() if l.endswith(r"\\") and "$\\pm$" in l]
+    assert len(body) == len(PEAK)  # one row per model x task, same as the Markdown table
+    for r in md:  # the same numbers in both tables
+        assert r["Acc. (%)"].replace("**", "").replace(" ± ", r" $\pm$ ") in tex
+
+
+def test_pdf_embeds_truetype_fonts(results_folder: Path):
+    from probekit.report.build import load_tables
+    from probekit.report.figures import heatmap
+
+    _, summary = load_tables(results_folder)
+    out = heatmap(summary, results_folder / "figures" / "hm", formats=("pdf", "svg"))
+    pdf = out[0].read_bytes()
+    assert pdf.startswith(b"%PDF") and b"/FontFile2" in pdf and b"/Type3" not in pdf
+    assert out[1].read_text().lstrip().startswith("<?xml")
+
+
+def test_baselines_vs_params_needs_tuning_rows(tmp_path: Path):
+    from probekit.report.figures import baselines_vs_params
+    from probekit.results import to_frames
+
+    df, _ = to_frames(synthetic_rows(with_baselines=False))
+    assert baselines_vs_params(df, tmp_path / "b", formats=("png",)) == []
+    df2, _ = to_frames(synthetic_rows())
+    out = baselines_vs_params(df2, tmp_path / "b", formats=("png",))
+    assert [p.suffix for p in out] == [".png"] and out[0].stat().st_size > 5000
+
+
+def test_derived_probe_fraction(tmp_path: Path, monkeypatch):
+    """Probe rows without trainable_fraction get params / (model size derived from the tuning rows)."""
+    import matplotlib.axes
+
+    from probekit.report.figures import baselines_vs_params
+    from probekit.results import to_frames
+
+    seen = []
+    orig = matplotlib.axes.Axes.scatter
+
+    def spy(self, x, y, *a, **kw):
+        seen.append((self, np.asarray(x, dtype=float)))
+        return orig(self, x, y, *a, **kw)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "scatter", spy)
+    df, _ = to_frames(synthetic_rows())
+    baselines_vs_params(df, tmp_path / "b", formats=("png",))
+    got = {ax.get_title(): x for ax, x in seen}  # titles are set after the points are drawn
+    assert np.allclose(got["enc: upos"], (384 * 17 + 17) / TOTAL_PARAMS["enc"])
+    assert np.allclose(got["dec: aux_verb"], (384 * 2 + 2) / TOTAL_PARAMS["dec"])
+    assert len(got["dec: aux_verb"]) == MODELS["dec"][1] + 1  # every layer, connected
+
+
+def test_report_errors(tmp_path: Path):
+    from probekit.errors import ConfigError, DataError
+    from probekit.report.build import build_report
+
+    with pytest.raises(DataError, match="No results folder"):
+        build_report(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="results.csv"):
+        build_report(tmp_path / "empty")
+    with pytest.raises(ConfigError, match="Did you mean 'png'"):
+        build_report(tmp_path / "empty", formats=["pgn"])
+
+
+def test_latex_escape():
+    from probekit.report.latex import latex_escape
+
+    assert latex_escape("a_b & 50% #1 {x} $y$ ~ ^") == r"a\_b \& 50\% \#1 \{x\} \$y\$ \textasciitilde{} \textasciicircum{}"
+    assert latex_escape("minilm@random") == "minilm@random"
+
+
+def test_cli_report(results_folder: Path, capsys):
+    from probekit.cli import main
+
+    assert main(["-q", "report", str(results_folder), "--formats", "png"]) == 0
+    printed = capsys.readouterr().out.split()
+    assert str(results_folder / "tables" / "best_layers.tex") in printed

@@ -1,0 +1,157 @@
+"""Sweeps (probekit.sweep): plan, local process pool, Ray, resume after a kill.
+
+A sweep of 2 tiny models (BERT encoder, GPT-2 decoder) × 2 tasks × 3 seeds on a 40/20/20-sentence
+slice of EWT: 12 probe cells. The local run and the Ray run use separate results and store folders
+and must give byte-identical ``results.csv`` files.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import tiny
+
+TASKS = ["aux_verb", "upos"]
+SEEDS = [0, 1, 2]
+N_CELLS = 2 * len(TASKS) * len(SEEDS)
+
+
+def _cfg(models, results_dir: Path, store_dir: Path, name: str = "sw"):
+    from probekit.config import ExperimentConfig
+
+    return ExperimentConfig(name=name, models=[str(m) for m in models], tasks=TASKS, seeds=SEEDS,
+                            limit={"train": 40, "dev": 20, "test": 20}, mdl=False, random_baseline=False,
+                            control_tasks=True, data_dir=str(tiny.data_dir()), store_dir=str(store_dir),
+                            results_dir=str(results_dir), figures=["png"])
+
+
+@pytest.fixture(scope="module")
+def models(tiny_bert_dir, tiny_gpt2_dir, data_dir):
+    return [tiny_bert_dir, tiny_gpt2_dir]
+
+
+@pytest.fixture(scope="module")
+def local_run(models, tmp_path_factory):
+    """The sweep run once on the local executor with 2 worker processes."""
+    from probekit.sweep import plan_sweep, run_sweep
+
+    root = tmp_path_factory.mktemp("sweep_local")
+    cfg = _cfg(models, root / "results", root / "stores")
+    before = plan_sweep(cfg)
+    res = run_sweep(cfg, executor="local", workers=2, progress=False)
+    return cfg, before, res
+
+
+def test_plan_before_running(models, tmp_path):
+    from probekit.sweep import plan_sweep
+
+    plan = plan_sweep(_cfg(models, tmp_path / "results", tmp_path / "stores"))
+    assert len(plan.cells) == N_CELLS
+    assert {(c.model, c.task, c.seed) for c in plan.cells} == {(str(m), t, s) for m in models for t in TASKS
+                                                               for s in SEEDS}
+    assert all(not c.done and len(c.units) == 1 for c in plan.cells)
+    text = plan.describe(workers=2)
+    assert f"probe cells: {N_CELLS} total, 0 finished (skipped), {N_CELLS} to run" in text
+    assert "time estimate: unknown" in text  # nothing measured in a fresh results folder
+
+
+def test_local_sweep_matches_runner_units(local_run):
+    """Every cell ran once; the unit files are exactly the runner's units (run_experiment found them all)."""
+    cfg, before, res = local_run
+    assert res.computed_cells == N_CELLS
+    runs = Path(res.folder) / "runs"
+    expected = {k for c in before.cells for k in c.units}
+    assert {p.stem for p in runs.glob("*.json")} == expected
+    df = res.result.table
+    assert set(df["model"]) == {str(m) for m in cfg.models} and set(df["task"]) == set(TASKS)
+    assert sorted(df["seed"].dropna().astype(int).unique()) == SEEDS
+    assert (Path(res.folder) / "results.csv").is_file() and (Path(res.folder) / "summary.csv").is_file()
+    # a second sweep computes nothing
+    from probekit.sweep import plan_sweep
+
+    again = plan_sweep(cfg)
+    assert all(c.done for c in again.cells)
+    assert "nothing to run" in again.describe()
+
+
+def test_estimate_from_measured_runs(local_run, models):
+    """A new experiment in the same results folder gets a time estimate from the finished units."""
+    from probekit.sweep import plan_sweep
+
+    cfg, _, _ = local_run
+    plan = plan_sweep(cfg.replace(name="sw_more", seeds=[0, 1, 2, 3]))
+    assert all(c.estimate_s is not None and c.estimate_s > 0 for c in plan.cells)
+    text = plan.describe(workers=2)
+    assert "time estimate: ~" in text and "unknown" not in text
+    assert "stores already extracted" in text
+
+
+def test_ray_missing_gives_clear_error(monkeypatch, local_run):
+    from probekit.errors import ConfigError
+    from probekit.sweep import run_sweep
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # "import ray" raises ImportError
+    cfg, _, _ = local_run
+    with pytest.raises(ConfigError, match=r"probekit\[ray\]"):
+        run_sweep(cfg, executor="ray")
+
+
+def test_ray_sweep_identical_to_local(local_run, models, tmp_path):
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'probekit[ray]')")
+    from probekit.sweep import run_sweep
+
+    cfg_local, _, res_local = local_run
+    cfg = _cfg(models, tmp_path / "results", tmp_path / "stores")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        res = run_sweep(cfg, executor="ray", progress=False)
+    finally:
+        ray.shutdown()
+    assert res.computed_cells == N_CELLS
+    ext = (Path(res.folder) / "sweep" / "extract.jsonl").read_text().splitlines()
+    assert len(ext) == 2 and '"computed_shards": 3' in ext[0]  # stores made by the Ray extraction tasks
+    a = (Path(res_local.folder) / "results.csv").read_bytes()
+    b = (Path(res.folder) / "results.csv").read_bytes()
+    assert a == b, "Ray and local sweeps gave different results tables"
+
+
+def test_killed_sweep_resumes_without_recomputing(local_run, models, tmp_path):
+    """Kill a CLI sweep after its first finished cell; the rerun leaves finished unit files untouched."""
+    from probekit.sweep import plan_sweep, run_sweep
+
+    cfg_local, _, res_local = local_run
+    # same stores as the local run (content-addressed: pure reuse), a fresh results folder
+    cfg = _cfg(models, tmp_path / "results", Path(cfg_local.store_dir))
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    runs = tmp_path / "results" / cfg.name / "runs"
+    env = {**os.environ, "PROBEKIT_DATA_DIR": str(tiny.data_dir())}
+    proc = subprocess.Popen([sys.executable, "-m", "probekit.cli", "-q", "sweep", str(path), "--workers", "1"],
+                            cwd=tiny.repo_root(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if runs.is_dir() and any(runs.glob("*.json")):
+                break
+            time.sleep(0.005)
+        assert proc.poll() is None, "the sweep ended before it could be killed:\n" + proc.stdout.read().decode()
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    finished = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in runs.glob("*.json")}
+    assert 1 <= len(finished) < N_CELLS, f"killed after {len(finished)} of {N_CELLS} cells"
+    plan = plan_sweep(cfg)
+    assert sum(c.done for c in plan.cells) == len(finished)
+    res = run_sweep(cfg, workers=1, progress=False, plan=plan)
+    assert res.computed_cells == N_CELLS - len(finished)
+    for name, stamp in finished.items():
+        p = runs / name
+        assert (p.stat().st_ino, p.stat().st_mtime_ns) == stamp, f"{name} was recomputed"
+    assert (Path(res.folder) / "results.csv").read_bytes() == (Path(res_local.folder) / "results.csv").read_bytes()
