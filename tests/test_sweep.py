@@ -103,6 +103,8 @@ def test_ray_missing_gives_clear_error(monkeypatch, local_run):
         run_sweep(cfg, executor="ray")
 
 
+@pytest.mark.slow
+@pytest.mark.ray
 def test_ray_sweep_identical_to_local(local_run, models, tmp_path):
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'probekit[ray]')")
     from probekit.sweep import run_sweep
@@ -122,6 +124,7 @@ def test_ray_sweep_identical_to_local(local_run, models, tmp_path):
     assert a == b, "Ray and local sweeps gave different results tables"
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_without_recomputing(local_run, models, tmp_path):
     """Kill a CLI sweep after its first finished cell; the rerun leaves finished unit files untouched."""
     from probekit.sweep import plan_sweep, run_sweep

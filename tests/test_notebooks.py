@@ -1,0 +1,160 @@
+"""The notebooks in notebooks/: stored without outputs, public API only, and they run headless.
+
+Execution (marked slow) goes through nbclient with a kernel on this interpreter, after injecting
+small-slice parameters papermill-style (a cell tagged ``injected-parameters`` right after the
+cell tagged ``parameters``). Each notebook runs in a temporary folder.
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import tiny
+
+NOTEBOOKS = sorted((tiny.repo_root() / "notebooks").glob("*.ipynb"))
+NAMES = ["01_quickstart", "02_layerwise_analysis", "03_baselines"]
+
+
+def _read(path: Path):
+    nbformat = pytest.importorskip("nbformat")
+    return nbformat.read(path, as_version=4)
+
+
+def test_notebooks_present():
+    assert [p.stem for p in NOTEBOOKS] == NAMES
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_stored_clean(path: Path):
+    """No outputs in git, one parameters cell, public probekit API only."""
+    nb = _read(path)
+    import nbformat
+
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code), "outputs must be stripped"
+    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1 and params[0].cell_type == "code"
+    assert nb.cells.index(params[0]) < 3, "the parameters cell comes first"
+    for c in code:
+        src = c.source
+        assert not re.search(r"from probekit[\w.]* import [^\n]*\b_\w", src), src
+        assert not re.search(r"probekit(\.\w+)*\._\w", src), src
+        assert not re.search(r"\b(pk|probekit)\._\w", src), src
+        compile(src, f"{path.name}", "exec")
+
+
+@pytest.fixture(scope="module")
+def kernel_name(tmp_path_factory) -> str:
+    """A kernelspec running this interpreter (the venv), found through JUPYTER_PATH."""
+    pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    import os
+
+    root = tmp_path_factory.mktemp("jupyter")
+    spec = root / "kernels" / "probekit-test"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "probekit tests", "language": "python"}))
+    old = os.environ.get("JUPYTER_PATH")
+    os.environ["JUPYTER_PATH"] = str(root) + (os.pathsep + old if old else "")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    yield "probekit-test"
+    if old is None:
+        os.environ.pop("JUPYTER_PATH", None)
+    else:
+        os.environ["JUPYTER_PATH"] = old
+
+
+def run_notebook(path: Path, params: dict, cwd: Path, kernel: str, timeout: int = 600):
+    """Execute a notebook with ``params`` injected after its parameters cell; returns the executed notebook."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    idx = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    cell = nbformat.v4.new_code_cell("# Parameters injected by tests/test_notebooks.py\n"
+                                     + "\n".join(f"{k} = {v!r}" for k, v in params.items()))
+    cell.metadata["tags"] = ["injected-parameters"]
+    nb.cells.insert(idx + 1, cell)
+    NotebookClient(nb, kernel_name=kernel, timeout=timeout, resources={"metadata": {"path": str(cwd)}}).execute()
+    return nb
+
+
+def _text(nb) -> str:
+    out = []
+    for c in nb.cells:
+        for o in c.get("outputs", []):
+            out.append(o.get("text", ""))
+            data = o.get("data", {})
+            out.append(data.get("text/plain", ""))
+            out.append(data.get("text/html", ""))
+    return "\n".join(out)
+
+
+def _images(nb) -> int:
+    return sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory, data_dir) -> dict:
+    """Common parameters: the gold data and one store folder for all notebooks (stores are reused)."""
+    return {"DATA_DIR": str(data_dir), "STORE_DIR": str(tmp_path_factory.mktemp("nb_stores"))}
+
+
+@pytest.mark.slow
+def test_quickstart_runs(kernel_name, shared, tmp_path):
+    t0 = time.time()
+    nb = run_notebook(tiny.repo_root() / "notebooks" / "01_quickstart.ipynb",
+                      {**shared, "LIMIT": {"train": 200, "dev": 60, "test": 60}, "SEEDS": [0, 1],
+                       "OUT_DIR": str(tmp_path / "out")}, tmp_path, kernel_name)
+    text = _text(nb)
+    assert "ActivationStore" in text and "best_layer" in text
+    assert _images(nb) >= 1
+    assert (tmp_path / "out" / "minilm_upos_by_layer.pdf").is_file()
+    print(f"01_quickstart: {time.time() - t0:.0f} s")
+
+
+@pytest.mark.slow
+def test_layerwise_runs(kernel_name, shared, tmp_path):
+    t0 = time.time()
+    nb = run_notebook(tiny.repo_root() / "notebooks" / "02_layerwise_analysis.ipynb",
+                      {**shared, "TASKS": ["aux_verb", "upos"], "LIMIT": {"train": 120, "dev": 40, "test": 40},
+                       "SEEDS": [0, 1], "RESULTS_DIR": str(tmp_path / "results")}, tmp_path, kernel_name)
+    text = _text(nb)
+    assert _images(nb) >= 3
+    folder = tmp_path / "results" / "notebook_layerwise"
+    assert (folder / "results.csv").is_file() and (folder / "figures" / "relative_depth.png").is_file()
+    import pandas as pd
+
+    df = pd.read_csv(folder / "results.csv")
+    assert {"minilm", "smollm2-135m", "minilm@random", "smollm2-135m@random"} <= set(df["model"])
+    assert (df["metric"] == "mdl_codelength_kbits").any()
+    try:
+        import probekit.predict  # noqa: F401
+        assert "predicted" in text and "probability" in text  # the probe labelled new sentences
+    except ImportError:
+        assert "not available" in text
+    print(f"02_layerwise_analysis: {time.time() - t0:.0f} s")
+
+
+@pytest.mark.slow
+def test_baselines_runs(kernel_name, shared, tmp_path):
+    t0 = time.time()
+    nb = run_notebook(tiny.repo_root() / "notebooks" / "03_baselines.ipynb",
+                      {**shared, "LIMIT": {"train": 40, "dev": 20, "test": 40}, "TRAIN_SENTENCES": 40,
+                       "EPOCHS": 1, "RESULTS_DIR": str(tmp_path / "results")}, tmp_path, kernel_name)
+    assert _images(nb) >= 1
+    folder = tmp_path / "results" / "notebook_baselines"
+    rows = (folder / "baselines" / "baseline_rows.csv").read_text()
+    for m in ("finetune", "prompt_tuning", "prefix_tuning", "adapter", "lora"):
+        assert f",{m}," in rows, m
+    assert (folder / "figures" / "baselines_vs_params.pdf").is_file()
+    assert r"\toprule" in (folder / "tables" / "best_layers.tex").read_text()
+    print(f"03_baselines: {time.time() - t0:.0f} s")
