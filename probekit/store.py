@@ -12,6 +12,10 @@ either is complete or does not exist; the manifest is rewritten atomically after
 A run killed at any moment resumes from the last committed shard and produces byte-identical
 arrays. Every array's checksum is verified before the store is used; a bad shard is recomputed
 (with a warning) or, in strict mode, stops the run with an error that names the file.
+
+:class:`ActivationStore` checks again when it reads: an array whose shape, dtype or per-layer
+checksum differs from the manifest (a file damaged or swapped after extraction) raises
+:class:`~probekit.errors.StoreError` naming the file; it never returns wrong vectors.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -41,6 +45,16 @@ def store_key(spec: dict) -> str:
     return hashlib.sha256(blob).hexdigest()[:20]
 
 
+def read_json(path: Path) -> dict | None:
+    """A JSON object read from ``path``, or None when the file is missing, unreadable, not UTF-8,
+    not JSON or not an object (a damaged manifest or shard meta is rebuilt, never trusted)."""
+    try:
+        obj = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
 def _layer_digests(arr: np.ndarray) -> list[str]:
     """sha256 of each layer's bytes of a ``[layer, n, d]`` array (a memmap is read once)."""
     return [hashlib.sha256(np.ascontiguousarray(arr[i]).data).hexdigest() for i in range(arr.shape[0])]
@@ -55,10 +69,26 @@ def save_npy_atomic(path: Path, arr: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def write_shard(store_dir: Path, index: int, arrays: dict[str, np.ndarray], meta: dict) -> dict:
+def _fsync_dir(path: Path) -> None:
+    dfd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def write_shard(store_dir: Path, index: int, arrays: dict[str, np.ndarray], meta: dict, *,
+                key: str | None = None) -> dict:
     """Commit one shard atomically: write a temporary folder, fsync its files, rename it into place.
 
-    Returns the shard's meta (with checksums) as recorded in the manifest.
+    Args:
+        store_dir: the store folder.
+        index: shard number (the folder is ``shard-{index:05d}``).
+        arrays: file stem -> ``[layer, item, d_model]`` array (``words``, ``sent-mean``...).
+        meta: extra fields recorded in ``meta.json`` (sentence and word ranges).
+        key: the store's content key, recorded so that a shard copied from another store is recognised.
+
+    Returns the shard's meta (with per-layer checksums) as recorded in the manifest.
     """
     name = f"shard-{index:05d}"
     final = store_dir / name
@@ -67,28 +97,59 @@ def write_shard(store_dir: Path, index: int, arrays: dict[str, np.ndarray], meta
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     files = {}
-    for key, arr in arrays.items():
-        fname = f"{key}.npy"
+    for stem, arr in arrays.items():
+        fname = f"{stem}.npy"
         with open(tmp / fname, "wb") as fh:
             np.save(fh, arr, allow_pickle=False)
             fh.flush()
             os.fsync(fh.fileno())
         files[fname] = {"shape": list(arr.shape), "dtype": str(arr.dtype), "sha256": _layer_digests(arr)}
     meta = {**meta, "name": name, "files": files}
+    if key is not None:
+        meta["key"] = key
     atomic_write_bytes(tmp / "meta.json", json.dumps(meta, indent=1).encode())
-    dfd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    _fsync_dir(tmp)
     if final.exists():  # a stale or bad copy (we hold the lock): replace it
         shutil.rmtree(final)
     os.rename(tmp, final)
+    _fsync_dir(store_dir)  # make the rename durable before the manifest names the shard
     return meta
 
 
-def verify_shard(store_dir: Path, meta: dict, *, full: bool = True) -> str | None:
-    """Return None when a committed shard is intact, else a sentence saying what is wrong (naming the file)."""
+def _meta_problem(store_dir: Path, meta, expected: Iterable[str] | None, key: str | None) -> str | None:
+    """What is wrong with a shard's meta record itself (before its files are looked at), or None."""
+    if not isinstance(meta, dict) or not isinstance(meta.get("name"), str) or not isinstance(meta.get("files"), dict):
+        where = store_dir / meta["name"] / "meta.json" if isinstance(meta, dict) and isinstance(
+            meta.get("name"), str) else store_dir / "manifest.json"
+        return f"{where} has a malformed shard record (no name or file list)"
+    d = store_dir / meta["name"]
+    for fname, info in meta["files"].items():
+        if not (isinstance(info, dict) and isinstance(info.get("shape"), list) and isinstance(info.get("sha256"), list)
+                and info["shape"] and len(info["sha256"]) == info["shape"][0]):
+            return f"{d / 'meta.json'} has a malformed record for {fname}"
+    if expected is not None:
+        missing = sorted(set(expected) - set(meta["files"]))
+        if missing:
+            return f"{d} lacks {', '.join(missing)} (made with other settings, or foreign)"
+    if key is not None and meta.get("key", key) != key:
+        return f"{d} belongs to another store (key {meta.get('key')}, expected {key}; foreign shard)"
+    return None
+
+
+def verify_shard(store_dir: Path, meta: dict, *, full: bool = True, expected: Iterable[str] | None = None,
+                 key: str | None = None) -> str | None:
+    """Return None when a committed shard is intact, else a sentence saying what is wrong (naming the file).
+
+    Args:
+        store_dir: the store folder.
+        meta: the shard's record (from the manifest, or its own ``meta.json``).
+        full: also compare every layer's sha256 (else only readability, shape and dtype).
+        expected: file names the shard must have (e.g. ``words.npy``); None = whatever meta lists.
+        key: the store key; a shard recorded with another key is foreign.
+    """
+    problem = _meta_problem(store_dir, meta, expected, key)
+    if problem:
+        return problem
     d = store_dir / meta["name"]
     for fname, info in meta["files"].items():
         path = d / fname
@@ -98,9 +159,9 @@ def verify_shard(store_dir: Path, meta: dict, *, full: bool = True) -> str | Non
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
         except Exception as e:  # noqa: BLE001 - truncated or foreign files fail in many ways
             return f"{path} is unreadable ({type(e).__name__}: {e})"
-        if list(arr.shape) != info["shape"] or str(arr.dtype) != info["dtype"]:
+        if list(arr.shape) != info["shape"] or str(arr.dtype) != info.get("dtype"):
             return (f"{path} has shape {list(arr.shape)} {arr.dtype}, the manifest says {info['shape']} "
-                    f"{info['dtype']} (foreign or truncated file)")
+                    f"{info.get('dtype')} (foreign or truncated file)")
         if full:
             try:
                 digests = _layer_digests(arr)
@@ -142,20 +203,53 @@ class ActivationStore:
     ``store.sentence_vectors(pooling, layer)`` gives ``[sentence, d_model]``.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, verify: bool = True):
+        """Open a finished store.
+
+        Args:
+            path: the store folder (holding ``manifest.json``).
+            verify: check every array's shape and dtype, and every layer's sha256, against the
+                manifest the first time it is read (a damaged or swapped file raises StoreError
+                instead of giving wrong vectors). Each (shard, array, layer) is hashed once.
+        """
         self.path = Path(path)
         mpath = self.path / "manifest.json"
         if not mpath.is_file():
             raise StoreError(f"{self.path} is not an activation store (no manifest.json).")
-        try:
-            self.manifest = json.loads(mpath.read_text())
-        except json.JSONDecodeError as e:
-            raise StoreError(f"{mpath} is not valid JSON ({e}); delete the folder to rebuild the store.") from None
+        manifest = read_json(mpath)
+        if manifest is None:
+            raise StoreError(f"{mpath} is damaged (not a JSON object); run the extraction again to rebuild it "
+                             "(finished shards are verified and kept), or delete the folder.")
+        self.manifest = manifest
         if not self.manifest.get("complete"):
             raise StoreError(f"{self.path} is incomplete ({len(self.manifest.get('shards', []))} of "
                              f"{self.manifest.get('n_shards')} shards); run the extraction again to resume it.")
+        problem = self._manifest_problem()
+        if problem:
+            raise StoreError(f"{mpath} is inconsistent ({problem}); run the extraction again to rebuild it, or "
+                             "delete the folder.")
+        self.verify = verify
         self._mm: dict[tuple[str, str], np.ndarray] = {}
+        self._verified: set[tuple[str, str, int]] = set()
         self.computed_shards = 0
+
+    def _manifest_problem(self) -> str | None:
+        """What makes the manifest unusable (missing keys, shards not covering the corpus), or None."""
+        m = self.manifest
+        for k in ("n_layers", "n_words", "n_sentences", "hidden_size", "shards", "model", "data", "word_pooling",
+                  "dtype"):
+            if k not in m:
+                return f"no {k!r}"
+        word = sent = 0
+        for sh in m["shards"]:
+            if not isinstance(sh, dict) or not isinstance(sh.get("files"), dict) or "words.npy" not in sh["files"]:
+                return "a shard record without its file list"
+            if (sh.get("word_start"), sh.get("sent_start")) != (word, sent):
+                return f"{sh.get('name')} starts at word {sh.get('word_start')}, expected {word}"
+            word, sent = sh.get("word_end", -1), sh.get("sent_end", -1)
+        if (word, sent) != (m["n_words"], m["n_sentences"]):
+            return f"the shards cover {word} words / {sent} sentences, the store has {m['n_words']} / {m['n_sentences']}"
+        return None
 
     # ------------------------------------------------------------------ metadata
     @property
@@ -201,18 +295,59 @@ class ActivationStore:
         return f"<table><caption>ActivationStore</caption>{body}</table>"
 
     # ------------------------------------------------------------------ arrays
-    def _array(self, shard: str, key: str) -> np.ndarray:
-        k = (shard, key)
+    def _array(self, shard: dict, key: str) -> np.ndarray:
+        """The memory-mapped ``[layer, item, d_model]`` array ``key`` of one shard, shape-checked."""
+        k = (shard["name"], key)
         if k not in self._mm:
-            self._mm[k] = np.load(self.path / shard / f"{key}.npy", mmap_mode="r", allow_pickle=False)
+            path = self.path / shard["name"] / f"{key}.npy"
+            info = shard["files"].get(f"{key}.npy")
+            if info is None:
+                raise StoreError(f"{path} is not listed in {self.path / 'manifest.json'}; run the extraction again.")
+            try:
+                arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            except Exception as e:  # noqa: BLE001 - missing, truncated or foreign files fail in many ways
+                raise self._damaged(path, f"unreadable ({type(e).__name__}: {e})") from None
+            if list(arr.shape) != list(info["shape"]) or str(arr.dtype) != info["dtype"]:
+                raise self._damaged(path, f"shape {list(arr.shape)} {arr.dtype}, the manifest says {info['shape']} "
+                                          f"{info['dtype']} (foreign or truncated file)")
+            self._mm[k] = arr
         return self._mm[k]
 
+    def _damaged(self, path: Path, what: str) -> StoreError:
+        return StoreError(f"Activation store damaged: {path} is {what}. Run the extraction again (without --strict "
+                          f"it recomputes the bad shard), or delete {self.path}.")
+
+    def _part(self, shard: dict, key: str, layer: int) -> np.ndarray:
+        """One shard's ``[item, d_model]`` slice of one layer, checked against its sha256 on first read."""
+        arr = self._array(shard, key)
+        part = arr[layer]
+        if self.verify and (shard["name"], key, layer) not in self._verified:
+            part = np.ascontiguousarray(part)
+            want = shard["files"][f"{key}.npy"]["sha256"][layer]
+            if hashlib.sha256(part.data).hexdigest() != want:
+                raise self._damaged(self.path / shard["name"] / f"{key}.npy",
+                                    f"corrupted (layer {layer} fails its checksum)")
+            self._verified.add((shard["name"], key, layer))
+        return part
+
+    def verify_all(self) -> None:
+        """Check every array of every shard now (shape, dtype, per-layer sha256); raise StoreError if damaged."""
+        for sh in self.manifest["shards"]:
+            problem = verify_shard(self.path, sh)
+            if problem:
+                raise StoreError(f"Activation store damaged: {problem}. Run the extraction again, or delete "
+                                 f"{self.path}.")
+
     def _check_layer(self, layer: int) -> int:
+        """The layer index in ``0..n_layers-1`` (negative counts from the last); ConfigError when out of range."""
         n = self.n_layers
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
+            raise ConfigError(f"Layer {layer!r} is not an integer: valid layers are 0..{n - 1} (0 = embedding "
+                              f"output), or -{n}..-1 counting from the last.")
         if not -n <= layer < n:
             raise ConfigError(f"Layer {layer} is out of range for this store: valid layers are 0..{n - 1} "
                               f"(0 = embedding output), or -{n}..-1 counting from the last.")
-        return layer % n
+        return int(layer) % n
 
     def __getitem__(self, layer: int) -> np.ndarray:
         return self.layer(layer)
@@ -223,7 +358,7 @@ class ActivationStore:
     def layer(self, layer: int, *, dtype=np.float32, rows: np.ndarray | None = None) -> np.ndarray:
         """Word vectors of one layer, ``[word, d_model]`` (optionally only ``rows``, in corpus order)."""
         layer = self._check_layer(layer)
-        parts = [self._array(s["name"], "words")[layer] for s in self.manifest["shards"]]
+        parts = [self._part(s, "words", layer) for s in self.manifest["shards"]]
         out = np.concatenate(parts, axis=0) if len(parts) > 1 else np.asarray(parts[0])
         if rows is not None:
             out = out[rows]
@@ -240,7 +375,7 @@ class ActivationStore:
             raise unknown_name("sentence pooling", pooling, self.sentence_poolings, ConfigError,
                                hint=f"(this store, for a {self.manifest['model'].get('kind', '?')} model, has these)")
         layer = self._check_layer(layer)
-        parts = [self._array(s["name"], f"sent-{pooling}")[layer] for s in self.manifest["shards"]]
+        parts = [self._part(s, f"sent-{pooling}", layer) for s in self.manifest["shards"]]
         return np.concatenate(parts, axis=0).astype(dtype, copy=False)
 
     def iter_shards(self) -> Iterator[dict]:
