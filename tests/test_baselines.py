@@ -318,6 +318,8 @@ def test_parameter_counts_match_the_library(tiny_bert):
             assert 0 < built.trainable_fraction < 1
     # LoRA: r * (d_in + d_out) per adapted matrix (q and v) per layer
     assert counts["lora"].library_params == 2 * 2 * 4 * (32 + 32)
+    # flat prefix tuning: a key and a value vector per prefix position per layer
+    assert counts["prefix_tuning"].library_params == 3 * 2 * 2 * 32
     # prompt tuning: one d_model vector per virtual token
     assert counts["prompt_tuning"].library_params == 3 * 32
     # Houlsby adapters: two bottleneck adapters per layer (down d->d/4 and up d/4->d, with biases)
@@ -576,3 +578,17 @@ def test_run_config_end_to_end(tmp_path, tiny_bert_dir):
     assert "lora" in table and "prompt_tuning" in table
     with pytest.raises(ConfigError, match="no 'baselines' section"):
         run_config({k: v for k, v in exp.items() if k != "baselines"}, results_dir=out)
+
+
+def test_probe_reference_uses_the_same_training_subset(tmp_path, tiny_bert):
+    from probekit.baselines.compare import probe_reference
+    from probekit.baselines.train import subsample
+
+    train, dev, test = make_sentences(10), make_sentences(4, 1), make_sentences(5, 2)
+    ref = probe_reference(model_name=tiny_bert.name, task="aux_verb", train=train, dev=dev, test=test, seed=3,
+                          train_sentences=4, device="cpu", store_root=tmp_path, loaded=tiny_bert)
+    assert ref["train_sentences"] == 4
+    assert ref["train_words"] == n_aux_words(subsample(train, 4, 3))
+    assert [r["layer"] for r in ref["layers"]] == list(range(tiny_bert.num_layers + 1))
+    assert ref["best"]["dev_accuracy"] == max(r["dev_accuracy"] for r in ref["layers"])
+    assert set(ref["best"]["test"]) == {"accuracy", "macro_f1", "pos_f1"}
