@@ -47,10 +47,6 @@ def cmd_run(args) -> int:
         print(cfg.to_yaml())
         return 0
     res = run_experiment(cfg, progress=not args.quiet)
-    if cfg.baselines:
-        from probekit.baselines.runner import run_config_baselines
-
-        run_config_baselines(cfg, res)
     table = best_layer_table(res.summary)
     print(f"\nResults: {res.folder}/results.csv ({len(res.table)} rows); figures in {res.folder}/figures")
     print(f"Forward passes this run: {res.forward_passes} shard(s) computed"

@@ -337,6 +337,8 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> Experimen
             del lm
         for u in units:
             all_rows.extend(u.rows)
+    if cfg.baselines:
+        all_rows.extend(run_config_baselines(cfg, data))
     df, timings = to_frames(all_rows)
     write_csv(df, folder / "results.csv")
     if timings is not None:
@@ -369,3 +371,18 @@ def _append_run_log(folder: Path, entry: dict) -> None:
         runs = []
     runs.append(entry)
     atomic_write_bytes(path, json.dumps(runs, indent=1).encode())
+
+
+def run_config_baselines(cfg: ExperimentConfig, data: dict) -> list[dict]:
+    """The config's fine-tuning / lightweight-tuning baselines, as rows of the same table.
+
+    Each finished run is kept under ``results/<experiment>/baselines/runs`` and skipped on a rerun.
+    """
+    from probekit.baselines.config import BaselineConfig
+    from probekit.baselines.train import run_baselines
+
+    bcfg = BaselineConfig.from_dict(cfg.baselines)
+    return run_baselines(models=[m for m in cfg.models if "@" not in m], tasks=list(cfg.tasks), seeds=list(cfg.seeds),
+                         config=bcfg, train=data["train"], dev=data["dev"], test=data["test"],
+                         results_dir=Path(cfg.results_dir) / cfg.name / "baselines", device=cfg.device,
+                         experiment=cfg.name)
