@@ -178,8 +178,9 @@ def probe_task(*, lm_info: dict, stores: dict, data: dict, task, cfg: Experiment
             X = {role: _features(stores[role], group, masks[role], level, pooling) for role in ("train", "dev", "test")}
             log.info("%s %s %s: layers %s loaded (%.1fs)", lm_info["name"], task.name, pool_name, group,
                      time.perf_counter() - t0)
+            shared: dict = {}
             for u in punits:
-                _run_unit_group(u, X, y, group, C, controls.get(u.seed), cfg, common, pool_name, d)
+                _run_unit_group(u, X, y, group, C, controls.get(u.seed), cfg, common, pool_name, d, shared)
 
 
 def _score_rows(common, u, pool_name, layer, control, split_scores, n_params, train_size, reg, seconds):
@@ -220,10 +221,19 @@ def _fit_predict(probe: str, X: dict, y: dict, C: int, cfg: ExperimentConfig, se
 
 
 def _run_unit_group(u: Unit, X: dict, y: dict, group: list[int], C: int, control, cfg: ExperimentConfig, common,
-                    pool_name: str, d: int) -> None:
+                    pool_name: str, d: int, shared: dict | None = None) -> None:
     t0 = time.perf_counter()
-    res = _fit_predict(u.probe, X, y, C, cfg, u.seed)
-    secs = (time.perf_counter() - t0) / len(group)
+    if u.probe == "linear" and shared is not None:
+        # The linear probe is a convex problem solved to convergence: its fit does not depend on the seed
+        # (stage 1 uses a fixed subsample), so it is computed once and its rows repeated for every seed.
+        # Seeds change what really is random: control labels, MDL block order, MLP initialisation.
+        if "linear" not in shared:
+            shared["linear"] = (_fit_predict("linear", X, y, C, cfg, 0), time.perf_counter() - t0)
+        res, secs = shared["linear"]
+        secs /= len(group)
+    else:
+        res = _fit_predict(u.probe, X, y, C, cfg, u.seed)
+        secs = (time.perf_counter() - t0) / len(group)
     for i, layer in enumerate(group):
         pdev, ptest, n_params, reg = res[i]
         scores = {"dev": {"accuracy": float((pdev == y["dev"]).mean())},
