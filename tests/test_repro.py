@@ -175,3 +175,16 @@ def test_store_key_depends_on_what_changes_vectors(tiny_bert_dir, ewt_dev_small,
     digest = {p: hashlib.sha256(b"".join(f.read_bytes() for f in sorted(Path(p).glob("shard-*/words.npy"))))
               .hexdigest() for p in paths}
     assert len(set(digest.values())) == 4
+
+
+@pytest.mark.xfail(strict=True, reason="models.weights_hash trusts its memo file (written non-atomically): a truncated "
+                                       "memo becomes the recorded weights hash; needs the models.py patch "
+                                       "(see docs/failures.md)")
+def test_damaged_weights_hash_memo_is_not_trusted(tiny_bert_dir, tmp_path, monkeypatch):
+    from probekit.models import weights_hash
+
+    monkeypatch.setenv("PROBEKIT_CACHE_DIR", str(tmp_path / "cache"))
+    true = weights_hash(Path(tiny_bert_dir))
+    (memo,) = (tmp_path / "cache" / "weights_hash").iterdir()
+    memo.write_text(true[:20])  # a write cut short by a kill
+    assert weights_hash(Path(tiny_bert_dir)) == true
