@@ -248,7 +248,8 @@ class ActivationStore:
                 return f"{sh.get('name')} starts at word {sh.get('word_start')}, expected {word}"
             word, sent = sh.get("word_end", -1), sh.get("sent_end", -1)
         if (word, sent) != (m["n_words"], m["n_sentences"]):
-            return f"the shards cover {word} words / {sent} sentences, the store has {m['n_words']} / {m['n_sentences']}"
+            return (f"the shards cover {word} words / {sent} sentences, the store has {m['n_words']} / "
+                    f"{m['n_sentences']}")
         return None
 
     # ------------------------------------------------------------------ metadata

@@ -102,7 +102,8 @@ def test_malformed_conllu_names_file_and_line(tmp_path):
 
     bad = write_conllu_text(tmp_path / "train.conllu", [
         sentence_block([("Dogs", "NOUN"), ("bark", "VERB")]),
-        "# sent_id = s2\n# text = Cats sleep\n1\tCats\tcat\tNOUN\t_\t_\t2\tnsubj\t_\n2\tsleep\tsleep\tVERB\t_\t_\t0\troot\t_\t_"])
+        "# sent_id = s2\n# text = Cats sleep\n1\tCats\tcat\tNOUN\t_\t_\t2\tnsubj\t_\n"  # 9 columns
+        "2\tsleep\tsleep\tVERB\t_\t_\t0\troot\t_\t_"])
     line = bad.read_text().splitlines().index("1\tCats\tcat\tNOUN\t_\t_\t2\tnsubj\t_") + 1
     assert line == 8
     with pytest.raises(DataError, match=rf"train\.conllu:{line}: expected 10 tab-separated"):
@@ -250,8 +251,8 @@ def test_config_value_of_wrong_type(field, value, read_as):
     assert read_as is not None and getattr(cfg, field) == read_as
 
 
-def test_config_override_of_wrong_type_on_the_cli(tmp_path):
-    """--set limit=5 must not end in a traceback (fails until the config.py patch)."""
+def test_config_override_on_the_cli_dry_run(tmp_path):
+    """Positive control for the next test: a well-typed --set override resolves without error."""
     (tmp_path / "c.yaml").write_text("name: e\nmodels: [minilm]\n")
     from probekit.cli import main
 
