@@ -132,6 +132,8 @@ def test_pdf_embeds_truetype_fonts(results_folder: Path):
     pdf = out[0].read_bytes()
     assert pdf.startswith(b"%PDF") and b"/FontFile2" in pdf and b"/Type3" not in pdf
     assert out[1].read_text().lstrip().startswith("<?xml")
+    again = heatmap(summary, results_folder / "figures" / "hm2", formats=("pdf",))
+    assert again[0].read_bytes() == pdf  # no creation date: byte-reproducible
 
 
 def test_baselines_vs_params_needs_tuning_rows(tmp_path: Path):

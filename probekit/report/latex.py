@@ -23,7 +23,7 @@ COLUMNS = [
     ("test_acc", r"Acc. (\%)", "Acc. (%)"),
     ("majority", r"Maj. (\%)", "Maj. (%)"),
     ("selectivity", "Sel. (pts)", "Sel. (pts)"),
-    ("expected_layer", r"$\mathbb{E}[\ell]$", "E[layer]"),
+    ("expected_layer", r"$\mathrm{E}[\ell]$", "E[layer]"),
     ("mdl_best_layer", "MDL layer", "MDL layer"),
 ]
 
@@ -104,7 +104,7 @@ def best_layer_latex(table, *, caption: str | None = None, label: str = "tab:bes
     caption = caption or ("Best layer per model and task (layer 0 = embeddings). Acc.: test accuracy at the best "
                           r"layer, mean $\pm$ 95\% CI half-width over seeds; Maj.: majority-class accuracy; "
                           "Sel.: selectivity (task $-$ control-task accuracy) at that layer; "
-                          r"$\mathbb{E}[\ell]$: expected layer (Tenney et al., 2019); MDL layer: layer with the "
+                          r"$\mathrm{E}[\ell]$: expected layer (Tenney et al., 2019); MDL layer: layer with the "
                           "shortest online codelength (Voita \\& Titov, 2020).")
     lines = [r"\begin{table}[t]", r"\centering", r"\small", rf"\begin{{tabular}}{{{align}}}", r"\toprule",
              " & ".join(tex for _, tex in cols) + r" \\", r"\midrule"]

@@ -49,15 +49,28 @@ def color(i: int) -> str:
     return PALETTE[i % len(PALETTE)]
 
 
+#: File metadata without dates, so that the same figure gives the same bytes on every run.
+METADATA = {"pdf": {"CreationDate": None, "ModDate": None, "Producer": "probekit (matplotlib)"},
+            "svg": {"Date": None}, "png": {"Software": "probekit (matplotlib)"}}
+FORMATS = ("pdf", "png", "svg")
+
+
 def save(fig, stem: Path, formats=("pdf", "png")) -> list[Path]:
-    """Save a figure as vector PDF plus PNG (and SVG on request); returns the paths."""
+    """Save a figure as vector PDF plus PNG (and SVG on request), atomically; returns the paths.
+
+    PDFs and SVGs carry no creation date, so they are byte-reproducible.
+    """
+    from probekit.errors import unknown_name
+
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     out = []
     for fmt in formats:
-        p = stem.with_suffix(f".{fmt}")
+        if fmt not in FORMATS:
+            raise unknown_name("figure format", fmt, FORMATS)
+        p = stem.with_name(f"{stem.name}.{fmt}")
         tmp = p.with_name(f".{p.name}.tmp.{fmt}")
-        fig.savefig(tmp, format=fmt)
+        fig.savefig(tmp, format=fmt, metadata=METADATA[fmt])
         tmp.replace(p)
         out.append(p)
     return out
