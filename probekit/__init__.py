@@ -19,7 +19,7 @@ _LAZY = {
     "list_tasks": "probekit.tasks.base",
     "load_model": "probekit.models",
     "load_sentences": "probekit.api",
-    "extract": "probekit.api",
+    "extract_store": "probekit.api",
     "probe": "probekit.api",
     "summarize": "probekit.api",
     "plot_layers": "probekit.api",

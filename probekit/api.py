@@ -3,7 +3,7 @@
     import probekit as pk
     train, dev, test = (pk.load_sentences("ud_ewt", s, limit=500) for s in ("train", "dev", "test"))
     lm = pk.load_model("minilm")
-    stores = {s: pk.extract(lm, sents, split=s) for s, sents in [("train", train), ("dev", dev), ("test", test)]}
+    stores = {s: pk.extract_store(lm, sents, split=s) for s, sents in [("train", train), ("dev", dev), ("test", test)]}
     table = pk.probe(lm, "upos", stores, {"train": train, "dev": dev, "test": test})
     summary = pk.summarize(table)
     pk.plot_layers(summary)
@@ -31,7 +31,7 @@ def load_sentences(dataset: str = "ud_ewt", split: str = "train", *, limit: int 
     return load_split(dataset, split, data_dir=data_dir, limit=limit)
 
 
-def extract(model, sentences: Sequence[Sentence], *, split: str = "custom", dataset: str = "custom", **kw):
+def extract_store(model, sentences: Sequence[Sentence], *, split: str = "custom", dataset: str = "custom", **kw):
     """Extract (or reuse) every layer's vectors; ``model`` is a name or a loaded model. See
     :func:`probekit.extract.extract` for the options."""
     from probekit.extract import extract as _extract

@@ -235,12 +235,33 @@ def main(argv=None) -> int:
     try:
         return args.fn(args)
     except ProbekitError as e:
-        msg = textwrap.fill(str(e), width=100)
-        print(f"probekit: error: {msg}", file=sys.stderr)
+        _print_error(str(e))
         return e.exit_code
     except KeyboardInterrupt:
         print("probekit: interrupted; finished shards and result units are kept, rerun to resume.", file=sys.stderr)
         return 130
+    except (OSError, UnicodeError, MemoryError) as e:
+        # the environment (a path, permissions, a full disk, memory), not a probekit bug: one paragraph too;
+        # -v shows the traceback
+        if args.verbose > 1:
+            raise
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        what = getattr(e, "strerror", None) or str(e) or type(e).__name__
+        _print_error(f"{where}{what} ({type(e).__name__}). Check the path, its permissions and the free disk space "
+                     "or memory, then rerun: finished shards and result units are kept. (-v shows the traceback.)")
+        return 2
+    except RuntimeError as e:
+        if "out of memory" not in str(e).lower() or args.verbose > 1:
+            raise
+        _print_error(f"Out of memory: {str(e).splitlines()[0]} Lower --batch-tokens, probe fewer layers at once, or "
+                     "use a smaller model. (-v shows the traceback.)")
+        return 2
+
+
+def _print_error(text: str) -> None:
+    """One paragraph on stderr, broken only at spaces so that paths and URLs stay whole."""
+    msg = textwrap.fill(text, width=100, break_on_hyphens=False, break_long_words=False)
+    print(f"probekit: error: {msg}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Unknown keys are errors with a "did you mean" suggestion, never silently ignored
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,12 @@ import yaml
 from probekit.errors import ConfigError, unknown_name
 
 PROBES = ("linear", "mlp1", "mlp2")
+_TYPE_NAMES = {"list": list, "dict": dict, "str": str, "bool": bool, "int": int, "float": float, "None": type(None)}
+#: list fields and what their items must be
+_LIST_ITEMS = {"models": (str, "model names"), "tasks": (str, "task names"), "probes": (str, "probe names"),
+               "seeds": (int, "integers"), "layers": (int, "layer numbers"),
+               "sentence_poolings": (str, "pooling names"), "Cs": ((int, float), "positive numbers"),
+               "figures": (str, "formats")}
 SPLIT_NAMES = ("train", "dev", "test")
 
 
@@ -62,8 +69,7 @@ class ExperimentConfig:
     figures: list = _help(["pdf", "png"], "Figure formats (pdf, png, svg).")
 
     def __post_init__(self) -> None:
-        if isinstance(self.models, str):
-            self.models = [self.models]
+        self._check_types()
         if not self.models:
             raise ConfigError("Config 'models' is empty: name at least one model (e.g. minilm).")
         if not self.tasks:
@@ -92,6 +98,49 @@ class ExperimentConfig:
         for sp in self.sentence_poolings:
             if sp not in SENTENCE_POOLINGS:
                 raise unknown_name("sentence pooling", sp, SENTENCE_POOLINGS)
+
+    def _check_types(self) -> None:
+        """Every value has its field's type (from the annotation), else a ConfigError naming the key.
+
+        A single value where a list is expected becomes a one-item list (``tasks: upos``); a path
+        object where a string is expected becomes a string.
+        """
+        for f in fields(self):
+            names = [t.strip() for t in str(f.type).split("|")]
+            if not all(n in _TYPE_NAMES for n in names):
+                continue  # a type this check does not know: left to the field's own validation
+            allowed = tuple(_TYPE_NAMES[n] for n in names)
+            v = getattr(self, f.name)
+            if v is None and type(None) not in allowed and (list in allowed or dict in allowed):
+                v = [] if list in allowed else {}  # `limit:` left empty in YAML
+            if str in allowed and isinstance(v, os.PathLike):
+                v = os.fspath(v)
+            if list in allowed and isinstance(v, tuple):
+                v = list(v)
+            elif list in allowed and isinstance(v, (str, int, float)) and not isinstance(v, bool):
+                v = [v]
+            ok = (bool in allowed) if isinstance(v, bool) else (
+                isinstance(v, allowed) or (float in allowed and isinstance(v, int)))
+            if not ok:
+                want = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+                raise ConfigError(f"Config {f.name!r} must be {want}, got {v!r} ({type(v).__name__}). "
+                                  f"{f.metadata.get('help', '')}")
+            setattr(self, f.name, v)
+        for name, (item, what) in _LIST_ITEMS.items():
+            v = getattr(self, name, None)
+            if v is not None and not all(isinstance(x, item) and not isinstance(x, bool) for x in v):
+                raise ConfigError(f"Config {name!r} must be a list of {what}, got {v!r}.")
+        for name in ("splits", "files"):
+            d = getattr(self, name)
+            for k, v in d.items():
+                if isinstance(v, os.PathLike):
+                    d[k] = os.fspath(v)
+                elif not isinstance(v, str):
+                    raise ConfigError(f"Config {name!r} must map split roles to names or paths, got {d!r}.")
+        for k, n in self.limit.items():
+            if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+                raise ConfigError(f"Config 'limit' must map split roles to sentence counts >= 0 "
+                                  f"(e.g. {{train: 2000}}), got {self.limit!r}.")
 
     # ------------------------------------------------------------------ I/O
     @classmethod

@@ -87,10 +87,15 @@ def plan_units(cfg: ExperimentConfig, model: str, model_fp: dict, data_fp: dict,
     """Every unit of work for one model (keys depend on everything that changes the rows)."""
     from probekit.tasks import get_task
 
+    from probekit.models import kind_of
+
+    kind = kind_hint or kind_of(model)
     units = []
     for tname in cfg.tasks:
         task = get_task(tname)
         poolings = list(cfg.sentence_poolings) if task.level == "sentence" else [cfg.word_pooling or "default"]
+        if task.level == "sentence" and kind == "decoder":
+            poolings = [p for p in poolings if p != "cls"]  # a causal model has no [CLS] summary token
         for pooling in poolings:
             for probe in cfg.probes:
                 for seed in cfg.seeds:
@@ -376,8 +381,11 @@ def _append_run_log(folder: Path, entry: dict) -> None:
 
     path = folder / "run_log.json"
     try:
-        runs = json.loads(path.read_text()) if path.is_file() else []
-    except json.JSONDecodeError:
+        runs = json.loads(path.read_bytes().decode("utf-8")) if path.is_file() else []
+    except (OSError, ValueError):  # ValueError covers JSONDecodeError and UnicodeDecodeError
+        log.warning("%s is damaged; starting a new run log", path)
+        runs = []
+    if not isinstance(runs, list):
         runs = []
     runs.append(entry)
     atomic_write_bytes(path, json.dumps(runs, indent=1).encode())

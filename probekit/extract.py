@@ -25,7 +25,8 @@ from probekit.align import (SENTENCE_POOLINGS, align_batch, check_pooling, plan_
                             special_layout)
 from probekit.data.conllu_io import Sentence, atomic_write_bytes
 from probekit.errors import ModelError, StoreError
-from probekit.store import DTYPES, ActivationStore, plan_shards, store_key, verify_shard, write_shard
+from probekit.store import (DTYPES, ActivationStore, plan_shards, read_json, store_key, verify_shard,
+                            write_shard)
 
 log = logging.getLogger(__name__)
 
@@ -238,28 +239,39 @@ def extract(model, sentences: Sequence[Sentence], *, dataset: str = "custom", sp
                     "n_sentences": len(sentences), "n_words": sum(words_per), "n_shards": len(plans),
                     "shard_words": shard_words, "shards": [], "complete": False}
         done: dict[int, dict] = {}
+        expected = {"words.npy", *(f"sent-{k}.npy" for k in ex.sentence_poolings)}
         if manifest_path.is_file():
-            try:
-                old = json.loads(manifest_path.read_text())
-                if old.get("key") == key and old.get("n_shards") == len(plans):
-                    done = {int(s["name"].split("-")[1]): s for s in old.get("shards", [])}
-                    manifest["stats"] = old.get("stats", {})
-            except json.JSONDecodeError:
-                log.warning("%s is not valid JSON; rebuilding the manifest from the shard folders", manifest_path)
+            old = read_json(manifest_path)  # None when unreadable, not UTF-8, not JSON or not an object
+            if old is None:
+                if strict:
+                    raise StoreError(f"Activation store damaged: {manifest_path} is not a JSON object. Delete "
+                                     f"{store_dir} or rerun without --strict to rebuild the manifest.")
+                log.warning("Activation store damaged: %s is not a JSON object; rebuilding the manifest from the "
+                            "shard folders (each shard is verified against its meta.json).", manifest_path)
+            elif old.get("key") == key and old.get("n_shards") == len(plans):
+                for rec in old.get("shards") or []:
+                    try:
+                        done[int(rec["name"].split("-")[1])] = rec
+                    except (TypeError, KeyError, IndexError, ValueError, AttributeError):
+                        continue  # a malformed record: the shard folder's own meta.json is read below
+                manifest["stats"] = old.get("stats", {})
         # pick up shards committed after the last manifest write (killed between rename and manifest)
         for p in plans:
             meta_file = store_dir / f"shard-{p.index:05d}" / "meta.json"
             if p.index not in done and meta_file.is_file():
-                try:
-                    done[p.index] = json.loads(meta_file.read_text())
-                except json.JSONDecodeError:
-                    pass
+                meta = read_json(meta_file)
+                if meta is not None:
+                    done[p.index] = meta
+                else:
+                    log.warning("Activation store damaged: %s is not a JSON object. Recomputing that shard.",
+                                meta_file)
         for idx in sorted(done):
             meta = done[idx]
             p = plans[idx] if idx < len(plans) else None
-            problem = verify_shard(store_dir, meta)
-            if p is None or (meta.get("sent_start"), meta.get("sent_end")) != (p.sent_start, p.sent_end):
-                problem = problem or f"{store_dir / meta['name']} covers other sentences than planned (foreign shard)"
+            problem = verify_shard(store_dir, meta, expected=expected, key=key)
+            if not problem and (p is None or [meta.get(k) for k in ("sent_start", "sent_end", "word_start", "word_end")]
+                                != [p.sent_start, p.sent_end, p.word_start, p.word_end]):
+                problem = f"{store_dir / meta['name']} covers other sentences than planned (foreign shard)"
             if problem:
                 if strict:
                     raise StoreError(f"Activation store damaged: {problem}. Delete {store_dir} or rerun without "
@@ -267,8 +279,11 @@ def extract(model, sentences: Sequence[Sentence], *, dataset: str = "custom", sp
                 log.warning("Activation store damaged: %s. Recomputing that shard.", problem)
                 del done[idx]
         todo = [p for p in plans if p.index not in done]
+        # leftovers of a killed run: a half-written shard folder, a half-written manifest
         for tmp in store_dir.glob(".tmp-shard-*"):
             shutil_rmtree(tmp)
+        for tmp in store_dir.glob(".manifest.json.*.tmp"):
+            tmp.unlink(missing_ok=True)
         if todo:
             total_words = sum(p.word_end - p.word_start for p in todo)
             log.info("Extracting %s/%s with %s: %d of %d shards to do (%d words)", dataset, split, model.name,
@@ -282,7 +297,8 @@ def extract(model, sentences: Sequence[Sentence], *, dataset: str = "custom", sp
                 arrays = {"words": words.astype(np_dtype)}
                 arrays.update({f"sent-{k}": v.astype(np_dtype) for k, v in sents.items()})
                 meta = write_shard(store_dir, p.index, arrays, {"sent_start": p.sent_start, "sent_end": p.sent_end,
-                                                                "word_start": p.word_start, "word_end": p.word_end})
+                                                                "word_start": p.word_start, "word_end": p.word_end},
+                                   key=key)
                 done[p.index] = meta
                 manifest["shards"] = [done[k] for k in sorted(done)]
                 manifest["stats"] = {k: manifest.get("stats", {}).get(k, 0) + v for k, v in ex.stats.items()}

@@ -23,7 +23,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from probekit.errors import ModelError, unknown_name
+from probekit.errors import ModelError, did_you_mean, unknown_name
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,9 @@ def weights_hash(folder: Path) -> str:
     key = hashlib.sha256(json.dumps([[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files])
                          .encode()).hexdigest()[:24]
     memo = cache_root() / "weights_hash" / key
-    if memo.is_file():
-        return memo.read_text().strip()
+    cached = _read_memo(memo)
+    if cached:
+        return cached
     h = hashlib.sha256()
     for p in files:
         h.update(p.name.encode())
@@ -81,9 +82,23 @@ def weights_hash(folder: Path) -> str:
             while block := fh.read(1 << 22):
                 h.update(block)
     digest = h.hexdigest()
-    memo.parent.mkdir(parents=True, exist_ok=True)
-    memo.write_text(digest)
+    _write_memo(memo, digest)
     return digest
+
+
+def _read_memo(memo: Path) -> str | None:
+    """A memoised sha256, or None when the memo is missing or damaged (then the hash is recomputed)."""
+    try:
+        text = memo.read_bytes().decode("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else None
+
+
+def _write_memo(memo: Path, digest: str) -> None:
+    from probekit.data.conllu_io import atomic_write_bytes
+
+    atomic_write_bytes(memo, digest.encode())
 
 
 def convert_gguf(folder: Path, gguf_file: str, cache_dir: Path | None = None) -> Path:
@@ -219,6 +234,10 @@ def resolve(name: str) -> tuple[str, Path | str, str | None, int | None]:
     if base.startswith((".", "/", "~")) or os.sep in base and not _looks_like_hub_id(base):
         raise ModelError(f"Model path {base!r} does not exist.")
     if _looks_like_hub_id(base):
+        if "/" not in base and did_you_mean(base, ALIASES):
+            # "smollm2-135" is far likelier a typo of an alias than a legacy hub id: do not go to the network
+            raise unknown_name("model", base, ALIASES, ModelError,
+                               hint="For a model on the HF hub, give its full id (org/name).")
         return base, base, None, seed
     raise unknown_name("model", base, ALIASES, ModelError,
                        hint="Give an alias, a local HF folder, a .gguf file or an HF hub id (org/name).")
@@ -306,9 +325,31 @@ def _memo_file_hash(path: Path) -> str:
     st = path.stat()
     key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:24]
     memo = cache_root() / "weights_hash" / key
-    if memo.is_file():
-        return memo.read_text().strip()
+    cached = _read_memo(memo)
+    if cached:
+        return cached
     digest = weights_hash_file(path)
-    memo.parent.mkdir(parents=True, exist_ok=True)
-    memo.write_text(digest)
+    _write_memo(memo, digest)
     return digest
+
+
+def kind_of(name: str) -> str | None:
+    """'encoder' or 'decoder' without loading the model (alias, local config.json, GGUF); None if unknown."""
+    base, where, gguf, _ = resolve(name)
+    if base in ALIASES:
+        return ALIASES[base].kind
+    if gguf:
+        return "decoder"
+    if isinstance(where, Path) and (where / "config.json").is_file():
+        try:
+            cfg = json.loads((where / "config.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if cfg.get("is_decoder") and not cfg.get("is_encoder_decoder"):
+            return "decoder"
+        if cfg.get("model_type") in DECODER_TYPES:
+            return "decoder"
+        if any("CausalLM" in a or "LMHeadModel" in a for a in cfg.get("architectures") or []):
+            return "decoder"
+        return "encoder"
+    return None

@@ -55,8 +55,21 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: in
     return out
 
 
+UNIT_FORMAT = 2
+
+
+def _rows_digest(rows: list[dict]) -> str:
+    """sha256 of the canonical JSON of a unit's rows (what load_unit checks)."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(rows, sort_keys=True, default=_json_default).encode()).hexdigest()
+
+
 def save_unit(path: Path, rows: list[dict]) -> None:
-    atomic_write_bytes(path, json.dumps(rows, indent=0, default=_json_default).encode())
+    """Write a finished unit's rows atomically, with their count and checksum."""
+    rows = json.loads(json.dumps(rows, default=_json_default))  # plain JSON types, as load_unit will see them
+    blob = {"format": UNIT_FORMAT, "n_rows": len(rows), "sha256": _rows_digest(rows), "rows": rows}
+    atomic_write_bytes(path, json.dumps(blob, indent=0).encode())
 
 
 def _json_default(o):
@@ -70,12 +83,32 @@ def _json_default(o):
 
 
 def load_unit(path: Path) -> list[dict] | None:
-    """Rows of a finished unit, or None when the file is missing or damaged (then it is recomputed)."""
-    try:
-        rows = json.loads(Path(path).read_text())
-        return rows if isinstance(rows, list) else None
-    except (OSError, json.JSONDecodeError):
+    """Rows of a finished unit, or None when the file is missing or damaged (then it is recomputed).
+
+    A file that is unreadable, not UTF-8 or not JSON, has no rows, lacks result columns or fails
+    its checksum is damaged: a warning names it and the unit is recomputed, never trusted.
+    """
+    import logging
+
+    path = Path(path)
+    if not path.is_file():
         return None
+    try:
+        blob = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        blob = None
+    if isinstance(blob, list):  # written before units carried a checksum: kept if well-formed
+        rows, blob = blob, {"n_rows": len(blob), "sha256": _rows_digest(blob)}
+    else:
+        rows = blob.get("rows") if isinstance(blob, dict) else None
+    ok = (isinstance(rows, list) and bool(rows) and blob.get("n_rows") == len(rows)
+          and all(isinstance(r, dict) and set(COLUMNS) <= set(r) for r in rows)
+          and blob.get("sha256") == _rows_digest(rows))
+    if not ok:
+        logging.getLogger(__name__).warning("Result unit %s is damaged (unreadable, incomplete or failing its "
+                                            "checksum); recomputing it.", path)
+        return None
+    return rows
 
 
 def to_frames(rows: list[dict]):

@@ -186,9 +186,6 @@ def test_unknown_model_or_alias_did_you_mean(name, suggestion):
         resolve(name)
 
 
-@pytest.mark.xfail(strict=True, reason="a typo of a hyphenated alias looks like a hub id: load_model tries the "
-                                       "network (~40 s of retries offline) and never suggests the alias; needs the "
-                                       "models.resolve patch (see docs/failures.md)")
 def test_typo_of_hyphenated_alias_is_not_sent_to_the_hub():
     from probekit.models import resolve
 
@@ -235,10 +232,7 @@ CONFIG_TYPE_CASES = [
 
 
 @pytest.mark.parametrize("field, value, read_as", [
-    pytest.param(f, v, r, marks=pytest.mark.xfail(strict=True, reason="ExperimentConfig does not check value types "
-                                                  "(raw TypeError, a string iterated as a list, or silently kept); "
-                                                  "needs the config.py patch (see docs/failures.md)")) if bad
-    else (f, v, r) for f, v, r, bad in CONFIG_TYPE_CASES])
+    (f, v, r) for f, v, r, bad in CONFIG_TYPE_CASES])
 def test_config_value_of_wrong_type(field, value, read_as):
     """A wrong type is a ConfigError naming the key, or an obvious single value read as a one-item list."""
     from probekit.config import ExperimentConfig
@@ -263,7 +257,6 @@ def test_config_override_on_the_cli_dry_run(tmp_path):
     assert rc == 0
 
 
-@pytest.mark.xfail(strict=True, reason="needs the config.py patch (see docs/failures.md)")
 def test_config_override_limit_scalar_is_clean_error(tmp_path, capsys):
     from probekit.cli import main
 
@@ -282,9 +275,6 @@ def test_invalid_utf8_config(tmp_path):
     check_cli_error(p.returncode, p.stderr, "c.yaml", "not valid UTF-8")
 
 
-@pytest.mark.xfail(strict=True, reason="tasks/base.load_task_file reads YAML with read_text() and does not catch "
-                                       "UnicodeDecodeError: a bad file in PROBEKIT_TASKS_PATH gives a traceback; "
-                                       "needs the tasks/base.py patch (see docs/failures.md)")
 def test_invalid_utf8_task_yaml(tmp_path):
     d = tmp_path / "mytasks"
     d.mkdir()
@@ -303,9 +293,6 @@ def test_annotate_empty_text(tmp_path):
     check_cli_error(p.returncode, p.stderr, "empty.txt", "no sentences")
 
 
-@pytest.mark.xfail(strict=True, reason="cli.main wraps messages with textwrap.fill's default break_on_hyphens: a "
-                                       "path with hyphens is cut across lines and cannot be copied; needs the "
-                                       "cli.py patch (see docs/failures.md)")
 def test_cli_error_keeps_paths_whole(tmp_path, capsys):
     from probekit.cli import main
 
@@ -315,9 +302,6 @@ def test_cli_error_keeps_paths_whole(tmp_path, capsys):
     assert str(path) in err.replace("\n", " "), err
 
 
-@pytest.mark.xfail(strict=True, reason="cli.main only catches ProbekitError: an OSError (unwritable results "
-                                       "folder, disk full) ends in a traceback; needs the cli.py patch "
-                                       "(see docs/failures.md)")
 def test_cli_environment_error_is_one_paragraph(tmp_path):
     (tmp_path / "blocker").write_text("a file, not a folder")
     (tmp_path / "c.yaml").write_text("name: e\nmodels: [minilm]\ntasks: [upos]\n")

@@ -134,7 +134,7 @@ def test_notebook_api_steps(tmp_path, tiny_bert_dir, data_dir):
 
     sents = {s: pk.load_sentences("ud_ewt", s, limit=25, data_dir=data_dir) for s in ("train", "dev", "test")}
     lm = pk.load_model(str(tiny_bert_dir), device="cpu")
-    stores = {s: pk.extract(lm, sents[s], split=s, store_root=tmp_path, progress=False) for s in sents}
+    stores = {s: pk.extract_store(lm, sents[s], split=s, store_root=tmp_path, progress=False) for s in sents}
     assert "layers=0..2" in repr(stores["train"]) and "<table>" in stores["train"]._repr_html_()
     table = pk.probe(lm, "aux_verb", stores, sents, seeds=[0])
     assert set(table.layer.dropna().astype(int)) == {0, 1, 2}

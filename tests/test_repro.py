@@ -177,9 +177,6 @@ def test_store_key_depends_on_what_changes_vectors(tiny_bert_dir, ewt_dev_small,
     assert len(set(digest.values())) == 4
 
 
-@pytest.mark.xfail(strict=True, reason="models.weights_hash trusts its memo file (written non-atomically): a truncated "
-                                       "memo becomes the recorded weights hash; needs the models.py patch "
-                                       "(see docs/failures.md)")
 def test_damaged_weights_hash_memo_is_not_trusted(tiny_bert_dir, tmp_path, monkeypatch):
     from probekit.models import weights_hash
 

@@ -292,9 +292,6 @@ def test_extraction_killed_at_random_time_resumes_byte_identical(seed, ctx, bert
     resume_and_check(bert, ewt_dev_small, root, reference, tolerate_manifest_tmp=True)
 
 
-@pytest.mark.xfail(strict=True, reason="extract.py removes leftover .tmp-shard-* folders but not the temporary "
-                                       "file of a manifest write cut by a kill; needs the extract.py patch "
-                                       "(see docs/failures.md)")
 def test_extraction_killed_during_manifest_write(ctx, bert, ewt_dev_small, reference, tmp_path):
     root = tmp_path / "store"
     ev = fresh_events(tmp_path, "m")
@@ -397,9 +394,6 @@ def test_killed_experiment_resumes_without_recomputing_finished_units(ctx, tiny_
     assert unit_rows(first) == first_rows
 
 
-@pytest.mark.xfail(strict=True, reason="results.load_unit accepts any JSON list: a unit file holding [] (or a "
-                                       "changed value) silently drops/changes rows; needs the load_unit patch "
-                                       "(see docs/failures.md)")
 @pytest.mark.parametrize("damage", ["empty_list", "changed_value"])
 def test_unit_file_that_is_valid_json_but_wrong_is_recomputed(damage, tmp_path):
     from probekit.results import COLUMNS, load_unit, row, save_unit
@@ -416,9 +410,6 @@ def test_unit_file_that_is_valid_json_but_wrong_is_recomputed(damage, tmp_path):
     assert load_unit(path) is None
 
 
-@pytest.mark.xfail(strict=True, reason="experiment._append_run_log catches only JSONDecodeError: a damaged (binary) or "
-                                       "non-list run_log.json crashes run_experiment after all its work; needs the "
-                                       "experiment.py patch (see docs/failures.md)")
 @pytest.mark.parametrize("garbage", [b"\xff\xfe\x00", b"{}"])
 def test_damaged_run_log_does_not_fail_a_finished_run(garbage, tmp_path):
     from probekit.experiment import _append_run_log
@@ -428,9 +419,6 @@ def test_damaged_run_log_does_not_fail_a_finished_run(garbage, tmp_path):
     assert json.loads((tmp_path / "run_log.json").read_text())[-1] == {"seconds": 1.0}
 
 
-@pytest.mark.xfail(strict=True, reason="baselines.train._read_run catches OSError and JSONDecodeError but not "
-                                       "UnicodeDecodeError: a binary-damaged run file crashes the baselines; needs "
-                                       "the baselines/train.py patch (see docs/failures.md)")
 def test_damaged_baseline_run_file_is_redone(tmp_path):
     from probekit.baselines.train import _read_run
 

@@ -216,16 +216,12 @@ MANIFEST_DAMAGE = {
     "json_list": b"[1, 2, 3]",
     "empty": b"",
 }
-NEEDS_EXTRACT_PATCH = pytest.mark.xfail(
-    strict=True, reason="extract.py reads manifest.json with json.loads(read_text()) and only catches "
-                        "JSONDecodeError; needs the read_json patch (see docs/failures.md)")
 
 
 def _manifest_cases(strict: bool):
     out = []
     for kind in sorted(MANIFEST_DAMAGE):
-        fails_now = strict or kind in ("binary_garbage", "json_list")
-        out.append(pytest.param(kind, marks=NEEDS_EXTRACT_PATCH) if fails_now else kind)
+        out.append(kind)
     return out
 
 
@@ -254,7 +250,6 @@ def test_garbage_manifest_strict_raises(kind, clean, bert, ewt_dev_small, tmp_pa
         do_extract(bert, ewt_dev_small, tmp_path, strict=True)
 
 
-@NEEDS_EXTRACT_PATCH
 def test_garbage_manifest_and_damaged_meta(clean, bert, ewt_dev_small, tmp_path, caplog):
     """With the manifest gone, each shard is checked against its own meta.json; a bad one is recomputed."""
     store_dir = copy_store(clean.path, tmp_path)

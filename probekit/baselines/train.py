@@ -380,8 +380,8 @@ def _n_sentences(splits: dict) -> dict:
 
 def _read_run(path: Path) -> dict | None:
     try:
-        d = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        d = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as e:  # ValueError covers JSONDecodeError and UnicodeDecodeError
         log.warning("cannot read %s (%s); the run is done again", path, e)
         return None
     if not isinstance(d, dict) or d.get("format") != RUN_FORMAT or not isinstance(d.get("rows"), list):

@@ -126,6 +126,9 @@ def load_task_file(path: Path) -> Task:
         spec = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise TaskError(f"{path}: invalid YAML ({e}).") from None
+    except UnicodeDecodeError as e:
+        raise TaskError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start}). Save the task file as UTF-8."
+                        ) from None
     if not isinstance(spec, dict):
         raise TaskError(f"{path}: a task file must be a mapping with keys {sorted(TASK_KEYS)}.")
     unknown = set(spec) - TASK_KEYS
