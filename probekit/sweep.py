@@ -8,16 +8,19 @@ runs them in parallel, on local worker processes or on a Ray cluster:
   and write (or reuse) its activation stores for train / dev / test. On Ray these tasks ask for
   a GPU when the cluster has one.
 * **probe cells** (model × task × probe × seed, every layer): read the finished stores and
-  train the probes; no model is loaded. The rows are written as the runner's unit files
+  train the probes; no model is loaded. The seeds of a *linear* probe form one cell: its fit is a
+  convex problem solved once per task and layer (seed-independent, see
+  :func:`probekit.experiment.probe_task`), and only the control task and MDL vary with the seed, so
+  splitting them would repeat the fit per seed. MLP probes get one cell per seed. The rows are written as the runner's unit files
   (``results/<experiment>/runs/<key>.json``), with the same keys :func:`probekit.experiment.run_experiment`
   uses, so finished cells are skipped on a rerun and ``probekit run`` on the same config
   recomputes nothing.
 * **baseline cells** (model × tuning method × task × seed, when the config has ``baselines``):
   one :func:`probekit.baselines.train.run_baselines` run each, resumable through its run files.
 
-When every cell is finished, the driver aggregates: it calls :func:`run_experiment` (which finds
-every unit done, loads no model, and writes ``results.csv``, ``summary.csv`` and the figures)
-and, with baselines, :func:`probekit.baselines.runner.run_config` (``baselines/baseline_rows.csv``).
+When every cell is finished, the driver aggregates: it calls :func:`run_experiment`, which finds
+every unit (and baseline run) done, loads no model, and writes ``results.csv`` (probe and tuning
+rows), ``summary.csv`` and the figures.
 
 Parallelism comes from :class:`concurrent.futures.ProcessPoolExecutor` (local) or Ray tasks whose
 probe cells depend on their model's extraction task; there is no scheduler of probekit's own.
@@ -50,21 +53,26 @@ class Cell:
     """One independent piece of a sweep.
 
     ``kind`` is ``"probe"`` (``method`` = probe type, all layers, every pooling of the task) or
-    ``"baseline"`` (``method`` = tuning method). ``units`` are the runner's unit keys of a probe cell.
+    ``"baseline"`` (``method`` = tuning method). ``seeds`` holds one seed, or every seed of a linear
+    probe. ``units`` are the runner's unit keys of a probe cell.
     """
 
     kind: str
     model: str
     task: str
     method: str
-    seed: int
+    seeds: list[int]
     units: list[str] = field(default_factory=list)
     done: bool = False
     estimate_s: float | None = None
 
     @property
     def label(self) -> str:
-        return f"{self.kind} {self.model} / {self.task} / {self.method} / seed {self.seed}"
+        return f"{self.kind} {self.model} / {self.task} / {self.method} / {_seeds(self.seeds)}"
+
+
+def _seeds(seeds: list[int]) -> str:
+    return f"seed {seeds[0]}" if len(seeds) == 1 else "seeds " + ",".join(map(str, seeds))
 
 
 @dataclass
@@ -117,6 +125,10 @@ class SweepPlan:
                 continue
             done = sum(c.done for c in cells)
             lines.append(f"  {kind} cells: {len(cells)} total, {done} finished (skipped), {len(cells) - done} to run")
+            if kind == "probe":
+                n_units = sum(len(c.units) for c in cells)
+                lines.append(f"    ({n_units} result units; the seeds of a linear probe share one cell, as they "
+                             "share its fit)")
             for m in self.models:
                 mc = [c for c in cells if c.model == m]
                 if mc:
@@ -197,10 +209,13 @@ def plan_sweep(cfg: ExperimentConfig) -> SweepPlan:
         fps[m] = fingerprint(m)
         by_cell: dict[tuple, list] = {}
         for u in plan_units(cfg, m, fps[m], data_fp):
-            by_cell.setdefault((u.task, u.probe, u.seed), []).append(u.key)
-        for (task, probe, seed), keys in by_cell.items():
+            cell_seed = None if u.probe == "linear" else u.seed  # linear: one cell for every seed
+            by_cell.setdefault((u.task, u.probe, cell_seed), []).append(u)
+        for (task, probe, _), units in by_cell.items():
+            keys = [u.key for u in units]
             done = all(load_unit(runs / f"{k}.json") is not None for k in keys)
-            cells.append(Cell("probe", m, task, probe, seed, units=keys, done=done))
+            seeds = sorted({u.seed for u in units})
+            cells.append(Cell("probe", m, task, probe, seeds, units=keys, done=done))
     if cfg.baselines:
         cells += _baseline_cells(cfg, folder, data)
     plan = SweepPlan(config=cfg, folder=folder, models=models, cells=cells, data_fp=data_fp, model_fps=fps)
@@ -215,7 +230,7 @@ def _baseline_cells(cfg: ExperimentConfig, folder: Path, data: dict) -> list[Cel
     bcfg = BaselineConfig.from_dict(cfg.baselines)
     n_sent = {k: len(v) for k, v in data.items()}
     out = []
-    for m in cfg.models:  # tuning baselines on the real models only
+    for m in [m for m in cfg.models if "@" not in m]:  # tuning baselines on the real models only (as the runner)
         for method in bcfg.methods:
             fp = bcfg.fingerprint(method)
             for task in cfg.tasks:
@@ -228,56 +243,59 @@ def _baseline_cells(cfg: ExperimentConfig, folder: Path, data: dict) -> list[Cel
                             done = d.get("fingerprint") == fp and d.get("n_sentences") == n_sent
                         except (OSError, json.JSONDecodeError):
                             done = False
-                    out.append(Cell("baseline", m, task, method, seed, done=done))
+                    out.append(Cell("baseline", m, task, method, [seed], done=done))
     return out
 
 
 # ----------------------------------------------------------------------------------------------- estimates
 
-def _unit_costs(rows: list[dict]) -> tuple[float | None, float | None, int | None, int]:
-    """(probe seconds per layer incl. control, MDL seconds per layer, train size, n layers) of a unit's rows.
-
-    ``train_seconds`` in the rows is already per layer (a layer group's time / its size)."""
-    probe, mdl, layers = {}, {}, set()
+def _unit_costs(rows: list[dict]) -> dict | None:
+    """Per-layer seconds of a finished unit: ``{"fit", "control", "mdl", "size", "n_layers"}`` (None when not
+    measured). ``train_seconds`` in the rows is already per layer (a layer group's time / its size)."""
+    parts: dict[str, dict] = {"fit": {}, "control": {}, "mdl": {}}
     size = None
     for r in rows:
         t, layer = r.get("train_seconds"), r.get("layer")
         if t is None or layer is None or r.get("method") != "probe":
             continue
-        layers.add(layer)
         if str(r.get("metric", "")).startswith("mdl_"):
-            mdl[layer] = float(t)
+            parts["mdl"][layer] = float(t)
+        elif str(r.get("control")) == "True":
+            parts["control"][layer] = float(t)
         else:
-            probe[(layer, bool(r.get("control")))] = float(t)
+            parts["fit"][layer] = float(t)
             size = size or r.get("train_size")
-    n = max(1, len(layers))
-    return (sum(probe.values()) / n if probe else None, sum(mdl.values()) / n if mdl else None, size, len(layers))
+    if not parts["fit"]:
+        return None
+    out = {k: (sum(v.values()) / len(v) if v else None) for k, v in parts.items()}
+    out.update(size=size, n_layers=len(parts["fit"]))
+    return out
 
 
-def _measurements(results_dir: Path, limit: int = 4000) -> dict[tuple, list[tuple]]:
-    """Measured unit costs under ``results_dir/*/runs`` and the sweep's cell logs:
-    {(model, task, probe): [(probe_s_per_layer, mdl_s_per_layer, train_size, n_layers), ...]}."""
+def _measurements(results_dir: Path, limit: int = 600) -> dict[tuple, list[tuple]]:
+    """Measured unit costs from the newest ``limit`` unit files under ``results_dir/*/runs``:
+    {(model, task, probe): [:func:`_unit_costs` of each unit, ...]}."""
     out: dict[tuple, list[tuple]] = {}
-    n = 0
-    for runs in sorted(results_dir.glob("*/runs")):
-        for p in sorted(runs.glob("*.json")):
-            if p.name.startswith("baseline-"):
-                continue
-            n += 1
-            if n > limit:
-                return out
-            try:
-                rows = json.loads(p.read_text())
-            except (OSError, json.JSONDecodeError):
-                continue
-            if not isinstance(rows, list) or not rows:
-                continue
-            first = next((r for r in rows if r.get("layer") is not None), None)
-            if first is None:
-                continue
-            cost = _unit_costs(rows)
-            if cost[0] is not None:
-                out.setdefault((first["model"], first["task"], first["probe"]), []).append(cost)
+    files = []
+    for runs in results_dir.glob("*/runs"):
+        for p in runs.glob("*.json"):
+            if not p.name.startswith("baseline-"):
+                try:
+                    files.append((p.stat().st_mtime, p))
+                except OSError:
+                    continue
+    from probekit.results import load_unit
+
+    for _, p in sorted(files, reverse=True)[:limit]:
+        rows = load_unit(p)  # the one reader of unit files (checksummed format; damaged = None)
+        if not rows:
+            continue
+        first = next((r for r in rows if isinstance(r, dict) and r.get("layer") is not None), None)
+        if first is None:
+            continue
+        cost = _unit_costs(rows)
+        if cost is not None:
+            out.setdefault((first["model"], first["task"], first["probe"]), []).append(cost)
     return out
 
 
@@ -301,17 +319,27 @@ def _estimate(plan: SweepPlan, data: dict) -> None:
         ms = meas.get((c.model, c.task, c.method))
         if not ms:
             continue
-        probe_s = [m[0] * (sizes[c.task] / m[2] if m[2] else 1.0) for m in ms]
-        n_layers = len(cfg.layers) if cfg.layers is not None else max(m[3] for m in ms)
-        est = float(np.mean(probe_s)) * n_layers
-        with_mdl = cfg.mdl and c.method == "linear" and c.seed == cfg.seeds[0]
-        if with_mdl:
-            mdl_s = [m[1] * (min(sizes[c.task], cfg.mdl_max_examples or sizes[c.task]) / m[2] if m[2] else 1.0)
-                     for m in ms if m[1] is not None]
-            if not mdl_s:
+
+        def mean(key: str, n_items: int) -> float | None:
+            vals = [m[key] * (n_items / m["size"] if m["size"] else 1.0) for m in ms if m[key] is not None]
+            return float(np.mean(vals)) if vals else None
+
+        n = sizes[c.task]
+        n_layers = len(cfg.layers) if cfg.layers is not None else max(m["n_layers"] for m in ms)
+        n_pool = max(1, len(c.units) // len(c.seeds))
+        fit, ctrl = mean("fit", n), (mean("control", n) if cfg.control_tasks else 0.0)
+        if ctrl is None:
+            continue  # control tasks never measured here: unknown
+        if c.method == "linear":  # one fit shared by the seeds, a control fit per seed
+            per_pool = fit + len(c.seeds) * ctrl
+        else:
+            per_pool = len(c.seeds) * (fit + ctrl)
+        if cfg.mdl and c.method == "linear" and cfg.seeds[0] in c.seeds:
+            mdl = mean("mdl", min(n, cfg.mdl_max_examples or n))
+            if mdl is None:
                 continue  # MDL never measured for this model/task: unknown
-            est += float(np.mean(mdl_s)) * n_layers
-        c.estimate_s = est * len(c.units)
+            per_pool += mdl
+        c.estimate_s = per_pool * n_layers * n_pool
     for m in plan.pending_models():
         plan.extraction_s[m] = _extraction_estimate(plan, m)
 
@@ -440,7 +468,7 @@ def extract_model(cfg_dict: dict, model: str, data_fp: dict) -> dict:
 
 def run_probe_cell(cfg_dict: dict, cell: dict, model_info: dict, data_fp: dict, model_fp: dict,
                    device: str | None = None) -> dict:
-    """One probe cell (runs in a worker): train the pending units of model × task × probe × seed
+    """One probe cell (runs in a worker): train the pending units of model × task × probe × seed(s)
     on the finished stores (no model is loaded) and write their unit files.
 
     Unit keys come from :func:`probekit.experiment.plan_units` with the driver's data and model
@@ -456,7 +484,7 @@ def run_probe_cell(cfg_dict: dict, cell: dict, model_info: dict, data_fp: dict, 
         cfg = cfg.replace(device=device)
     runs = Path(cfg.results_dir) / cfg.name / "runs"
     units: list[Unit] = [u for u in plan_units(cfg, cell["model"], model_fp, data_fp)
-                         if (u.task, u.probe, u.seed) == (cell["task"], cell["method"], cell["seed"])]
+                         if (u.task, u.probe) == (cell["task"], cell["method"]) and u.seed in cell["seeds"]]
     if sorted(u.key for u in units) != sorted(cell["units"]):
         raise ProbekitError(f"Sweep cell {cell['model']} / {cell['task']}: the worker planned other unit keys than "
                             "the driver (different probekit versions on driver and workers?).")
@@ -495,13 +523,12 @@ def run_baseline_cell(cfg_dict: dict, cell: dict) -> dict:
     """One tuning-baseline cell (runs in a worker): model × method × task × seed through
     :func:`probekit.baselines.train.run_baselines` (resumable by its run file)."""
     from probekit.baselines.config import BaselineConfig
-    from probekit.baselines.runner import load_data as baseline_data
     from probekit.baselines.train import run_baselines
 
     cfg = ExperimentConfig.from_dict(cfg_dict)
-    data = baseline_data(cfg)
+    data, _ = load_data_cached(cfg)  # the runner's data, so that its baseline step finds this run finished
     t0 = time.perf_counter()
-    run_baselines(models=[cell["model"]], tasks=[cell["task"]], seeds=[cell["seed"]], methods=[cell["method"]],
+    run_baselines(models=[cell["model"]], tasks=[cell["task"]], seeds=list(cell["seeds"]), methods=[cell["method"]],
                   config=BaselineConfig.from_dict(cfg.baselines), train=data["train"], dev=data["dev"],
                   test=data["test"], results_dir=Path(cfg.results_dir) / cfg.name / "baselines",
                   device=cfg.device, experiment=cfg.name)
@@ -531,13 +558,32 @@ class _Log:
     def __init__(self, folder: Path):
         self.dir = folder / SWEEP_DIR
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.units = 0  # unit files written by the cells of this run
 
     def write(self, name: str, rec: dict) -> None:
         with open(self.dir / name, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(rec, default=str) + "\n")
 
 
+class SweepError(ProbekitError):
+    """Some cells of a sweep failed; the others finished and are kept (rerun to retry the failed ones)."""
+
+
+def _fail(failures: list, what: str, err: BaseException) -> None:
+    failures.append((what, err))
+    log.error("%s failed: %s: %s", what, type(err).__name__, err)
+
+
+def _raise_failures(failures: list, n: int) -> None:
+    if failures:
+        first_what, first_err = failures[0]
+        raise SweepError(f"{len(failures)} of {n} sweep step(s) failed; finished cells are kept, rerun the sweep to "
+                         f"retry the others. First failure: {first_what}: {type(first_err).__name__}: {first_err}")
+
+
 def _run_local(plan: SweepPlan, cfg_dict: dict, workers: int, rec: _Log) -> int:
+    """Extraction per model first, then the cells. ``workers == 1`` runs in this process (an error stops
+    the sweep at once); a pool keeps going past failed cells and raises :class:`SweepError` at the end."""
     pending = plan.pending
     models = plan.pending_models()
     done = 0
@@ -555,29 +601,41 @@ def _run_local(plan: SweepPlan, cfg_dict: dict, workers: int, rec: _Log) -> int:
             _finished(rec, res, done, len(pending))
         return done
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     threads = max(1, (os.cpu_count() or 1) // workers)
     ctx = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
+    failures: list = []
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
                              initargs=(threads,)) as pool:
         # step 1: every model's extraction (once per model), step 2: the cells
-        futs = {m: pool.submit(extract_model, cfg_dict, m, plan.data_fp) for m in models}
-        infos = {m: f.result() for m, f in futs.items()}
-        for info in infos.values():
-            _extracted(rec, info)
-        cell_futs = []
+        futs = {pool.submit(extract_model, cfg_dict, m, plan.data_fp): m for m in models}
+        infos = {}
+        for f in as_completed(futs):
+            try:
+                infos[futs[f]] = f.result()
+                _extracted(rec, infos[futs[f]])
+            except Exception as e:  # noqa: BLE001 - reported with the others at the end
+                _fail(failures, f"extraction of {futs[f]}", e)
+        cell_futs = {}
         for c in pending:
             if c.kind == "probe":
-                cell_futs.append(pool.submit(run_probe_cell, cfg_dict, _cell_dict(c), infos[c.model], plan.data_fp,
-                                             plan.model_fps[c.model]))
+                if c.model not in infos:
+                    continue  # its extraction failed (reported)
+                f = pool.submit(run_probe_cell, cfg_dict, _cell_dict(c), infos[c.model], plan.data_fp,
+                                plan.model_fps[c.model])
             else:
-                cell_futs.append(pool.submit(run_baseline_cell, cfg_dict, _cell_dict(c)))
-        from concurrent.futures import as_completed
-
+                f = pool.submit(run_baseline_cell, cfg_dict, _cell_dict(c))
+            cell_futs[f] = c
         for f in as_completed(cell_futs):
+            try:
+                res = f.result()
+            except Exception as e:  # noqa: BLE001
+                _fail(failures, cell_futs[f].label, e)
+                continue
             done += 1
-            _finished(rec, f.result(), done, len(pending))
+            _finished(rec, res, done, len(pending))
+    _raise_failures(failures, len(pending) + len(models))
     return done
 
 
@@ -608,20 +666,31 @@ def _run_ray(plan: SweepPlan, cfg_dict: dict, address: str | None, rec: _Log) ->
         ext = {m: extract_task.remote(cfg_dict, m, plan.data_fp) for m in plan.pending_models()}
         # probe cells are CPU tasks: without an explicit device they run on the CPU
         device = None if cfg_dict.get("device") else "cpu"
-        refs = []
+        refs = {}
         for c in plan.pending:
             if c.kind == "probe":  # Ray runs a cell once its model's extraction (an argument) is done
-                refs.append(cell_task.remote(cfg_dict, _cell_dict(c), ext[c.model], plan.data_fp,
-                                             plan.model_fps[c.model], device))
+                ref = cell_task.remote(cfg_dict, _cell_dict(c), ext[c.model], plan.data_fp, plan.model_fps[c.model],
+                                       device)
             else:
-                refs.append(baseline_task.remote(cfg_dict, _cell_dict(c)))
-        for m, info in zip(ext, ray.get(list(ext.values()))):
-            _extracted(rec, info)
+                ref = baseline_task.remote(cfg_dict, _cell_dict(c))
+            refs[ref] = c
+        failures: list = []
+        for m, ref in ext.items():
+            try:
+                _extracted(rec, ray.get(ref))
+            except Exception as e:  # noqa: BLE001 - a RayTaskError wrapping the worker's exception
+                _fail(failures, f"extraction of {m}", e)
         done, left = 0, list(refs)
         while left:
             ready, left = ray.wait(left, num_returns=1)
+            try:
+                res = ray.get(ready[0])
+            except Exception as e:  # noqa: BLE001
+                _fail(failures, refs[ready[0]].label, e)
+                continue
             done += 1
-            _finished(rec, ray.get(ready[0]), done, len(refs))
+            _finished(rec, res, done, len(refs))
+        _raise_failures(failures, len(refs) + len(ext))
         return done
     finally:
         if started:
@@ -635,9 +704,10 @@ def _extracted(rec: _Log, info: dict) -> None:
 
 
 def _finished(rec: _Log, res: dict, i: int, n: int) -> None:
+    rec.units += int(res.get("computed_units", 0))
     rec.write("cells.jsonl", {**res, "time": time.time()})
-    log.info("[%d/%d] %s %s / %s / %s / seed %s: %d unit(s) in %.1f s", i, n, res["kind"], res["model"], res["task"],
-             res["method"], res["seed"], res["computed_units"], res["seconds"])
+    log.info("[%d/%d] %s %s / %s / %s / %s: %d unit(s) in %.1f s", i, n, res["kind"], res["model"], res["task"],
+             res["method"], _seeds(res["seeds"]), res["computed_units"], res["seconds"])
 
 
 @dataclass
@@ -648,7 +718,7 @@ class SweepResult:
     computed_cells: int
     result: Any  # probekit.experiment.ExperimentResult
     seconds: float
-    baseline_rows: list = field(default_factory=list)
+    computed_units: int = 0
 
     @property
     def folder(self) -> Path:
@@ -692,14 +762,10 @@ def run_sweep(cfg: ExperimentConfig, *, executor: str = "local", workers: int = 
             n = _run_local(plan, cfg_dict, workers, rec)
         else:
             n = _run_ray(plan, cfg_dict, address, rec)
+    # every unit and baseline run is finished: the runner only reads them back and writes the tables
     result = run_experiment(cfg, progress=progress)
-    baseline_rows = []
-    if cfg.baselines:
-        from probekit.baselines.runner import run_config
-
-        baseline_rows = run_config(cfg, device=cfg.device)
     return SweepResult(plan=plan, computed_cells=n, result=result, seconds=time.perf_counter() - t0,
-                       baseline_rows=baseline_rows)
+                       computed_units=rec.units)
 
 
 def load_sweep_config(path: str | os.PathLike) -> ExperimentConfig:
@@ -717,13 +783,14 @@ def run_sweep_cli(args) -> int:
         return 0
     res = run_sweep(cfg, executor=args.executor, workers=workers, address=args.address,
                     progress=not getattr(args, "quiet", False), plan=plan)
-    print(f"\n{res.computed_cells} cell(s) computed in {_fmt_s(res.seconds)}; results: {res.folder}/results.csv "
+    print(f"\n{res.computed_cells} cell(s) ({res.computed_units} unit(s)) computed in {_fmt_s(res.seconds)}; results: {res.folder}/results.csv "
           f"({len(res.result.table)} rows), figures in {res.folder}/figures", flush=True)
-    if res.baseline_rows:
-        print(f"baselines: {res.folder}/baselines/baseline_rows.csv ({len(res.baseline_rows)} rows)")
+    tuning = int((res.result.table["method"] != "probe").sum())
+    if tuning:
+        print(f"tuning baselines: {tuning} rows in results.csv")
     print(f"tables: probekit report {res.folder}")
     return 0
 
 
-__all__ = ["Cell", "SweepPlan", "SweepResult", "plan_sweep", "run_sweep", "run_sweep_cli", "extract_model",
+__all__ = ["Cell", "SweepPlan", "SweepResult", "SweepError", "plan_sweep", "run_sweep", "run_sweep_cli", "extract_model",
            "run_probe_cell", "run_baseline_cell", "resolve_paths", "load_sweep_config", "import_ray", "EXECUTORS"]

@@ -1,8 +1,9 @@
 """Sweeps (probekit.sweep): plan, local process pool, Ray, resume after a kill.
 
-A sweep of 2 tiny models (BERT encoder, GPT-2 decoder) × 2 tasks × 3 seeds on a 40/20/20-sentence
-slice of EWT: 12 probe cells. The local run and the Ray run use separate results and store folders
-and must give byte-identical ``results.csv`` files.
+A sweep of 2 tiny models (BERT encoder, GPT-2 decoder) × 2 tasks × 3 seeds of linear probes on a
+40/20/20-sentence slice of EWT: 12 units in 4 cells (a linear probe's seeds share one fit, so they
+form one cell; MLP probes get a cell per seed). The local run and the Ray run use separate results
+and store folders and must give byte-identical ``results.csv`` files.
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ import tiny
 
 TASKS = ["aux_verb", "upos"]
 SEEDS = [0, 1, 2]
-N_CELLS = 2 * len(TASKS) * len(SEEDS)
+N_UNITS = 2 * len(TASKS) * len(SEEDS)
+N_CELLS = 2 * len(TASKS)
 
 
 def _cfg(models, results_dir: Path, store_dir: Path, name: str = "sw"):
@@ -52,20 +54,30 @@ def local_run(models, tmp_path_factory):
 def test_plan_before_running(models, tmp_path):
     from probekit.sweep import plan_sweep
 
-    plan = plan_sweep(_cfg(models, tmp_path / "results", tmp_path / "stores"))
+    cfg = _cfg(models, tmp_path / "results", tmp_path / "stores")
+    plan = plan_sweep(cfg)
     assert len(plan.cells) == N_CELLS
-    assert {(c.model, c.task, c.seed) for c in plan.cells} == {(str(m), t, s) for m in models for t in TASKS
-                                                               for s in SEEDS}
-    assert all(not c.done and len(c.units) == 1 for c in plan.cells)
+    assert {(c.model, c.task, tuple(c.seeds)) for c in plan.cells} == {(str(m), t, tuple(SEEDS)) for m in models
+                                                                      for t in TASKS}
+    assert all(not c.done and len(c.units) == len(SEEDS) for c in plan.cells)
     text = plan.describe(workers=2)
     assert f"probe cells: {N_CELLS} total, 0 finished (skipped), {N_CELLS} to run" in text
     assert "time estimate: unknown" in text  # nothing measured in a fresh results folder
+    # MLP probes: one cell per seed; unit keys are the runner's
+    from probekit.experiment import plan_units
+    from probekit.models import fingerprint
+
+    plan2 = plan_sweep(cfg.replace(probes=["linear", "mlp1"]))
+    mlp = [c for c in plan2.cells if c.method == "mlp1"]
+    assert len(mlp) == 2 * len(TASKS) * len(SEEDS) and all(len(c.seeds) == 1 and len(c.units) == 1 for c in mlp)
+    runner = {u.key for m in models for u in plan_units(plan2.config, str(m), fingerprint(str(m)), plan2.data_fp)}
+    assert {k for c in plan2.cells for k in c.units} == runner
 
 
 def test_local_sweep_matches_runner_units(local_run):
     """Every cell ran once; the unit files are exactly the runner's units (run_experiment found them all)."""
     cfg, before, res = local_run
-    assert res.computed_cells == N_CELLS
+    assert res.computed_cells == N_CELLS and res.computed_units == N_UNITS
     runs = Path(res.folder) / "runs"
     expected = {k for c in before.cells for k in c.units}
     assert {p.stem for p in runs.glob("*.json")} == expected
@@ -116,7 +128,7 @@ def test_ray_sweep_identical_to_local(local_run, models, tmp_path):
         res = run_sweep(cfg, executor="ray", progress=False)
     finally:
         ray.shutdown()
-    assert res.computed_cells == N_CELLS
+    assert res.computed_cells == N_CELLS and res.computed_units == N_UNITS
     ext = (Path(res.folder) / "sweep" / "extract.jsonl").read_text().splitlines()
     assert len(ext) == 2 and '"computed_shards": 3' in ext[0]  # stores made by the Ray extraction tasks
     a = (Path(res_local.folder) / "results.csv").read_bytes()
@@ -126,7 +138,7 @@ def test_ray_sweep_identical_to_local(local_run, models, tmp_path):
 
 @pytest.mark.slow
 def test_killed_sweep_resumes_without_recomputing(local_run, models, tmp_path):
-    """Kill a CLI sweep after its first finished cell; the rerun leaves finished unit files untouched."""
+    """Kill a CLI sweep after its first finished unit; the rerun leaves finished unit files untouched."""
     from probekit.sweep import plan_sweep, run_sweep
 
     cfg_local, _, res_local = local_run
@@ -149,11 +161,14 @@ def test_killed_sweep_resumes_without_recomputing(local_run, models, tmp_path):
     finally:
         proc.wait(timeout=60)
     finished = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in runs.glob("*.json")}
-    assert 1 <= len(finished) < N_CELLS, f"killed after {len(finished)} of {N_CELLS} cells"
+    assert 1 <= len(finished) < N_UNITS, f"killed after {len(finished)} of {N_UNITS} units"
     plan = plan_sweep(cfg)
-    assert sum(c.done for c in plan.cells) == len(finished)
+    done_units = {k for c in plan.cells for k in c.units if f"{k}.json" in finished}
+    assert len(done_units) == len(finished)
+    assert sum(c.done for c in plan.cells) == sum(all(f"{k}.json" in finished for k in c.units) for c in plan.cells)
     res = run_sweep(cfg, workers=1, progress=False, plan=plan)
-    assert res.computed_cells == N_CELLS - len(finished)
+    assert res.computed_units == N_UNITS - len(finished)
+    assert res.computed_cells == sum(not c.done for c in plan.cells)
     for name, stamp in finished.items():
         p = runs / name
         assert (p.stat().st_ino, p.stat().st_mtime_ns) == stamp, f"{name} was recomputed"
