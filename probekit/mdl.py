@@ -180,7 +180,7 @@ def fit_logreg_batched(X, y, n_classes: int, *, l2: float = 1.0, max_iter: int =
 
     def closure():
         opt.zero_grad()
-        logits = torch.baddbmm(b.unsqueeze(1), Xs, W)
+        logits = _XW.apply(Xs, W) + b.unsqueeze(1)
         loss = F.cross_entropy(logits.reshape(L * n, n_classes), yrep, reduction="sum")
         loss = (loss + 0.5 * float(l2) * (W.square().sum() + b.square().sum())) / n
         loss.backward()
@@ -188,6 +188,38 @@ def fit_logreg_batched(X, y, n_classes: int, *, l2: float = 1.0, max_iter: int =
 
     opt.step(closure)
     return W.detach(), b.detach(), mean, scale
+
+
+def _make_xw():
+    import torch
+
+    class XW(torch.autograd.Function):
+        """``X @ W`` for a constant ``X: [L, n, d]``; the backward computes ``(R^T X)^T`` with ``X`` as the
+        contiguous right operand (autograd's ``X^T R`` on the transposed view was ~24x slower on CPU)."""
+
+        @staticmethod
+        def forward(ctx, X, W):
+            ctx.save_for_backward(X)
+            return torch.bmm(X, W)
+
+        @staticmethod
+        def backward(ctx, grad):
+            (X,) = ctx.saved_tensors
+            return None, torch.bmm(grad.transpose(1, 2).contiguous(), X).transpose(1, 2)
+
+    return XW
+
+
+class _LazyXW:
+    _fn = None
+
+    def apply(self, X, W):
+        if _LazyXW._fn is None:
+            _LazyXW._fn = _make_xw()
+        return _LazyXW._fn.apply(X, W)
+
+
+_XW = _LazyXW()
 
 
 def _predict_logprob2(W, b, mean, scale, X) -> "np.ndarray":
