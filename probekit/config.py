@@ -55,6 +55,9 @@ class ExperimentConfig:
     control_tasks: bool = _help(True, "Also train every probe on a control task (Hewitt & Liang 2019) and report "
                                       "selectivity.")
     mdl: bool = _help(True, "Report MDL online codelength per layer (Voita & Titov 2020), first seed only.")
+    max_train_items: int | None = _help(None, "Probes train on a seeded random sample of at most this many labelled "
+                                              "train items (words or sentences); null = all. Extraction and "
+                                              "evaluation always use the whole splits.")
     mdl_max_examples: int | None = _help(10000, "MDL uses at most this many training items (seeded sample); "
                                                 "null = all.")
     random_baseline: bool = _help(True, "Also probe each model with re-initialised weights (NAME@random).")

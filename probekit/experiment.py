@@ -103,7 +103,7 @@ def plan_units(cfg: ExperimentConfig, model: str, model_fp: dict, data_fp: dict,
                             "task_version": task.version, "labels": task.labels, "pooling": pooling,
                             "probe": probe, "seed": seed, "layers": cfg.layers, "Cs": cfg.Cs,
                             "control": cfg.control_tasks, "mdl": cfg.mdl and probe == "linear" and seed == cfg.seeds[0],
-                            "mdl_max": cfg.mdl_max_examples, "mlp": cfg.mlp if probe != "linear" else None,
+                            "mdl_max": cfg.mdl_max_examples, "max_train": cfg.max_train_items, "mlp": cfg.mlp if probe != "linear" else None,
                             "dtype": cfg.dtype, "experiment": cfg.name}
                     units.append(Unit(model, task.name, pooling, probe, seed, key=_unit_key(spec)))
     return units
@@ -141,6 +141,10 @@ def probe_task(*, lm_info: dict, stores: dict, data: dict, task, cfg: Experiment
     if len(present) < 2:
         raise TaskError(f"Task {task.name}: the train split has a single label ({task.labels[present[0]]!r}); "
                         "a probe cannot learn anything. Use more training data or check the task's rule.")
+    if cfg.max_train_items and len(masks["train"]) > cfg.max_train_items:
+        # a fixed (seed-0) sample, so that every seed and probe sees the same training items
+        keep = np.random.default_rng(0).choice(len(masks["train"]), cfg.max_train_items, replace=False)
+        masks["train"] = masks["train"][np.sort(keep)]
     y = {role: ys[role][masks[role]] for role in ys}
     n_layers = stores["train"].n_layers
     layers = cfg.layers if cfg.layers is not None else list(range(n_layers))
