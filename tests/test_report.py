@@ -190,3 +190,19 @@ def test_latex_escape():
 
     assert latex_escape("a_b & 50% #1 {x} $y$ ~ ^") == r"a\_b \& 50\% \#1 \{x\} \$y\$ \textasciitilde{} \textasciicircum{}"
     assert latex_escape("minilm@random") == "minilm@random"
+
+
+def test_report_of_tuning_rows_only(tmp_path: Path):
+    """A results table with tuning baselines only still gives (empty) tables, no crash."""
+    from probekit.report.build import build_report
+    from probekit.results import to_frames
+
+    rows = [r for r in synthetic_rows() if r["method"] != "probe"]
+    df, _ = to_frames(rows)
+    folder = tmp_path / "tuning"
+    folder.mkdir()
+    write_csv(df, folder / "results.csv")
+    paths = build_report(folder, figures=False)
+    assert {p.name for p in paths} == {"best_layers.tex", "best_layers.md", "best_layers.csv"}
+    assert r"\bottomrule" in (folder / "tables" / "best_layers.tex").read_text()
+

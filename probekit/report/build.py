@@ -84,7 +84,9 @@ def build_report(folder: str | os.PathLike, formats: Sequence[str] = ("pdf", "pn
         out.append(tables / fname)
     write_csv(table, tables / "best_layers.csv")
     out.append(tables / "best_layers.csv")
-    matrix = layer_table(summary)
+    probe_rows = ((summary["method"].astype(str) == "probe") & (summary["probe"].astype(str) == "linear")
+                  & (summary["layer"].astype(str) != "") & (summary["metric"] == "accuracy"))
+    matrix = layer_table(summary) if probe_rows.any() else []
     if len(matrix):
         atomic_write_bytes(tables / "layers.md", ("Test accuracy (%) of linear probes by layer (0 = embeddings), "
                                                   "mean over seeds.\n\n" + layer_markdown(matrix)).encode("utf-8"))
