@@ -70,9 +70,6 @@ def test_runner_end_to_end_on_tiny_decoder(which, request, data_dir, tmp_path):
     assert len(again.table) == len(df)
 
 
-@pytest.mark.xfail(strict=True, raises=ConfigError,
-                   reason="runner plans 'cls' sentence units for decoders, whose stores have no cls vectors "
-                          "(fix: skip poolings the store lacks in probekit.experiment.probe_task)")
 def test_default_sentence_poolings_skip_cls_for_decoders(tiny_gpt2_dir, data_dir, tmp_path):
     """With the default sentence_poolings [cls, mean, last], a decoder gets mean and last rows, no cls."""
     from probekit.experiment import run_experiment
@@ -168,4 +165,4 @@ def test_smollm2_end_to_end_small_slice(data_dir, tmp_path):
     for task in ("aux_verb", "upos"):
         best = _probe_rows(df, task=task)["value"].max()
         maj = df[(df.task == task) & (df.probe == "majority") & (df.metric == "accuracy")]["value"].iloc[0]
-        assert best > maj + 0.05, (task, best, maj)
+        assert 1 - best < 0.5 * (1 - maj), (task, best, maj)  # at least halves the majority error
