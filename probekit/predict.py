@@ -347,8 +347,8 @@ def load_probe_bundle(path: str | Path) -> ProbeBundle:
                             "by ProbeBundle.save.") from None
         raise DataError(f"{damaged} ({type(e).__name__}: {e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise DataError(f"{path} is not a probekit probe file (format {meta.get('format') if isinstance(meta, dict) else None!r}, "
-                        f"expected {FORMAT!r}).")
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise DataError(f"{path} is not a probekit probe file (format {found!r}, expected {FORMAT!r}).")
     if int(meta.get("format_version", 0)) > FORMAT_VERSION:
         raise DataError(f"{path} was written by a newer probekit (probe format {meta['format_version']}, this "
                         f"probekit reads up to {FORMAT_VERSION}). Upgrade probekit.")

@@ -12,8 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from probekit.errors import ConfigError
-
 DECODERS = ["gpt2", "llama"]
 
 
@@ -33,7 +31,8 @@ def _config(model: str, data_dir: Path, tmp: Path, tasks: list[str], **kw):
 
 
 def _probe_rows(df, **kw):
-    m = (df["probe"] == "linear") & (df["metric"] == "accuracy") & (df["split"] == "test") & (~df["control"].astype(bool))
+    m = ((df["probe"] == "linear") & (df["metric"] == "accuracy") & (df["split"] == "test")
+         & (~df["control"].astype(bool)))
     for k, v in kw.items():
         m &= df[k] == v
     return df[m]
