@@ -100,12 +100,34 @@ def accuracy_by_layer(summary, stem: Path, formats=("pdf", "png"), *, probe="lin
     return out
 
 
+def _depths(s, models) -> dict[str, float]:
+    """Number of transformer blocks per model (the ``n_layers`` column)."""
+    out = {}
+    for m in models:
+        n = _sel(s, model=m)["n_layers"]
+        n = n[n.astype(str) != ""].astype(float)
+        if len(n):
+            out[m] = float(n.iloc[0])
+    return out
+
+
 def task_report(summary, task: str, stem: Path, formats=("pdf", "png"), *, probe="linear") -> list[Path]:
-    """(a) accuracy + control + random weights + majority + expected layer, (b) selectivity, (c) MDL."""
+    """(a) accuracy + control + random weights + majority + expected layer, (b) selectivity, (c) MDL.
+
+    Models of different depth are drawn on relative depth (layer / number of blocks) so that they
+    share the x-axis; the legend sits under the panels.
+    """
     s = _sel(summary, task=task)
     models = _models(s)
+    depths = _depths(s, models)
+    relative = len(set(depths.values())) > 1 and len(depths) == len(models)
+
+    def xs(model, layers):
+        base = model.replace("@random", "")
+        return layers / depths[base] if relative and base in depths else layers
+
     with paper_style() as plt:
-        fig, axes = plt.subplots(1, 3, figsize=(TWO_COLUMN, 2.2))
+        fig, axes = plt.subplots(1, 3, figsize=(TWO_COLUMN, 2.5), layout="constrained")
         for mi, model in enumerate(models):
             col = color(mi)
             c = _curve(s, model=model, task=task, probe=probe)
@@ -113,43 +135,44 @@ def task_report(summary, task: str, stem: Path, formats=("pdf", "png"), *, probe
                 continue
             x, m, lo, hi = c
             ax = axes[0]
-            ax.plot(x, m, marker="o", color=col, label=f"{model}")
-            ax.fill_between(x, lo, hi, color=col, alpha=0.2, linewidth=0)
+            ax.plot(xs(model, x), m, marker="o", color=col, label=f"{model}")
+            ax.fill_between(xs(model, x), lo, hi, color=col, alpha=0.2, linewidth=0)
             cc = _curve(s, model=model, task=task, probe=probe, control=True)
             if cc is not None:
-                ax.plot(cc[0], cc[1], color=col, linestyle="-.", label=f"{model} control task")
-                ax.fill_between(cc[0], cc[2], cc[3], color=col, alpha=0.12, linewidth=0)
+                ax.plot(xs(model, cc[0]), cc[1], color=col, linestyle="-.", label=f"{model} control task")
+                ax.fill_between(xs(model, cc[0]), cc[2], cc[3], color=col, alpha=0.12, linewidth=0)
             r = _curve(s, model=f"{model}@random", task=task, probe=probe)
             if r is not None:
-                ax.plot(r[0], r[1], color=col, linestyle=":", label=f"{model}@random")
+                ax.plot(xs(model, r[0]), r[1], color=col, linestyle=":", label=f"{model}@random")
             maj = _majority(s, model, task)
-            if maj is not None:
-                ax.axhline(maj, color="grey", linestyle="--", linewidth=0.8, label="majority" if mi == 0 else None)
+            if maj is not None and mi == 0:
+                ax.axhline(maj, color="grey", linestyle="--", linewidth=0.8, label="majority class")
             el = _sel(s, model=model, metric="expected_layer", probe=probe)
             if len(el) and np.isfinite(float(el["mean"].iloc[0])):
-                ax.axvline(float(el["mean"].iloc[0]), color=col, linewidth=0.8, alpha=0.6)
-                ax.annotate(f"E[l]={float(el['mean'].iloc[0]):.1f}", (float(el["mean"].iloc[0]), ax.get_ylim()[0]),
-                            fontsize=6, color=col, rotation=90, va="bottom", ha="right")
+                e = float(el["mean"].iloc[0])
+                xe = float(xs(model, np.array([e]))[0])
+                ax.axvline(xe, color=col, linewidth=0.8, alpha=0.6)
+                ax.annotate(f"E[l]={e:.1f}", (xe, 0.02), xycoords=("data", "axes fraction"), fontsize=6, color=col,
+                            rotation=90, va="bottom", ha="right")
             sel = _curve(s, model=model, task=task, metric="selectivity", probe=probe)
             if sel is not None:
-                axes[1].plot(sel[0], sel[1], marker="o", color=col, label=model)
-                axes[1].fill_between(sel[0], sel[2], sel[3], color=col, alpha=0.2, linewidth=0)
+                axes[1].plot(xs(model, sel[0]), sel[1], marker="o", color=col)
+                axes[1].fill_between(xs(model, sel[0]), sel[2], sel[3], color=col, alpha=0.2, linewidth=0)
             for mname, ls in ((model, "-"), (f"{model}@random", ":")):
                 md = _curve(s, model=mname, task=task, metric="mdl_codelength_kbits", probe=probe, split="train")
                 if md is not None:
-                    axes[2].plot(md[0], md[1], marker="o" if ls == "-" else None, linestyle=ls, color=col, label=mname)
-                    axes[2].fill_between(md[0], md[2], md[3], color=col, alpha=0.2, linewidth=0)
+                    axes[2].plot(xs(model, md[0]), md[1], marker="o" if ls == "-" else None, linestyle=ls, color=col)
+                    axes[2].fill_between(xs(model, md[0]), md[2], md[3], color=col, alpha=0.2, linewidth=0)
         axes[0].set_title(f"{task}: accuracy (95% CI)")
         axes[0].set_ylabel("test accuracy")
         axes[1].set_title("selectivity = task − control")
         axes[2].set_title("MDL online codelength")
         axes[2].set_ylabel("kbits (lower = easier to extract)")
         for ax in axes:
-            ax.set_xlabel("layer (0 = embeddings)")
-        axes[0].legend(loc="lower center", fontsize=6)
-        if axes[2].lines:
-            axes[2].legend(fontsize=6)
-        fig.tight_layout()
+            ax.set_xlabel("relative depth (layer / L)" if relative else "layer (0 = embeddings)")
+        handles, labels = axes[0].get_legend_handles_labels()
+        if handles:
+            fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)))
         out = save(fig, stem, formats)
         plt.close(fig)
     return out
@@ -189,30 +212,41 @@ def sentence_poolings(summary, stem: Path, formats=("pdf", "png"), *, probe="lin
 
 
 def relative_depth(summary, stem: Path, formats=("pdf", "png"), *, probe="linear", models=None) -> list[Path]:
-    """Models of different depth side by side on relative depth (layer / number of layers)."""
+    """Models of different depth side by side on relative depth (layer / number of blocks), one panel per task.
+
+    Encoders solid, decoders dashed (a decoder's word state has seen only its left context).
+    """
     s = summary[summary["level"] == "word"] if "level" in summary else summary
     models = models or _models(s)
     tasks = sorted(s["task"].unique())
+    depths = _depths(s, models)
     with paper_style() as plt:
-        fig, axes = plt.subplots(1, len(tasks), figsize=(TWO_COLUMN, 2.0), squeeze=False, sharex=True)
+        fig, axes = plt.subplots(1, len(tasks), figsize=(TWO_COLUMN, 2.2), squeeze=False, sharex=True,
+                                 layout="constrained")
         for t, task in enumerate(tasks):
             ax = axes[0][t]
             for i, model in enumerate(models):
                 c = _curve(s, model=model, task=task, probe=probe)
-                if c is None:
+                if c is None or model not in depths:
                     continue
-                n = float(_sel(s, model=model)["n_layers"].astype(float).iloc[0])
+                n = depths[model]
                 kind = _kind(s, model)
-                ax.plot(c[0] / n, c[1], marker="o", markersize=2, color=color(i), label=f"{model} ({kind})",
-                        linestyle="-" if kind == "encoder" else "--")
+                label = f"{model} ({kind}" + (": left context only)" if kind == "decoder" else ")")
+                ax.plot(c[0] / n, c[1], marker="o", markersize=2, color=color(i), label=label,
+                        linestyle="--" if kind == "decoder" else "-")
                 ax.fill_between(c[0] / n, c[2], c[3], color=color(i), alpha=0.2, linewidth=0)
             ax.set_title(task)
-            ax.set_xlabel("relative depth (layer / L)")
             if t == 0:
                 ax.set_ylabel("test accuracy")
-        axes[0][0].legend(fontsize=6)
-        fig.text(0.5, -0.08, "Decoder (dashed): a word's state sees only its left context; "
-                 "encoder (solid): both sides.", ha="center", fontsize=6)
+        fig.supxlabel("relative depth (layer / number of blocks; 0 = embeddings)", fontsize=8)
+        handles, labels = [], []
+        for ax in axes[0]:
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                if lab not in labels:
+                    handles.append(h)
+                    labels.append(lab)
+        if handles:
+            fig.legend(handles, labels, loc="outside upper center", ncol=min(3, len(labels)))
         out = save(fig, stem, formats)
         plt.close(fig)
     return out

@@ -3,7 +3,8 @@
 Both renderings come from :func:`format_best_layer_table`, which turns
 :func:`probekit.report.tables.best_layer_table` into display strings, so the LaTeX and the
 Markdown tables always show the same numbers. Accuracies are percentages with one decimal;
-``±`` is the half-width of the 95% CI over seeds; ``--`` marks a value that was not computed
+``±`` is the half-width of the 95% CI over seeds (left out when it rounds to 0.0, e.g. one seed, or
+a linear probe whose seeds give the same fit); ``--`` marks a value that was not computed
 (one seed gives no CI; no control task gives no selectivity; no MDL run gives no MDL layer).
 
 The LaTeX needs ``\\usepackage{booktabs}`` only.
@@ -68,7 +69,8 @@ def format_best_layer_table(table, *, drop_constant: bool = True):
     recs = []
     for _, r in table.iterrows():
         acc, ci = _num(r.get("test_acc")), _num(r.get("ci"))
-        acc_s = _pct(acc) + (f" ± {100 * ci:.1f}" if ci is not None and ci > 0 else "")
+        # "± x" when the CI rounds to at least 0.1 points (one seed, or seeds that agree, show the bare mean)
+        acc_s = _pct(acc) + (f" ± {100 * ci:.1f}" if ci is not None and 100 * ci >= 0.05 else "")
         sel = _num(r.get("selectivity"))
         el = _num(r.get("expected_layer"))
         recs.append({"model": str(r["model"]), "task": str(r["task"]), "probe": str(r.get("probe", "")),

@@ -60,8 +60,11 @@ def save(fig, stem: Path, formats=("pdf", "png")) -> list[Path]:
 
     PDFs and SVGs carry no creation date, so they are byte-reproducible.
     """
+    import logging
+
     from probekit.errors import unknown_name
 
+    logging.getLogger("fontTools").setLevel(logging.WARNING)  # PDF font subsetting logs every table at INFO
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     out = []
