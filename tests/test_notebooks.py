@@ -49,6 +49,26 @@ def test_notebook_stored_clean(path: Path):
         compile(src, f"{path.name}", "exec")
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_names_exist(path: Path):
+    """Every probekit name a notebook uses exists (catches API renames without running the notebook)."""
+    import ast
+    import importlib
+
+    import probekit
+
+    for c in _read(path).cells:
+        if c.cell_type != "code":
+            continue
+        for node in ast.walk(ast.parse(c.source)):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("probekit"):
+                mod = importlib.import_module(node.module)
+                for alias in node.names:
+                    assert hasattr(mod, alias.name), f"{path.name}: {node.module}.{alias.name} does not exist"
+            elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "pk":
+                assert hasattr(probekit, node.attr), f"{path.name}: probekit.{node.attr} does not exist"
+
+
 @pytest.fixture(scope="module")
 def kernel_name(tmp_path_factory) -> str:
     """A kernelspec running this interpreter (the venv), found through JUPYTER_PATH."""
