@@ -196,7 +196,9 @@ class LayerFit:
     dev_accuracy: float | None = None
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
-        return ((X - self.mean) / self.scale) @ self.coef + self.intercept
+        # float64 scoring: a float32 BLAS matmul can flip near-ties with the thread count
+        X = np.asarray(X, dtype=np.float64)
+        return ((X - self.mean) / self.scale) @ self.coef.astype(np.float64) + self.intercept
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         z = self.decision_function(X)
@@ -345,7 +347,7 @@ class LinearProbe:
         return self
 
     def decision_function(self, X):
-        return np.asarray(X, dtype=np.float32) @ self.coef_.T + self.intercept_
+        return np.asarray(X, dtype=np.float64) @ self.coef_.T.astype(np.float64) + self.intercept_
 
     def predict_proba(self, X):
         z = self.decision_function(X)
