@@ -404,7 +404,12 @@ def run_config_baselines(cfg: ExperimentConfig, data: dict) -> list[dict]:
     from probekit.baselines.train import run_baselines
 
     bcfg = BaselineConfig.from_dict(cfg.baselines)
-    return run_baselines(models=[m for m in cfg.models if "@" not in m], tasks=list(cfg.tasks), seeds=list(cfg.seeds),
+    from probekit.tasks import get_task
+
+    word_tasks = [t for t in cfg.tasks if get_task(t).level == "word"]  # baselines tag words only
+    if not word_tasks:
+        return []
+    return run_baselines(models=[m for m in cfg.models if "@" not in m], tasks=word_tasks, seeds=list(cfg.seeds),
                          config=bcfg, train=data["train"], dev=data["dev"], test=data["test"],
                          results_dir=Path(cfg.results_dir) / cfg.name / "baselines", device=cfg.device,
                          experiment=cfg.name)
