@@ -242,7 +242,7 @@ def test_sentence_task_on_decoder(tiny_gpt2_dir, ewt_dev, tmp_path):
 def test_minilm_aux_probe_labels_have(data_dir, tmp_path):
     """Real MiniLM, 1500 EWT train sentences: 'have' is aux in 'I have eaten.' and not in 'I have a dog.'
 
-    Two candidate layers and one C keep it short (about a minute on an idle 2-core CPU, dominated by
+    Two candidate layers and one C keep it short (45 s measured on the 2-core CPU, dominated by
     the forward passes over ~45k subwords); the best of the two on dev is used.
     """
     from probekit.data.datasets import load_split
