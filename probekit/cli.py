@@ -116,13 +116,40 @@ def cmd_annotate(args) -> int:
     return 0
 
 
+def cmd_train_probe(args) -> int:
+    from probekit.data.datasets import load_split
+    from probekit.predict import train_probe_bundle
+
+    train = load_split(args.dataset, "train", data_dir=args.data_dir, limit=args.limit)
+    dev = load_split(args.dataset, "dev", data_dir=args.data_dir, limit=args.dev_limit)
+    bundle = train_probe_bundle(args.model, args.task, train=train, dev=dev, layers=args.layers,
+                                word_pooling=args.pooling, store_root=args.store_dir, device=args.device,
+                                progress=not args.quiet)
+    path = bundle.save(args.output or f"{Path(args.model).name.replace('@', '_')}-{args.task}.probe")
+    print(bundle)
+    print("dev accuracy by layer: " + ", ".join(f"{k}: {v:.3f}" for k, v in bundle.dev_accuracy().items()))
+    print(path)
+    return 0
+
+
 def cmd_predict(args) -> int:
+    from probekit.errors import ConfigError
     from probekit.predict import load_probe_bundle
 
     bundle = load_probe_bundle(args.probe)
     sents = [line.strip() for line in Path(args.input).read_text(encoding="utf-8").splitlines() if line.strip()] \
         if args.input else args.sentence
-    df = bundle.predict(sents, device=args.device)
+    if not sents:
+        raise ConfigError("Give sentences as arguments or --input FILE (one sentence per line).")
+    if args.layer in ("best", "all"):
+        layers = "best" if args.layer == "best" else None
+    else:
+        try:
+            layers = [int(x) for x in args.layer.split(",")]
+        except ValueError:
+            raise ConfigError(f"--layer {args.layer!r}: give 'best', 'all' or layer numbers like 3 or 2,4.") from None
+    df = bundle.predict(sents, device=args.device, layers=layers,
+                        tokenize="whitespace" if args.whitespace else "spacy")
     print(df.to_string(index=False))
     return 0
 
@@ -204,8 +231,26 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("probe", help="A saved probe file (.probe) made with ProbeBundle.save / `probekit train-probe`.")
     pr.add_argument("sentence", nargs="*")
     pr.add_argument("--input", help="A UTF-8 text file, one sentence per line.")
+    pr.add_argument("--layer", default="best", help="'best' (best dev layer, default), 'all', or layer numbers "
+                    "(3 or 2,4).")
+    pr.add_argument("--whitespace", action="store_true", help="Split sentences on whitespace (default: spaCy words).")
     pr.add_argument("--device")
     pr.set_defaults(fn=cmd_predict)
+
+    tp = sub.add_parser("train-probe", help="Train linear probes on every layer for one model and task on a "
+                        "treebank; save them to one .probe file for `probekit predict`.")
+    tp.add_argument("model")
+    tp.add_argument("task")
+    tp.add_argument("-o", "--output", help="Where to save (default <model>-<task>.probe).")
+    tp.add_argument("--dataset", default="ud_ewt")
+    tp.add_argument("--limit", type=int, help="Train sentences (default all).")
+    tp.add_argument("--dev-limit", dest="dev_limit", type=int, default=500, help="Dev sentences (default 500).")
+    tp.add_argument("--layers", type=int, nargs="+", help="Layers to probe (default all; 0 = embeddings).")
+    tp.add_argument("--pooling", choices=["first", "last", "mean"])
+    tp.add_argument("--device")
+    tp.add_argument("--store-dir", dest="store_dir")
+    tp.add_argument("--data-dir", dest="data_dir")
+    tp.set_defaults(fn=cmd_train_probe)
 
     rep = sub.add_parser("report", help="Tables (LaTeX, Markdown) and figures from a results folder.")
     rep.add_argument("folder")

@@ -51,8 +51,12 @@ def summarize(df, confidence: float = 0.95):
         base = maj[(maj["model"] == model) & (maj["task"] == task)]["mean"]
         b = float(base.iloc[0]) if len(base) else None
         first = part.iloc[0]
-        for metric, value in (("expected_layer", expected_layer(scores, negative="cummax")),
-                              ("center_of_gravity", center_of_gravity(scores, baseline=b))):
+        derived = [("center_of_gravity", center_of_gravity(scores, baseline=b))]
+        # the expected layer needs differential scores between consecutive layers 0..L; a config
+        # that probes a subset of layers (`layers: [0, 3, 6, ...]`) gets the centre of gravity only
+        if sorted(scores) == list(range(len(scores))):
+            derived.insert(0, ("expected_layer", expected_layer(scores, negative="cummax")))
+        for metric, value in derived:
             extra.append({**{k: first[k] for k in keys}, "layer": "", "metric": metric, "mean": value,
                           "ci_lo": value, "ci_hi": value, "n_seeds": int(first["n_seeds"]), "split": "test"})
     if extra:
