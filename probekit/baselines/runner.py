@@ -56,26 +56,11 @@ def run_config(path_or_dict, *, results_dir: str | Path | None = None, device: s
 
 
 def load_data(exp) -> dict:
-    """Sentences per split role (train/dev/test) of an ``ExperimentConfig``: its ``dataset`` (or
-    ``conllu`` with ``files``), ``splits`` mapping, ``data_dir`` and ``limit`` (first N sentences)."""
-    from probekit.data.conllu_io import read_conllu
-    from probekit.data.datasets import cache_root, locate
-    from probekit.errors import DataError
+    """Sentences per split role (train/dev/test) of an ``ExperimentConfig``, loaded exactly as the
+    probes load them (:func:`probekit.experiment.load_data`)."""
+    from probekit.experiment import load_data as _load
 
-    data = {}
-    for role in ("train", "dev", "test"):
-        limit = (exp.limit or {}).get(role)
-        if exp.dataset == "conllu":
-            if role not in exp.files:
-                raise DataError(f"Dataset 'conllu' needs files.{role}: the path of the {role} CoNLL-U file.")
-            path = Path(exp.files[role])
-        else:
-            path = locate(exp.dataset, exp.splits.get(role, role), data_dir=exp.data_dir)
-        sents = read_conllu(path, cache_dir=cache_root(), limit=limit)
-        if not sents:
-            raise DataError(f"{path}: the {role} split is empty (limit={limit}).")
-        data[role] = sents
-    return data
+    return _load(exp)[0]
 
 
 def summary_table(rows: list[dict]) -> str:
