@@ -90,6 +90,8 @@ def plan_units(cfg: ExperimentConfig, model: str, model_fp: dict, data_fp: dict,
     from probekit.models import kind_of
 
     kind = kind_hint or kind_of(model)
+    # content, not location: the same treebank found through a different directory keeps its results
+    data_key = {role: {k: v for k, v in fp.items() if k != "file"} for role, fp in data_fp.items()}
     units = []
     for tname in cfg.tasks:
         task = get_task(tname)
@@ -99,7 +101,7 @@ def plan_units(cfg: ExperimentConfig, model: str, model_fp: dict, data_fp: dict,
         for pooling in poolings:
             for probe in cfg.probes:
                 for seed in cfg.seeds:
-                    spec = {"v": UNIT_VERSION, "model": model_fp, "data": data_fp, "task": task.name,
+                    spec = {"v": UNIT_VERSION, "model": model_fp, "data": data_key, "task": task.name,
                             "task_version": task.version, "labels": task.labels, "pooling": pooling,
                             "probe": probe, "seed": seed, "layers": cfg.layers, "Cs": cfg.Cs,
                             "control": cfg.control_tasks, "mdl": cfg.mdl and probe == "linear" and seed == cfg.seeds[0],

@@ -424,3 +424,23 @@ def test_damaged_baseline_run_file_is_redone(tmp_path):
 
     (tmp_path / "run.json").write_bytes(b"\xff\xfe garbage")
     assert _read_run(tmp_path / "run.json") is None
+
+
+def test_unit_keys_follow_content_not_location(tiny_bert_dir, ewt_dev, tmp_path):
+    """The same treebank found through another directory keeps its finished units; changed content does not."""
+    from probekit.config import ExperimentConfig
+    from probekit.experiment import load_data, plan_units
+    from probekit.models import fingerprint
+
+    def keys(folder, files=None, **over):
+        cfg = ExperimentConfig(name="k", models=[str(tiny_bert_dir)], dataset="conllu", tasks=["aux_verb"],
+                               files=files or small_conllu(ewt_dev, folder), **over)
+        _, data_fp = load_data(cfg)
+        return [u.key for u in plan_units(cfg, str(tiny_bert_dir), fingerprint(str(tiny_bert_dir)), data_fp)]
+
+    a = keys(tmp_path / "a")
+    assert keys(tmp_path / "b") == a
+    assert keys(tmp_path / "c", Cs=[0.5]) != a
+    files = small_conllu(ewt_dev, tmp_path / "d")
+    files["train"] = files["dev"]
+    assert keys(None, files=files) != a
