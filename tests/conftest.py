@@ -18,6 +18,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tiny  # noqa: E402  (the helper module beside this file)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``).
+
+    Tiny models gain nothing from threads; on a busy 2-core CI machine the thread pool's spinning makes them
+    5-10x slower, and one thread gives identical kernels, hence byte-identical arrays, in parent and children.
+    """
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The folder holding ``ud/UD_English-EWT/*.conllu`` (fails clearly when it is missing)."""

@@ -64,14 +64,7 @@ def sentence_block(words: list[tuple[str, str]], sent_id: str = "s1") -> str:
     return "\n".join(lines)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -13,12 +13,7 @@ from probekit.mdl import (PAPER_PORTIONS, MDLResult, block_ends, logreg_fit_pred
                           online_codelength, online_codelength_layers)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data(n=2000, d=8, k=4, seed=0):

@@ -13,14 +13,7 @@ from probekit.errors import ConfigError, ProbekitError  # noqa: E402
 from probekit.probes.mlp import MLPProbe, mlp_fit_predict_proba  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a busy shared CPU the thread pool's
-    spinning makes them 10x slower; restore the setting afterwards."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _xor(n=2000, seed=0):

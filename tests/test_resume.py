@@ -180,16 +180,7 @@ def fresh_events(tmp_path: Path, name: str) -> Path:
 
 # ------------------------------------------------------------------------------------------- fixtures
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread here and in the children: identical kernels (byte-identical arrays) and no
-    oversubscription of a loaded CI machine (tiny matmuls are 5x faster single-threaded there)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

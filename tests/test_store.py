@@ -59,15 +59,7 @@ def read_everything(store: ActivationStore) -> None:
 
 # ------------------------------------------------------------------------------------------- fixtures
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: tiny matmuls are several times faster on a loaded machine."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
