@@ -304,9 +304,22 @@ class ExperimentResult:
                 + best_layer_table(self.summary).to_html(index=False))
 
 
+def extract_stores(cfg: ExperimentConfig, lm, data: dict, data_fp: dict, *, progress: bool = True) -> dict:
+    """Write (or reuse) the model's train/dev/test stores as the config says: {role: ActivationStore}.
+
+    ``probekit run`` and the sweep workers both call this, so they share stores.
+    """
+    from probekit.extract import extract
+
+    return {role: extract(lm, data[role], dataset=cfg.dataset, split=cfg.splits.get(role, role),
+                          data_checksum=data_fp[role]["sha256"] + f":{data_fp[role]['limit']}",
+                          store_root=cfg.store_dir, word_pooling=cfg.word_pooling, dtype=cfg.dtype,
+                          batch_tokens=cfg.batch_tokens, strict=cfg.strict, progress=progress)
+            for role in ("train", "dev", "test")}
+
+
 def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> ExperimentResult:
     """Run (or resume) an experiment end to end and write its results folder."""
-    from probekit.extract import extract
     from probekit.models import fingerprint, load_model
     from probekit.results import provenance, to_frames, write_csv
     from probekit.tasks import get_task
@@ -334,14 +347,8 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> Experimen
         if pending:
             log.info("%s: %d of %d units to compute", m, len(pending), len(units))
             lm = load_model(m, device=cfg.device)
-            stores = {}
-            for role in ("train", "dev", "test"):
-                st = extract(lm, data[role], dataset=cfg.dataset, split=cfg.splits.get(role, role),
-                             data_checksum=data_fp[role]["sha256"] + f":{data_fp[role]['limit']}",
-                             store_root=cfg.store_dir, word_pooling=cfg.word_pooling, dtype=cfg.dtype,
-                             batch_tokens=cfg.batch_tokens, strict=cfg.strict, progress=progress)
-                forward_passes += st.computed_shards
-                stores[role] = st
+            stores = extract_stores(cfg, lm, data, data_fp, progress=progress)
+            forward_passes += sum(st.computed_shards for st in stores.values())
             info = {"name": m, "kind": lm.kind, "hash": lm.weights_hash}
             models_info[m].update({"kind": lm.kind, "weights_hash": lm.weights_hash, "num_layers": lm.num_layers,
                                    "stores": {r: str(s.path) for r, s in stores.items()}})

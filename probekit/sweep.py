@@ -440,25 +440,20 @@ def _check_data(cfg: ExperimentConfig, data_fp: dict) -> dict:
 def extract_model(cfg_dict: dict, model: str, data_fp: dict) -> dict:
     """Extraction step of one model (runs in a worker): write or reuse its train/dev/test stores.
 
-    The arguments mirror :func:`probekit.experiment.run_experiment`'s extraction, so the stores are the
+    It calls :func:`probekit.experiment.extract_stores`, as ``probekit run`` does, so the stores are the
     ones ``probekit run`` would use. Returns what the probe cells need: store paths and the model's
     name / kind / weights hash.
     """
-    from probekit.extract import extract
+    from probekit.experiment import extract_stores
     from probekit.models import load_model
 
     cfg = ExperimentConfig.from_dict(cfg_dict)
     data = _check_data(cfg, data_fp)
     t0 = time.perf_counter()
     lm = load_model(model, device=cfg.device)
-    stores, computed, fw = {}, 0, 0.0
-    for role in ("train", "dev", "test"):
-        st = extract(lm, data[role], dataset=cfg.dataset, split=cfg.splits.get(role, role),
-                     data_checksum=data_fp[role]["sha256"] + f":{data_fp[role]['limit']}",
-                     store_root=cfg.store_dir, word_pooling=cfg.word_pooling, dtype=cfg.dtype,
-                     batch_tokens=cfg.batch_tokens, strict=cfg.strict, progress=False)
-        stores[role] = str(st.path)
-        computed += st.computed_shards
+    written = extract_stores(cfg, lm, data, data_fp, progress=False)
+    stores = {role: str(st.path) for role, st in written.items()}
+    computed = sum(st.computed_shards for st in written.values())
     info = {"model": model, "lm_info": {"name": model, "kind": lm.kind, "hash": lm.weights_hash},
             "num_layers": lm.num_layers, "stores": stores, "computed_shards": computed,
             "seconds": time.perf_counter() - t0, "data": _data_id(data_fp), "host": os.uname().nodename}
