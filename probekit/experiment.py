@@ -160,7 +160,9 @@ def probe_task(*, lm_info: dict, stores: dict, data: dict, task, cfg: Experiment
     # control labels (per seed), word-type controls for word tasks, shuffled labels for sentence tasks
     controls = {}
     if cfg.control_tasks:
-        for seed in sorted({u.seed for u in units}):
+        # every configured seed, not only the pending ones: the linear controls of all seeds are fitted as one
+        # problem, and a unit's numbers must not depend on which other units happen to be pending
+        for seed in sorted(set(cfg.seeds) | {u.seed for u in units}):
             if level == "word":
                 words = {role: np.array([w for s in data[role] for w in s.words], dtype=object)[masks[role]]
                          for role in ys}
@@ -191,7 +193,7 @@ def probe_task(*, lm_info: dict, stores: dict, data: dict, task, cfg: Experiment
                      time.perf_counter() - t0)
             shared: dict = {}
             for u in punits:
-                _run_unit_group(u, X, y, group, C, controls.get(u.seed), cfg, common, pool_name, d, shared)
+                _run_unit_group(u, X, y, group, C, controls, cfg, common, pool_name, d, shared)
 
 
 def _score_rows(common, u, pool_name, layer, control, split_scores, n_params, train_size, reg, seconds):
@@ -231,8 +233,22 @@ def _fit_predict(probe: str, X: dict, y: dict, C: int, cfg: ExperimentConfig, se
     return out
 
 
-def _run_unit_group(u: Unit, X: dict, y: dict, group: list[int], C: int, control, cfg: ExperimentConfig, common,
-                    pool_name: str, d: int, shared: dict | None = None) -> None:
+def _linear_controls(X: dict, controls: dict, C: int, cfg: ExperimentConfig, chosen: list) -> dict:
+    """Linear probes on the control labels of every seed at once (one multi-head problem per layer group, at the
+    strengths chosen for the real task): {seed: [(pred_dev, pred_test, n_params, C) per layer]}."""
+    from probekit.probes.linear import fit_layers
+
+    seeds = sorted(controls)
+    Y = np.stack([controls[s]["train"] for s in seeds])
+    heads = fit_layers(X["train"], Y, n_classes=C, fixed_C=chosen, device=cfg.device, seed=0)
+    if len(seeds) == 1:
+        heads = [heads]
+    return {s: [(None, f.predict(X["test"][i]), f.n_params, f.C) for i, f in enumerate(fits)]
+            for s, fits in zip(seeds, heads)}
+
+
+def _run_unit_group(u: Unit, X: dict, y: dict, group: list[int], C: int, controls: dict, cfg: ExperimentConfig,
+                    common, pool_name: str, d: int, shared: dict | None = None) -> None:
     t0 = time.perf_counter()
     if u.probe == "linear" and shared is not None:
         # The linear probe is a convex problem solved to convergence: its fit does not depend on the seed
@@ -250,11 +266,20 @@ def _run_unit_group(u: Unit, X: dict, y: dict, group: list[int], C: int, control
         scores = {"dev": {"accuracy": float((pdev == y["dev"]).mean())},
                   "test": classification_metrics(y["test"], ptest, C)}
         u.rows += _score_rows(common, u, pool_name, layer, False, scores, n_params, len(y["train"]), reg, secs)
+    control = controls.get(u.seed)
     if control is not None:
         t0 = time.perf_counter()
-        chosen = [res[i][3] for i in range(len(group))] if u.probe == "linear" else None
-        cres = _fit_predict(u.probe, X, control, C, cfg, u.seed, fixed_C=chosen)
-        secs = (time.perf_counter() - t0) / len(group)
+        if u.probe == "linear" and shared is not None:
+            if "control" not in shared:
+                shared["control"] = (_linear_controls(X, controls, C, cfg, [r[3] for r in res]),
+                                     (time.perf_counter() - t0) / len(controls))
+            all_seeds, secs = shared["control"]
+            cres = all_seeds[u.seed]
+        else:
+            chosen = [res[i][3] for i in range(len(group))] if u.probe == "linear" else None
+            cres = _fit_predict(u.probe, X, control, C, cfg, u.seed, fixed_C=chosen)
+            secs = time.perf_counter() - t0
+        secs /= len(group)
         for i, layer in enumerate(group):
             pdev, ptest, n_params, reg = cres[i]
             scores = {"test": {"accuracy": float((ptest == control["test"]).mean())}}

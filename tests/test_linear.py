@@ -83,3 +83,27 @@ def test_fixed_C_per_layer_equals_separate_fits():
     assert [f.C for f in both] == [0.01, 1.0]
     np.testing.assert_allclose(both[0].coef, a.coef, atol=2e-3)
     np.testing.assert_allclose(both[1].coef, b.coef, atol=2e-3)
+
+
+def test_several_label_sets_at_once_equal_separate_fits():
+    """Heads (e.g. the control tasks of three seeds) share the passes over X but are independent problems."""
+    X1, y1 = _data(1)
+    X2, y2 = _data(2)
+    rng = np.random.default_rng(3)
+    X = np.stack([X1, X2])
+    Y = np.stack([y1, y2, rng.integers(0, 4, len(y1))])  # two learnable label sets and a random one
+    joint = fit_layers(X, Y, n_classes=4, fixed_C=[0.5, 0.2], max_iter=500, tol=1e-6)
+    assert len(joint) == 3 and all(len(fits) == 2 for fits in joint)
+    for h in range(3):
+        alone = fit_layers(X, Y[h], n_classes=4, fixed_C=[0.5, 0.2], max_iter=500, tol=1e-6)
+        for g in range(2):
+            assert joint[h][g].C == alone[g].C == [0.5, 0.2][g]
+            np.testing.assert_allclose(joint[h][g].coef, alone[g].coef, rtol=5e-3, atol=5e-3)
+            np.testing.assert_allclose(joint[h][g].intercept, alone[g].intercept, atol=5e-3)
+    assert (joint[0][0].predict(X1) == y1).mean() > 0.8 > (joint[2][0].predict(X1) == Y[2]).mean()
+
+
+def test_several_label_sets_need_one_strength():
+    X, y = _data()
+    with pytest.raises(ValueError, match="fixed_C"):
+        fit_layers(X[None], np.stack([y, y]), n_classes=4, Cs=(0.1, 1.0))

@@ -275,10 +275,11 @@ def test_extraction_killed_at_random_time_resumes_byte_identical(seed, ctx, bert
     ev = fresh_events(tmp_path, "r")
     p = start(ctx, _child_extract, str(bert.path), ewt_dev_small, str(root), str(ev), "slow", 60)
     wait_for(p, ev / "started")
-    delay = random.Random(seed).uniform(0.05, 0.9)
+    # the child sleeps 60 ms before each of its n shard commits, so it cannot finish before n x 60 ms: a kill
+    # at a random fraction of that always interrupts it (a slow machine only makes the child slower)
+    delay = random.Random(seed).uniform(0.05, 0.95) * reference[2] * 0.060
     time.sleep(delay)
-    if (ev / "done").exists():
-        pytest.skip(f"the child finished within {delay:.2f}s; nothing was interrupted")
+    assert not (ev / "done").exists(), f"the child finished within {delay:.2f}s"
     kill(p)
     resume_and_check(bert, ewt_dev_small, root, reference, tolerate_manifest_tmp=True)
 
