@@ -141,3 +141,17 @@ def test_notebook_api_steps(tmp_path, tiny_bert_dir, data_dir):
     summary = pk.summarize(table)
     out = pk.plot_layers(summary, tmp_path / "fig", formats=("png",))
     assert out[0].is_file() and out[0].stat().st_size > 1000
+
+
+@pytest.mark.parametrize("path", sorted((__import__("pathlib").Path(__file__).resolve().parents[1] / "configs")
+                                        .glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_is_valid(path):
+    """Every file in configs/ loads (unknown keys and wrong types are errors) and names known tasks and models."""
+    from probekit.models import kind_of
+    from probekit.tasks import get_task
+
+    cfg = ExperimentConfig.from_yaml(path)
+    for task in cfg.tasks:
+        get_task(task)
+    for model in cfg.models:
+        assert kind_of(model) in ("encoder", "decoder"), model
