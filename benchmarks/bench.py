@@ -164,7 +164,10 @@ sents = sents[: int(len(sents) * frac)]
 lm = load_model("minilm", device="cpu")
 with tempfile.TemporaryDirectory() as d:
     extract(lm, sents, store_root=d, progress=False)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+# VmHWM (peak RSS of this process image), not ru_maxrss: Linux keeps ru_maxrss across fork + exec, so it would
+# report the benchmark parent's size at the fork instead of this child's peak
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")]
+print(int(hwm[0].split()[1]) if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 

@@ -304,6 +304,8 @@ def extract(model, sentences: Sequence[Sentence], *, dataset: str = "custom", sp
                 manifest["stats"] = {k: manifest.get("stats", {}).get(k, 0) + v for k, v in ex.stats.items()}
                 ex.stats = {k: 0 for k in ex.stats}
                 atomic_write_bytes(manifest_path, json.dumps(manifest, indent=1).encode())
+                del words, sents, arrays
+                _release_freed_memory()
                 bar.update(p.word_end - p.word_start)
             bar.close()
         manifest["shards"] = [done[k] for k in sorted(done)]
@@ -317,6 +319,25 @@ def extract(model, sentences: Sequence[Sentence], *, dataset: str = "custom", sp
     store = ActivationStore(store_dir)
     store.computed_shards = len(todo)  # shards computed by this call (0 = pure reuse, no forward pass)
     return store
+
+
+def _release_freed_memory() -> None:
+    """Hand the shard's freed buffers back to the OS (glibc ``malloc_trim``), so that peak memory does not creep up
+    with the number of shards through heap fragmentation (measured: the retained heap grew by ~300 MB over the 8
+    shards of half of EWT train without it). A no-op where glibc is not there."""
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            import ctypes
+
+            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM = None
 
 
 def shutil_rmtree(path: Path) -> None:
