@@ -241,8 +241,6 @@ def _linear_controls(X: dict, controls: dict, C: int, cfg: ExperimentConfig, cho
     seeds = sorted(controls)
     Y = np.stack([controls[s]["train"] for s in seeds])
     heads = fit_layers(X["train"], Y, n_classes=C, fixed_C=chosen, device=cfg.device, seed=0)
-    if len(seeds) == 1:
-        heads = [heads]
     return {s: [(None, f.predict(X["test"][i]), f.n_params, f.C) for i, f in enumerate(fits)]
             for s, fits in zip(seeds, heads)}
 

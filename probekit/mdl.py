@@ -230,14 +230,14 @@ _XW = _LazyXW()
 
 
 def _predict_logprob2(W, b, mean, scale, X, heads: int = 1) -> "np.ndarray":
-    """log2 softmax probabilities of ``X [L, m, d]``: ``float64[L, m, K]``, or ``[heads, L, m, K]`` for heads > 1."""
+    """log2 softmax probabilities ``float64[heads, L, m, K]`` of ``X [L, m, d]`` (head h: output columns hK..hK+K-1)."""
     import torch
 
     with torch.no_grad():
         logits = torch.baddbmm(b.unsqueeze(1), (X - mean) / scale, W).double()
         L, m, HK = logits.shape
         logp = torch.log_softmax(logits.view(L, m, heads, HK // heads), dim=-1) / math.log(2)
-        return logp[:, :, 0].cpu().numpy() if heads == 1 else logp.permute(2, 0, 1, 3).cpu().numpy()
+        return logp.permute(2, 0, 1, 3).cpu().numpy()
 
 
 def logreg_fit_predict_proba(n_classes: int, *, l2: float = 1.0, max_iter: int = 100,
@@ -254,7 +254,7 @@ def logreg_fit_predict_proba(n_classes: int, *, l2: float = 1.0, max_iter: int =
         yt = torch.as_tensor(np.asarray(y_tr, np.int64), device=dev)
         W, b, m, s = fit_logreg_batched(Xt, yt, n_classes, l2=l2, max_iter=max_iter)
         Xn = torch.as_tensor(np.asarray(X_next, np.float32), device=dev)[None]
-        return np.exp2(_predict_logprob2(W, b, m, s, Xn)[0])
+        return np.exp2(_predict_logprob2(W, b, m, s, Xn)[0, 0])
 
     return fit_predict_proba
 
@@ -334,7 +334,6 @@ def _online_blocks(Xc, yt, y_sh: np.ndarray, ends: list[int], n_classes: int, gr
                                                    max_iter=max_iter, init=inits[c])
             inits[c] = (W, b)
             logp2 = _predict_logprob2(W, b, mean, scale, Xc[:, start:stop], heads=len(chunk))
-            logp2 = logp2.reshape(len(chunk), L, stop - start, -1)
             lps[chunk] = logp2[:, :, np.arange(stop - start), ys]  # [H, L, m]
         logw = -past - np.logaddexp2.reduce(-past, axis=0, keepdims=True)  # [G, L], log2 weights
         mix = np.logaddexp2.reduce(logw[:, :, None] + lps, axis=0)  # [L, m]

@@ -235,7 +235,7 @@ def _fit_layers(X_train: np.ndarray, y_train: np.ndarray, *, n_classes: int, Cs=
                polish_iter: int = 30, path_iter: int = 40) -> list[LayerFit]:
     """Fit one probe per layer on ``X_train: [layer, word, d_model]`` with labels ``y_train: [word]``.
 
-    ``y_train`` may also be ``[S, word]``: S label sets fitted at once at one strength (``fixed_C`` or a
+    ``y_train`` may also be ``[S, word]`` (S >= 1): S label sets fitted at once at one strength (``fixed_C`` or a
     single C), e.g. the control tasks of S seeds; then the result is one list of fits per label set. Every
     pass over ``X`` then serves all S heads, which costs about as much as one head (the pass is memory-bound).
 
@@ -327,7 +327,7 @@ def _fit_layers(X_train: np.ndarray, y_train: np.ndarray, *, n_classes: int, Cs=
         heads.append([LayerFit(layer=layers[g_], C=float(f"{float(best_C[g_]):.6g}"), coef=W[g_][:, cols].copy(),
                                intercept=b[g_][cols].copy(), mean=m[g_], scale=s[g_], iterations=int(iters_total[g_]),
                                dev_accuracy=float(best_acc[g_]) if Xd is not None else None) for g_ in range(G)])
-    return heads if S > 1 else heads[0]
+    return heads if yt.dim() == 2 else heads[0]  # the result's shape follows y's: [S, N] -> one list per set
 
 
 def fit_layers(X_train: np.ndarray, y_train: np.ndarray, **kw) -> list[LayerFit]:
