@@ -58,6 +58,9 @@ class ExperimentConfig:
     max_train_items: int | None = _help(None, "Probes train on a seeded random sample of at most this many labelled "
                                               "train items (words or sentences); null = all. Extraction and "
                                               "evaluation always use the whole splits.")
+    train_sentences: int | None = _help(None, "Use a fixed random sample (seed 0) of this many train sentences: "
+                                              "only they are extracted and probed, which cuts the cost of a study "
+                                              "that trains on part of train; null = all.")
     mdl_max_examples: int | None = _help(10000, "MDL uses at most this many training items (seeded sample); "
                                                 "null = all.")
     random_baseline: bool = _help(True, "Also probe each model with re-initialised weights (NAME@random).")
@@ -90,6 +93,11 @@ class ExperimentConfig:
             raise ConfigError(f"Config 'seeds' must be a non-empty list of integers, got {self.seeds!r}.")
         if self.dtype not in ("float16", "float32"):
             raise unknown_name("store dtype", self.dtype, ("float16", "float32"))
+        if self.train_sentences is not None and (isinstance(self.train_sentences, bool)
+                                                 or not isinstance(self.train_sentences, int)
+                                                 or self.train_sentences < 1):
+            raise ConfigError(f"Config 'train_sentences' must be a positive integer or null, got "
+                              f"{self.train_sentences!r}.")
         if not self.Cs or any(float(c) <= 0 for c in self.Cs):
             raise ConfigError(f"Config 'Cs' must be positive numbers, got {self.Cs!r}.")
         for f in self.figures:

@@ -52,10 +52,25 @@ def load_data(cfg: ExperimentConfig) -> tuple[dict, dict]:
         sents = read_conllu(path, cache_dir=cache_root(), limit=limit)
         if not sents:
             raise DataError(f"{path}: the {role} split is empty (limit={limit}). Give a file with sentences.")
+        sample = cfg.train_sentences if role == "train" and cfg.train_sentences and \
+            len(sents) > cfg.train_sentences else None
+        if sample:
+            keep = np.sort(np.random.default_rng(0).choice(len(sents), sample, replace=False))
+            sents = [sents[i] for i in keep]
         data[role] = sents
         fp[role] = {"file": str(path), "sha256": sha256_file(path), "limit": limit, "n_sentences": len(sents),
                     "n_words": sum(len(s) for s in sents)}
+        if sample:  # only when set, so that the keys of unsampled data (stores, units) stay as they were
+            fp[role]["sample"] = {"sentences": sample, "seed": 0}
     return data, fp
+
+
+def data_checksum(fp: dict) -> str:
+    """What identifies one split's data inside a store key: the file's sha256 and the slice taken of it."""
+    out = fp["sha256"] + f":{fp['limit']}"
+    if fp.get("sample"):
+        out += f":sample{fp['sample']['sentences']}@{fp['sample']['seed']}"
+    return out
 
 
 def model_list(cfg: ExperimentConfig) -> list[str]:
@@ -335,7 +350,7 @@ def extract_stores(cfg: ExperimentConfig, lm, data: dict, data_fp: dict, *, prog
     from probekit.extract import extract
 
     return {role: extract(lm, data[role], dataset=cfg.dataset, split=cfg.splits.get(role, role),
-                          data_checksum=data_fp[role]["sha256"] + f":{data_fp[role]['limit']}",
+                          data_checksum=data_checksum(data_fp[role]),
                           store_root=cfg.store_dir, word_pooling=cfg.word_pooling, dtype=cfg.dtype,
                           batch_tokens=cfg.batch_tokens, strict=cfg.strict, progress=progress)
             for role in ("train", "dev", "test")}

@@ -141,13 +141,14 @@ def _resolve_device(device: str | None) -> str:
 
 
 def fit_logreg_batched(X, y, n_classes: int, *, l2: float | Sequence[float] = 1.0, max_iter: int = 100,
-                       init: tuple | None = None):
+                       init: tuple | None = None, eig=None):
     """Fit one multinomial logistic regression per leading index of ``X`` (and per ``l2`` value) with L-BFGS.
 
     Objective per layer (features standardised with the training mean/std, constant features
     get std 1): ``sum_i CE(x_i, y_i) + l2/2 (||W||^2 + ||b||^2)`` — a Gaussian prior whose relative
-    weight shrinks as the training set grows. The layers are independent; they are optimised
-    jointly (their sum) only to share the kernel launches.
+    weight shrinks as the training set grows. The layers are independent problems, solved as one batch by
+    :func:`probekit.probes.linear.batched_lbfgs` (per-layer line search and convergence) in preconditioned
+    variables (:func:`probekit.probes.linear.preconditioner`; the optimum is the same).
 
     Args:
         X: torch float32 ``[L, n, d]`` on the target device.
@@ -156,15 +157,18 @@ def fit_logreg_batched(X, y, n_classes: int, *, l2: float | Sequence[float] = 1.
         l2: prior precision, or H of them: then H independent regressions per layer are fitted as one
             problem with ``H * K`` outputs (one pass over ``X`` serves all of them; ``X @ W`` costs about the
             same for 2 or 8 outputs on CPU), head ``h`` in output columns ``h*K .. h*K+K-1``.
-        max_iter: L-BFGS iterations.
+        max_iter: L-BFGS iterations at most.
         init: optional ``(W [L, d, H*K], b [L, H*K])`` warm start.
+        eig: optional :func:`~probekit.probes.linear.feature_eig` of (any standardised sample of) these features
+            for the preconditioner, e.g. computed once for all training prefixes; default: from ``X``.
 
     Returns:
         ``(W [L, d, H*K], b [L, H*K], mean [L, 1, d], scale [L, 1, d])`` torch tensors; predict head ``h`` with
         ``softmax(((X - mean) / scale) @ W[..., hK:(h+1)K] + b[..., hK:(h+1)K])``.
     """
     import torch
-    import torch.nn.functional as F
+
+    from probekit.probes.linear import _Problem, _unpack, batched_lbfgs, feature_eig, preconditioner
 
     L, n, d = X.shape
     l2s = _l2_grid(l2)
@@ -173,60 +177,20 @@ def fit_logreg_batched(X, y, n_classes: int, *, l2: float | Sequence[float] = 1.
     scale = X.std(dim=1, keepdim=True, unbiased=False) if n > 1 else torch.ones_like(mean)
     scale = torch.where(scale > 1e-6, scale, torch.ones_like(scale))
     Xs = (X - mean) / scale
-    if init is None:
-        W = torch.zeros(L, d, K, device=X.device, dtype=torch.float32)
-        b = torch.zeros(L, K, device=X.device, dtype=torch.float32)
-    else:
-        W, b = (t.detach().clone() for t in init)
-    W.requires_grad_(True)
-    b.requires_grad_(True)
-    yrep = y.view(1, n, 1).expand(L, n, H).reshape(-1)
-    lam = torch.tensor(l2s, dtype=torch.float32, device=X.device).repeat_interleave(n_classes)  # [K]
-    opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=int(max_iter), history_size=10,
-                            line_search_fn="strong_wolfe", tolerance_grad=1e-6, tolerance_change=1e-10)
-
-    def closure():
-        opt.zero_grad()
-        logits = _XW.apply(Xs, W) + b.unsqueeze(1)
-        loss = F.cross_entropy(logits.reshape(L * n * H, n_classes), yrep, reduction="sum")
-        loss = (loss + 0.5 * ((W.square().sum((0, 1)) + b.square().sum(0)) * lam).sum()) / n
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return W.detach(), b.detach(), mean, scale
-
-
-def _make_xw():
-    import torch
-
-    class XW(torch.autograd.Function):
-        """``X @ W`` for a constant ``X: [L, n, d]``; the backward computes ``(R^T X)^T`` with ``X`` as the
-        contiguous right operand (autograd's ``X^T R`` on the transposed view was ~24x slower on CPU)."""
-
-        @staticmethod
-        def forward(ctx, X, W):
-            ctx.save_for_backward(X)
-            return torch.bmm(X, W)
-
-        @staticmethod
-        def backward(ctx, grad):
-            (X,) = ctx.saved_tensors
-            return None, torch.bmm(grad.transpose(1, 2).contiguous(), X).transpose(1, 2)
-
-    return XW
-
-
-class _LazyXW:
-    _fn = None
-
-    def apply(self, X, W):
-        if _LazyXW._fn is None:
-            _LazyXW._fn = _make_xw()
-        return _LazyXW._fn.apply(X, W)
-
-
-_XW = _LazyXW()
+    # the objective divided by n: mean CE + (l2 / n) / 2 (||W||^2 + ||b||^2), one strength per head
+    lam = (torch.tensor(l2s, dtype=torch.float32, device=X.device) / n).repeat_interleave(n_classes)  # [K]
+    lam = lam.unsqueeze(0).expand(L, K).contiguous()
+    heads = y.unsqueeze(0).expand(H, n) if H > 1 else y
+    eig = eig if eig is not None else feature_eig(Xs)
+    prob = _Problem(Xs, heads, n_classes, lam, l2_bias=lam,
+                    precond=preconditioner(eig, lam.view(L, H, n_classes)[:, :, 0]))
+    p_w = torch.zeros(L, d * K + K, dtype=torch.float32, device=X.device)
+    if init is not None:
+        W0, b0 = init
+        p_w = torch.cat([W0.transpose(1, 2).reshape(L, -1), b0], dim=1)
+    q, _ = batched_lbfgs(prob, prob.to_params(p_w), max_iter=int(max_iter), tol=1e-4, ftol=1e-5)
+    W, b = _unpack(prob.to_weights(q), L, d, K)
+    return W, b, mean, scale
 
 
 def _predict_logprob2(W, b, mean, scale, X, heads: int = 1) -> "np.ndarray":
@@ -321,6 +285,11 @@ def _online_blocks(Xc, yt, y_sh: np.ndarray, ends: list[int], n_classes: int, gr
     # words x 384) the 4-value grid as one problem took 9.7 s instead of 13.5 s for aux_verb (2 classes), but
     # 26.5 s instead of 21 s for upos (17 classes: compute-bound, and the slowest head sets the iterations).
     per = max(1, MAX_JOINT_OUTPUTS // n_classes)
+    # one preconditioner for every prefix: from all the features (sender and receiver both know X; only the labels
+    # are transmitted), standardised once
+    from probekit.probes.linear import feature_eig
+
+    eig = feature_eig((Xc - Xc.mean(1, keepdim=True)) / Xc.std(1, keepdim=True).clamp_min(1e-6))
     chunks = [list(range(i, min(i + per, G))) for i in range(0, G, per)]
     inits: list = [None] * len(chunks)
     log_eps = math.log2(smoothing / n_classes) if smoothing > 0 else -math.inf
@@ -331,7 +300,7 @@ def _online_blocks(Xc, yt, y_sh: np.ndarray, ends: list[int], n_classes: int, gr
         for c, chunk in enumerate(chunks):
             # the l2 values of a chunk in one problem (one head each), warm-started from the previous prefix
             W, b, mean, scale = fit_logreg_batched(Xc[:, :start], yt[:start], n_classes, l2=[grid[g] for g in chunk],
-                                                   max_iter=max_iter, init=inits[c])
+                                                   max_iter=max_iter, init=inits[c], eig=eig)
             inits[c] = (W, b)
             logp2 = _predict_logprob2(W, b, mean, scale, Xc[:, start:stop], heads=len(chunk))
             lps[chunk] = logp2[:, :, np.arange(stop - start), ys]  # [H, L, m]

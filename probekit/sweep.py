@@ -407,7 +407,9 @@ def _extraction_estimate(plan: SweepPlan, model: str) -> float | None:
 
 
 def _data_id(data_fp: dict) -> dict:
-    return {r: [v["sha256"], v["limit"], v["n_sentences"]] for r, v in data_fp.items()}
+    from probekit.experiment import data_checksum
+
+    return {r: [data_checksum(v), v["n_sentences"]] for r, v in data_fp.items()}
 
 
 # ----------------------------------------------------------------------------------------------- work (in workers)
@@ -420,7 +422,8 @@ def load_data_cached(cfg: ExperimentConfig) -> tuple[dict, dict]:
     """:func:`probekit.experiment.load_data`, memoised per process by the config's data settings."""
     from probekit.experiment import load_data
 
-    key = json.dumps([cfg.dataset, cfg.splits, cfg.files, cfg.data_dir, cfg.limit], sort_keys=True, default=str)
+    key = json.dumps([cfg.dataset, cfg.splits, cfg.files, cfg.data_dir, cfg.limit, cfg.train_sentences],
+                     sort_keys=True, default=str)
     if key not in _DATA:
         _DATA.clear()  # one data set at a time
         _DATA[key] = load_data(cfg)

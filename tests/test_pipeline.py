@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -44,6 +45,33 @@ def test_run_experiment_end_to_end_and_warm_rerun(tmp_path, tiny_bert_dir, data_
     res2 = run_experiment(cfg, progress=False)
     assert res2.forward_passes == 0
     assert (res2.folder / "results.csv").read_bytes() == before
+
+
+def test_train_sentences_sample_is_fixed_extracted_alone_and_keyed(tmp_path, tiny_bert_dir, data_dir):
+    from probekit.experiment import load_data
+
+    cfg = _cfg(tmp_path, tiny_bert_dir, data_dir, limit={"train": 60, "dev": 15, "test": 15}, tasks=["aux_verb"])
+    full, fp_full = load_data(cfg)
+    sampled = cfg.replace(train_sentences=25, name="s")
+    data, fp = load_data(sampled)
+    # a fixed random subset of train, in corpus order; dev and test untouched
+    ids = [s.sent_id for s in full["train"]]
+    pos = [ids.index(s.sent_id) for s in data["train"]]
+    assert len(pos) == 25 and pos == sorted(pos) and pos != list(range(25))
+    assert [s.sent_id for s in load_data(sampled)[0]["train"]] == [s.sent_id for s in data["train"]]
+    assert fp["train"]["sample"] == {"sentences": 25, "seed": 0} and "sample" not in fp_full["train"]
+    assert fp["dev"] == fp_full["dev"] and fp["train"]["n_words"] == sum(len(s) for s in data["train"])
+    # only the sample is extracted, and its results are not mistaken for the full data's
+    res = run_experiment(sampled, progress=False)
+    prov = json.loads((res.folder / "provenance.json").read_text())
+    store = prov["models"][str(tiny_bert_dir)]["stores"]["train"]
+    man = json.loads((Path(store) / "manifest.json").read_text())
+    assert man["n_words"] == fp["train"]["n_words"]
+    df = pd.read_csv(res.folder / "results.csv")
+    assert set(df[df.probe == "linear"].train_size.dropna()) == {float(fp["train"]["n_words"])}
+    assert run_experiment(cfg.replace(train_sentences=None), progress=False).forward_passes > 0
+    with pytest.raises(Exception, match="train_sentences"):
+        cfg.replace(train_sentences=0)
 
 
 def test_control_selectivity_and_summary(tmp_path, tiny_bert_dir, data_dir):

@@ -67,17 +67,20 @@ class _Problem:
     pass over the big ``X`` serves every head. The heads do not interact: the objective is their sum.
     """
 
-    def __init__(self, X, y, n_classes: int, l2, precond=None):
+    def __init__(self, X, y, n_classes: int, l2, precond=None, l2_bias=None):
         import torch
 
         self.X = X  # [G, N, d] float32, standardised
-        # optional change of variables W = P V (see `preconditioner`): (P [G, d, d], P^-1 [G, d, d])
+        # optional change of variables W = P V (see `preconditioner`): (P, P^-1), each [G, Hp, d, d], one per group
+        # of K / Hp output columns (Hp = 1: one for all heads)
         self.P, self.P_inv = precond if precond is not None else (None, None)
         y2 = y if y.dim() == 2 else y.unsqueeze(0)
         self.G, self.N, self.d = X.shape
         self.S, self.C = y2.shape[0], n_classes
         self.K = self.S * self.C
-        self.l2 = l2  # [G]
+        # L2 strength on W per layer [G] or per layer and output column [G, K]; optionally also on the bias
+        self.l2 = l2 if l2.dim() == 2 else l2.unsqueeze(1).expand(self.G, self.K)
+        self.l2_bias = l2_bias  # None or [G, K]
         self.onehot = torch.zeros(self.N, self.K, dtype=X.dtype, device=X.device)
         rows = torch.arange(self.N, device=X.device)
         for s_ in range(self.S):
@@ -95,7 +98,14 @@ class _Problem:
         V, b = self.split(p)
         if self.P is None:
             return V, b
-        return torch.bmm(V.transpose(1, 2), self.P.transpose(1, 2)).transpose(1, 2), b  # W^T = V^T P^T
+        return self._by_group(V.transpose(1, 2), self.P.transpose(2, 3)).transpose(1, 2), b  # W^T = V^T P^T
+
+    def _by_group(self, At, M):
+        """``At [G, K, d]`` times ``M [G, Hp, d, d]``, each group of K / Hp rows by its own matrix."""
+        import torch
+
+        Hp = M.shape[1]
+        return torch.matmul(At.reshape(self.G, Hp, self.K // Hp, self.d), M).reshape(self.G, self.K, self.d)
 
     def to_params(self, p_w):
         """Parameters in this problem's variables from feature-space parameters (the inverse of `weights`)."""
@@ -104,7 +114,7 @@ class _Problem:
         if self.P is None:
             return p_w
         Wt = p_w[:, :self.d * self.K].view(self.G, self.K, self.d)
-        Vt = torch.bmm(Wt, self.P_inv.transpose(1, 2))  # V = P^-1 W
+        Vt = self._by_group(Wt, self.P_inv.transpose(2, 3))  # V = P^-1 W
         return torch.cat([Vt.reshape(self.G, -1), p_w[:, self.d * self.K:]], dim=1)
 
     def to_weights(self, p):
@@ -125,7 +135,9 @@ class _Problem:
         logits = torch.baddbmm(b.unsqueeze(1), self.X, W)  # [G, N, S*C]
         lse = torch.logsumexp(logits.view(self.G, self.N, self.S, self.C), dim=3).sum(2)  # [G, N]
         true = (logits * self.onehot).sum(2)
-        loss = (lse - true).mean(1) + 0.5 * self.l2 * (W * W).sum((1, 2))
+        loss = (lse - true).mean(1) + 0.5 * (self.l2.unsqueeze(1) * W * W).sum((1, 2))
+        if self.l2_bias is not None:
+            loss = loss + 0.5 * (self.l2_bias * b * b).sum(1)
         return W, logits, loss
 
     def loss_grad(self, p):
@@ -133,14 +145,17 @@ class _Problem:
         import torch
 
         W, logits, loss = self._logits(p)
+        b = self.split(p)[1]
         R = torch.softmax(logits.view(self.G, self.N, self.S, self.C), dim=3).view(self.G, self.N, self.K)
         R = R.sub_(self.onehot).div_(self.N)  # [G, N, K]
         # R^T X, not X^T R: with X as the contiguous right operand this is a plain GEMM; the transposed
         # view of the big X sends torch.bmm down a strided path that was 24x slower (204k x 384, CPU).
-        gW = torch.bmm(R.transpose(1, 2).contiguous(), self.X) + self.l2.view(-1, 1, 1) * W.transpose(1, 2)
+        gW = torch.bmm(R.transpose(1, 2).contiguous(), self.X) + self.l2.unsqueeze(2) * W.transpose(1, 2)
         if self.P is not None:
-            gW = torch.bmm(gW, self.P)  # dL/dV = P^T dL/dW, i.e. (dL/dV)^T = (dL/dW)^T P
+            gW = self._by_group(gW, self.P)  # dL/dV = P^T dL/dW, i.e. (dL/dV)^T = (dL/dW)^T P
         gb = R.sum(1)
+        if self.l2_bias is not None:
+            gb = gb + self.l2_bias * b
         return loss, torch.cat([gW.reshape(self.G, -1), gb], dim=1)
 
     def loss(self, p):
@@ -172,14 +187,16 @@ def preconditioner(eig, l2, curvature: float = PRECOND_CURVATURE):
     directions with most of the variance, many with almost none) no longer slow L-BFGS down, and the objective is
     unchanged (it is still evaluated on W). Measured on upos (minilm, 50k words): the loss gap that plain L-BFGS
     reaches in 60 iterations is reached in about 30.
-    """
-    import torch
 
+    ``l2`` is [G] (one strength per layer) or [G, H] (H groups of output columns with their own strength, e.g. the
+    l2 grid of MDL); the result is ``[G, H, d, d]`` (H = 1 for [G]).
+    """
     lam, U = eig
-    mu = (l2.double() / curvature).unsqueeze(1)  # [G, 1]
-    s = (lam + mu).rsqrt()  # [G, d]
-    P = U * s.unsqueeze(1)  # U diag(s)
-    P_inv = (U / s.unsqueeze(1)).transpose(1, 2)  # diag(1/s) U^T
+    l2 = l2.double()
+    mu = (l2 if l2.dim() == 2 else l2.unsqueeze(1)).unsqueeze(2) / curvature  # [G, H, 1]
+    s = (lam.unsqueeze(1) + mu).rsqrt()  # [G, H, d]
+    P = U.unsqueeze(1) * s.unsqueeze(2)  # U diag(s)
+    P_inv = (U.unsqueeze(1) / s.unsqueeze(2)).transpose(2, 3)  # diag(1/s) U^T
     return P.float().contiguous(), P_inv.float().contiguous()
 
 
