@@ -141,9 +141,29 @@ def _features(store, layers: list[int], rows: np.ndarray, level: str, pooling: s
     return np.stack([store.sentence_vectors(pooling, layer)[rows] for layer in layers])
 
 
+def _cached_features(cache: dict | None, store, layers: list[int], rows: np.ndarray, level: str, pooling: str):
+    """:func:`_features`, reusing the cache's entry for the same store, layers, rows and pooling (one per store)."""
+    if cache is None:
+        return _features(store, layers, rows, level, pooling)
+    key = (tuple(layers), hashlib.sha256(np.ascontiguousarray(rows).tobytes()).hexdigest(), level, pooling)
+    hit = cache.get(str(store.path))
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    cache.pop(str(store.path), None)  # free the old block before loading the new one
+    X = _features(store, layers, rows, level, pooling)
+    # shared by several tasks' probes, which never write into their features (tests/test_linear.py checks the
+    # linear probe; a read-only flag would make torch.as_tensor in the MLP probe warn)
+    cache[str(store.path)] = (key, X)
+    return X
+
+
 def probe_task(*, lm_info: dict, stores: dict, data: dict, task, cfg: ExperimentConfig, units: list[Unit],
-               progress: bool = True) -> None:
-    """Train and score every pending unit of one task for one model (fills ``unit.rows``)."""
+               progress: bool = True, feature_cache: dict | None = None) -> None:
+    """Train and score every pending unit of one task for one model (fills ``unit.rows``).
+
+    ``feature_cache``: a dict the caller keeps across the tasks of one model; the features of the last layer group
+    are kept in it and reused by the next task that reads the same rows (word tasks that label every word do).
+    """
     from probekit.control import control_sentence_labels, control_word_labels
 
     level = task.level
@@ -203,7 +223,8 @@ def probe_task(*, lm_info: dict, stores: dict, data: dict, task, cfg: Experiment
         groups = _layer_groups(layers, len(y["train"]), d)
         for group in groups:
             t0 = time.perf_counter()
-            X = {role: _features(stores[role], group, masks[role], level, pooling) for role in ("train", "dev", "test")}
+            X = {role: _cached_features(feature_cache, stores[role], group, masks[role], level, pooling)
+                 for role in ("train", "dev", "test")}
             log.info("%s %s %s: layers %s loaded (%.1fs)", lm_info["name"], task.name, pool_name, group,
                      time.perf_counter() - t0)
             shared: dict = {}
@@ -390,17 +411,18 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> Experimen
             info = {"name": m, "kind": lm.kind, "hash": lm.weights_hash}
             models_info[m].update({"kind": lm.kind, "weights_hash": lm.weights_hash, "num_layers": lm.num_layers,
                                    "stores": {r: str(s.path) for r, s in stores.items()}})
+            feature_cache: dict = {}
             for task in tasks:
                 tunits = [u for u in pending if u.task == task.name]
                 if not tunits:
                     continue
                 t0 = time.perf_counter()
                 probe_task(lm_info=info, stores=stores, data=data, task=task, cfg=cfg, units=tunits,
-                           progress=progress)
+                           progress=progress, feature_cache=feature_cache)
                 for u in tunits:
                     save_unit(runs / f"{u.key}.json", u.rows)
                 log.info("%s %s: probed in %.1fs", m, task.name, time.perf_counter() - t0)
-            del lm
+            del lm, feature_cache
         for u in units:
             all_rows.extend(u.rows)
     if cfg.baselines:

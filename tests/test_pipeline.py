@@ -183,3 +183,19 @@ def test_every_shipped_config_is_valid(path):
         get_task(task)
     for model in cfg.models:
         assert kind_of(model) in ("encoder", "decoder"), model
+
+
+def test_tasks_share_loaded_features(tmp_path, tiny_bert_dir, data_dir, monkeypatch):
+    """Word tasks that label every word read the same rows: the features are loaded once per model, not per task."""
+    import probekit.experiment as ex
+
+    calls = []
+    real = ex._features
+    monkeypatch.setattr(ex, "_features", lambda *a, **k: calls.append(a[2].size) or real(*a, **k))
+    run_experiment(_cfg(tmp_path, tiny_bert_dir, data_dir, tasks=["aux_verb", "upos"]), progress=False)
+    assert len(calls) == 3  # train, dev, test once for both tasks
+    calls.clear()
+    # subject labels every word too; a sentence task reads other rows and loads its own
+    run_experiment(_cfg(tmp_path, tiny_bert_dir, data_dir, tasks=["subject", "tense"], name="t2",
+                        sentence_poolings=["mean"]), progress=False)
+    assert len(calls) == 6
