@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 UNIT_VERSION = 1
 #: Largest float32 feature block (bytes) loaded for probe training at once; layers are grouped under it.
 MEMORY_BUDGET = 3 << 30
+#: Seed of the `train_sentences` sample (recorded with the sample in the data fingerprint).
+TRAIN_SAMPLE_SEED = 0
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -55,13 +57,13 @@ def load_data(cfg: ExperimentConfig) -> tuple[dict, dict]:
         sample = cfg.train_sentences if role == "train" and cfg.train_sentences and \
             len(sents) > cfg.train_sentences else None
         if sample:
-            keep = np.sort(np.random.default_rng(0).choice(len(sents), sample, replace=False))
+            keep = np.sort(np.random.default_rng(TRAIN_SAMPLE_SEED).choice(len(sents), sample, replace=False))
             sents = [sents[i] for i in keep]
         data[role] = sents
         fp[role] = {"file": str(path), "sha256": sha256_file(path), "limit": limit, "n_sentences": len(sents),
                     "n_words": sum(len(s) for s in sents)}
         if sample:  # only when set, so that the keys of unsampled data (stores, units) stay as they were
-            fp[role]["sample"] = {"sentences": sample, "seed": 0}
+            fp[role]["sample"] = {"sentences": sample, "seed": TRAIN_SAMPLE_SEED}
     return data, fp
 
 

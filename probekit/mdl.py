@@ -168,7 +168,7 @@ def fit_logreg_batched(X, y, n_classes: int, *, l2: float | Sequence[float] = 1.
     """
     import torch
 
-    from probekit.probes.linear import _Problem, _unpack, batched_lbfgs, feature_eig, preconditioner
+    from probekit.probes.linear import _pack, _Problem, _unpack, batched_lbfgs, feature_eig, preconditioner
 
     L, n, d = X.shape
     l2s = _l2_grid(l2)
@@ -184,10 +184,7 @@ def fit_logreg_batched(X, y, n_classes: int, *, l2: float | Sequence[float] = 1.
     eig = eig if eig is not None else feature_eig(Xs)
     prob = _Problem(Xs, heads, n_classes, lam, l2_bias=lam,
                     precond=preconditioner(eig, lam.view(L, H, n_classes)[:, :, 0]))
-    p_w = torch.zeros(L, d * K + K, dtype=torch.float32, device=X.device)
-    if init is not None:
-        W0, b0 = init
-        p_w = torch.cat([W0.transpose(1, 2).reshape(L, -1), b0], dim=1)
+    p_w = _pack(*init) if init is not None else torch.zeros(L, d * K + K, dtype=torch.float32, device=X.device)
     q, _ = batched_lbfgs(prob, prob.to_params(p_w), max_iter=int(max_iter), tol=1e-4, ftol=1e-5)
     W, b = _unpack(prob.to_weights(q), L, d, K)
     return W, b, mean, scale
@@ -277,18 +274,18 @@ def _online_blocks(Xc, yt, y_sh: np.ndarray, ends: list[int], n_classes: int, gr
     weights depend only on already transmitted data, so this is a valid code, and it costs at most
     ``log2 G`` bits per block more than the best single l2 chosen in hindsight per block sequence.
     """
+    from probekit.probes.linear import feature_eig
+
     L = Xc.shape[0]
     G = len(grid)
     costs = [[ends[0] * math.log2(n_classes)] for _ in range(L)]
     past = np.zeros((G, L))  # cumulative cost of each expert so far
     # Heads share the passes over X, which pays while X @ W is memory-bound (few outputs): on EWT (7 layers x 10k
-    # words x 384) the 4-value grid as one problem took 9.7 s instead of 13.5 s for aux_verb (2 classes), but
+    # words x 384; measured with the earlier, unpreconditioned solver) the 4-value grid as one problem took 9.7 s instead of 13.5 s for aux_verb (2 classes), but
     # 26.5 s instead of 21 s for upos (17 classes: compute-bound, and the slowest head sets the iterations).
     per = max(1, MAX_JOINT_OUTPUTS // n_classes)
     # one preconditioner for every prefix: from all the features (sender and receiver both know X; only the labels
     # are transmitted), standardised once
-    from probekit.probes.linear import feature_eig
-
     eig = feature_eig((Xc - Xc.mean(1, keepdim=True)) / Xc.std(1, keepdim=True).clamp_min(1e-6))
     chunks = [list(range(i, min(i + per, G))) for i in range(0, G, per)]
     inits: list = [None] * len(chunks)

@@ -88,13 +88,10 @@ class _Problem:
 
     def split(self, p):
         """(V [G, d, K] as a view of the stored [G, K, d] block, b [G, K]); V is W unless preconditioned."""
-        d, K = self.d, self.K
-        return p[:, :d * K].view(self.G, K, d).transpose(1, 2), p[:, d * K:]
+        return _unpack(p, self.G, self.d, self.K)
 
     def weights(self, p):
         """(W [G, d, K], b [G, K]) in (standardised) feature space."""
-        import torch
-
         V, b = self.split(p)
         if self.P is None:
             return V, b
@@ -119,12 +116,9 @@ class _Problem:
 
     def to_weights(self, p):
         """Feature-space parameters ([G, d*K + K], the stored layout) from this problem's variables."""
-        import torch
-
         if self.P is None:
             return p
-        W, b = self.weights(p)
-        return torch.cat([W.transpose(1, 2).reshape(self.G, -1), b], dim=1)
+        return _pack(*self.weights(p))
 
     def _logits(self, p):
         import torch
@@ -201,8 +195,15 @@ def preconditioner(eig, l2, curvature: float = PRECOND_CURVATURE):
 
 
 def _unpack(p, G: int, d: int, K: int):
-    """(W [G, d, K], b [G, K]) from feature-space parameters in the stored (class-major) layout."""
+    """(W [G, d, K], b [G, K]) from parameters in the stored (class-major) layout, as views."""
     return p[:, :d * K].view(G, K, d).transpose(1, 2), p[:, d * K:]
+
+
+def _pack(W, b):
+    """The stored layout ``[G, d*K + K]`` of (W [G, d, K], b [G, K]): the inverse of :func:`_unpack`."""
+    import torch
+
+    return torch.cat([W.transpose(1, 2).reshape(W.shape[0], -1), b], dim=1)
 
 
 def batched_lbfgs(problem: _Problem, p0, *, max_iter: int = 100, tol: float = 1e-4, history: int = 10,
