@@ -361,3 +361,19 @@ def test_unreachable_server_error_also_names_local_places(env, tmp_path):
     with pytest.raises(DataError) as info:
         locate("ud_ewt", "dev", data_dir=tmp_path / "explicit", url_template=url)
     assert str(tmp_path / "explicit" / "ud" / EWT / DEV) in str(info.value)
+
+
+def test_parsed_corpus_shares_repeated_strings(ewt_dev_path, tmp_path):
+    """Forms, lemmas, tags and features are interned at parse time and stay shared through the parse cache: a
+    corpus holds one object per distinct string (half the memory of EWT train), with equal values."""
+    first = read_conllu(ewt_dev_path, limit=200)
+    read_conllu(ewt_dev_path, cache_dir=tmp_path)  # writes the cache
+    cached = read_conllu(ewt_dev_path, cache_dir=tmp_path, limit=200)
+    assert [(s.words, s.lemmas, s.upos, s.feats) for s in cached] == [(s.words, s.lemmas, s.upos, s.feats)
+                                                                       for s in first]
+    for sents in (first, cached):
+        for field in ("words", "lemmas", "upos", "xpos", "deprels"):
+            values = [v for s in sents for v in getattr(s, field)]
+            assert len({id(v) for v in values}) == len(set(values)), field
+        feat_values = [v for s in sents for f in s.feats for v in f.values()]
+        assert len({id(v) for v in feat_values}) == len(set(feat_values))
