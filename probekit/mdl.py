@@ -185,7 +185,7 @@ def fit_logreg_batched(X, y, n_classes: int, *, l2: float | Sequence[float] = 1.
     prob = _Problem(Xs, heads, n_classes, lam, l2_bias=lam,
                     precond=preconditioner(eig, lam.view(L, H, n_classes)[:, :, 0]))
     p_w = _pack(*init) if init is not None else torch.zeros(L, d * K + K, dtype=torch.float32, device=X.device)
-    q, _ = batched_lbfgs(prob, prob.to_params(p_w), max_iter=int(max_iter), tol=1e-4, ftol=1e-5)
+    q, _, _ = batched_lbfgs(prob, prob.to_params(p_w), max_iter=int(max_iter), tol=1e-4, ftol=1e-5)
     W, b = _unpack(prob.to_weights(q), L, d, K)
     return W, b, mean, scale
 

@@ -147,3 +147,45 @@ def test_preconditioning_keeps_the_solution_and_converges_faster():
     gap_plain = _objective(fit_layers(X[None], y, precondition=False, **budget)[0], X, y, C) - best
     gap_pre = _objective(fit_layers(X[None], y, precondition=True, **budget)[0], X, y, C) - best
     assert gap_pre < gap_plain / 3, (gap_pre, gap_plain)
+
+
+def test_polish_starts_from_the_subsample_memory():
+    """Stage 2 (all words) starts with stage 1's L-BFGS curvature pairs (subsample, same variables) instead of a
+    steepest-descent step: with the same small polish budget it ends much closer to the all-data optimum, and with
+    a large budget both reach that optimum."""
+    X, y = _correlated(n=16000)
+    C = 10.0
+    best = _objective(fit_layers(X[None], y, n_classes=5, Cs=(C,), warm_subsample=0, max_iter=2000, tol=1e-7,
+                                 ftol=1e-10)[0], X, y, C)
+    kw = dict(n_classes=5, Cs=(C,), warm_subsample=2000, path_iter=60)
+    gaps = {carry: _objective(fit_layers(X[None], y, carry_memory=carry, polish_iter=4, **kw)[0], X, y, C) - best
+            for carry in (True, False)}
+    assert gaps[True] < gaps[False] / 2, gaps
+    for carry in (True, False):
+        long = fit_layers(X[None], y, carry_memory=carry, polish_iter=300, tol=1e-7, ftol=1e-10, **kw)[0]
+        assert _objective(long, X, y, C) - best < 1e-4, carry
+
+
+@pytest.mark.parametrize("iters", [3, 13])
+def test_lbfgs_memory_is_chronological_and_selected_per_problem(iters):
+    """The returned memory holds the last steps oldest first (unused slots zero), whether the run was shorter or
+    longer than the history, and `where` takes each problem's pairs from the memory chosen for it."""
+    import torch
+
+    from probekit.probes.linear import _Problem, batched_lbfgs
+
+    X, y = _correlated(n=2000, d=12)
+    Xt = torch.tensor(np.stack([X, X[::-1].copy()]))
+    prob = _Problem(Xt, torch.as_tensor(y), 5, torch.full((2,), 1e-3))
+    p0 = torch.zeros(2, 12 * 5 + 5)
+    kw = dict(tol=0.0, ftol=0.0, history=10)
+    p_prev, _, _ = batched_lbfgs(prob, p0, max_iter=iters - 1, **kw)
+    p_last, n_it, mem = batched_lbfgs(prob, p0, max_iter=iters, **kw)
+    assert n_it.tolist() == [iters, iters]
+    torch.testing.assert_close(mem.S[-1], p_last - p_prev, atol=1e-6, rtol=1e-5)  # the newest pair is last
+    used = min(iters, 10)
+    assert bool((mem.rho[10 - used:] > 0).all()) and bool((mem.rho[:10 - used] == 0).all())
+    other = type(mem)(mem.S + 1, mem.Y + 1, mem.rho + 1)
+    mixed = mem.where(torch.tensor([True, False]), other)
+    assert torch.equal(mixed.S[:, 0], mem.S[:, 0]) and torch.equal(mixed.S[:, 1], other.S[:, 1])
+    assert torch.equal(mixed.Y[:, 1], other.Y[:, 1]) and torch.equal(mixed.rho[:, 0], mem.rho[:, 0])
