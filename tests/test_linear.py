@@ -189,3 +189,20 @@ def test_lbfgs_memory_is_chronological_and_selected_per_problem(iters):
     mixed = mem.where(torch.tensor([True, False]), other)
     assert torch.equal(mixed.S[:, 0], mem.S[:, 0]) and torch.equal(mixed.S[:, 1], other.S[:, 1])
     assert torch.equal(mixed.Y[:, 1], other.Y[:, 1]) and torch.equal(mixed.rho[:, 0], mem.rho[:, 0])
+
+
+@pytest.mark.parametrize("kind", ["float32", "float16", "tensor"])
+def test_standardise_leaves_the_callers_features_alone(kind):
+    import torch
+
+    from probekit.probes.linear import standardise
+
+    X = np.random.default_rng(0).standard_normal((2, 500, 8)).astype(np.float32) * 3 + 1
+    X = X.astype(np.float16) if kind == "float16" else X
+    before = X.copy()
+    given = torch.from_numpy(X) if kind == "tensor" else X
+    Xt, mean, scale = standardise(given, "cpu")
+    assert np.array_equal(np.asarray(given), before)
+    np.testing.assert_allclose(Xt.mean(1).numpy(), 0, atol=1e-5)
+    np.testing.assert_allclose(Xt.std(1).numpy(), 1, atol=1e-4)
+    np.testing.assert_allclose((Xt * scale + mean).numpy(), before.astype(np.float32), atol=1e-4)

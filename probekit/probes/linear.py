@@ -366,8 +366,9 @@ def standardise(X, device: str):
 
     Xr = torch.as_tensor(X, dtype=torch.float32, device=device)
     mean = Xr.mean(1, keepdim=True)
-    borrowed = isinstance(X, np.ndarray) and Xr.device.type == "cpu" and X.dtype == np.float32  # shares X's memory
-    Xt = Xr - mean if borrowed else Xr.sub_(mean)
+    # as_tensor returns X itself (a float32 tensor) or a view of it (a float32 array on the CPU): never write to those
+    shares = Xr is X or (isinstance(X, np.ndarray) and Xr.device.type == "cpu" and np.may_share_memory(X, Xr.numpy()))
+    Xt = Xr - mean if shares else Xr.sub_(mean)
     # sum of squares layer by layer: torch's std over dim 1 of [G, N, d] took 1.28 s here, this 0.28 s (7 x 65k x 384)
     var = torch.stack([(x * x).sum(0) for x in Xt]) / max(Xt.shape[1] - 1, 1)
     scale = var.sqrt_().unsqueeze(1).clamp_min(1e-6)
