@@ -206,3 +206,28 @@ def test_standardise_leaves_the_callers_features_alone(kind):
     np.testing.assert_allclose(Xt.mean(1).numpy(), 0, atol=1e-5)
     np.testing.assert_allclose(Xt.std(1).numpy(), 1, atol=1e-4)
     np.testing.assert_allclose((Xt * scale + mean).numpy(), before.astype(np.float32), atol=1e-4)
+
+
+def test_evaluating_some_layers_equals_those_rows_of_the_full_evaluation():
+    """Backtracking and converged layers evaluate only the layers still pending (`_loss_grad_of`): the rows it
+    computes equal the full evaluation's, with a preconditioner, a bias penalty and several heads; the rest are
+    marked +inf / 0 so that the line search never accepts them."""
+    import torch
+
+    from probekit.probes.linear import _loss_grad_of, _Problem, feature_eig, preconditioner
+
+    X, y = _correlated(n=1500, d=12)
+    Xt = torch.tensor(np.stack([X, X[::-1].copy(), X * 0.5]))
+    heads = torch.stack([torch.as_tensor(y), torch.as_tensor(np.roll(y, 3))])
+    l2 = torch.tensor([1e-3, 1e-2, 1e-1])
+    prob = _Problem(Xt, heads, 5, l2, precond=preconditioner(feature_eig(Xt), l2),
+                    l2_bias=l2.unsqueeze(1).expand(3, 10).contiguous())
+    p = torch.randn(3, 12 * 10 + 10, generator=torch.Generator().manual_seed(0)) * 0.1
+    f_all, g_all = prob.loss_grad(p)
+    f, g = _loss_grad_of(prob, p, torch.tensor([True, False, True]))
+    torch.testing.assert_close(f[[0, 2]], f_all[[0, 2]], rtol=1e-6, atol=0)
+    torch.testing.assert_close(g[[0, 2]], g_all[[0, 2]], rtol=1e-5, atol=1e-7)
+    assert f[1] == float("inf") and bool((g[1] == 0).all())
+    f1, g1 = _loss_grad_of(prob, p, torch.tensor([False, True, False]))  # a middle layer alone: its own P and l2
+    torch.testing.assert_close(f1[1], f_all[1], rtol=1e-6, atol=0)
+    torch.testing.assert_close(g1[1], g_all[1], rtol=1e-5, atol=1e-7)
