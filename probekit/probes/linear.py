@@ -396,8 +396,10 @@ def standardise(X, device: str):
     # as_tensor returns X itself (a float32 tensor) or a view of it (a float32 array on the CPU): never write to those
     shares = Xr is X or (isinstance(X, np.ndarray) and Xr.device.type == "cpu" and np.may_share_memory(X, Xr.numpy()))
     Xt = Xr - mean if shares else Xr.sub_(mean)
-    # sum of squares layer by layer: torch's std over dim 1 of [G, N, d] took 1.28 s here, this 0.28 s (7 x 65k x 384)
-    var = torch.stack([(x * x).sum(0) for x in Xt]) / max(Xt.shape[1] - 1, 1)
+    # sum of squares layer by layer, through one reused buffer: torch's std over dim 1 of [G, N, d] took 1.28 s here,
+    # a fresh x * x per layer 0.30 s, this 0.16 s (7 x 65k x 384)
+    sq = torch.empty_like(Xt[0])
+    var = torch.stack([torch.mul(x, x, out=sq).sum(0) for x in Xt]) / max(Xt.shape[1] - 1, 1)
     scale = var.sqrt_().unsqueeze(1).clamp_min(1e-6)
     return Xt.div_(scale), mean, scale
 
