@@ -27,8 +27,9 @@ from probekit.results import classification_metrics, load_unit, row, save_unit
 log = logging.getLogger(__name__)
 
 #: Part of every unit's key: bumped when the code that fits probes changes the numbers it gives, so that cached rows
-#: of an older solver are recomputed, not mixed with new ones (2: the polish starts from the subsample's L-BFGS memory).
-UNIT_VERSION = 2
+#: of an older solver are recomputed, not mixed with new ones (2: the polish starts from the subsample's L-BFGS memory;
+#: 3: the preconditioner's covariance comes from BLAS syrk, which rounds differently).
+UNIT_VERSION = 3
 #: Largest float32 feature block (bytes) loaded for probe training at once; layers are grouped under it.
 MEMORY_BUDGET = 3 << 30
 #: Seed of the `train_sentences` sample (recorded with the sample in the data fingerprint).

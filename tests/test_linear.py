@@ -231,3 +231,17 @@ def test_evaluating_some_layers_equals_those_rows_of_the_full_evaluation():
     f1, g1 = _loss_grad_of(prob, p, torch.tensor([False, True, False]))  # a middle layer alone: its own P and l2
     torch.testing.assert_close(f1[1], f_all[1], rtol=1e-6, atol=0)
     torch.testing.assert_close(g1[1], g_all[1], rtol=1e-5, atol=1e-7)
+
+
+def test_gram_is_the_full_symmetric_product():
+    """`_gram` (syrk: one triangle computed) returns the whole x^T x, both triangles, like the matmul it replaces."""
+    import torch
+
+    from probekit.probes.linear import _gram
+
+    x = torch.tensor(np.random.default_rng(1).standard_normal((300, 9)), dtype=torch.float32)
+    g = _gram(x)
+    ref = x.double().T @ x.double()
+    assert g.shape == (9, 9) and torch.equal(g, g.T)
+    torch.testing.assert_close(g.double(), ref, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(_gram(x[::2]).double(), x[::2].double().T @ x[::2].double(), rtol=1e-5, atol=1e-4)
