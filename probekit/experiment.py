@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 #: Part of every unit's key: bumped when the code that fits probes changes the numbers it gives, so that cached rows
 #: of an older solver are recomputed, not mixed with new ones (2: the polish starts from the subsample's L-BFGS memory;
-#: 3: the preconditioner's covariance comes from BLAS syrk, which rounds differently).
+#: 3: the preconditioner's covariance comes from BLAS syrk, and the gradient's matmul kernel depends on the number of
+#: classes; both round differently).
 UNIT_VERSION = 3
 #: Largest float32 feature block (bytes) loaded for probe training at once; layers are grouped under it.
 MEMORY_BUDGET = 3 << 30

@@ -165,15 +165,21 @@ class _Problem:
         idx = self.true_col.expand(self.G, self.N, self.S)
         R = R.scatter_add_(2, idx, torch.full((1, 1, 1), -1.0, dtype=R.dtype, device=R.device).expand_as(idx))
         R = R.div_(self.N)  # softmax minus one-hot, over N: [G, N, K]
-        # One matmul per layer on a transposed view (a BLAS flag, no copy), measured per layer at 7 x 50k x 384 (CPU,
-        # MKL): R^T X for few classes, where X^T R is 8-15x slower (K=2: 0.13 vs 1.2 s; K=5 and 10 alike); X^T R from
-        # 16 classes on, where it is 20-30% faster (K=17: 136 vs 179 ms; K=16-33 alike) and gave the same bits.
-        # (torch.bmm on the transposed view of the whole [G, N, d] X takes a strided path that was 24x slower.)
+        # The kernel that MKL runs fast depends on K; measured at 7 x 65k x 384 (CPU, 2 threads), in ms:
+        #   K                       2     5    10    12    16    17    34
+        #   R^T X, mm per layer   155   136   199   166   160   205   290   (R^T a transposed view: no copy)
+        #   R^T X, one bmm        103    90   118   124   160   182   314   (R^T made contiguous: 4 MB at K=2)
+        #   X^T R, mm per layer  1469  2256  2782   142   130   171   252   (X^T a transposed view: no copy)
+        # so one bmm below 16 classes and X^T R from 16 on; both gave the same bits as R^T X where checked. (torch.bmm
+        # on the transposed view of the whole [G, N, d] X takes a strided path that was 24x slower.)
         gW = torch.empty(self.G, self.K, self.d, dtype=W.dtype, device=W.device)
-        for g in range(self.G):
-            if self.K >= 16:
+        if self.K >= 16:
+            for g in range(self.G):
                 gW[g].copy_(torch.mm(self.X[g].t(), R[g]).t())
-            else:
+        elif torch.is_tensor(self.X):
+            torch.bmm(R.transpose(1, 2).contiguous(), self.X, out=gW)
+        else:  # some layers of a problem (`select`): per-layer views, not one tensor
+            for g in range(self.G):
                 torch.mm(R[g].t(), self.X[g], out=gW[g])
         gW += self.l2.unsqueeze(2) * W.transpose(1, 2)
         if self.P is not None:
