@@ -273,3 +273,5 @@ def test_gradient_matches_autograd_on_every_kernel_path(n_classes):
         loss.sum().backward()
         torch.testing.assert_close(f.double(), loss.detach(), rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(g.double(), q64.grad, rtol=1e-4, atol=1e-5)
+    x64 = x.double()
+    assert _gram(x64).dtype == torch.float64 and torch.equal(_gram(x64), x64.T @ x64)  # not rounded through float32

@@ -139,7 +139,7 @@ class _Problem:
 
         W, b = self.weights(p)
         # W is stored class-major ([G, K, d] contiguous): X @ W through that layout was 3x faster for small K
-        # than a contiguous [G, d, K] W (7 x 50k x 384, K=2, CPU), and the gradient R^T X lands in it as is.
+        # than a contiguous [G, d, K] W (7 x 50k x 384, K=2, CPU), and the gradient lands in it as is.
         # One addmm per layer rather than one baddbmm: 196 vs 221 ms for 7 x 65k x 384, K=17 (CPU).
         logits = torch.empty(self.G, self.N, self.K, dtype=W.dtype, device=W.device)
         for g in range(self.G):
@@ -170,8 +170,9 @@ class _Problem:
         #   R^T X, mm per layer   155   136   199   166   160   205   290   (R^T a transposed view: no copy)
         #   R^T X, one bmm        103    90   118   124   160   182   314   (R^T made contiguous: 4 MB at K=2)
         #   X^T R, mm per layer  1469  2256  2782   142   130   171   252   (X^T a transposed view: no copy)
-        # so one bmm below 16 classes and X^T R from 16 on; both gave the same bits as R^T X where checked. (torch.bmm
-        # on the transposed view of the whole [G, N, d] X takes a strided path that was 24x slower.)
+        # so one bmm below 16 classes and X^T R from 16 on. X^T R gave R^T X's bits at 12-85 classes, the bmm at 2 but
+        # not at 5 (1e-3 on coefficients after a fit; UNIT_VERSION 3 covers it). (torch.bmm on the transposed view of
+        # the whole [G, N, d] X takes a strided path that was 24x slower.)
         gW = torch.empty(self.G, self.K, self.d, dtype=W.dtype, device=W.device)
         if self.K >= 16:
             for g in range(self.G):
@@ -214,7 +215,7 @@ def _gram(x):
     """
     import torch
 
-    if x.device.type != "cpu":
+    if x.device.type != "cpu" or x.dtype != torch.float32:
         return x.T @ x
     from scipy.linalg.blas import ssyrk
 
