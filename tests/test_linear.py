@@ -246,6 +246,8 @@ def test_gram_is_the_full_symmetric_product():
     assert g.shape == (9, 9) and torch.equal(g, g.T)
     torch.testing.assert_close(g.double(), ref, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(_gram(x[::2]).double(), x[::2].double().T @ x[::2].double(), rtol=1e-5, atol=1e-4)
+    x64 = x.double()
+    assert _gram(x64).dtype == torch.float64 and torch.equal(_gram(x64), x64.T @ x64)  # not rounded through float32
 
 
 @pytest.mark.parametrize("n_classes", [3, 17])
@@ -273,5 +275,3 @@ def test_gradient_matches_autograd_on_every_kernel_path(n_classes):
         loss.sum().backward()
         torch.testing.assert_close(f.double(), loss.detach(), rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(g.double(), q64.grad, rtol=1e-4, atol=1e-5)
-    x64 = x.double()
-    assert _gram(x64).dtype == torch.float64 and torch.equal(_gram(x64), x64.T @ x64)  # not rounded through float32
