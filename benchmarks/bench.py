@@ -154,8 +154,8 @@ def bench_probes(n_sent: int, max_layers: int | None, task_name: str = "upos", l
         sk_t += time.perf_counter() - t
         sk_acc.append(float(clf.score(scaler.transform(Xt[i]), yte)))
     gaps = [100 * (o - s) for o, s in zip(ours_acc, sk_acc)]
-    print(f"\n[{label}] Probes: {task_name} ({len(task.labels)} classes), {len(layers)} layers, {len(ytr):,} training words, C=1 (both), standardised "
-          "features (both), test on EWT test")
+    print(f"\n[{label}] Probes: {task_name} ({len(task.labels)} classes), {len(layers)} layers, {len(ytr):,} training "
+          "words, C=1 (both), standardised features (both), test on EWT test")
     print("    layer  sklearn  probekit  gap(points)")
     for layer, s, o, g in zip(layers, sk_acc, ours_acc, gaps):
         print(f"    {layer:5d}  {s:.4f}   {o:.4f}    {g:+.2f}")

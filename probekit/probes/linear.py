@@ -134,7 +134,8 @@ class _Problem:
             return p
         return _pack(*self.weights(p))
 
-    def _logits(self, p):
+    def _probs_and_loss(self, p):
+        """(W [G, d, K], softmax probabilities [G, N, K], loss [G]) at ``p``: the forward half of `loss_grad`."""
         import torch
 
         W, b = self.weights(p)
@@ -160,7 +161,7 @@ class _Problem:
         """p: [G, d*S*C + S*C] -> (loss [G], grad [G, d*S*C + S*C])."""
         import torch
 
-        W, R, loss = self._logits(p)
+        W, R, loss = self._probs_and_loss(p)
         b = self.split(p)[1]
         idx = self.true_col.expand(self.G, self.N, self.S)
         R = R.scatter_add_(2, idx, torch.full((1, 1, 1), -1.0, dtype=R.dtype, device=R.device).expand_as(idx))
