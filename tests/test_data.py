@@ -377,3 +377,74 @@ def test_parsed_corpus_shares_repeated_strings(ewt_dev_path, tmp_path):
             assert len({id(v) for v in values}) == len(set(values)), field
         feat_values = [v for s in sents for f in s.feats for v in f.values()]
         assert len({id(v) for v in feat_values}) == len(set(feat_values))
+
+
+# ------------------------------------------------------------------ trees, byte-order marks, files without syntax
+
+
+def test_byte_order_mark_is_ignored(tmp_path):
+    lines = ["# sent_id = a", "# text = Hi there", row(1, "Hi", 0, deprel="root"), row(2, "there", 1), ""]
+    plain = read_conllu(write(tmp_path, lines, "plain.conllu"))
+    bom = tmp_path / "bom.conllu"
+    bom.write_bytes(b"\xef\xbb\xbf" + (tmp_path / "plain.conllu").read_bytes())
+    assert read_conllu(bom) == plain
+
+
+def test_a_cycle_or_two_roots_is_not_a_tree(tmp_path):
+    msg = _bad(tmp_path, ["# sent_id = cyc", "# text = a b", row(1, "a", 2), row(2, "b", 1)], "cycle.conllu")
+    assert f"{tmp_path / 'cycle.conllu'}:5:" in msg and "sentence cyc" in msg and "not a tree" in msg
+    msg = _bad(tmp_path, ["# text = a b c", row(1, "a", 0), row(2, "b", 3), row(3, "c", 2)], "cycle2.conllu")
+    assert "cycle" in msg and "word 2" in msg
+    msg = _bad(tmp_path, ["# text = a b", row(1, "a", 0), row(2, "b", 0)], "roots.conllu")
+    assert "2 words have HEAD 0 (1, 2)" in msg
+
+
+def test_multiword_token_past_the_last_word_names_its_line(tmp_path):
+    lines = ["# text = ab", "1-2\tab\t_\t_\t_\t_\t_\t_\t_\tSpaceAfter=No", row(1, "ab", 0, deprel="root")]
+    msg = _bad(tmp_path, lines, "mwt.conllu")
+    assert f"{tmp_path / 'mwt.conllu'}:6:" in msg and "1-2" in msg and "has 1" in msg
+    msg = _bad(tmp_path, ["# text = a", "1-1\ta\t_\t_\t_\t_\t_\t_\t_\t_", row(1, "a", 0, deprel="root")], "mwt1.conllu")
+    assert f"{tmp_path / 'mwt1.conllu'}:6:" in msg and "a < b" in msg
+
+
+def test_file_without_dependency_annotation(tmp_path):
+    lines = ["# sent_id = t", "# text = Dogs bark", row(1, "Dogs", "_", upos="NOUN", deprel="_"),
+             row(2, "bark", "_", upos="VERB", deprel="_"), ""]
+    [s] = read_conllu(write(tmp_path, lines, "tagged.conllu"))
+    assert not s.has_syntax and s.heads == [0, 0] and s.deprels == ["_", "_"]
+    write_conllu([s], tmp_path / "again.conllu")
+    assert "\t_\t_\t_\t_" in (tmp_path / "again.conllu").read_text() and read_conllu(tmp_path / "again.conllu") == [s]
+    [gold] = read_conllu(write(tmp_path, ["# text = a", row(1, "a", 0, deprel="root"), ""], "gold.conllu"))
+    assert gold.has_syntax
+
+
+def test_some_words_without_head_or_relation_name_the_line(tmp_path):
+    msg = _bad(tmp_path, ["# sent_id = half", "# text = a b", row(1, "a", 0, deprel="root"),
+                          row(2, "b", "_", deprel="_")], "half.conllu")
+    assert f"{tmp_path / 'half.conllu'}:8:" in msg and "'half'" in msg
+    msg = _bad(tmp_path, ["# text = a b", row(1, "a", 0, deprel="root"), row(2, "b", 1, deprel="_")], "rel.conllu")
+    assert f"{tmp_path / 'rel.conllu'}:7:" in msg and "DEPREL '_'" in msg
+
+
+def test_text_that_disagrees_with_the_words_is_rebuilt_with_a_warning(tmp_path, caplog):
+    lines = ["# text = He said \u201chi\u201d.", row(1, "He", 2), row(2, "said", 0, deprel="root"),
+             row(3, '"', 4, misc="SpaceAfter=No"), row(4, "hi", 2, misc="SpaceAfter=No"),
+             row(5, '"', 4, misc="SpaceAfter=No"), row(6, ".", 2), ""]
+    with caplog.at_level("WARNING"):
+        [s] = read_conllu(write(tmp_path, lines, "quotes.conllu"))
+    assert s.text == 'He said "hi".'
+    assert "quotes.conllu" in caplog.text and "1 sentence(s) (first at line 1)" in caplog.text
+
+
+def test_a_local_file_that_is_not_the_pinned_release_is_warned_about(env, tmp_path, ewt_dev_path, caplog):
+    d = tmp_path / "mine" / "ud" / EWT
+    d.mkdir(parents=True)
+    text = Path(ewt_dev_path).read_text(encoding="utf-8")
+    (d / DEV).write_text(text.replace("# newdoc", "# newdoc-edited", 1), encoding="utf-8")
+    with caplog.at_level("WARNING"):
+        load_split("ud_ewt", "dev", data_dir=tmp_path / "mine", limit=3)
+    assert "is not the en_ewt-ud-dev.conllu file of UD_English-EWT r2.16" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        load_split("ud_ewt", "dev", data_dir=Path(ewt_dev_path).parents[2], limit=3)
+    assert "not the" not in caplog.text

@@ -25,7 +25,7 @@ from probekit.errors import DataError
 
 log = logging.getLogger(__name__)
 
-PARSE_CACHE_VERSION = 4
+PARSE_CACHE_VERSION = 5
 
 
 @dataclass
@@ -34,6 +34,9 @@ class Sentence:
 
     All per-word lists have one entry per syntactic word. ``heads`` are 1-based word indices
     (0 = root), as in CoNLL-U. ``spans[i]`` is the character span of word ``i`` in ``text``.
+    ``has_syntax`` is False for a sentence read without dependency annotation (HEAD and DEPREL ``_``,
+    e.g. a tagger's output): its ``heads`` are then all 0 and its ``deprels`` ``_``, and tasks that read
+    the tree refuse it (:class:`~probekit.tasks.Task` checks).
     """
 
     sent_id: str
@@ -49,6 +52,7 @@ class Sentence:
     spans: list[tuple[int, int]] = field(default_factory=list)
     #: Multiword tokens: (first word index, last word index inclusive, surface form).
     mwts: list[tuple[int, int, str]] = field(default_factory=list)
+    has_syntax: bool = True
 
     def __len__(self) -> int:
         return len(self.words)
@@ -147,7 +151,7 @@ def compute_spans(text: str, words: list[str], space_after: list[bool],
         if text.startswith(surface, pos):
             start = pos
         else:
-            # Tolerate differences of spacing inside a form ("4 / 5" written "4/5" in text etc.)
+            # Tolerate extra whitespace before a word (e.g. two spaces in '# text' where SpaceAfter says one)
             found = text.find(surface, pos)
             if found < 0 or text[pos:found].strip():
                 raise ValueError(f"word {i + 1} {surface!r} not found in the sentence text at character {pos}: "
@@ -175,6 +179,8 @@ def _iter_blocks(path: Path) -> Iterator[tuple[int, list[str]]]:
                 raise DataError(f"{path}:{lineno}: not valid UTF-8 ({e.reason} at byte {e.start}). "
                                 "CoNLL-U files must be UTF-8: re-encode the file, e.g. with "
                                 "`iconv -f latin1 -t utf-8`.") from None
+            if lineno == 1 and line.startswith("\ufeff"):
+                line = line[1:]  # a byte-order mark, as Windows editors write it
             if not line.strip():
                 if block:
                     yield start, block
@@ -205,7 +211,28 @@ def _intern(x):
     return sys.intern(x) if type(x) is str else x
 
 
-def _parse_block(path: Path, start: int, lines: list[str], index: int) -> Sentence | None:
+def _tree_error(heads: list[int]) -> str | None:
+    """Why 1-based ``heads`` (0 = root) are not one tree, or None when they are."""
+    roots = [i + 1 for i, h in enumerate(heads) if h == 0]
+    if len(roots) != 1:
+        return f"{len(roots)} words have HEAD 0 ({', '.join(map(str, roots[:5])) or 'none'}); a tree has exactly one"
+    state = [0] * (len(heads) + 1)  # 0 unknown, 1 on the current path, 2 reaches the root
+    state[0] = 2
+    for i in range(1, len(heads) + 1):
+        path, j = [], i
+        while state[j] == 0:
+            state[j] = 1
+            path.append(j)
+            j = heads[j - 1]
+        if state[j] == 1:
+            return f"word {j} is its own ancestor (a cycle through HEAD)"
+        for k in path:
+            state[k] = 2
+    return None
+
+
+def _parse_block(path: Path, start: int, lines: list[str], index: int,
+                 rebuilt: list[int] | None = None) -> Sentence | None:
     for off, line in enumerate(lines):
         if not line.startswith("#") and line.count("\t") != 9:
             raise DataError(f"{path}:{start + off}: expected 10 tab-separated CoNLL-U columns, found "
@@ -219,6 +246,8 @@ def _parse_block(path: Path, start: int, lines: list[str], index: int) -> Senten
     words, lemmas, upos, xpos, feats, heads, deprels, space_after = [], [], [], [], [], [], [], []
     mwts: list[tuple[int, int, str]] = []
     mwt_nospace: list[int] = []
+    mwt_lines: list[tuple[str, int, int]] = []
+    no_head: list[str] = []  # where the words without HEAD are
     line_of = [start + off for off, line in enumerate(lines) if not line.startswith("#")]
     for k, t in enumerate(toks):
         where = f"{path}:{line_of[k] if k < len(line_of) else start}"
@@ -226,6 +255,10 @@ def _parse_block(path: Path, start: int, lines: list[str], index: int) -> Senten
         misc = t["misc"] or {}
         if isinstance(tid, tuple):
             if tid[1] == "-":
+                if tid[2] <= tid[0]:
+                    raise DataError(f"{where}: multiword token range {tid[0]}-{tid[2]} is empty or reversed; "
+                                    "a range a-b needs a < b.")
+                mwt_lines.append((where, tid[0], tid[2]))
                 mwts.append((tid[0] - 1, tid[2] - 1, t["form"]))
                 if misc.get("SpaceAfter") == "No":
                     mwt_nospace.append(tid[2] - 1)
@@ -236,6 +269,11 @@ def _parse_block(path: Path, start: int, lines: list[str], index: int) -> Senten
         head = t["head"]
         if head is not None and not isinstance(head, int):
             raise DataError(f"{where}: HEAD {head!r} is not an integer.")
+        if head is None:
+            no_head.append(where)
+        elif t["deprel"] in (None, "_"):
+            raise DataError(f"{where}: word {tid} has HEAD {head} but DEPREL '_'. Give it a relation, or write '_' "
+                            "in both columns for a file without dependency annotation.")
         # Interned strings: a treebank repeats its forms, lemmas, tags and features over and over, and one shared
         # object per distinct string (kept shared through the pickled parse cache) halves the memory of a parsed
         # corpus (EWT train: 143 -> 69 MiB).
@@ -245,27 +283,43 @@ def _parse_block(path: Path, start: int, lines: list[str], index: int) -> Senten
         xpos.append(_intern(t["xpos"] or "_"))
         feats.append({_intern(k): _intern(v) for k, v in (t["feats"] or {}).items()})
         heads.append(head or 0)
-        deprels.append(_intern(t["deprel"]))
+        deprels.append(_intern(t["deprel"] or "_"))
         space_after.append(misc.get("SpaceAfter") != "No")
     if not words:
         return None
+    for where, a, b in mwt_lines:
+        if b > len(words):
+            raise DataError(f"{where}: multiword token {a}-{b} covers words the sentence does not have "
+                            f"(it has {len(words)}).")
     for k in mwt_nospace:
         space_after[k] = False
-    for h_i, h in enumerate(heads):
-        if h > len(words) or h < 0:
-            raise DataError(f"{path}:{start}: sentence {meta.get('sent_id', index)}: word {h_i + 1} has HEAD {h}, "
-                            f"but the sentence has {len(words)} words.")
-    text = meta.get("text") or text_from_words(words, space_after, mwts)
     sent_id = meta.get("sent_id", f"{path.name}#{index}")
+    has_syntax = not no_head
+    if no_head and len(no_head) < len(words):
+        raise DataError(f"{no_head[0]}: HEAD is '_' here, but other words of sentence {sent_id!r} have a HEAD. Give "
+                        "every word a HEAD and DEPREL, or none (a file without dependency annotation).")
+    if has_syntax:
+        for h_i, h in enumerate(heads):
+            if h > len(words) or h < 0:
+                raise DataError(f"{path}:{start}: sentence {sent_id}: word {h_i + 1} has HEAD {h}, "
+                                f"but the sentence has {len(words)} words.")
+        why = _tree_error(heads)
+        if why:
+            raise DataError(f"{path}:{start}: sentence {sent_id}: the HEAD column is not a tree: {why}. "
+                            "Fix the HEADs, or validate the file with UD's validate.py.")
+    text = meta.get("text") or text_from_words(words, space_after, mwts)
     try:
         spans = compute_spans(text, words, space_after, mwts)
     except ValueError:
-        # The '# text' line disagrees with the words: rebuild the text from the words instead.
-        log.debug("%s:%d: '# text' disagrees with the words; rebuilding text from FORM + SpaceAfter", path, start)
+        # The '# text' line disagrees with the words: the model must read the words, so the text is rebuilt from
+        # FORM + SpaceAfter (counted, and reported once per file by _parse_file).
+        if rebuilt is not None:
+            rebuilt.append(start)
         text = text_from_words(words, space_after, mwts)
         spans = compute_spans(text, words, space_after, mwts)
     return Sentence(sent_id=sent_id, text=text, words=words, lemmas=lemmas, upos=upos, xpos=xpos, feats=feats,
-                    heads=heads, deprels=deprels, space_after=space_after, spans=spans, mwts=mwts)
+                    heads=heads, deprels=deprels, space_after=space_after, spans=spans, mwts=mwts,
+                    has_syntax=has_syntax)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -278,11 +332,15 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def _parse_file(path: Path) -> list[Sentence]:
-    sents = []
+    sents, rebuilt = [], []
     for k, (start, lines) in enumerate(_iter_blocks(path)):
-        s = _parse_block(path, start, lines, k)
+        s = _parse_block(path, start, lines, k, rebuilt)
         if s is not None:
             sents.append(s)
+    if rebuilt:
+        log.warning("%s: the '# text' line of %d sentence(s) (first at line %d) does not contain the words in order; "
+                    "their text was rebuilt from FORM + SpaceAfter, which is what the model reads.",
+                    path, len(rebuilt), rebuilt[0])
     return sents
 
 
@@ -356,6 +414,7 @@ def write_conllu(sentences: Iterable[Sentence], path: str | os.PathLike) -> None
         for i, w in enumerate(s.words):
             misc = "_" if s.space_after[i] or i == len(s.words) - 1 else "SpaceAfter=No"
             out.append("\t".join([str(i + 1), w, s.lemmas[i] or "_", s.upos[i], s.xpos[i] or "_", _feats_str(s.feats[i]),
-                                  str(s.heads[i]), s.deprels[i], "_", misc]))
+                                  str(s.heads[i]) if s.has_syntax else "_", s.deprels[i] if s.has_syntax else "_",
+                                  "_", misc]))
         out.append("")
     atomic_write_bytes(Path(path), ("\n".join(out) + "\n").encode("utf-8"))

@@ -140,10 +140,30 @@ def locate(name: str, split: str, *, data_dir: str | os.PathLike | None = None, 
                         + ", ".join(str(p) for p in looked) + f") and the download failed. {e}") from None
 
 
+_checked: set[tuple[str, int, int]] = set()
+
+
+def _warn_if_not_pinned(name: str, split: str, path: Path) -> None:
+    """Warn (once per file version) when a local file is not the release probekit pins (downloads are checked)."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key in _checked:
+        return
+    _checked.add(key)
+    spec = get_spec(name)
+    fname, sha = spec.files[split]
+    got = sha256_file(path)
+    if got != sha:
+        log.warning("%s is not the %s file of %s %s (sha256 %s..., expected %s...). Results will carry this file's "
+                    "checksum but are not comparable with the pinned release.", path, fname, spec.repo, spec.tag,
+                    got[:12], sha[:12])
+
+
 def load_split(name: str, split: str, *, data_dir: str | os.PathLike | None = None, limit: int | None = None,
                download: bool = True) -> list[Sentence]:
     """Load one split of a named dataset as :class:`Sentence` records (parsed copy cached by checksum)."""
     path = locate(name, split, data_dir=data_dir, download=download)
+    _warn_if_not_pinned(name, split, path)
     sents = read_conllu(path, cache_dir=cache_root(), limit=limit)
     if not sents:
         raise DataError(f"{path}: split {split!r} of {name} has no sentences. Check the file.")

@@ -24,14 +24,35 @@ _LABEL_FNS: dict[str, LabelFn] = {}
 TASK_KEYS = {"name", "level", "description", "labels", "label_fn", "version", "rule", "citation", "params"}
 
 
-def register_label_fn(name: str) -> Callable[[LabelFn], LabelFn]:
-    """Register a label function under ``name`` so that task YAML files can refer to it."""
+#: What a label function may declare that it reads (``needs``), and how a sentence lacks it.
+NEEDS = {
+    "upos": "UPOS is '_' (the file has no part-of-speech tags)",
+    "syntax": "HEAD and DEPREL are '_' (the file has no dependency annotation)",
+}
+
+
+def register_label_fn(name: str, *, needs: Sequence[str] = ()) -> Callable[[LabelFn], LabelFn]:
+    """Register a label function under ``name`` so that task YAML files can refer to it.
+
+    ``needs`` names the annotation it reads (``"upos"``, ``"syntax"``): a task refuses sentences that lack it,
+    with an error, instead of labelling them all "other" (a tagger's output has no tree, for instance).
+    """
+    bad = set(needs) - set(NEEDS)
+    if bad:
+        raise ValueError(f"register_label_fn({name!r}): unknown needs {sorted(bad)}; known: {sorted(NEEDS)}")
 
     def deco(fn: LabelFn) -> LabelFn:
+        fn.needs = tuple(needs)
         _LABEL_FNS[name] = fn
         return fn
 
     return deco
+
+
+def _missing(s: Sentence, need: str) -> bool:
+    if need == "syntax":
+        return not s.has_syntax
+    return any(u in (None, "_") for u in s.upos)
 
 
 def _resolve_label_fn(ref: str, where: str) -> LabelFn:
@@ -88,8 +109,14 @@ class Task:
     def encode(self, sentences: Sequence[Sentence]) -> np.ndarray:
         """Class ids for every word (word tasks; flattened in corpus order) or sentence; -1 = left out."""
         index = {lab: i for i, lab in enumerate(self.labels)}
+        needs = getattr(self.label_fn, "needs", ())
         out: list[int] = []
         for s in sentences:
+            for need in needs:
+                if _missing(s, need):
+                    raise TaskError(f"Task {self.name} reads {need}, but in sentence {s.sent_id!r} {NEEDS[need]}. "
+                                    "Use a treebank with that annotation, or add it with probekit.data.annotate "
+                                    "(spaCy, silver).")
             labs = self.label(s)
             if self.level == "word":
                 if len(labs) != len(s):
@@ -140,9 +167,26 @@ def load_task_file(path: Path) -> Task:
             raise TaskError(f"{path}: missing required key {key!r}.")
     if spec["level"] not in ("word", "sentence"):
         raise TaskError(f"{path}: level must be 'word' or 'sentence', got {spec['level']!r}.")
-    return Task(name=spec["name"], level=spec["level"], labels=[str(x) for x in spec["labels"]],
+    labels = spec["labels"]
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, (str, int)) and not isinstance(x, bool)
+                                                             for x in labels):
+        raise TaskError(f"{path}: 'labels' must be a non-empty list of strings, e.g. [aux, not_aux]; got {labels!r}. "
+                        "(Quote labels that YAML reads as booleans or null, such as 'yes', 'no', 'null'.)")
+    labels = [str(x) for x in labels]
+    dup = sorted({x for x in labels if labels.count(x) > 1})
+    if dup:
+        raise TaskError(f"{path}: 'labels' lists {dup} more than once; each label is one class.")
+    version = spec.get("version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise TaskError(f"{path}: 'version' must be a positive whole number (bump it when the rule changes); "
+                        f"got {version!r}.")
+    for key, typ, what in (("name", str, "a string"), ("label_fn", str, "a string: a registered name or "
+                           "'module:function'"), ("params", dict, "a mapping of keyword arguments")):
+        if spec.get(key) is not None and not isinstance(spec[key], typ):
+            raise TaskError(f"{path}: {key!r} must be {what}; got {spec[key]!r}.")
+    return Task(name=spec["name"], level=spec["level"], labels=labels,
                 label_fn=_resolve_label_fn(spec["label_fn"], str(path)), description=spec.get("description", ""),
-                version=int(spec.get("version", 1)), rule=spec.get("rule", ""), source=str(path),
+                version=version, rule=spec.get("rule", ""), source=str(path),
                 params=dict(spec.get("params") or {}))
 
 

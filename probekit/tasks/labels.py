@@ -6,7 +6,7 @@ from probekit.tasks.base import register_label_fn
 
 SUBJECT_RELS = {"nsubj", "nsubj:pass"}
 OBJECT_RELS = {"obj", "iobj"}
-#: Base relations (before any ':subtype') by which a VERB heads a clause.
+#: Base relations (before any ':subtype') by which a VERB heads a clause (conj: when its first conjunct does).
 CLAUSE_HEAD_RELS = {"root", "ccomp", "xcomp", "advcl", "acl", "csubj", "parataxis", "conj", "list"}
 
 
@@ -14,17 +14,17 @@ def _base(rel: str) -> str:
     return rel.split(":", 1)[0]
 
 
-@register_label_fn("upos")
+@register_label_fn("upos", needs=("upos",))
 def upos(s: Sentence) -> list[str]:
     return list(s.upos)
 
 
-@register_label_fn("aux_verb")
+@register_label_fn("aux_verb", needs=("upos",))
 def aux_verb(s: Sentence) -> list[str]:
     return ["aux" if u == "AUX" else "not_aux" for u in s.upos]
 
 
-@register_label_fn("subject")
+@register_label_fn("subject", needs=("syntax",))
 def subject(s: Sentence) -> list[str]:
     """nsubj or nsubj:pass. nsubj:outer (the outer subject of a copular clause whose predicate
     is itself a clause, 'The problem is that...') is *not* a subject here: it is the topic
@@ -35,19 +35,26 @@ def subject(s: Sentence) -> list[str]:
 def is_main_verb(s: Sentence, i: int) -> bool:
     """A main verb is a word with UPOS VERB that heads a clause: its relation to its head (base
     relation, subtype ignored) is one of root, ccomp, xcomp, advcl, acl (incl. acl:relcl), csubj
-    (incl. csubj:pass), parataxis, conj or list. Verbs used as modifiers (amod 'retiring jurists'),
+    (incl. csubj:pass), parataxis or list, or conj when the first conjunct of its chain has one of those
+    relations (a conjunct of an amod is an amod too). Verbs used as modifiers (amod 'retiring jurists'),
     nominals (obl, nmod, compound) and the like are not main verbs."""
     if s.upos[i] != "VERB":
         return False
     rel = _base(s.deprels[i])
-    if rel == "conj":
-        # a conjunct heads a clause only when the word it is conjoined to is itself a clause head
-        h = s.heads[i] - 1
-        return h >= 0 and (s.upos[h] != "VERB" or is_main_verb(s, h) or _base(s.deprels[h]) in CLAUSE_HEAD_RELS)
-    return rel in CLAUSE_HEAD_RELS
+    # A conjunct heads a clause only when the first conjunct of its chain does, whatever that word's part of
+    # speech ("is tall and runs": runs is a main verb, conjoined to the copular root tall; "a weak and failed
+    # state": failed is other, conjoined to the amod weak). The walk is bounded: the reader rejects cycles, but
+    # sentences can also be built in code.
+    j, steps = i, 0
+    while rel == "conj" and steps <= len(s):
+        j = s.heads[j] - 1
+        if j < 0:
+            return False
+        rel, steps = _base(s.deprels[j]), steps + 1
+    return rel in CLAUSE_HEAD_RELS - {"conj"}
 
 
-@register_label_fn("syntactic_role")
+@register_label_fn("syntactic_role", needs=("upos", "syntax"))
 def syntactic_role(s: Sentence) -> list[str]:
     """subject / auxiliary / main_verb / object / other, first matching rule wins:
     subject = nsubj|nsubj:pass; object = obj|iobj; auxiliary = UPOS AUX (aux, aux:pass, cop);

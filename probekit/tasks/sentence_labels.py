@@ -45,7 +45,7 @@ def finite_word(s: Sentence) -> int | None:
     return None
 
 
-@register_label_fn("tense")
+@register_label_fn("tense", needs=("syntax",))
 def tense(s: Sentence) -> str | None:
     """``Past`` or ``Pres``: the Tense feature of the main clause's finite verb form.
 
@@ -72,7 +72,7 @@ def root_subject(s: Sentence) -> int | None:
     return None
 
 
-@register_label_fn("subject_number")
+@register_label_fn("subject_number", needs=("syntax",))
 def subject_number(s: Sentence) -> str | None:
     """``Sing`` or ``Plur``: the Number feature of the head word of the root's subject.
 
@@ -88,7 +88,7 @@ def subject_number(s: Sentence) -> str | None:
     return n if n in NUMBERS else None
 
 
-@register_label_fn("voice")
+@register_label_fn("voice", needs=("syntax",))
 def voice(s: Sentence) -> str | None:
     """``passive`` or ``active`` voice of the main clause.
 
