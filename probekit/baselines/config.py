@@ -134,7 +134,8 @@ class BaselineConfig:
     prompt_length: int = field(default=10, metadata=_h("Prompt tuning: number of soft-prompt vectors."))
     prompt_init: str = field(default="vocab", metadata=_h(
         "Prompt tuning initialisation: vocab (embeddings of random vocabulary tokens) or random_uniform "
-        "(U(-0.5, 0.5), adapters' default). Ignored for adapters' BERT prompt tuning unless random_uniform."))
+        "(U(-0.5, 0.5), adapters' default). Applies to both backends (adapters' BERT prompt tuning and the "
+        "hand-written decoder prompt)."))
     per_method: dict[str, dict[str, Any]] = field(default_factory=dict, metadata=_h(
         "Overrides per method, e.g. {lora: {lr: 1.0e-3}}; keys are any of the fields above except methods "
         "and per_method."))

@@ -38,13 +38,20 @@ class Segment:
 
     Attributes:
         input_ids: ``[seq]`` token ids with the special tokens.
-        labels: ``[seq]`` class ids at labelled positions, ``-100`` elsewhere.
-        words: ``(sentence index, word index)`` of every labelled position, in position order.
+        labels: ``[seq]`` class ids at labelled positions, ``-100`` elsewhere (the training target).
+        words: ``(sentence index, word index)`` of every labelled word, in position order.
+        positions: the position of each word's labelled subword (same order as ``words``). Two words can share
+            one: a word that the tokenizer drops entirely (a zero-width space, a lone combining mark) borrows its
+            neighbour's subword, as the probes read it. Such a position trains on the first word's label, and
+            both words are scored from it.
+        word_labels: each word's class id (same order as ``words``).
     """
 
     input_ids: list[int]
     labels: list[int]
     words: list[tuple[int, int]]
+    positions: list[int]
+    word_labels: list[int]
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -110,13 +117,17 @@ def encode_split(sentences: Sequence[Sentence], task, tokenizer, *, pooling: str
         for k, (a, b) in enumerate(windows):
             ids = list(prefix) + list(al.token_ids[a:b]) + list(suffix)
             seg_labels = [IGNORE] * len(ids)
-            words = []
+            words, positions, word_labels = [], [], []
             for wi, t, lab in targets:  # targets are in token order, so positions come out sorted
                 if owner[t] == k:
-                    seg_labels[len(prefix) + t - a] = lab
+                    at = len(prefix) + t - a
+                    if seg_labels[at] == IGNORE:
+                        seg_labels[at] = lab
                     words.append((si, wi))
+                    positions.append(at)
+                    word_labels.append(lab)
             if words:
-                segments.append(Segment(ids, seg_labels, words))
+                segments.append(Segment(ids, seg_labels, words, positions, word_labels))
     if n_windowed:
         log.info("%s: %d of %d sentences are longer than %d content tokens and were split into overlapping windows "
                  "(not truncated).", split_name or "split", n_windowed, len(sentences), max_content)

@@ -182,6 +182,10 @@ def build_method(method: str, model, *, hidden_size: int, n_labels: int, cfg: Ba
     notes: dict = {}
     if method == "finetune":
         model.requires_grad_(True)
+        if getattr(model, "pooler", None) is not None:
+            # BERT's pooler (a [CLS] dense layer) is not on the head's path (it reads the last hidden state): it
+            # gets no gradient and is not counted as trained
+            model.pooler.requires_grad_(False)
         backend = "transformers"
     elif method == "prompt_tuning" and not supports_adapters_prompt_tuning(model):
         backend = "hand-written soft prompt"

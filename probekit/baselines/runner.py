@@ -51,7 +51,9 @@ def run_config(path_or_dict, *, results_dir: str | Path | None = None, device: s
     import pandas as pd
 
     out.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).to_csv(out / "baseline_rows.csv", index=False)
+    from probekit.results import write_csv
+
+    write_csv(pd.DataFrame(rows), out / "baseline_rows.csv")
     return rows
 
 

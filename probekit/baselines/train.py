@@ -87,14 +87,16 @@ def predict(tagger, encoded, *, batch_size: int, pad_id: int, device: str) -> tu
     with torch.inference_mode():
         for b in length_batches([len(s) for s in segs], batch_size):
             batch = [segs[i] for i in b]
-            ids, mask, labels = collate(batch, pad_id)
+            ids, mask, _ = collate(batch, pad_id)
             logits = tagger(ids.to(device), mask.to(device))
             logits = drop_virtual(logits, tagger.n_virtual, tagger.virtual_at)  # [batch, seq, n_labels]
-            p = logits.argmax(-1).cpu()
-            keep = labels != -100
-            gold.append(labels[keep].numpy())
-            pred.append(p[keep].numpy())
+            p = logits.argmax(-1).cpu().numpy()
+            # per word, not per labelled position: two words may share one subword (Segment.positions)
+            rows = np.concatenate([np.full(len(s.positions), r) for r, s in enumerate(batch)])
+            cols = np.concatenate([s.positions for s in batch])
+            pred.append(p[rows, cols])
             for s in batch:
+                gold.append(np.asarray(s.word_labels))
                 where.extend(s.words)
     gold_a, pred_a = np.concatenate(gold), np.concatenate(pred)
     order = sorted(range(len(where)), key=lambda i: where[i])
@@ -261,7 +263,7 @@ def run_baseline(*, method: str, model_name: str, task, train: Sequence[Sentence
     log.info("%s / %s / %s / seed %d: test accuracy %.4f macro-F1 %.4f (%.0f s training)", model_name, task.name,
              method, seed, test_m["accuracy"], test_m["macro_f1"], result["train_seconds"])
     common = {
-        "experiment": experiment, "model": model_name, "model_kind": loaded.kind, "model_hash": loaded.weights_hash,
+        "experiment": experiment, "model": model_name, "model_kind": loaded.kind, "model_hash": loaded.weights_hash[:16],
         "task": task.name, "task_version": task.version, "level": task.level, "method": method, "probe": "",
         "control": False, "pooling": pooling, "layer": -1, "n_layers": loaded.num_layers, "seed": seed,
         "trainable_params": built.trainable_params, "trainable_fraction": built.trainable_fraction,
@@ -319,7 +321,8 @@ def run_baselines(*, models: Sequence[str], tasks: Sequence[str], seeds: Sequenc
     with each run's key and rows as soon as it finishes.
     """
     from probekit.data.datasets import load_split
-    from probekit.models import load_model
+    from probekit.extract import corpus_checksum
+    from probekit.models import fingerprint, load_model
     from probekit.tasks.base import get_task
 
     config = config or BaselineConfig()
@@ -335,8 +338,10 @@ def run_baselines(*, models: Sequence[str], tasks: Sequence[str], seeds: Sequenc
     done = done or set()
     rows: list[dict] = []
     device = _device(device)
+    data_id = {role: corpus_checksum(sents) for role, sents in splits.items()}
     for model_name in models:
         loaded = None
+        model_id = fingerprint(model_name)
         for method in methods:
             fp = config.fingerprint(method)
             for task in tasks_obj:
@@ -344,18 +349,21 @@ def run_baselines(*, models: Sequence[str], tasks: Sequence[str], seeds: Sequenc
                     key = (model_name, method, task.name, seed)
                     if key in done:
                         continue
+                    # what the stored rows were computed from: settings, the sentences, the weights, the task rule
+                    identity = {"fingerprint": fp, "data": data_id, "model": model_id, "task_version": task.version,
+                                "labels": task.labels}
                     path = run_path(results_dir, model=model_name, method=method, task=task.name, seed=seed) \
                         if results_dir is not None else None
                     if path is not None and path.is_file():
                         stored = _read_run(path)
-                        if stored is not None and stored.get("fingerprint") == fp \
-                                and stored.get("n_sentences") == _n_sentences(splits):
+                        if stored is not None and stored.get("identity") == identity:
                             log.info("skip %s (finished: %s)", key, path.name)
                             rows.extend(stored["rows"])
                             if on_rows:
                                 on_rows(key, stored["rows"])
                             continue
-                        log.warning("%s was written with other settings or data; running %s again", path, key)
+                        log.warning("%s was written with other settings, data, weights or task version; running %s "
+                                    "again", path, key)
                     if loaded is None:
                         loaded = load_model(model_name, device=device)
                     info: dict = {}
@@ -363,7 +371,7 @@ def run_baselines(*, models: Sequence[str], tasks: Sequence[str], seeds: Sequenc
                                             dev=splits["dev"], test=splits["test"], seed=seed, config=config,
                                             device=device, experiment=experiment, loaded=loaded, info=info)
                     if path is not None:
-                        payload = {"format": RUN_FORMAT, "key": list(key), "fingerprint": fp,
+                        payload = {"format": RUN_FORMAT, "key": list(key), "identity": identity,
                                    "n_sentences": _n_sentences(splits), "config": config.resolved(method).to_dict(),
                                    "info": info, "rows": run_rows}
                         path.parent.mkdir(parents=True, exist_ok=True)
