@@ -59,6 +59,17 @@ def probe(model, task, stores: dict, sentences: dict, *, probe: str = "linear", 
     from probekit.results import to_frames
     from probekit.tasks import get_task
 
+    from probekit.errors import ConfigError
+
+    for role in ("train", "dev", "test"):
+        if role not in stores or role not in sentences:
+            raise ConfigError(f"probe() needs stores and sentences for train, dev and test; {role!r} is missing.")
+        m, sents = stores[role].manifest, sentences[role]
+        n_words = sum(len(s) for s in sents)
+        if (m["n_sentences"], m["n_words"]) != (len(sents), n_words):
+            raise ConfigError(f"stores[{role!r}] holds {m['n_sentences']} sentences / {m['n_words']} words, but "
+                              f"sentences[{role!r}] has {len(sents)} / {n_words}: they are not the same sentences "
+                              "(a changed limit?). Rerun extract_store with these sentences.")
     task = get_task(task)
     poolings = [pooling] if pooling else (stores["train"].sentence_poolings if task.level == "sentence"
                                           else ["default"])

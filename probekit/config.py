@@ -23,6 +23,10 @@ _LIST_ITEMS = {"models": (str, "model names"), "tasks": (str, "task names"), "pr
                "sentence_poolings": (str, "pooling names"), "Cs": ((int, float), "positive numbers"),
                "figures": (str, "formats")}
 SPLIT_NAMES = ("train", "dev", "test")
+#: Keys of the ``mlp`` setting: MLPProbe's keyword arguments but those the experiment sets itself (hidden_layers
+#: from the probe name, seed, device); tests/test_errors.py keeps the two in step.
+MLP_SETTINGS = ("hidden_size", "dropout", "weight_decay", "lr", "batch_size", "max_epochs", "patience", "tol",
+                "standardize")
 
 
 def _help(default, text: str, **kw):
@@ -64,7 +68,8 @@ class ExperimentConfig:
     mdl_max_examples: int | None = _help(10000, "MDL uses at most this many training items (seeded sample); "
                                                 "null = all.")
     random_baseline: bool = _help(True, "Also probe each model with re-initialised weights (NAME@random).")
-    mlp: dict = _help({}, "MLP probe settings: hidden, dropout, weight_decay, lr, max_epochs, batch_size.")
+    mlp: dict = _help({}, "MLP probe settings: hidden_size, dropout, weight_decay, lr, max_epochs, patience, "
+                          "batch_size.")
     dtype: str = _help("float16", "On-disk dtype of the activation store (float16 or float32).")
     batch_tokens: int | None = _help(None, "Token budget of one forward batch (default 4096 on CPU, 16384 on GPU).")
     device: str | None = _help(None, "cpu, cuda, cuda:1 ... (default: CUDA when available).")
@@ -91,6 +96,18 @@ class ExperimentConfig:
                 raise unknown_name("split role in 'limit'", k, SPLIT_NAMES)
         if not self.seeds or not all(isinstance(s, int) for s in self.seeds):
             raise ConfigError(f"Config 'seeds' must be a non-empty list of integers, got {self.seeds!r}.")
+        for key in ("models", "tasks", "probes", "seeds", "layers", "sentence_poolings"):
+            v = getattr(self, key) or []
+            dup = sorted({str(x) for x in v if v.count(x) > 1})
+            if dup:
+                raise ConfigError(f"Config {key!r} lists {', '.join(dup)} more than once: {v!r}. Give each once "
+                                  "(a repeated seed would count as two seeds in the confidence interval).")
+        if self.layers is not None and (not self.layers or any(layer < 0 for layer in self.layers)):
+            raise ConfigError(f"Config 'layers' must be null (all layers) or a non-empty list of layer numbers >= 0 "
+                              f"(0 = embeddings; give the last layer by its number, not -1), got {self.layers!r}.")
+        for k in self.mlp:
+            if k not in MLP_SETTINGS:
+                raise unknown_name("MLP setting", k, MLP_SETTINGS, ConfigError, hint="(config key 'mlp')")
         if self.dtype not in ("float16", "float32"):
             raise unknown_name("store dtype", self.dtype, ("float16", "float32"))
         if self.train_sentences is not None and (isinstance(self.train_sentences, bool)
@@ -164,7 +181,21 @@ class ExperimentConfig:
         for k in d:
             if k not in names:
                 raise unknown_name("config key", k, names, ConfigError, hint=f"(in {source})")
-        return cls(**d)
+        from probekit.errors import TaskError
+        from probekit.tasks import get_task
+
+        try:
+            cfg = cls(**d)
+            for t in cfg.tasks:  # here, not in __post_init__: the Python API also takes Task objects of its own
+                try:
+                    get_task(t)
+                except TaskError as e:
+                    raise ConfigError(f"Config 'tasks': {e}") from None
+            return cfg
+        except ConfigError as e:
+            if source in str(e):
+                raise
+            raise ConfigError(f"{e} (in {source})") from None
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "ExperimentConfig":
@@ -208,14 +239,22 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 
 def resolve_config(path: str | Path | None = None, overrides: dict | None = None) -> ExperimentConfig:
-    """CLI overrides > YAML file > defaults, merged here and nowhere else."""
+    """CLI overrides > YAML file > defaults, merged here and nowhere else.
+
+    Every override is applied, ``null`` included (``--set layers=null`` means all layers); an unknown override key
+    is an error that says it came from the command line.
+    """
     base = {}
     source = "defaults"
     if path is not None:
         cfg = ExperimentConfig.from_yaml(path)
         base = cfg.to_dict()
         source = str(path)
+    names = {f.name for f in fields(ExperimentConfig)}
     for k, v in (overrides or {}).items():
-        if v is not None:
-            base[k] = v
+        if k not in names:
+            raise unknown_name("config key", k, names, ConfigError, hint="(in --set)")
+        base[k] = v
+    if overrides:
+        source += " with --set " + ", ".join(f"{k}={v!r}" for k, v in overrides.items())
     return ExperimentConfig.from_dict(base, source=source)

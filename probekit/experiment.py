@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from probekit.config import ExperimentConfig
-from probekit.errors import TaskError
+from probekit.errors import ConfigError, TaskError
 from probekit.results import classification_metrics, load_unit, row, save_unit
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,12 @@ def plan_units(cfg: ExperimentConfig, model: str, model_fp: dict, data_fp: dict,
                             "probe": probe, "seed": seed, "layers": cfg.layers, "Cs": cfg.Cs,
                             "control": cfg.control_tasks, "mdl": cfg.mdl and probe == "linear" and seed == cfg.seeds[0],
                             "mdl_max": cfg.mdl_max_examples, "max_train": cfg.max_train_items, "mlp": cfg.mlp if probe != "linear" else None,
-                            "dtype": cfg.dtype, "experiment": cfg.name}
+                            "dtype": cfg.dtype, "experiment": cfg.name,
+                            # the linear controls of all seeds are one problem (_linear_controls), so a seed's
+                            # control numbers depend on the seed list
+                            "control_seeds": sorted(cfg.seeds) if cfg.control_tasks and probe == "linear" else None,
+                            # the majority-class rows are written by the first probe's units only
+                            "majority": probe == cfg.probes[0]}
                     units.append(Unit(model, task.name, pooling, probe, seed, key=_unit_key(spec)))
     return units
 
@@ -192,7 +197,10 @@ def probe_task(*, lm_info: dict, stores: dict, data: dict, task, cfg: Experiment
     n_layers = stores["train"].n_layers
     layers = cfg.layers if cfg.layers is not None else list(range(n_layers))
     for layer in layers:
-        stores["train"]._check_layer(layer)
+        try:
+            stores["train"]._check_layer(layer)
+        except ConfigError as e:
+            raise ConfigError(f"Config 'layers' = {cfg.layers}: {e} (model {lm_info['name']})") from None
     d = stores["train"].hidden_size
     left_out = {role: int((ys[role] < 0).sum()) for role in ys}
     common = dict(experiment=cfg.name, model=lm_info["name"], model_kind=lm_info["kind"],
@@ -218,7 +226,8 @@ def probe_task(*, lm_info: dict, stores: dict, data: dict, task, cfg: Experiment
     for pooling, punits in by_pool.items():
         pool_name = pooling if level == "sentence" else stores["train"].manifest["word_pooling"]
         for u in punits:
-            for role in ("test",):
+            # once per task, pooling and seed: by the units of the first probe (not once per probe)
+            for role in ("test",) if u.probe == cfg.probes[0] else ():
                 for metric, value in classification_metrics(y[role], np.full(len(y[role]), majority), C).items():
                     u.rows.append(row(**common, probe="majority", control=False, pooling=pool_name, layer=None,
                                       seed=u.seed, split=role, metric=metric, value=value, trainable_params=0,

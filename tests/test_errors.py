@@ -258,6 +258,47 @@ def test_config_override_limit_scalar_is_clean_error(tmp_path, capsys):
     check_cli_error(rc, capsys.readouterr().err, "'limit'")
 
 
+def test_config_override_null_is_applied_and_unknown_keys_say_set(tmp_path, capsys):
+    from probekit.cli import main
+    from probekit.config import resolve_config
+
+    (tmp_path / "c.yaml").write_text("name: e\nlayers: [0, 3]\nmax_train_items: 500\n")
+    cfg = resolve_config(tmp_path / "c.yaml", {"layers": None, "max_train_items": None})
+    assert cfg.layers is None and cfg.max_train_items is None
+    rc = main(["-q", "run", str(tmp_path / "c.yaml"), "--set", "lyers=null", "--dry-run"])
+    check_cli_error(rc, capsys.readouterr().err, "'lyers'", "layers", "(in --set)")
+
+
+@pytest.mark.parametrize("yaml_text, needles", [
+    ("layers: [-1]\n", ("'layers'", "-1", "c.yaml")),
+    ("layers: []\n", ("'layers'", "non-empty")),
+    ("seeds: [0, 0]\n", ("'seeds'", "more than once")),
+    ("tasks: [upos, upos]\n", ("'tasks'", "more than once")),
+    ("probes: [linear, mlp1]\nmlp: {hidden: 64}\n", ("MLP setting", "'hidden'", "hidden_size", "'mlp'")),
+    ("tasks: [uppos]\n", ("'tasks'", "'uppos'", "upos", "c.yaml")),
+    ("probes: [lineer]\n", ("'lineer'", "linear", "c.yaml")),
+])
+def test_config_values_checked_before_any_work(tmp_path, yaml_text, needles):
+    """Caught when the config is read (so --dry-run catches them), naming the key and the file."""
+    from probekit.config import ExperimentConfig
+
+    (tmp_path / "c.yaml").write_text("name: e\n" + yaml_text)
+    with pytest.raises(ConfigError) as info:
+        ExperimentConfig.from_yaml(tmp_path / "c.yaml")
+    for n in needles:
+        assert n in str(info.value), (n, str(info.value))
+
+
+def test_mlp_settings_are_the_probe_keywords():
+    import inspect
+
+    from probekit.config import MLP_SETTINGS
+    from probekit.probes.mlp import MLPProbe
+
+    kw = set(inspect.signature(MLPProbe.__init__).parameters) - {"self", "hidden_layers", "seed", "device"}
+    assert set(MLP_SETTINGS) == kw
+
+
 def test_invalid_utf8_config(tmp_path):
     from probekit.config import ExperimentConfig
 

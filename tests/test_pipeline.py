@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from probekit.config import ExperimentConfig
+from probekit.errors import ConfigError
 from probekit.experiment import run_experiment
 from probekit.extract import extract
 from probekit.models import load_model
@@ -169,6 +170,10 @@ def test_notebook_api_steps(tmp_path, tiny_bert_dir, data_dir):
     summary = pk.summarize(table)
     out = pk.plot_layers(summary, tmp_path / "fig", formats=("png",))
     assert out[0].is_file() and out[0].stat().st_size > 1000
+    # the notebook trap: sentences reloaded with another limit, stores not re-extracted
+    fewer = {**sents, "test": sents["test"][:20]}
+    with pytest.raises(ConfigError, match=r"stores\['test'\] holds 25 sentences .* sentences\['test'\] has 20"):
+        pk.probe(lm, "aux_verb", stores, fewer, seeds=[0])
 
 
 @pytest.mark.parametrize("path", sorted((__import__("pathlib").Path(__file__).resolve().parents[1] / "configs")

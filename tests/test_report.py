@@ -206,3 +206,33 @@ def test_report_of_tuning_rows_only(tmp_path: Path):
     assert {p.name for p in paths} == {"best_layers.tex", "best_layers.md", "best_layers.csv"}
     assert r"\bottomrule" in (folder / "tables" / "best_layers.tex").read_text()
 
+
+
+def test_sentence_task_layers_are_one_row_per_pooling(tmp_path: Path):
+    """A sentence task is probed once per pooling; the layer table and the heatmap must not average them."""
+    import pandas as pd
+
+    from probekit.errors import DataError
+    from probekit.report.figures import heatmap
+    from probekit.report.tables import layer_table, summarize
+    from probekit.results import to_frames
+
+    rows = synthetic_rows(with_baselines=False)
+    common = dict(experiment="synth", model="enc", model_kind="encoder", model_hash="x", task="tense", task_version=1,
+                  level="sentence", n_layers=6, method="probe", probe="linear", control=False, split="test",
+                  metric="accuracy", trainable_params=770, train_size=100)
+    value = {"cls": 0.6, "mean": 0.8}
+    for pooling, v in value.items():
+        for layer in range(7):
+            rows.append(row(**common, pooling=pooling, layer=layer, seed=0, value=v + 0.01 * layer))
+    summary = summarize(to_frames(rows)[0])
+    t = layer_table(summary, model="enc")
+    assert t.loc[("enc", "tense (cls)"), 3] == pytest.approx(0.63)
+    assert t.loc[("enc", "tense (mean)"), 3] == pytest.approx(0.83)
+    assert t.loc[("enc", "upos"), PEAK[("enc", "upos")]] == pytest.approx(np.mean([_acc("enc", "upos", 2, s)
+                                                                                   for s in SEEDS]))
+    assert heatmap(summary, tmp_path / "hm", formats=("png",))
+    # two experiments' rows for one cell are an error, not an average
+    twice = pd.concat([summary, summary.assign(experiment="other")])
+    with pytest.raises(DataError, match="one experiment"):
+        layer_table(twice)

@@ -63,6 +63,9 @@ def test_same_config_and_seed_give_byte_identical_results(tiny_bert_dir, ewt_dev
     assert table["control"].astype(str).eq("True").any()
     assert table["metric"].str.startswith("mdl_").any()
     assert table["model"].str.endswith("@random").any()
+    # the majority-class rows come once per model, task and seed, not once per probe
+    maj = table[(table["probe"] == "majority") & (table["metric"] == "accuracy")]
+    assert len(maj) == 2 * 2 and not maj.duplicated(["model", "task", "pooling", "seed", "split"]).any()
     for name in ("results.csv", "summary.csv"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), f"{name} differs between identical runs"
     assert "seconds" not in (a / "results.csv").read_text().splitlines()[0], "wall times belong in timings.csv"

@@ -432,6 +432,9 @@ def test_unit_keys_follow_content_not_location(tiny_bert_dir, ewt_dev, tmp_path)
 
     a = keys(tmp_path / "a")
     assert keys(tmp_path / "b") == a
+    # the linear control heads of all seeds are fitted together: seed 0's unit depends on the seed list
+    assert keys(tmp_path / "a", seeds=[0, 1])[0] != a[0]
+    assert keys(tmp_path / "a", seeds=[0, 1], control_tasks=False)[0] == keys(tmp_path / "a", control_tasks=False)[0]
     assert keys(tmp_path / "c", Cs=[0.5]) != a
     files = small_conllu(ewt_dev, tmp_path / "d")
     files["train"] = files["dev"]

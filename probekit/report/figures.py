@@ -279,9 +279,12 @@ def heatmap(summary, stem: Path, formats=("pdf", "png"), *, metric: str = "accur
     models = [m for m in models if m in set(sel["model"])]
     if not models:
         return []
+    from probekit.report.tables import task_row_labels, unique_pivot
+
+    sel = task_row_labels(sel)
     mats = []
     for m in models:
-        t = sel[sel["model"] == m].pivot_table(index="task", columns="layer", values="mean")
+        t = unique_pivot(sel[sel["model"] == m], ["task"], "heatmap")
         mats.append(t.sort_index())
     pct = metric in ("accuracy", "macro_f1", "pos_f1", "selectivity")
     with paper_style() as plt:

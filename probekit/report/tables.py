@@ -93,13 +93,34 @@ def best_layer_table(summary):
     return pd.DataFrame(recs)
 
 
+def task_row_labels(sel):
+    """``sel`` with each sentence task's rows named ``task (pooling)``: a sentence task is probed once per
+    sentence pooling, and those are different probes, never to be averaged into one row."""
+    sent = sel["level"].astype(str) == "sentence"
+    return sel.assign(task=np.where(sent, sel["task"].astype(str) + " (" + sel["pooling"].astype(str) + ")",
+                                    sel["task"].astype(str)))
+
+
+def unique_pivot(sel, index: list[str], what: str):
+    """``sel`` pivoted to index × layer of ``mean``; a cell with more than one row is an error, not an average."""
+    from probekit.errors import DataError
+
+    dup = sel.duplicated(index + ["layer"], keep=False)
+    if dup.any():
+        first = sel[dup].iloc[0]
+        raise DataError(f"{what}: more than one summary row for " + ", ".join(f"{k}={first[k]!r}" for k in index)
+                        + f", layer {first['layer']} (from experiments {sorted(set(sel[dup]['experiment']))}). "
+                        "Filter the summary to one experiment first.")
+    return sel.pivot_table(index=index, columns="layer", values="mean", aggfunc="first")
+
+
 def layer_table(summary, *, metric: str = "accuracy", probe: str = "linear", model: str | None = None):
-    """Tasks × layers matrix of the mean test metric (for the heatmap and the README)."""
+    """Tasks × layers matrix of the mean test metric (for the heatmap and the README); a sentence task has one row
+    per pooling, ``task (pooling)``."""
     s = summary
     sel = s[(s["metric"] == metric) & (s["split"] == "test") & (s["probe"] == probe)
             & (s["control"].astype(str) == "False") & (s["layer"] != "")]
     if model is not None:
         sel = sel[sel["model"] == model]
-    t = sel.assign(layer=sel["layer"].astype(int)).pivot_table(index=["model", "task"], columns="layer",
-                                                              values="mean")
-    return t
+    sel = task_row_labels(sel.assign(layer=sel["layer"].astype(int)))
+    return unique_pivot(sel, ["model", "task"], "layer_table")
