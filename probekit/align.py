@@ -20,6 +20,7 @@ Shapes: ``hidden`` arrays are ``[layer, token, d_model]``; word vectors ``[layer
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -27,6 +28,8 @@ import numpy as np
 
 from probekit.data.conllu_io import Sentence
 from probekit.errors import ModelError, unknown_name
+
+log = logging.getLogger(__name__)
 
 WORD_POOLINGS = ("first", "last", "mean")
 SENTENCE_POOLINGS = ("cls", "mean", "last")
@@ -187,7 +190,9 @@ def plan_windows(n_tokens: int, max_content: int, *, causal: bool = False) -> tu
 def special_layout(tokenizer, *, prepend_bos: bool = False) -> tuple[list[int], list[int]]:
     """The special token ids the tokenizer puts before and after a sequence (e.g. [CLS] / [SEP]).
 
-    With ``prepend_bos`` a BOS token is put first when the tokenizer defines one and does not add it.
+    With ``prepend_bos`` a BOS token is put first when the tokenizer defines one and does not add it. A tokenizer
+    without a BOS token (Qwen2's, for one) gets its EOS token there instead, the document separator such models were
+    trained with, so that no word sits at position 0 (the attention sink); without either, a warning says so.
     """
     # Ask the tokenizer itself: encode a probe text with and without special tokens and find the
     # content inside (build_inputs_with_special_tokens is not overridden by every fast tokenizer,
@@ -200,6 +205,11 @@ def special_layout(tokenizer, *, prepend_bos: bool = False) -> tuple[list[int], 
         raise ModelError(f"Cannot find where {type(tokenizer).__name__} puts its special tokens ({full}).")
     prefix, suffix = list(full[:k]), list(full[k + len(content):])
     bos = tokenizer.bos_token_id
+    if prepend_bos and bos is None and not prefix:
+        bos = tokenizer.eos_token_id
+        if bos is None:
+            log.warning("%s has neither a BOS nor an EOS token: the first word of every sentence sits at position 0",
+                        type(tokenizer).__name__)
     if prepend_bos and bos is not None and (not prefix or prefix[0] != bos):
         prefix = [bos] + prefix
     return prefix, suffix

@@ -24,7 +24,7 @@ import numpy as np
 from probekit.align import (SENTENCE_POOLINGS, align_batch, check_pooling, plan_windows, pool_words,
                             special_layout)
 from probekit.data.conllu_io import Sentence, atomic_write_bytes
-from probekit.errors import ModelError, StoreError
+from probekit.errors import ConfigError, DataError, ModelError, StoreError
 from probekit.store import (DTYPES, ActivationStore, plan_shards, read_json, store_key, verify_shard,
                             write_shard)
 
@@ -58,13 +58,24 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="word", unit_scale=True, disable=not enabled, leave=False)
 
 
-def _autocast(device: str, amp: str | None):
+def resolve_amp(device: str, amp: str | None) -> str | None:
+    """The autocast precision extraction really runs in: None on the CPU or with ``amp="none"``; on CUDA ``bf16``
+    (the default) where the GPU has it, else ``fp16``."""
+    if not device.startswith("cuda") or amp == "none":
+        return None
+    if amp not in (None, "bf16", "fp16"):
+        raise ConfigError(f"Unknown amp {amp!r}: use bf16, fp16 or none.")
     import torch
 
-    if device.startswith("cuda") and amp != "none":
-        dt = torch.bfloat16 if (amp in (None, "bf16") and torch.cuda.is_bf16_supported()) else torch.float16
-        return torch.autocast("cuda", dtype=dt)
-    return contextlib.nullcontext()
+    return "bf16" if amp in (None, "bf16") and torch.cuda.is_bf16_supported() else "fp16"
+
+
+def _autocast(amp: str | None):
+    import torch
+
+    if amp is None:
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
 class Extractor:
@@ -77,12 +88,16 @@ class Extractor:
         # Decoders get a BOS first by default so that no word sits at position 0 (the attention sink).
         self.prepend_bos = (model.kind == "decoder") if prepend_bos is None else prepend_bos
         self.prefix, self.suffix = special_layout(model.tokenizer, prepend_bos=self.prepend_bos)
-        self.max_length = min(max_length or model.max_length, model.max_length)
+        self.max_length = model.max_length if max_length is None else min(max_length, model.max_length)
         self.max_content = self.max_length - len(self.prefix) - len(self.suffix)
+        if self.max_content < 2:
+            raise ConfigError(f"max_length {max_length} leaves {self.max_content} subword(s) for the words after "
+                              f"{len(self.prefix) + len(self.suffix)} special token(s); give at least "
+                              f"{len(self.prefix) + len(self.suffix) + 2} (default: the model's {model.max_length}).")
         dev = str(next(model.model.parameters()).device)
         self.device = dev
         self.batch_tokens = batch_tokens or (16384 if dev.startswith("cuda") else 4096)
-        self.amp = amp
+        self.amp = resolve_amp(dev, amp)  # what the store key records is what runs (fp16 on a GPU without bf16)
         self.max_padding = 0.12
         self.causal = model.kind == "decoder"
         self.sentence_poolings = [p for p in SENTENCE_POOLINGS if p != "cls" or (self.prefix and not self.causal)]
@@ -95,7 +110,7 @@ class Extractor:
         return {"word_pooling": self.word_pooling, "prepend_bos": self.prepend_bos, "prefix": self.prefix,
                 "suffix": self.suffix, "max_length": self.max_length, "align_version": ALIGN_VERSION,
                 "sentence_poolings": self.sentence_poolings,
-                "amp": None if not self.device.startswith("cuda") else (self.amp or "bf16")}
+                "amp": self.amp}
 
     # -------------------------------------------------------------------------------- core
     def encode_shard(self, sentences: Sequence[Sentence], *, out_dtype=np.float32
@@ -143,7 +158,7 @@ class Extractor:
         model = self.lm.model
         p = len(self.prefix)
         i = 0
-        with torch.inference_mode(), _autocast(self.device, self.amp):
+        with torch.inference_mode(), _autocast(self.amp):
             while i < len(pieces):
                 j = i + 1
                 # grow the batch while it fits the token budget and padding stays under max_padding
@@ -291,6 +306,10 @@ def extract(model, sentences: Sequence[Sentence], *, dataset: str = "custom", sp
 
     if not sentences:
         raise StoreError(f"No sentences to extract for {dataset}/{split}: the split is empty.")
+    empty = next((s for s in sentences if len(s) == 0), None)
+    if empty is not None:
+        raise DataError(f"Sentence {empty.sent_id!r} of {dataset}/{split} has no words; leave it out before "
+                        "extracting (CoNLL-U files never give one; Sentence.from_words([]) does).")
     if dtype not in DTYPES:
         from probekit.errors import unknown_name
         raise unknown_name("store dtype", dtype, DTYPES)
@@ -332,6 +351,12 @@ def extract(model, sentences: Sequence[Sentence], *, dataset: str = "custom", sp
                                      f"{store_dir} or rerun without --strict to rebuild the manifest.")
                 log.warning("Activation store damaged: %s is not a JSON object; rebuilding the manifest from the "
                             "shard folders (each shard is verified against its meta.json).", manifest_path)
+            elif old.get("key") == key and old.get("shard_words", shard_words) != shard_words:
+                # same vectors, cut into other shards: not damage, but none of the old shards can be reused
+                log.info("%s was written with shard_words=%s, now %s: extracting it again in the new shards",
+                         store_dir, old.get("shard_words"), shard_words)
+                for d_old in store_dir.glob("shard-*"):
+                    shutil_rmtree(d_old)
             elif old.get("key") == key and old.get("n_shards") == len(plans):
                 for rec in old.get("shards") or []:
                     try:
@@ -368,6 +393,9 @@ def extract(model, sentences: Sequence[Sentence], *, dataset: str = "custom", sp
             shutil_rmtree(tmp)
         for tmp in store_dir.glob(".manifest.json.*.tmp"):
             tmp.unlink(missing_ok=True)
+        for d_old in store_dir.glob("shard-*"):  # beyond the plan (from another shard size): never read, not kept
+            if d_old.name[6:].isdigit() and int(d_old.name[6:]) >= len(plans):
+                shutil_rmtree(d_old)
         if todo:
             total_words = sum(p.word_end - p.word_start for p in todo)
             log.info("Extracting %s/%s with %s: %d of %d shards to do (%d words)", dataset, split, model.name,

@@ -58,6 +58,25 @@ def _package_dir(pkg: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+#: Files of a model folder besides the weights that change its hidden states: the architecture (config.json) and
+#: the tokenizer (what the words become).
+_DEFINING_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "tokenizer.model",
+                   "sentencepiece.bpe.model")
+
+
+def files_hash(folder: Path) -> str | None:
+    """sha256 over the names and bytes of a local model folder's config and tokenizer files (small; not memoised);
+    None for a folder without them."""
+    h, n = hashlib.sha256(), 0
+    for name in _DEFINING_FILES:
+        p = Path(folder) / name
+        if p.is_file():
+            h.update(name.encode() + b"\0" + p.read_bytes() + b"\0")
+            n += 1
+    return h.hexdigest() if n else None
+
+
 def weights_hash(folder: Path) -> str:
     """A content hash of a model folder's weight files (sha256 over names, sizes and bytes).
 
@@ -119,23 +138,30 @@ def convert_gguf(folder: Path, gguf_file: str, cache_dir: Path | None = None) ->
         return dest
     from transformers import AutoModel, AutoTokenizer
 
-    log.info("Converting %s to an HF model (once; cached in %s)", src.name, dest)
+    from filelock import FileLock
+
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{dest.name}."))
-    try:
-        tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
-        model = AutoModel.from_pretrained(folder, gguf_file=gguf_file)
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        (tmp / "probekit_source.json").write_text(json.dumps({"gguf": str(src), "sha256": digest}))
+    # One conversion at a time per file: a second process waits for the first and then uses its result. Under the
+    # lock, temporary folders of a conversion that was killed (no `finally` runs on SIGKILL) are removed.
+    with FileLock(str(root / f".{dest.name}.lock")):
+        if (dest / "config.json").is_file():
+            return dest
+        for stale in root.glob(f".{dest.name}.*"):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+        log.info("Converting %s to an HF model (once; cached in %s)", src.name, dest)
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{dest.name}."))
         try:
+            tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+            model = AutoModel.from_pretrained(folder, gguf_file=gguf_file)
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            (tmp / "probekit_source.json").write_text(json.dumps({"gguf": str(src), "sha256": digest}))
+            os.chmod(tmp, 0o755)  # mkdtemp makes it private
             os.rename(tmp, dest)
-        except OSError:
-            if not (dest / "config.json").is_file():  # lost a race to another process: theirs is as good
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 
@@ -166,6 +192,8 @@ class LoadedModel:
     max_length: int
     random_seed: int | None = None
     extra: dict = field(default_factory=dict)
+    #: :func:`files_hash` of a local folder (config and tokenizer), None for a hub model
+    files_hash: str | None = None
 
     @property
     def n_hidden_layers(self) -> int:
@@ -178,9 +206,17 @@ class LoadedModel:
     @property
     def identity(self) -> dict:
         """What makes this model's activations what they are (part of every store key)."""
-        return {"name": self.name, "path_kind": self.kind, "weights_hash": self.weights_hash,
-                "random_seed": self.random_seed, "num_layers": self.num_layers, "hidden_size": self.hidden_size,
-                "model_type": getattr(self.model.config, "model_type", "?")}
+        import torch
+
+        out = {"name": self.name, "path_kind": self.kind, "weights_hash": self.weights_hash,
+               "random_seed": self.random_seed, "num_layers": self.num_layers, "hidden_size": self.hidden_size,
+               "model_type": getattr(self.model.config, "model_type", "?")}
+        if self.files_hash:
+            out["files_hash"] = self.files_hash
+        dt = next(self.model.parameters()).dtype
+        if dt != torch.float32:  # only when not the default, so that float32 stores keep their keys
+            out["dtype"] = str(dt)
+        return out
 
     def __repr__(self) -> str:
         return (f"LoadedModel({self.name!r}, {self.kind}, layers=0..{self.num_layers} (0 = embeddings), "
@@ -256,6 +292,7 @@ def load_model(name: str, *, device: str | None = None, dtype=None, revision: st
         name: alias (``minilm``, ``smollm2-135m``), local folder, ``.gguf`` file or HF hub id,
             optionally with ``@random[:SEED]``.
         device: ``cpu``, ``cuda``, ``cuda:1``...; default: CUDA when available, else CPU.
+        dtype: torch dtype of the weights (default float32); a dtype other than float32 is part of the store key.
         revision: hub revision (branch, tag or commit) for hub ids.
     """
     import torch
@@ -263,6 +300,7 @@ def load_model(name: str, *, device: str | None = None, dtype=None, revision: st
 
     from probekit.align import check_fast_tokenizer
 
+    device = check_device(device)
     base, where, gguf, seed = resolve(name)
     if gguf:
         where = convert_gguf(Path(where), gguf)
@@ -286,7 +324,6 @@ def load_model(name: str, *, device: str | None = None, dtype=None, revision: st
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.bos_token
     model.eval()
     model.requires_grad_(False)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     if is_local:
         whash = weights_hash(Path(where))
@@ -302,7 +339,31 @@ def load_model(name: str, *, device: str | None = None, dtype=None, revision: st
         max_len -= 2  # RoBERTa positions start at padding_idx + 1
     return LoadedModel(name=name, model=model, tokenizer=tokenizer, kind=kind, path=str(where), weights_hash=whash,
                        num_layers=int(config.num_hidden_layers), hidden_size=int(config.hidden_size),
-                       max_length=int(max_len), random_seed=seed)
+                       max_length=int(max_len), random_seed=seed,
+                       files_hash=files_hash(Path(where)) if is_local else None)
+
+
+def check_device(device: str | None) -> str:
+    """The torch device to use: ``device`` checked (a clear ModelError for a typo or an absent GPU), or CUDA when
+    available, else the CPU."""
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ModelError(f"Unknown device {device!r}: use cpu, cuda or cuda:N (default: CUDA when available).") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ModelError(f"Device {device!r} asked for, but torch sees no CUDA GPU here (torch "
+                             f"{torch.__version__}). Use --device cpu, or install a CUDA build of torch.")
+        if dev.index is not None and dev.index >= n:
+            raise ModelError(f"Device {device!r} asked for, but torch sees {n} CUDA GPU(s): cuda:0..cuda:{n - 1}.")
+    elif dev.type not in ("cpu", "mps"):
+        raise ModelError(f"Device {device!r} is not supported: use cpu or cuda[:N].")
+    return str(dev)
 
 
 def list_aliases() -> list[Alias]:
@@ -312,11 +373,15 @@ def list_aliases() -> list[Alias]:
 def fingerprint(name: str) -> dict:
     """What identifies a model's weights, computed without loading it (memoised weights hash)."""
     base, where, gguf, seed = resolve(name)
+    out = {"name": name, "base": base, "random_seed": seed}
     if isinstance(where, Path):
-        whash = _memo_file_hash(Path(where) / gguf) if gguf else weights_hash(Path(where))
+        out["weights_hash"] = _memo_file_hash(Path(where) / gguf) if gguf else weights_hash(Path(where))
+        fh = None if gguf else files_hash(Path(where))  # a GGUF file holds its config and tokenizer
+        if fh:
+            out["files_hash"] = fh
     else:
-        whash = f"hub:{where}"
-    return {"name": name, "base": base, "weights_hash": whash, "random_seed": seed}
+        out["weights_hash"] = f"hub:{where}"
+    return out
 
 
 def _memo_file_hash(path: Path) -> str:

@@ -184,13 +184,15 @@ class ProbeBundle:
         """
         import pandas as pd
 
+        if isinstance(batch_sentences, bool) or not isinstance(batch_sentences, int) or batch_sentences < 1:
+            raise ConfigError(f"batch_sentences must be a positive integer, got {batch_sentences!r}.")
         chosen = self._select_layers(layers)
         sents = to_sentences(sentences, tokenize=tokenize, spacy_model=spacy_model)
         lm = model if model is not None else self._load_model(device)
         self.check_model(lm)
         ex = self._extractor(lm)
         feats = []  # per chunk: [len(chosen), item, d_model]
-        for i in range(0, len(sents), max(1, batch_sentences)):
+        for i in range(0, len(sents), batch_sentences):
             words, sent_vecs = ex.encode_shard(sents[i:i + batch_sentences])
             X = words if self.level == "word" else sent_vecs[self.sentence_pooling]
             feats.append(self._as_trained(X[chosen]))

@@ -363,6 +363,8 @@ class ActivationStore:
         out = np.concatenate(parts, axis=0) if len(parts) > 1 else np.asarray(parts[0])
         if rows is not None:
             out = out[rows]
+        elif len(parts) == 1:
+            return np.array(out, dtype=dtype)  # a copy, not a read-only view of the file: writable in every case
         return out.astype(dtype, copy=False)
 
     def layers(self, layers: list[int], *, dtype=np.float32, rows: np.ndarray | None = None) -> np.ndarray:

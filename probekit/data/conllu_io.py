@@ -75,15 +75,18 @@ class Sentence:
     @classmethod
     def from_words(cls, words: list[str], *, sent_id: str = "", space_after: list[bool] | None = None,
                    upos: list[str] | None = None, **columns) -> "Sentence":
-        """Build a sentence from words alone (other columns default to '_')."""
+        """Build a sentence from words alone (other columns default to '_'; without ``heads`` the sentence has no
+        syntax: ``has_syntax`` is False, as for a CoNLL-U file with HEAD and DEPREL '_')."""
         n = len(words)
         space_after = space_after if space_after is not None else [True] * n
         text = "".join(w + (" " if sp and i < n - 1 else "") for i, (w, sp) in enumerate(zip(words, space_after)))
+        has_syntax = "heads" in columns
         return cls(sent_id=sent_id, text=text, words=list(words),
                    lemmas=columns.get("lemmas", ["_"] * n), upos=upos or ["X"] * n,
                    xpos=columns.get("xpos", ["_"] * n), feats=columns.get("feats", [{} for _ in range(n)]),
-                   heads=columns.get("heads", [0] * n), deprels=columns.get("deprels", ["dep"] * n),
-                   space_after=list(space_after))
+                   heads=columns.get("heads", [0] * n),
+                   deprels=columns.get("deprels", ["dep" if has_syntax else "_"] * n),
+                   space_after=list(space_after), has_syntax=has_syntax)
 
 
 def text_from_words(words: list[str], space_after: list[bool], mwts: list[tuple[int, int, str]] = ()) -> str:
