@@ -236,3 +236,21 @@ def test_sentence_task_layers_are_one_row_per_pooling(tmp_path: Path):
     twice = pd.concat([summary, summary.assign(experiment="other")])
     with pytest.raises(DataError, match="one experiment"):
         layer_table(twice)
+
+
+def test_best_layer_is_chosen_on_dev_and_scored_on_test():
+    from probekit.report.tables import best_layer_table, summarize
+    from probekit.results import to_frames
+
+    common = dict(experiment="e", model="m", model_kind="encoder", model_hash="x", task="upos", task_version=1,
+                  level="word", pooling="first", n_layers=3, method="probe", probe="linear", control=False,
+                  trainable_params=10, train_size=100)
+    test = {0: 0.70, 1: 0.80, 2: 0.81, 3: 0.60}  # layer 2 wins on test by a hair ...
+    dev = {0: 0.71, 1: 0.82, 2: 0.79, 3: 0.61}   # ... layer 1 on dev
+    rows = [row(**common, layer=k, seed=0, split=split, metric="accuracy", value=v)
+            for split, vals in (("test", test), ("dev", dev)) for k, v in vals.items()]
+    t = best_layer_table(summarize(to_frames(rows)[0]))
+    assert (str(t.loc[0, "best_layer"]), t.loc[0, "chosen_on"]) == ("1", "dev")
+    assert t.loc[0, "test_acc"] == pytest.approx(0.80)
+    t = best_layer_table(summarize(to_frames([r for r in rows if r["split"] == "test"])[0]))
+    assert (str(t.loc[0, "best_layer"]), t.loc[0, "chosen_on"], t.loc[0, "test_acc"]) == ("2", "test", 0.81)

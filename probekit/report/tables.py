@@ -66,15 +66,29 @@ def summarize(df, confidence: float = 0.95):
 
 def best_layer_table(summary):
     """One line per model × task × probe × pooling: best layer, its test accuracy (± CI), majority,
-    selectivity at that layer, expected layer, and MDL-best layer."""
+    selectivity at that layer, expected layer, and MDL-best layer.
+
+    The best layer is the one with the highest mean **dev** accuracy (``chosen_on`` = ``dev``), and its test
+    accuracy is reported: picking it on test would report the maximum of several noisy test scores, an optimistic
+    number. Results without dev rows fall back to test (``chosen_on`` = ``test``)."""
     import pandas as pd
 
     s = summary
-    acc = s[(s["metric"] == "accuracy") & (s["split"] == "test") & (s["method"] == "probe")
-            & (s["control"].astype(str) == "False") & (s["layer"] != "")]
+    probe_rows = s[(s["metric"] == "accuracy") & (s["method"] == "probe") & (s["control"].astype(str) == "False")
+                   & (s["layer"] != "")]
+    acc = probe_rows[probe_rows["split"] == "test"]
+    dev = probe_rows[probe_rows["split"] == "dev"]
+    dev_groups = {k: g for k, g in dev.groupby(["model", "task", "probe", "pooling"])}
     recs = []
     for (model, task, probe, pooling), part in acc.groupby(["model", "task", "probe", "pooling"]):
-        best = part.loc[part["mean"].astype(float).idxmax()]
+        on = dev_groups.get((model, task, probe, pooling))
+        if on is not None and set(on["layer"].astype(str)) >= set(part["layer"].astype(str)):
+            layer = str(on.loc[on["mean"].astype(float).idxmax(), "layer"])
+            best = part[part["layer"].astype(str) == layer].iloc[0]
+            chosen_on = "dev"
+        else:
+            best = part.loc[part["mean"].astype(float).idxmax()]
+            chosen_on = "test"
         sel = s[(s["model"] == model) & (s["task"] == task) & (s["probe"] == probe) & (s["pooling"] == pooling)]
         def one(metric, layer=None):
             r = sel[sel["metric"] == metric]
@@ -85,6 +99,7 @@ def best_layer_table(summary):
         mdl_best = mdl.loc[mdl["mean"].astype(float).idxmin(), "layer"] if len(mdl) else ""
         maj = s[(s["model"] == model) & (s["task"] == task) & (s["probe"] == "majority") & (s["metric"] == "accuracy")]
         recs.append({"model": model, "task": task, "probe": probe, "pooling": pooling, "best_layer": best["layer"],
+                     "chosen_on": chosen_on,
                      "test_acc": float(best["mean"]), "ci": float(best["ci_hi"]) - float(best["mean"]),
                      "majority": float(maj["mean"].iloc[0]) if len(maj) else np.nan,
                      "selectivity": one("selectivity", best["layer"]), "expected_layer": one("expected_layer"),
