@@ -95,6 +95,9 @@ class ProbeBundle:
     fits: dict[int, "LayerFit"]
     sentence_pooling: str | None = None
     info: dict = field(default_factory=dict)
+    #: the model folder's config + tokenizer hash (:func:`probekit.models.files_hash`); None for hub models and
+    #: bundles saved before it was recorded
+    files_hash: str | None = None
 
     # ------------------------------------------------------------------ metadata
     @property
@@ -125,7 +128,8 @@ class ProbeBundle:
     def _meta(self) -> dict:
         return {"format": FORMAT, "format_version": FORMAT_VERSION,
                 "model": {"name": self.model_name, "weights_hash": self.weights_hash, "kind": self.model_kind,
-                          "num_layers": self.num_layers, "hidden_size": self.hidden_size},
+                          "num_layers": self.num_layers, "hidden_size": self.hidden_size,
+                          "files_hash": self.files_hash},
                 "task": {"name": self.task, "version": self.task_version, "level": self.level,
                          "labels": list(self.labels)},
                 "word_pooling": self.word_pooling, "sentence_pooling": self.sentence_pooling,
@@ -229,6 +233,11 @@ class ProbeBundle:
                 f"{lm.name!r} (weights {lm.weights_hash[:16]}, {lm.kind}, {lm.num_layers} layers x {lm.hidden_size}). "
                 "A probe only reads the feature space it was trained on: use the same model, or train a new probe "
                 "with probekit.predict.train_probe_bundle.")
+        if self.files_hash and lm.files_hash and lm.files_hash != self.files_hash:
+            raise ModelError(
+                f"{lm.name!r} has the weights this probe was trained on, but other config or tokenizer files "
+                f"(hash {lm.files_hash[:16]}, trained with {self.files_hash[:16]}): its hidden states differ. Use the "
+                "model folder the probe was trained with, or retrain the probe.")
 
     def _load_model(self, device: str | None) -> "LoadedModel":
         from probekit.models import load_model
@@ -376,7 +385,8 @@ def load_probe_bundle(path: str | Path) -> ProbeBundle:
                            num_layers=int(m["num_layers"]), hidden_size=d, task=t["name"],
                            task_version=int(t["version"]), level=t["level"], labels=list(t["labels"]),
                            word_pooling=meta["word_pooling"], sentence_pooling=meta.get("sentence_pooling"),
-                           extraction=dict(meta["extraction"]), fits=fits, info=dict(meta.get("info") or {}))
+                           extraction=dict(meta["extraction"]), fits=fits, info=dict(meta.get("info") or {}),
+                           files_hash=m.get("files_hash"))
     except DataError:
         raise
     except (KeyError, TypeError, ValueError) as e:
@@ -547,6 +557,6 @@ def train_probe_bundle(model: "str | LoadedModel", task: "str | Task", *, train:
                          num_layers=lm.num_layers, hidden_size=lm.hidden_size, task=task.name,
                          task_version=task.version, level=task.level, labels=list(task.labels),
                          word_pooling=manifest["word_pooling"], sentence_pooling=pooling, extraction=extraction,
-                         fits=fits, info=info)
+                         fits=fits, info=info, files_hash=lm.files_hash)
     log.info("Trained %r (extract %.1fs, fit %.1fs)", bundle, extract_s, fit_s)
     return bundle

@@ -127,6 +127,27 @@ def test_refuses_same_architecture_other_weights(bundle, tiny_bert_dir):
         bundle.predict(["I have eaten ."], model=rnd, tokenize="whitespace")
 
 
+def test_refuses_same_weights_other_config_or_tokenizer(bundle, tiny_bert_dir, tmp_path):
+    import json
+    import shutil
+
+    from probekit.models import load_model
+    from probekit.predict import load_probe_bundle
+
+    assert bundle.files_hash
+    folder = tmp_path / "edited"
+    shutil.copytree(tiny_bert_dir, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["hidden_act"] = "relu"
+    (folder / "config.json").write_text(json.dumps(cfg))
+    edited = load_model(str(folder), device="cpu")
+    assert edited.weights_hash == bundle.weights_hash
+    with pytest.raises(ModelError, match="other config or tokenizer files"):
+        bundle.predict(["I have eaten ."], model=edited, tokenize="whitespace")
+    bundle.save(tmp_path / "b.probe")
+    assert load_probe_bundle(tmp_path / "b.probe").files_hash == bundle.files_hash
+
+
 def test_layer_selection(bundle, tiny_bert):
     df = bundle.predict(["a b"], model=tiny_bert, tokenize="whitespace", layers=[-1, 0])
     assert df["layer"].tolist() == [bundle.layers[-1], 0, bundle.layers[-1], 0]
