@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 #: Part of every unit's key: bumped when the code that fits probes changes the numbers it gives, so that cached rows
 #: of an older solver are recomputed, not mixed with new ones (2: the polish starts from the subsample's L-BFGS memory;
 #: 3: the preconditioner's covariance comes from BLAS syrk, and the gradient's matmul kernel depends on the number of
-#: classes; both round differently).
-UNIT_VERSION = 3
+#: classes; both round differently; 4: MDL solves each L2 value of its grid as its own problem, see mdl.MAX_JOINT_OUTPUTS).
+UNIT_VERSION = 4
 #: Largest float32 feature block (bytes) loaded for probe training at once; layers are grouped under it.
 MEMORY_BUDGET = 3 << 30
 #: Seed of the `train_sentences` sample (recorded with the sample in the data fingerprint).
@@ -257,7 +257,8 @@ def _score_rows(common, u, pool_name, layer, control, split_scores, n_params, tr
     return out
 
 
-def _fit_predict(probe: str, X: dict, y: dict, C: int, cfg: ExperimentConfig, seed: int, fixed_C=None):
+def _fit_predict(probe: str, X: dict, y: dict, C: int, cfg: ExperimentConfig, seed: int, fixed_C=None,
+                 layers: list[int] | None = None):
     """Fit one probe type on a layer group; returns per layer (pred_dev, pred_test, n_params, reg)."""
     from probekit.probes.linear import fit_layers
 
@@ -276,7 +277,11 @@ def _fit_predict(probe: str, X: dict, y: dict, C: int, cfg: ExperimentConfig, se
     params = {"hidden_size": 256, "dropout": 0.1, "weight_decay": 0.0, "max_epochs": 20, "patience": 3,
               "batch_size": 512}
     params.update(cfg.mlp or {})
+    from probekit.probes.linear import check_finite
+
     for i in range(X["train"].shape[0]):
+        for role in ("train", "dev", "test"):  # scikit-learn's own check would say neither the layer nor the cause
+            check_finite(X[role][i], f"layer {layers[i] if layers else i} ({role})")
         m = MLPProbe(hidden_layers=1 if probe == "mlp1" else 2, seed=seed, device=cfg.device, **params)
         m.fit(X["train"][i], y["train"], X["dev"][i], y["dev"])
         n_params = sum(p.numel() for p in m.model_.parameters()) if hasattr(m, "model_") else None
@@ -308,7 +313,7 @@ def _run_unit_group(u: Unit, X: dict, y: dict, group: list[int], C: int, control
         res, secs = shared["linear"]
         secs /= len(group)
     else:
-        res = _fit_predict(u.probe, X, y, C, cfg, u.seed)
+        res = _fit_predict(u.probe, X, y, C, cfg, u.seed, layers=group)
         secs = (time.perf_counter() - t0) / len(group)
     for i, layer in enumerate(group):
         pdev, ptest, n_params, reg = res[i]
@@ -326,7 +331,7 @@ def _run_unit_group(u: Unit, X: dict, y: dict, group: list[int], C: int, control
             cres = all_seeds[u.seed]
         else:
             chosen = [res[i][3] for i in range(len(group))] if u.probe == "linear" else None
-            cres = _fit_predict(u.probe, X, control, C, cfg, u.seed, fixed_C=chosen)
+            cres = _fit_predict(u.probe, X, control, C, cfg, u.seed, fixed_C=chosen, layers=group)
             secs = time.perf_counter() - t0
         secs /= len(group)
         for i, layer in enumerate(group):

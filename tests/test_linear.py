@@ -275,3 +275,64 @@ def test_gradient_matches_autograd_on_every_kernel_path(n_classes):
         loss.sum().backward()
         torch.testing.assert_close(f.double(), loss.detach(), rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(g.double(), q64.grad, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ bad inputs, clear errors
+
+def _toy(G=2, N=300, d=8, K=3, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, K, N)
+    X = rng.standard_normal((G, N, d)).astype(np.float32) + np.eye(K, d, dtype=np.float32)[y] * 2
+    return X, y
+
+
+@pytest.mark.parametrize("where", ["train", "dev", "test"])
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+def test_non_finite_features_are_an_error_naming_layer_and_cause(where, bad):
+    """A float16 store overflows to inf for some models: that must not become NaN weights and a constant
+    predictor's accuracy reported as a probe's."""
+    from probekit.errors import DataError
+
+    X, y = _toy()
+    Xd, yd = _toy(seed=1)
+    Xs = {"train": X.copy(), "dev": Xd.copy(), "test": Xd.copy()}
+    Xs[where][1, 5, 3] = bad
+    with pytest.raises(DataError, match=rf"layer 1 \({where}\)|layer 1:") as info:
+        fits = fit_layers(Xs["train"], y, n_classes=3, X_dev=Xs["dev"], y_dev=yd, device="cpu")
+        fits[1].predict(Xs["test"][1])
+    assert "non-finite" in str(info.value) and "float32" in str(info.value)
+
+
+@pytest.mark.parametrize("kw, err, needle", [
+    (dict(Cs=(0.0, 1.0)), "ConfigError", "Cs must be positive"),
+    (dict(Cs=()), "ConfigError", "Cs must be positive"),
+    (dict(Cs=(float("nan"),)), "ConfigError", "Cs must be positive"),
+    (dict(fixed_C=[1.0, -1.0]), "ConfigError", "fixed_C must be positive"),
+    (dict(n_classes=2), "DataError", "holds label 2, outside 0..1"),
+    (dict(y_dev_shift=-1), "DataError", "y_dev holds label -1"),
+])
+def test_bad_probe_arguments_are_clear_errors(kw, err, needle):
+    import probekit.errors as errors
+
+    X, y = _toy()
+    Xd, yd = _toy(seed=1)
+    if kw.pop("y_dev_shift", 0):
+        yd = yd.copy()
+        yd[0] = -1
+    args = dict(n_classes=3, X_dev=Xd, y_dev=yd, device="cpu") | kw
+    if "fixed_C" in kw:
+        args.pop("X_dev"), args.pop("y_dev")
+    with pytest.raises(getattr(errors, err), match=needle):
+        fit_layers(X, y, **args)
+
+
+def test_shape_mismatches_are_clear_errors():
+    from probekit.errors import DataError
+
+    X, y = _toy()
+    with pytest.raises(DataError, match=r"X_train must be \[layer, item, d_model\]"):
+        fit_layers(X[0], y, n_classes=3, device="cpu")
+    with pytest.raises(DataError, match="y_train has shape"):
+        fit_layers(X, y[:-5], n_classes=3, device="cpu")
+    with pytest.raises(DataError, match="X_dev must be"):
+        fit_layers(X, y, n_classes=3, X_dev=X[:, :, :4], y_dev=y, device="cpu")

@@ -152,3 +152,23 @@ def test_custom_probe_plugs_in():
         bad(X, y, n_classes=4, fit_predict_proba=lambda a, b, c: np.ones((len(c), 3)) / 3, seed=0)
     with pytest.raises(DataError):
         online_codelength(X, np.full(len(y), 7), n_classes=4, seed=0)
+
+
+def test_non_finite_features_and_labels_below_minus_one_are_errors():
+    from probekit.mdl import online_codelength_layers
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((2, 200, 4)).astype(np.float32)
+    y = rng.integers(0, 2, 200)
+    X[1, 17, 2] = np.inf
+    with pytest.raises(DataError, match=r"layer 1: the features hold 1 non-finite"):
+        online_codelength_layers(X, y, n_classes=2)
+    with pytest.raises(DataError, match="Label -2 is not a class id"):
+        online_codelength_layers(X[:1], np.where(y == 0, -2, y), n_classes=2)
+
+
+def test_a_nan_codelength_is_not_reported_as_infinite_compression():
+    from probekit.mdl import _result
+
+    assert math.isnan(_result([1.0, float("nan")], [10, 20], 2, 0, PAPER_PORTIONS, 0.0).compression)
+    assert _result([0.0, 0.0], [10, 20], 2, 0, PAPER_PORTIONS, 0.0).compression == math.inf

@@ -105,3 +105,17 @@ def test_mdl_adapter_fills_unseen_classes_with_zero():
     assert p.shape == (10, 4)
     np.testing.assert_array_equal(p[:, 2:], 0)
     np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-9)
+
+
+def test_experiment_mlp_probe_names_the_layer_of_non_finite_features():
+    from probekit.config import ExperimentConfig
+    from probekit.errors import DataError
+    from probekit.experiment import _fit_predict
+
+    rng = np.random.default_rng(0)
+    X = {r: rng.standard_normal((2, 50, 4)).astype(np.float32) for r in ("train", "dev", "test")}
+    y = {r: rng.integers(0, 2, 50) for r in X}
+    X["test"][1, 3, 0] = np.inf
+    cfg = ExperimentConfig(probes=["mlp1"], mlp={"max_epochs": 1, "hidden_size": 4}, device="cpu")
+    with pytest.raises(DataError, match=r"layer 5 \(test\): the features hold 1 non-finite"):
+        _fit_predict("mlp1", X, y, 2, cfg, 0, layers=[4, 5])

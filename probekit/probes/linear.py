@@ -24,6 +24,8 @@ from typing import Sequence
 
 import numpy as np
 
+from probekit.errors import ConfigError, DataError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_CS = (0.01, 0.1, 1.0)
@@ -399,6 +401,7 @@ class LayerFit:
     def decision_function(self, X: np.ndarray) -> np.ndarray:
         # float64 scoring: a float32 BLAS matmul can flip near-ties with the thread count
         X = np.asarray(X, dtype=np.float64)
+        check_finite(X, f"layer {self.layer}")
         return ((X - self.mean) / self.scale) @ self.coef.astype(np.float64) + self.intercept
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
@@ -413,6 +416,26 @@ class LayerFit:
     @property
     def n_params(self) -> int:
         return int(self.coef.size + self.intercept.size)
+
+
+def check_finite(X, what: str) -> None:
+    """DataError when ``X`` (``[..., N, d]``, numpy or torch) holds inf or NaN, e.g. from a float16 store whose model
+    has activations beyond 65504. One reducing pass, no array of X's size."""
+    if not isinstance(X, np.ndarray) and not hasattr(X, "is_floating_point"):
+        X = np.asarray(X)
+    if isinstance(X, np.ndarray):
+        if X.dtype.kind != "f" or np.isfinite(X.sum(axis=-2, dtype=np.float32)).all():
+            return
+        bad = int((~np.isfinite(X)).sum())
+    else:
+        import torch
+
+        if not X.is_floating_point() or bool(torch.isfinite(X.sum(dim=-2, dtype=torch.float32)).all()):
+            return
+        bad = int((~torch.isfinite(X)).sum())
+    what_is = f"{bad:,} non-finite values (inf or NaN)" if bad else "values so large that their sum overflows float32"
+    raise DataError(f"{what}: the features hold {what_is}. A float16 store overflows past 65504: extract with "
+                    "dtype='float32' (config 'dtype').")
 
 
 def standardise(X, device: str):
@@ -469,10 +492,19 @@ def _fit_layers(X_train: np.ndarray, y_train: np.ndarray, *, n_classes: int, Cs=
     import torch
 
     dev = _device(device)
+    _check_fit_inputs(X_train, y_train, n_classes, Cs, fixed_C, X_dev, y_dev)
     G, N, d = X_train.shape
     layers = list(range(G)) if layers is None else list(layers)
     torch.manual_seed(seed)
     Xt, mean, scale = standardise(X_train, dev)
+    bad = (~torch.isfinite(mean) | ~torch.isfinite(scale)).flatten(1).any(1)
+    if bool(bad.any()):  # inf or NaN anywhere in a layer's train features makes its mean or scale non-finite
+        g = int(bad.nonzero()[0, 0])
+        check_finite(X_train[g], f"layer {layers[g]} (train)")
+        raise DataError(f"layer {layers[g]} (train): the features' mean or scale is not finite.")
+    if X_dev is not None:
+        for g in range(G):
+            check_finite(X_dev[g], f"layer {layers[g]} (dev)")
     yt = torch.as_tensor(y_train, dtype=torch.long, device=dev)
     S = yt.shape[0] if yt.dim() == 2 else 1
     if S > 1 and fixed_C is None and len(Cs) > 1:
@@ -547,6 +579,36 @@ def _fit_layers(X_train: np.ndarray, y_train: np.ndarray, *, n_classes: int, Cs=
                                intercept=b[g_][cols].copy(), mean=m[g_], scale=s[g_], iterations=int(iters_total[g_]),
                                dev_accuracy=float(best_acc[g_]) if Xd is not None else None) for g_ in range(G)])
     return heads if yt.dim() == 2 else heads[0]  # the result's shape follows y's: [S, N] -> one list per set
+
+
+def _check_fit_inputs(X, y, n_classes, Cs, fixed_C, X_dev, y_dev) -> None:
+    """Clear errors for what would otherwise fail deep inside torch or give NaN weights silently."""
+    shape = tuple(getattr(X, "shape", ()))
+    if len(shape) != 3:
+        raise DataError(f"X_train must be [layer, item, d_model], got shape {shape}.")
+    ys = tuple(getattr(y, "shape", np.shape(y)))
+    if not ys or ys[-1] != shape[1]:
+        raise DataError(f"y_train has shape {ys}, but X_train has {shape[1]} items.")
+    for name, lab in (("y_train", y), ("y_dev", y_dev)):
+        if lab is None or not np.size(lab):
+            continue
+        lo, hi = int(np.min(np.asarray(lab))), int(np.max(np.asarray(lab)))
+        if lo < 0 or hi >= n_classes:
+            raise DataError(f"{name} holds label {lo if lo < 0 else hi}, outside 0..{n_classes - 1} (n_classes="
+                            f"{n_classes}). Drop left-out items (-1) before fitting.")
+    for name, cs in (("Cs", Cs), ("fixed_C", fixed_C)):
+        if cs is None and name == "fixed_C":
+            continue
+        cs = list(np.atleast_1d(np.asarray(cs, dtype=float))) if cs is not None else []
+        if not cs or any(not (math.isfinite(c) and c > 0) for c in cs):
+            raise ConfigError(f"{name} must be positive finite inverse L2 strengths, got {cs!r}.")
+    if X_dev is not None:
+        ds = tuple(getattr(X_dev, "shape", ()))
+        if len(ds) != 3 or ds[0] != shape[0] or ds[2] != shape[2]:
+            raise DataError(f"X_dev must be [{shape[0]}, item, {shape[2]}] like X_train, got shape {ds}.")
+        if y_dev is None or np.shape(y_dev)[-1] != ds[1]:
+            raise DataError(f"y_dev must have one label per X_dev item ({ds[1]}), got "
+                            f"{None if y_dev is None else np.shape(y_dev)}.")
 
 
 def fit_layers(X_train: np.ndarray, y_train: np.ndarray, **kw) -> list[LayerFit]:
