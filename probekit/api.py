@@ -65,6 +65,12 @@ def probe(model, task, stores: dict, sentences: dict, *, probe: str = "linear", 
         if role not in stores or role not in sentences:
             raise ConfigError(f"probe() needs stores and sentences for train, dev and test; {role!r} is missing.")
         m, sents = stores[role].manifest, sentences[role]
+        sm = m["model"]
+        if (sm.get("weights_hash"), sm.get("random_seed")) != (model.weights_hash, model.random_seed):
+            raise ConfigError(f"stores[{role!r}] were extracted with {sm.get('name')!r} (weights "
+                              f"{str(sm.get('weights_hash'))[:16]}), not with {model.name!r} (weights "
+                              f"{model.weights_hash[:16]}): the rows would carry one model's name and the other's "
+                              "numbers. Pass the model the stores were made with, or extract_store with this one.")
         n_words = sum(len(s) for s in sents)
         if (m["n_sentences"], m["n_words"]) != (len(sents), n_words):
             raise ConfigError(f"stores[{role!r}] holds {m['n_sentences']} sentences / {m['n_words']} words, but "

@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-run", action="store_true", help="Print the resolved config and stop.")
     r.set_defaults(fn=cmd_run)
 
-    t = sub.add_parser("tasks", help="List the tasks with their label sets (and sizes with --sizes).")
+    t = sub.add_parser("tasks", help="List the tasks with their label sets and sizes on a split (--no-sizes: without sizes).")
     t.add_argument("--no-sizes", dest="sizes", action="store_false",
                    help="Do not count labelled items on a split (which reads the data).")
     t.add_argument("--dataset", default="ud_ewt")

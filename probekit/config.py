@@ -42,7 +42,7 @@ class ExperimentConfig:
     name: str = _help("experiment", "Experiment name; results go to <results_dir>/<name>/.")
     models: list = _help(["minilm"], "Model aliases, local folders, .gguf files or HF ids (NAME@random[:SEED] "
                                      "for a random-weights model).")
-    dataset: str = _help("ud_ewt", "Dataset name (ud_ewt, ud_pud) or a folder/file of CoNLL-U for 'conllu'.")
+    dataset: str = _help("ud_ewt", "ud_ewt or ud_pud, or 'conllu' with files: {train: PATH, dev: PATH, test: PATH}.")
     data_dir: str | None = _help(None, "Folder holding the treebanks (else $PROBEKIT_DATA_DIR, the cache, download).")
     splits: dict = _help({"train": "train", "dev": "dev", "test": "test"},
                          "Which dataset split plays train / dev / test (ud_pud has only test).")
@@ -69,7 +69,7 @@ class ExperimentConfig:
                                                 "null = all.")
     random_baseline: bool = _help(True, "Also probe each model with re-initialised weights (NAME@random).")
     mlp: dict = _help({}, "MLP probe settings: hidden_size, dropout, weight_decay, lr, max_epochs, patience, "
-                          "batch_size.")
+                          "batch_size, tol, standardize.")
     dtype: str = _help("float16", "On-disk dtype of the activation store (float16 or float32).")
     batch_tokens: int | None = _help(None, "Token budget of one forward batch (default 4096 on CPU, 16384 on GPU).")
     device: str | None = _help(None, "cpu, cuda, cuda:1 ... (default: CUDA when available).")
@@ -108,6 +108,11 @@ class ExperimentConfig:
         for k in self.mlp:
             if k not in MLP_SETTINGS:
                 raise unknown_name("MLP setting", k, MLP_SETTINGS, ConfigError, hint="(config key 'mlp')")
+        from probekit.data.datasets import DATASETS
+        if self.dataset not in (*DATASETS, "conllu"):
+            raise unknown_name("dataset", self.dataset, (*DATASETS, "conllu"), ConfigError,
+                               hint="For your own CoNLL-U files: dataset: conllu, with files: {train: PATH, dev: PATH, "
+                                    "test: PATH}.")
         if self.dtype not in ("float16", "float32"):
             raise unknown_name("store dtype", self.dtype, ("float16", "float32"))
         if self.train_sentences is not None and (isinstance(self.train_sentences, bool)

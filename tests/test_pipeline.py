@@ -174,6 +174,10 @@ def test_notebook_api_steps(tmp_path, tiny_bert_dir, data_dir):
     fewer = {**sents, "test": sents["test"][:20]}
     with pytest.raises(ConfigError, match=r"stores\['test'\] holds 25 sentences .* sentences\['test'\] has 20"):
         pk.probe(lm, "aux_verb", stores, fewer, seeds=[0])
+    # and a loop over models that forgets to re-extract: random-weights rows with the trained model's numbers
+    rnd = pk.load_model(f"{tiny_bert_dir}@random", device="cpu")
+    with pytest.raises(ConfigError, match=r"stores\['train'\] were extracted with .* not with .*@random"):
+        pk.probe(rnd, "aux_verb", stores, sents, seeds=[0])
 
 
 @pytest.mark.parametrize("path", sorted((__import__("pathlib").Path(__file__).resolve().parents[1] / "configs")
