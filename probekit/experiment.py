@@ -405,8 +405,7 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> Experimen
 
     t_start = time.time()
     folder = Path(cfg.results_dir) / cfg.name
-    runs = folder / "runs"
-    runs.mkdir(parents=True, exist_ok=True)
+    runs = folder / "runs"  # created by the first unit written: a run that fails on its input leaves no folder
     tasks = [get_task(t) for t in cfg.tasks]
     data, data_fp = load_data(cfg)
     all_rows: list[dict] = []

@@ -428,3 +428,16 @@ def test_task_with_a_single_label_in_train(tiny_bert_dir, tmp_path, capsys):
 def test_every_error_type_is_a_probekit_error():
     for cls in (ConfigError, DataError, ModelError, StoreError, TaskError):
         assert issubclass(cls, ProbekitError) and cls.exit_code == 2
+
+
+def test_a_run_that_fails_on_its_input_leaves_no_results_folder(tmp_path):
+    from probekit.config import ExperimentConfig
+    from probekit.experiment import run_experiment
+
+    cfg = ExperimentConfig(name="bad", dataset="conllu", files={"train": str(tmp_path / "missing.conllu"),
+                                                                 "dev": str(tmp_path / "missing.conllu"),
+                                                                 "test": str(tmp_path / "missing.conllu")},
+                           results_dir=str(tmp_path / "results"))
+    with pytest.raises(DataError, match="missing.conllu"):
+        run_experiment(cfg, progress=False)
+    assert not (tmp_path / "results" / "bad").exists()
