@@ -336,3 +336,20 @@ def test_shape_mismatches_are_clear_errors():
         fit_layers(X, y[:-5], n_classes=3, device="cpu")
     with pytest.raises(DataError, match="X_dev must be"):
         fit_layers(X, y, n_classes=3, X_dev=X[:, :, :4], y_dev=y, device="cpu")
+
+
+def test_gram_bits_do_not_depend_on_the_blas_thread_count():
+    """A sweep worker (one BLAS thread) and `probekit run` (all cores) must give the same probes: a multi-threaded
+    ssyrk did not (its preconditioner, and so the fits, differed in the last bits)."""
+    import scipy.linalg.blas  # noqa: F401  (loaded, so that threadpoolctl can limit it)
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from probekit.probes.linear import _gram
+
+    x = torch.randn(16384, 384, generator=torch.Generator().manual_seed(0))
+    out = []
+    for n in (1, 2):
+        with threadpool_limits(limits=n, user_api="blas"):
+            out.append(_gram(x))
+    assert torch.equal(out[0], out[1])

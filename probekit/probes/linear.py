@@ -213,16 +213,23 @@ def feature_eig(X):
 def _gram(x):
     """``x^T x`` of one layer's features ``x [n, d]`` (float32).
 
-    On the CPU this is BLAS ``ssyrk``, which computes one triangle: half the FLOPs of a matmul, and 45 vs 115 ms
-    for 16k x 384 here. ``x^T`` of a row-major ``x`` is a column-major ``[d, n]`` matrix, so nothing is copied.
+    On the CPU this is BLAS ``ssyrk``, which computes one triangle: half the FLOPs of a matmul. ``x^T`` of a
+    row-major ``x`` is a column-major ``[d, n]`` matrix, so nothing is copied.
+
+    The bits must not depend on the thread count (a sweep worker, ``probekit run`` and another machine must agree):
+    a multi-threaded ssyrk splits its sums by thread, and its result did (up to 3e-4 apart on 16k x 384). So it runs
+    on one thread: 81 ms for 16k x 384, against 54 ms on two threads and 79 ms for torch's ``x.T @ x`` (whose bits
+    may depend on the thread count too). Two halves in two Python threads did not overlap (the wrapper holds the GIL).
     """
     import torch
 
     if x.device.type != "cpu" or x.dtype != torch.float32:
         return x.T @ x
     from scipy.linalg.blas import ssyrk
+    from threadpoolctl import threadpool_limits
 
-    upper = ssyrk(1.0, x.detach().contiguous().numpy().T, trans=0)  # upper triangle of x^T x; the rest is not set
+    with threadpool_limits(limits=1, user_api="blas"):  # after the import: it limits the libraries loaded so far
+        upper = ssyrk(1.0, x.detach().contiguous().numpy().T, trans=0)  # upper triangle of x^T x; the rest is not set
     return torch.from_numpy(np.triu(upper) + np.triu(upper, 1).T)
 
 
