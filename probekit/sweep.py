@@ -225,25 +225,31 @@ def plan_sweep(cfg: ExperimentConfig) -> SweepPlan:
 
 def _baseline_cells(cfg: ExperimentConfig, folder: Path, data: dict) -> list[Cell]:
     from probekit.baselines.config import BaselineConfig
-    from probekit.baselines.train import run_path
+    from probekit.baselines.train import data_identity, run_identity, run_path
+    from probekit.models import fingerprint
+    from probekit.tasks import get_task
 
     bcfg = BaselineConfig.from_dict(cfg.baselines)
-    n_sent = {k: len(v) for k, v in data.items()}
+    data_id = data_identity({role: data[role] for role in ("train", "dev", "test")})
+    # word-level tasks only, as the runner (run_config_baselines): tuning baselines tag words
+    tasks = [t for t in (get_task(name) for name in cfg.tasks) if t.level == "word"]
     out = []
     for m in [m for m in cfg.models if "@" not in m]:  # tuning baselines on the real models only (as the runner)
+        model_id = fingerprint(m)
         for method in bcfg.methods:
             fp = bcfg.fingerprint(method)
-            for task in cfg.tasks:
+            for task in tasks:
+                identity = run_identity(fp, data_id, model_id, task)
                 for seed in cfg.seeds:
-                    path = run_path(folder / "baselines", model=m, method=method, task=task, seed=seed)
+                    path = run_path(folder / "baselines", model=m, method=method, task=task.name, seed=seed)
                     done = False
                     if path.is_file():
                         try:
                             d = json.loads(path.read_text())
-                            done = d.get("fingerprint") == fp and d.get("n_sentences") == n_sent
-                        except (OSError, json.JSONDecodeError):
+                            done = isinstance(d, dict) and d.get("identity") == identity
+                        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
                             done = False
-                    out.append(Cell("baseline", m, task, method, [seed], done=done))
+                    out.append(Cell("baseline", m, task.name, method, [seed], done=done))
     return out
 
 
@@ -526,16 +532,23 @@ def run_baseline_cell(cfg_dict: dict, cell: dict) -> dict:
     cfg = ExperimentConfig.from_dict(cfg_dict)
     data, _ = load_data_cached(cfg)  # the runner's data, so that its baseline step finds this run finished
     t0 = time.perf_counter()
+    counts: dict = {}
     run_baselines(models=[cell["model"]], tasks=[cell["task"]], seeds=list(cell["seeds"]), methods=[cell["method"]],
                   config=BaselineConfig.from_dict(cfg.baselines), train=data["train"], dev=data["dev"],
                   test=data["test"], results_dir=Path(cfg.results_dir) / cfg.name / "baselines",
-                  device=cfg.device, experiment=cfg.name)
-    return {**cell, "computed_units": 1, "seconds": time.perf_counter() - t0, "host": os.uname().nodename}
+                  device=cfg.device, experiment=cfg.name, counts=counts)
+    return {**cell, "computed_units": counts.get("trained", 0), "seconds": time.perf_counter() - t0,
+            "host": os.uname().nodename}
 
 
 def _init_worker(threads: int) -> None:
-    """Local worker process: limit torch threads so that N workers do not oversubscribe the CPU."""
+    """Local worker process: limit torch threads so that N workers do not oversubscribe the CPU. Ctrl-C is the
+    driver's to handle (a worker that caught it failed one cell and went on to the next)."""
+    import signal
+
     import torch
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     torch.set_num_threads(max(1, threads))
     logging.basicConfig(level=logging.WARNING)
@@ -599,41 +612,57 @@ def _run_local(plan: SweepPlan, cfg_dict: dict, workers: int, rec: _Log) -> int:
             _finished(rec, res, done, len(pending))
         return done
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import ProcessPoolExecutor
 
     threads = max(1, (os.cpu_count() or 1) // workers)
     ctx = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
     failures: list = []
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(threads,)) as pool:
-        # step 1: every model's extraction (once per model), step 2: the cells
-        futs = {pool.submit(extract_model, cfg_dict, m, plan.data_fp): m for m in models}
-        infos = {}
-        for f in as_completed(futs):
-            try:
-                infos[futs[f]] = f.result()
-                _extracted(rec, infos[futs[f]])
-            except Exception as e:  # noqa: BLE001 - reported with the others at the end
-                _fail(failures, f"extraction of {futs[f]}", e)
-        cell_futs = {}
-        for c in pending:
-            if c.kind == "probe":
-                if c.model not in infos:
-                    continue  # its extraction failed (reported)
-                f = pool.submit(run_probe_cell, cfg_dict, _cell_dict(c), infos[c.model], plan.data_fp,
-                                plan.model_fps[c.model])
-            else:
-                f = pool.submit(run_baseline_cell, cfg_dict, _cell_dict(c))
-            cell_futs[f] = c
-        for f in as_completed(cell_futs):
-            try:
-                res = f.result()
-            except Exception as e:  # noqa: BLE001
-                _fail(failures, cell_futs[f].label, e)
-                continue
-            done += 1
-            _finished(rec, res, done, len(pending))
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,))
+    try:
+        done = _run_pool(pool, cfg_dict, plan, models, pending, rec, failures, done)
+    except BaseException:
+        # Ctrl-C (or an error here): stop now. Drop the queued cells and end the workers (finished units are on disk;
+        # a rerun resumes) instead of the executor's shutdown, which would first run every queued cell.
+        procs = list((getattr(pool, "_processes", None) or {}).values())  # shutdown() forgets them
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in procs:
+            proc.terminate()
+        raise
+    pool.shutdown(wait=True)
     _raise_failures(failures, len(pending) + len(models))
+    return done
+
+
+def _run_pool(pool, cfg_dict, plan, models, pending, rec, failures, done) -> int:
+    from concurrent.futures import as_completed
+
+    # step 1: every model's extraction (once per model), step 2: the cells
+    futs = {pool.submit(extract_model, cfg_dict, m, plan.data_fp): m for m in models}
+    infos = {}
+    for f in as_completed(futs):
+        try:
+            infos[futs[f]] = f.result()
+            _extracted(rec, infos[futs[f]])
+        except Exception as e:  # noqa: BLE001 - reported with the others at the end
+            _fail(failures, f"extraction of {futs[f]}", e)
+    cell_futs = {}
+    for c in pending:
+        if c.kind == "probe":
+            if c.model not in infos:
+                continue  # its extraction failed (reported)
+            f = pool.submit(run_probe_cell, cfg_dict, _cell_dict(c), infos[c.model], plan.data_fp,
+                            plan.model_fps[c.model])
+        else:
+            f = pool.submit(run_baseline_cell, cfg_dict, _cell_dict(c))
+        cell_futs[f] = c
+    for f in as_completed(cell_futs):
+        try:
+            res = f.result()
+        except Exception as e:  # noqa: BLE001
+            _fail(failures, cell_futs[f].label, e)
+            continue
+        done += 1
+        _finished(rec, res, done, len(pending))
     return done
 
 

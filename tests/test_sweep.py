@@ -173,3 +173,53 @@ def test_killed_sweep_resumes_without_recomputing(local_run, models, tmp_path):
         p = runs / name
         assert (p.stat().st_ino, p.stat().st_mtime_ns) == stamp, f"{name} was recomputed"
     assert (Path(res.folder) / "results.csv").read_bytes() == (Path(res_local.folder) / "results.csv").read_bytes()
+
+
+def test_ctrl_c_stops_a_pooled_sweep_at_once(local_run, models, tmp_path):
+    """Ctrl-C reaches every process of the group. Workers used to fail one cell each and go on, and the driver's pool
+    shutdown then ran every queued cell before the sweep ended."""
+    cfg_local, _, _ = local_run
+    cfg = _cfg(models, tmp_path / "results", Path(cfg_local.store_dir))
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    runs = tmp_path / "results" / cfg.name / "runs"
+    env = {**os.environ, "PROBEKIT_DATA_DIR": str(tiny.data_dir())}
+    proc = subprocess.Popen([sys.executable, "-m", "probekit.cli", "-q", "sweep", str(path), "--workers", "2"],
+                            cwd=tiny.repo_root(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and proc.poll() is None and not (runs.is_dir() and any(runs.glob("*.json"))):
+            time.sleep(0.005)
+        assert proc.poll() is None, "the sweep ended before Ctrl-C:\n" + proc.stdout.read().decode()
+        before = {p.name for p in runs.glob("*.json")}
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends to the foreground process group
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert rc == 130, proc.stdout.read().decode()
+    # 2 cells were running (each may have written a unit in the moment before it was ended) and 2 were queued, with
+    # 3 units each: the queued ones must not run
+    after = {p.name for p in runs.glob("*.json")}
+    assert len(after - before) <= 2, f"{len(after - before)} units were written after Ctrl-C"
+
+
+def test_baseline_cells_word_tasks_only_and_done_when_their_run_file_matches(models, tmp_path, monkeypatch):
+    """The sweep plans tuning baselines for word-level tasks only (as `probekit run`), and a finished run is done:
+    its run file is recognised by the same identity run_baselines checks, and a rerun trains nothing."""
+    import probekit.baselines.train as btrain
+    from probekit.sweep import plan_sweep, run_baseline_cell
+
+    def fake_run(**kw):
+        return [{k: None for k in btrain.ROW_KEYS} | {"method": kw["method"], "seed": kw["seed"], "value": 0.5}]
+
+    monkeypatch.setattr(btrain, "run_baseline", fake_run)
+    cfg = _cfg(models[:1], tmp_path / "results", tmp_path / "stores").replace(
+        tasks=["aux_verb", "tense"], seeds=[0], baselines={"methods": ["lora"], "epochs": 1})
+    cells = [c for c in plan_sweep(cfg).cells if c.kind == "baseline"]
+    assert [(c.task, c.method, c.done) for c in cells] == [("aux_verb", "lora", False)]
+    cell = {"kind": "baseline", "model": cells[0].model, "task": "aux_verb", "method": "lora", "seeds": [0]}
+    assert run_baseline_cell(cfg.to_dict(), cell)["computed_units"] == 1
+    assert [c.done for c in plan_sweep(cfg).cells if c.kind == "baseline"] == [True]
+    assert run_baseline_cell(cfg.to_dict(), cell)["computed_units"] == 0

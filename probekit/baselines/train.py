@@ -308,7 +308,8 @@ def run_baselines(*, models: Sequence[str], tasks: Sequence[str], seeds: Sequenc
                   test: Sequence[Sentence] | None = None, dataset: str = "ud_ewt", data_dir=None,
                   limit: dict | None = None, results_dir: str | Path | None = None, device: str | None = None,
                   experiment: str = "", done: set[tuple] | None = None,
-                  on_rows: Callable[[tuple, list[dict]], None] | None = None) -> list[dict]:
+                  on_rows: Callable[[tuple, list[dict]], None] | None = None,
+                  counts: dict | None = None) -> list[dict]:
     """Run every model x method x task x seed and return all rows.
 
     Splits not given are loaded with :func:`probekit.data.datasets.load_split` (``limit`` = max
@@ -321,7 +322,6 @@ def run_baselines(*, models: Sequence[str], tasks: Sequence[str], seeds: Sequenc
     with each run's key and rows as soon as it finishes.
     """
     from probekit.data.datasets import load_split
-    from probekit.extract import corpus_checksum
     from probekit.models import fingerprint, load_model
     from probekit.tasks.base import get_task
 
@@ -338,7 +338,7 @@ def run_baselines(*, models: Sequence[str], tasks: Sequence[str], seeds: Sequenc
     done = done or set()
     rows: list[dict] = []
     device = _device(device)
-    data_id = {role: corpus_checksum(sents) for role, sents in splits.items()}
+    data_id = data_identity(splits)
     for model_name in models:
         loaded = None
         model_id = fingerprint(model_name)
@@ -349,9 +349,7 @@ def run_baselines(*, models: Sequence[str], tasks: Sequence[str], seeds: Sequenc
                     key = (model_name, method, task.name, seed)
                     if key in done:
                         continue
-                    # what the stored rows were computed from: settings, the sentences, the weights, the task rule
-                    identity = {"fingerprint": fp, "data": data_id, "model": model_id, "task_version": task.version,
-                                "labels": task.labels}
+                    identity = run_identity(fp, data_id, model_id, task)
                     path = run_path(results_dir, model=model_name, method=method, task=task.name, seed=seed) \
                         if results_dir is not None else None
                     if path is not None and path.is_file():
@@ -367,6 +365,8 @@ def run_baselines(*, models: Sequence[str], tasks: Sequence[str], seeds: Sequenc
                     if loaded is None:
                         loaded = load_model(model_name, device=device)
                     info: dict = {}
+                    if counts is not None:
+                        counts["trained"] = counts.get("trained", 0) + 1
                     run_rows = run_baseline(method=method, model_name=model_name, task=task, train=splits["train"],
                                             dev=splits["dev"], test=splits["test"], seed=seed, config=config,
                                             device=device, experiment=experiment, loaded=loaded, info=info)
@@ -380,6 +380,20 @@ def run_baselines(*, models: Sequence[str], tasks: Sequence[str], seeds: Sequenc
                     if on_rows:
                         on_rows(key, run_rows)
     return rows
+
+
+def data_identity(splits: dict) -> dict:
+    """The sentences a run is computed from: the corpus checksum of each split."""
+    from probekit.extract import corpus_checksum
+
+    return {role: corpus_checksum(sents) for role, sents in splits.items()}
+
+
+def run_identity(fingerprint: str, data_id: dict, model_id: dict, task) -> dict:
+    """What a stored run's rows were computed from (settings, sentences, weights, task rule): a run file is reused only
+    when its ``identity`` equals this (run_baselines, and the sweep's plan)."""
+    return {"fingerprint": fingerprint, "data": data_id, "model": model_id, "task_version": task.version,
+            "labels": list(task.labels)}
 
 
 def _n_sentences(splits: dict) -> dict:
