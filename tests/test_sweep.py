@@ -137,19 +137,24 @@ def test_ray_sweep_identical_to_local(local_run, models, tmp_path):
 
 
 @pytest.mark.slow
+def _cli_sweep(models, cfg_local, tmp_path, *, workers: int, **popen):
+    """`probekit sweep` in a subprocess: same stores as the local run (content-addressed: pure reuse), a fresh
+    results folder. Returns (config, its runs folder, the process)."""
+    cfg = _cfg(models, tmp_path / "results", Path(cfg_local.store_dir))
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    env = {**os.environ, "PROBEKIT_DATA_DIR": str(tiny.data_dir())}
+    proc = subprocess.Popen([sys.executable, "-m", "probekit.cli", "-q", "sweep", str(path), "--workers", str(workers)],
+                            cwd=tiny.repo_root(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **popen)
+    return cfg, tmp_path / "results" / cfg.name / "runs", proc
+
+
 def test_killed_sweep_resumes_without_recomputing(local_run, models, tmp_path):
     """Kill a CLI sweep after its first finished unit; the rerun leaves finished unit files untouched."""
     from probekit.sweep import plan_sweep, run_sweep
 
     cfg_local, _, res_local = local_run
-    # same stores as the local run (content-addressed: pure reuse), a fresh results folder
-    cfg = _cfg(models, tmp_path / "results", Path(cfg_local.store_dir))
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(cfg.to_dict()))
-    runs = tmp_path / "results" / cfg.name / "runs"
-    env = {**os.environ, "PROBEKIT_DATA_DIR": str(tiny.data_dir())}
-    proc = subprocess.Popen([sys.executable, "-m", "probekit.cli", "-q", "sweep", str(path), "--workers", "1"],
-                            cwd=tiny.repo_root(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    cfg, runs, proc = _cli_sweep(models, cfg_local, tmp_path, workers=1)
     deadline = time.time() + 300
     try:
         while time.time() < deadline and proc.poll() is None:
@@ -178,15 +183,7 @@ def test_killed_sweep_resumes_without_recomputing(local_run, models, tmp_path):
 def test_ctrl_c_stops_a_pooled_sweep_at_once(local_run, models, tmp_path):
     """Ctrl-C reaches every process of the group. Workers used to fail one cell each and go on, and the driver's pool
     shutdown then ran every queued cell before the sweep ended."""
-    cfg_local, _, _ = local_run
-    cfg = _cfg(models, tmp_path / "results", Path(cfg_local.store_dir))
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(cfg.to_dict()))
-    runs = tmp_path / "results" / cfg.name / "runs"
-    env = {**os.environ, "PROBEKIT_DATA_DIR": str(tiny.data_dir())}
-    proc = subprocess.Popen([sys.executable, "-m", "probekit.cli", "-q", "sweep", str(path), "--workers", "2"],
-                            cwd=tiny.repo_root(), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    _, runs, proc = _cli_sweep(models, local_run[0], tmp_path, workers=2, start_new_session=True)
     deadline = time.time() + 300
     try:
         while time.time() < deadline and proc.poll() is None and not (runs.is_dir() and any(runs.glob("*.json"))):
