@@ -177,6 +177,20 @@ def cmd_config_help(args) -> int:
     return 0
 
 
+def _count(minimum: int):
+    """argparse type: a whole number >= ``minimum`` (argparse then says which option got what)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"{v} is below {minimum}")
+        return v
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="probekit", description="Layer-wise probing of pretrained language models.")
     p.add_argument("-v", "--verbose", action="count", default=1)
@@ -191,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--store-dir", dest="store_dir")
     r.add_argument("--results-dir", dest="results_dir")
     r.add_argument("--data-dir", dest="data_dir")
-    r.add_argument("--batch-tokens", dest="batch_tokens", type=int)
+    r.add_argument("--batch-tokens", dest="batch_tokens", type=_count(1))
     r.add_argument("--strict", action="store_true", help="Stop on a damaged store file instead of recomputing it.")
     r.add_argument("--dry-run", action="store_true", help="Print the resolved config and stop.")
     r.set_defaults(fn=cmd_run)
@@ -211,12 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("model")
     e.add_argument("--dataset", default="ud_ewt")
     e.add_argument("--split", default="dev")
-    e.add_argument("--limit", type=int)
+    e.add_argument("--limit", type=_count(1))
     e.add_argument("--pooling", choices=["first", "last", "mean"])
     e.add_argument("--device")
     e.add_argument("--store-dir", dest="store_dir")
     e.add_argument("--data-dir", dest="data_dir")
-    e.add_argument("--batch-tokens", dest="batch_tokens", type=int)
+    e.add_argument("--batch-tokens", dest="batch_tokens", type=_count(1))
     e.add_argument("--strict", action="store_true")
     e.set_defaults(fn=cmd_extract)
 
@@ -243,8 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("task")
     tp.add_argument("-o", "--output", help="Where to save (default <model>-<task>.probe).")
     tp.add_argument("--dataset", default="ud_ewt")
-    tp.add_argument("--limit", type=int, help="Train sentences (default all).")
-    tp.add_argument("--dev-limit", dest="dev_limit", type=int, default=500, help="Dev sentences (default 500).")
+    tp.add_argument("--limit", type=_count(1), help="Train sentences (default all).")
+    tp.add_argument("--dev-limit", dest="dev_limit", type=_count(1), default=500, help="Dev sentences (default 500).")
     tp.add_argument("--layers", type=int, nargs="+", help="Layers to probe (default all; 0 = embeddings).")
     tp.add_argument("--pooling", choices=["first", "last", "mean"])
     tp.add_argument("--device")
@@ -261,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("config")
     sw.add_argument("--executor", default="local", choices=["local", "ray"])
     sw.add_argument("--address", help="Ray cluster address (default: start a local Ray instance).")
-    sw.add_argument("--workers", type=int, help="Local worker processes (default: 1).")
+    sw.add_argument("--workers", type=_count(1), help="Local worker processes (default: 1).")
     sw.add_argument("--dry-run", action="store_true", help="Print the plan and stop.")
     sw.set_defaults(fn=cmd_sweep)
 

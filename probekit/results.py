@@ -128,7 +128,18 @@ def to_frames(rows: list[dict]):
 
 
 def write_csv(df, path: Path) -> None:
-    """Write a DataFrame as CSV atomically with a fixed float format (byte-reproducible)."""
+    """Write a DataFrame as CSV atomically with a fixed float format (byte-reproducible). Count columns are written
+    as whole numbers: as floats (they have empty cells) %.6g rounded 22,566,146 trainable parameters to 2.25661e+07."""
+    import pandas as pd
+
+    counts = {}
+    for c in ("trainable_params", "train_size", "layer", "n_layers", "seed", "task_version"):
+        if c in df.columns and df[c].dtype.kind == "f":
+            v = df[c].dropna()
+            if (v == v.round()).all():
+                counts[c] = pd.array(df[c].round(), dtype="Int64")
+    if counts:
+        df = df.assign(**counts)
     data = df.to_csv(index=False, float_format="%.6g", lineterminator="\n").encode()
     atomic_write_bytes(Path(path), data)
 
@@ -144,7 +155,26 @@ def load_results(folder: str | os.PathLike):
         p = p / "results.csv"
     if not p.is_file():
         raise DataError(f"No results table at {p}. Run the experiment first (`probekit run CONFIG`).")
-    return pd.read_csv(p)
+    redo = "Rerun `probekit run CONFIG` to rewrite it (finished units are reused)."
+    with open(p, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell()
+        fh.seek(max(0, size - 1))
+        if size == 0 or fh.read(1) != b"\n":
+            raise DataError(f"{p} is {'empty' if size == 0 else 'cut short (no final newline)'}: probekit writes it "
+                            f"whole, so it was truncated or copied in part. {redo}")
+    try:
+        df = pd.read_csv(p)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise DataError(f"{p} is not a readable results table ({type(e).__name__}: {e}). {redo}") from None
+    missing = [c for c in ("model", "task", "method", "probe", "control", "layer", "seed", "split", "metric", "value")
+               if c not in df.columns]
+    if missing:
+        raise DataError(f"{p} lacks the column(s) {missing} of a probekit results table. {redo}")
+    bad = df[df["metric"].isna() | df["split"].isna()]
+    if len(bad):
+        raise DataError(f"{p}: data line {int(bad.index[0]) + 2} has no metric or split. {redo}")
+    return df
 
 
 def git_commit() -> str | None:

@@ -21,8 +21,9 @@ log = logging.getLogger(__name__)
 
 __all__ = ["mean_ci", "aggregate_seeds", "center_of_gravity", "expected_layer", "SEED_COLUMNS"]
 
-#: Columns that vary across seeds of one configuration and are therefore not grouping keys.
-SEED_COLUMNS = ("seed", "value", "train_seconds")
+#: Columns that vary across seeds of one configuration and are therefore not grouping keys (train_size: a tuning
+#: baseline with train_sentences draws its own subset per seed, so its word count differs by seed; it is averaged).
+SEED_COLUMNS = ("seed", "value", "train_seconds", "train_size")
 
 Scores = Union[Sequence[float], np.ndarray, Mapping[int, float]]
 
@@ -63,10 +64,11 @@ def mean_ci(values, confidence: float = 0.95) -> tuple[float, float, float]:
 def aggregate_seeds(df, confidence: float = 0.95):
     """Aggregate the tidy results table over seeds.
 
-    Groups by every column except ``seed``, ``value`` and ``train_seconds`` (missing keys such as
-    ``None`` form their own group) and returns one row per group with the key columns plus
+    Groups by every column except ``seed``, ``value``, ``train_seconds`` and ``train_size`` (missing keys such
+    as ``None`` form their own group) and returns one row per group with the key columns plus
     ``mean``, ``ci_lo``, ``ci_hi`` (:func:`mean_ci`), ``n_seeds``, ``std`` (ddof = 1; NaN for one seed)
-    and, when the input has it, ``train_seconds`` (mean over seeds).
+    and, when the input has them, ``train_seconds`` and ``train_size`` (means over seeds: a tuning baseline's
+    per-seed training subset can differ in size).
 
     Args:
         df: pandas DataFrame in the results schema (one row per ... x metric x seed).
@@ -86,9 +88,8 @@ def aggregate_seeds(df, confidence: float = 0.95):
             raise DataError(f"Results table has no {col!r} column (columns: {list(df.columns)}).")
     keys = [c for c in df.columns if c not in SEED_COLUMNS]
     out_cols = keys + ["mean", "ci_lo", "ci_hi", "n_seeds", "std"]
-    has_time = "train_seconds" in df.columns
-    if has_time:
-        out_cols.append("train_seconds")
+    averaged = [c for c in ("train_seconds", "train_size") if c in df.columns]
+    out_cols += averaged
     if df.empty:
         return pd.DataFrame(columns=out_cols)
     if not keys:
@@ -111,9 +112,9 @@ def aggregate_seeds(df, confidence: float = 0.95):
         row = dict(zip(keys, key))
         row.update(mean=m, ci_lo=lo, ci_hi=hi, n_seeds=int(finite.size),
                    std=float(finite.std(ddof=1)) if finite.size > 1 else math.nan)
-        if has_time:
-            t = pd.to_numeric(g["train_seconds"], errors="coerce")
-            row["train_seconds"] = float(t.mean()) if t.notna().any() else math.nan
+        for c in averaged:
+            t = pd.to_numeric(g[c], errors="coerce")
+            row[c] = float(t.mean()) if t.notna().any() else math.nan
         rows.append(row)
     out = pd.DataFrame(rows, columns=out_cols)
     # groupby turns None keys into NaN; give None back so missing stays "missing" like the input.

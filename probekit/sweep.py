@@ -803,7 +803,10 @@ def load_sweep_config(path: str | os.PathLike) -> ExperimentConfig:
 def run_sweep_cli(args) -> int:
     """``probekit sweep CONFIG [--executor local|ray] [--address A] [--workers N] [--dry-run]``."""
     cfg = load_sweep_config(args.config)
-    workers = args.workers or 1
+    if args.address and args.executor != "ray":
+        raise ConfigError(f"--address {args.address} is for --executor ray; the {args.executor} executor has no "
+                          "address.")
+    workers = args.workers if args.workers is not None else 1
     plan = plan_sweep(cfg)
     print(plan.describe(workers=workers if args.executor == "local" else 1), flush=True)
     if args.dry_run:

@@ -66,3 +66,26 @@ def test_config_values_validated_with_did_you_mean(bad):
 
     with pytest.raises(ConfigError, match="Valid"):
         ExperimentConfig(**bad)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["extract", "minilm", "--limit", "-3"], "--limit: -3 is below 1"),
+    (["extract", "minilm", "--batch-tokens", "0"], "--batch-tokens: 0 is below 1"),
+    (["train-probe", "minilm", "upos", "--dev-limit", "0"], "--dev-limit: 0 is below 1"),
+    (["sweep", "configs/sweep.yaml", "--workers", "0"], "--workers: 0 is below 1"),
+    (["sweep", "configs/sweep.yaml", "--workers", "two"], "--workers: 'two' is not a whole number"),
+])
+def test_cli_counts_below_their_minimum_are_refused(argv, needle, capsys):
+    """A negative --limit sliced off the last sentences (Python's negative index) and --workers 0 ran one worker."""
+    from probekit.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2 and needle in capsys.readouterr().err
+
+
+def test_sweep_address_without_ray_is_refused(capsys):
+    from probekit.cli import main
+
+    rc = main(["-q", "sweep", "configs/sweep.yaml", "--address", "auto", "--dry-run"])
+    assert rc == 2 and "--address auto is for --executor ray" in capsys.readouterr().err

@@ -254,3 +254,43 @@ def test_best_layer_is_chosen_on_dev_and_scored_on_test():
     assert t.loc[0, "test_acc"] == pytest.approx(0.80)
     t = best_layer_table(summarize(to_frames([r for r in rows if r["split"] == "test"])[0]))
     assert (str(t.loc[0, "best_layer"]), t.loc[0, "chosen_on"], t.loc[0, "test_acc"]) == ("2", "test", 0.81)
+
+
+@pytest.mark.parametrize("damage, needle", [
+    (lambda b: b"", "is empty"),
+    (lambda b: b[: len(b) * 2 // 3], "cut short"),
+    (lambda b: b"\n".join(ln + (b",x,y" if i == 5 else b"") for i, ln in enumerate(b.split(b"\n"))),
+     "not a readable results table"),
+    (lambda b: b.replace(b",value,", b",valeur,", 1), "lacks the column(s) ['value']"),
+])
+def test_damaged_results_table_is_a_clear_error(results_folder: Path, tmp_path: Path, damage, needle):
+    """A truncated or edited results.csv must not become a report of part of the rows (a partial copy did)."""
+    from probekit.errors import DataError
+    from probekit.results import load_results
+
+    good = (results_folder / "results.csv").read_bytes()
+    assert len(load_results(results_folder)) == good.count(b"\n") - 1
+    bad = tmp_path / "results.csv"
+    bad.write_bytes(damage(good))
+    with pytest.raises(DataError, match=re.escape(needle)) as info:
+        load_results(bad)
+    assert str(bad) in str(info.value) and "probekit run" in str(info.value)
+
+
+def test_large_counts_are_written_whole(tmp_path: Path):
+    import pandas as pd
+
+    from probekit.results import load_results, to_frames
+
+    rows = [row(experiment="e", model="m", model_kind="encoder", model_hash="x", task="upos", task_version=1,
+                level="word", method="finetune", probe="", control=False, pooling="first", layer=-1, n_layers=6,
+                seed=0, split="test", metric="accuracy", value=0.97, trainable_params=22_566_146, train_size=50_331),
+            row(experiment="e", model="m", model_kind="encoder", model_hash="x", task="upos", task_version=1,
+                level="word", method="probe", probe="linear", control=False, pooling="first", layer=None, n_layers=6,
+                seed=0, split="test", metric="left_out", value=3.0)]
+    df, _ = to_frames(rows)
+    write_csv(df, tmp_path / "results.csv")
+    back = load_results(tmp_path)
+    assert back["trainable_params"].dropna().tolist() == [22_566_146]
+    assert "22566146" in (tmp_path / "results.csv").read_text()
+    assert pd.isna(back["layer"]).sum() == 1

@@ -62,6 +62,15 @@ def test_aggregate_seeds_groups_every_non_seed_column():
     assert gc["trainable_params"] is None  # missing keys stay missing, rows with None are not dropped
 
 
+def test_aggregate_seeds_keeps_seeds_whose_training_subsets_differ_in_size():
+    """A tuning baseline with train_sentences draws a subset per seed: its word count differs by seed, and the seeds
+    must still form one group (they made one group per seed, n_seeds 1 and a zero-width CI)."""
+    rows = [_row(layer=None, seed=s, value=v, train_size=n) for s, v, n in ((0, 0.7, 187), (1, 0.9, 188), (2, 0.8, 190))]
+    out = aggregate_seeds(pd.DataFrame(rows))
+    assert len(out) == 1 and out.loc[0, "n_seeds"] == 3 and out.loc[0, "mean"] == pytest.approx(0.8)
+    assert out.loc[0, "train_size"] == pytest.approx(188.333, abs=1e-3)
+
+
 def test_aggregate_seeds_rejects_duplicate_seed():
     df = pd.DataFrame([_row(seed=0, value=0.1), _row(seed=0, value=0.2)])
     with pytest.raises(DataError, match="seed 0"):
