@@ -406,6 +406,8 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> Experimen
     t_start = time.time()
     folder = Path(cfg.results_dir) / cfg.name
     runs = folder / "runs"  # created by the first unit written: a run that fails on its input leaves no folder
+    # but an unusable results_dir (a file, no permission) fails now, not after the extraction and the probes
+    Path(cfg.results_dir).mkdir(parents=True, exist_ok=True)
     tasks = [get_task(t) for t in cfg.tasks]
     data, data_fp = load_data(cfg)
     all_rows: list[dict] = []
