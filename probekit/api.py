@@ -56,10 +56,9 @@ def probe(model, task, stores: dict, sentences: dict, *, probe: str = "linear", 
     """
     from probekit.config import ExperimentConfig
     from probekit.experiment import Unit, probe_task
+    from probekit.errors import ConfigError
     from probekit.results import to_frames
     from probekit.tasks import get_task
-
-    from probekit.errors import ConfigError
 
     for role in ("train", "dev", "test"):
         if role not in stores or role not in sentences:
