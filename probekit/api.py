@@ -55,8 +55,8 @@ def probe(model, task, stores: dict, sentences: dict, *, probe: str = "linear", 
         pooling: for sentence-level tasks, the sentence pooling (default: every one the store has).
     """
     from probekit.config import ExperimentConfig
-    from probekit.experiment import Unit, probe_task
     from probekit.errors import ConfigError
+    from probekit.experiment import Unit, probe_task
     from probekit.results import to_frames
     from probekit.tasks import get_task
 
