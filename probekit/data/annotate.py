@@ -52,7 +52,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
-from probekit.data.conllu_io import Sentence, write_conllu
+from probekit.data.conllu_io import Sentence, tree_error, write_conllu
 from probekit.errors import ConfigError, DataError, ModelError, unknown_name
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -265,7 +265,7 @@ def clear_to_ud(upos: Sequence[str], lemmas: Sequence[str], heads: Sequence[int]
                 H[j] = pred
         H[b], R[b] = pred, "cop"
 
-    if not _is_tree(H):
+    if tree_error([h + 1 for h in H]):  # H is 0-based with -1 for the root; tree_error reads CoNLL-U HEADs
         log.warning("ClearNLP->UD restructuring produced no single tree (heads %s); keeping spaCy's tree "
                     "with UD labels", H)
         H = list(heads)
@@ -284,20 +284,6 @@ def _relabel(i: int, upos: Sequence[str], heads: Sequence[int], deps: Sequence[s
     if heads[i] < 0:
         return "root"
     return CLEAR_TO_UD.get(d, d if d else "dep")
-
-
-def _is_tree(heads: Sequence[int]) -> bool:
-    """True when ``heads`` (0-based, -1 = root) has exactly one root and no cycle."""
-    if sum(1 for h in heads if h < 0) != 1:
-        return False
-    for i in range(len(heads)):
-        seen, j = 0, i
-        while heads[j] >= 0:
-            j = heads[j]
-            seen += 1
-            if seen > len(heads):
-                return False
-    return True
 
 
 # --------------------------------------------------------------------------------------------

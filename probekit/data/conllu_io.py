@@ -15,7 +15,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import conllu
 import conllu.exceptions
@@ -214,7 +214,7 @@ def _intern(x):
     return sys.intern(x) if type(x) is str else x
 
 
-def _tree_error(heads: list[int]) -> str | None:
+def tree_error(heads: Sequence[int]) -> str | None:
     """Why 1-based ``heads`` (0 = root) are not one tree, or None when they are."""
     roots = [i + 1 for i, h in enumerate(heads) if h == 0]
     if len(roots) != 1:
@@ -306,7 +306,7 @@ def _parse_block(path: Path, start: int, lines: list[str], index: int,
             if h > len(words) or h < 0:
                 raise DataError(f"{path}:{start}: sentence {sent_id}: word {h_i + 1} has HEAD {h}, "
                                 f"but the sentence has {len(words)} words.")
-        why = _tree_error(heads)
+        why = tree_error(heads)
         if why:
             raise DataError(f"{path}:{start}: sentence {sent_id}: the HEAD column is not a tree: {why}. "
                             "Fix the HEADs, or validate the file with UD's validate.py.")
