@@ -57,6 +57,8 @@ def test_tree_tasks_refuse_sentences_without_syntax_and_upos_tasks_without_tags(
     for name in ("subject", "syntactic_role", "tense", "voice", "subject_number"):
         with pytest.raises(TaskError, match=r"Task \w+ reads syntax, but in sentence 't1' HEAD and DEPREL are '_'"):
             get_task(name).encode([s])
+        with pytest.raises(TaskError, match="reads syntax"):  # one sentence at a time, as in a notebook
+            get_task(name).label(s)
     assert get_task("upos").encode([s]).tolist() == [get_task("upos").labels.index("NOUN"),
                                                     get_task("upos").labels.index("VERB")]
     untagged = Sentence.from_words(["Dogs", "bark"], sent_id="t2", upos=["_", "_"], heads=[2, 0],

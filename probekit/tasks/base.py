@@ -103,20 +103,20 @@ class Task:
         return f"Task({self.name!r}, level={self.level!r}, labels={self.labels})"
 
     def label(self, sentence: Sentence):
-        out = self.label_fn(sentence, **self.params) if self.params else self.label_fn(sentence)
-        return out
+        """The label function's output for one sentence; TaskError when the sentence lacks an annotation the
+        function reads (its ``needs``: no tree, no UPOS), rather than labels computed from '_' columns."""
+        for need in getattr(self.label_fn, "needs", ()):
+            if _missing(sentence, need):
+                raise TaskError(f"Task {self.name} reads {need}, but in sentence {sentence.sent_id!r} {NEEDS[need]}. "
+                                "Use a treebank with that annotation, or add it with probekit.data.annotate "
+                                "(spaCy, silver).")
+        return self.label_fn(sentence, **self.params) if self.params else self.label_fn(sentence)
 
     def encode(self, sentences: Sequence[Sentence]) -> np.ndarray:
         """Class ids for every word (word tasks; flattened in corpus order) or sentence; -1 = left out."""
         index = {lab: i for i, lab in enumerate(self.labels)}
-        needs = getattr(self.label_fn, "needs", ())
         out: list[int] = []
         for s in sentences:
-            for need in needs:
-                if _missing(s, need):
-                    raise TaskError(f"Task {self.name} reads {need}, but in sentence {s.sent_id!r} {NEEDS[need]}. "
-                                    "Use a treebank with that annotation, or add it with probekit.data.annotate "
-                                    "(spaCy, silver).")
             labs = self.label(s)
             if self.level == "word":
                 if len(labs) != len(s):
