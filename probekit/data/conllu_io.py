@@ -14,6 +14,7 @@ import pickle
 import sys
 import tempfile
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -325,11 +326,20 @@ def _parse_block(path: Path, start: int, lines: list[str], index: int,
                     has_syntax=has_syntax)
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read once per file version in a process: loading a split hashes its file for the
+    pinned-release check, the parse cache key and the data fingerprint, and those three callers share this memo
+    (keyed by path, size and modification time)."""
+    p = Path(path)
+    st = p.stat()
+    return _sha256_of(str(p.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=256)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
-        while block := fh.read(chunk):
+        while block := fh.read(1 << 20):
             h.update(block)
     return h.hexdigest()
 
