@@ -22,6 +22,7 @@ import numpy as np
 
 from probekit.config import ExperimentConfig
 from probekit.errors import ConfigError, TaskError
+from probekit.probes.linear import check_finite
 from probekit.results import classification_metrics, load_unit, row, save_unit
 
 log = logging.getLogger(__name__)
@@ -242,6 +243,12 @@ def probe_task(*, lm_info: dict, stores: dict, data: dict, task, cfg: Experiment
                  for role in ("train", "dev", "test")}
             log.info("%s %s %s: layers %s loaded (%.1fs)", lm_info["name"], task.name, pool_name, group,
                      time.perf_counter() - t0)
+            if any(u.probe != "linear" for u in punits):
+                # once per loaded group: the linear probe checks its own inputs, scikit-learn's check in the MLP
+                # probe would say neither the layer nor the cause
+                for role in ("train", "dev", "test"):
+                    for i, layer in enumerate(group):
+                        check_finite(X[role][i], f"layer {layer} ({role})")
             shared: dict = {}
             for u in punits:
                 _run_unit_group(u, X, y, group, C, controls, cfg, common, pool_name, d, shared)
@@ -257,8 +264,7 @@ def _score_rows(common, u, pool_name, layer, control, split_scores, n_params, tr
     return out
 
 
-def _fit_predict(probe: str, X: dict, y: dict, C: int, cfg: ExperimentConfig, seed: int, fixed_C=None,
-                 layers: list[int] | None = None):
+def _fit_predict(probe: str, X: dict, y: dict, C: int, cfg: ExperimentConfig, seed: int, fixed_C=None):
     """Fit one probe type on a layer group; returns per layer (pred_dev, pred_test, n_params, reg)."""
     from probekit.probes.linear import fit_layers
 
@@ -277,11 +283,7 @@ def _fit_predict(probe: str, X: dict, y: dict, C: int, cfg: ExperimentConfig, se
     params = {"hidden_size": 256, "dropout": 0.1, "weight_decay": 0.0, "max_epochs": 20, "patience": 3,
               "batch_size": 512}
     params.update(cfg.mlp or {})
-    from probekit.probes.linear import check_finite
-
     for i in range(X["train"].shape[0]):
-        for role in ("train", "dev", "test"):  # scikit-learn's own check would say neither the layer nor the cause
-            check_finite(X[role][i], f"layer {layers[i] if layers else i} ({role})")
         m = MLPProbe(hidden_layers=1 if probe == "mlp1" else 2, seed=seed, device=cfg.device, **params)
         m.fit(X["train"][i], y["train"], X["dev"][i], y["dev"])
         n_params = sum(p.numel() for p in m.model_.parameters()) if hasattr(m, "model_") else None
@@ -313,7 +315,7 @@ def _run_unit_group(u: Unit, X: dict, y: dict, group: list[int], C: int, control
         res, secs = shared["linear"]
         secs /= len(group)
     else:
-        res = _fit_predict(u.probe, X, y, C, cfg, u.seed, layers=group)
+        res = _fit_predict(u.probe, X, y, C, cfg, u.seed)
         secs = (time.perf_counter() - t0) / len(group)
     for i, layer in enumerate(group):
         pdev, ptest, n_params, reg = res[i]
@@ -331,7 +333,7 @@ def _run_unit_group(u: Unit, X: dict, y: dict, group: list[int], C: int, control
             cres = all_seeds[u.seed]
         else:
             chosen = [res[i][3] for i in range(len(group))] if u.probe == "linear" else None
-            cres = _fit_predict(u.probe, X, control, C, cfg, u.seed, fixed_C=chosen, layers=group)
+            cres = _fit_predict(u.probe, X, control, C, cfg, u.seed, fixed_C=chosen)
             secs = time.perf_counter() - t0
         secs /= len(group)
         for i, layer in enumerate(group):

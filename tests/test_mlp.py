@@ -108,14 +108,37 @@ def test_mdl_adapter_fills_unseen_classes_with_zero():
 
 
 def test_experiment_mlp_probe_names_the_layer_of_non_finite_features():
+    """The experiment checks each loaded layer group once for MLP probes (scikit-learn's own check would name neither
+    the layer nor the cause)."""
     from probekit.config import ExperimentConfig
+    from probekit.data.conllu_io import Sentence
     from probekit.errors import DataError
-    from probekit.experiment import _fit_predict
+    from probekit.experiment import Unit, probe_task
+    from probekit.tasks import get_task
 
     rng = np.random.default_rng(0)
-    X = {r: rng.standard_normal((2, 50, 4)).astype(np.float32) for r in ("train", "dev", "test")}
-    y = {r: rng.integers(0, 2, 50) for r in X}
-    X["test"][1, 3, 0] = np.inf
-    cfg = ExperimentConfig(probes=["mlp1"], mlp={"max_epochs": 1, "hidden_size": 4}, device="cpu")
+    words = ["I", "have", "seen", "it", "."] * 10
+    upos = ["PRON", "AUX", "VERB", "PRON", "PUNCT"] * 10
+    sents = [Sentence.from_words(words, upos=upos, sent_id="s")]
+
+    class Store:  # the part of ActivationStore that probe_task reads: 6 layers of 4-wide word vectors
+        n_layers, hidden_size, manifest = 6, 4, {"word_pooling": "first"}
+
+        def __init__(self, bad=False):
+            self.X = rng.standard_normal((6, len(words), 4)).astype(np.float32)
+            if bad:
+                self.X[5, 3, 0] = np.inf
+
+        def _check_layer(self, layer):
+            return layer
+
+        def layers(self, layers, rows):
+            return self.X[layers][:, rows]
+
+    stores = {"train": Store(), "dev": Store(), "test": Store(bad=True)}
+    cfg = ExperimentConfig(probes=["mlp1"], layers=[4, 5], control_tasks=False, mdl=False,
+                           mlp={"max_epochs": 1, "hidden_size": 4}, device="cpu")
     with pytest.raises(DataError, match=r"layer 5 \(test\): the features hold 1 non-finite"):
-        _fit_predict("mlp1", X, y, 2, cfg, 0, layers=[4, 5])
+        probe_task(lm_info={"name": "m", "kind": "encoder", "hash": "h" * 16}, stores=stores,
+                   data={r: sents for r in stores}, task=get_task("aux_verb"), cfg=cfg,
+                   units=[Unit("m", "aux_verb", "default", "mlp1", 0)], progress=False)
