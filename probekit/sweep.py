@@ -225,7 +225,7 @@ def plan_sweep(cfg: ExperimentConfig) -> SweepPlan:
 
 def _baseline_cells(cfg: ExperimentConfig, folder: Path, data: dict) -> list[Cell]:
     from probekit.baselines.config import BaselineConfig
-    from probekit.baselines.train import data_identity, run_identity, run_path
+    from probekit.baselines.train import _read_run, data_identity, run_identity, run_path
     from probekit.models import fingerprint
     from probekit.tasks import get_task
 
@@ -242,13 +242,9 @@ def _baseline_cells(cfg: ExperimentConfig, folder: Path, data: dict) -> list[Cel
                 identity = run_identity(fp, data_id, model_id, task)
                 for seed in cfg.seeds:
                     path = run_path(folder / "baselines", model=m, method=method, task=task.name, seed=seed)
-                    done = False
-                    if path.is_file():
-                        try:
-                            d = json.loads(path.read_text())
-                            done = isinstance(d, dict) and d.get("identity") == identity
-                        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-                            done = False
+                    # the reader run_baselines resumes with (None for a missing, damaged or older-format file)
+                    stored = _read_run(path) if path.is_file() else None
+                    done = stored is not None and stored.get("identity") == identity
                     out.append(Cell("baseline", m, task.name, method, [seed], done=done))
     return out
 
@@ -352,14 +348,15 @@ def _estimate(plan: SweepPlan, data: dict) -> None:
 
 def _baseline_estimate(plan: SweepPlan, cell: Cell) -> float | None:
     """Mean ``train_seconds`` of earlier finished runs of the same model × method × task, else None."""
+    from probekit.baselines.train import _read_run
+
     runs = plan.folder / "baselines" / "runs"
     vals = []
     for p in runs.glob(f"baseline-*-{cell.method}-{cell.task}-seed*.json") if runs.is_dir() else []:
-        try:
-            d = json.loads(p.read_text())
-        except (OSError, json.JSONDecodeError):
+        d = _read_run(p)
+        if d is None:
             continue
-        for r in d.get("rows", [])[:1]:
+        for r in d["rows"][:1]:
             if r.get("model") == cell.model and r.get("train_seconds") is not None:
                 vals.append(float(r["train_seconds"]))
     return sum(vals) / len(vals) if vals else None
