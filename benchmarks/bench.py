@@ -28,7 +28,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,7 +71,7 @@ def per_sentence_loop(lm, sents) -> tuple[float, int]:
 
 
 def ours_extract(lm, sents) -> tuple[float, int, int]:
-    from probekit.extract import extract
+    from probekit.activations.extract import extract
 
     with tempfile.TemporaryDirectory() as d:
         t = time.perf_counter()
@@ -84,7 +83,7 @@ def ours_extract(lm, sents) -> tuple[float, int, int]:
 
 def bench_extraction(n_sent: int):
     from probekit.data.datasets import load_split
-    from probekit.models import load_model
+    from probekit.activations.models import load_model
 
     lm = load_model("minilm", device="cpu")
     sents = load_split("ud_ewt", "train", limit=n_sent)
@@ -112,9 +111,9 @@ def bench_probes(n_sent: int, max_layers: int | None, task_name: str = "upos", l
     from sklearn.linear_model import LogisticRegression
 
     from probekit.data.datasets import load_split
-    from probekit.extract import extract
-    from probekit.models import load_model
-    from probekit.probes.linear import fit_layers
+    from probekit.activations.extract import extract
+    from probekit.activations.models import load_model
+    from probekit.probing.linear import fit_layers
     from probekit.tasks import get_task
 
     lm = load_model("minilm", device="cpu")
@@ -169,8 +168,8 @@ def bench_probes(n_sent: int, max_layers: int | None, task_name: str = "upos", l
 MEM_CHILD = """
 import resource, sys, tempfile
 from probekit.data.datasets import load_split
-from probekit.extract import extract
-from probekit.models import load_model
+from probekit.activations.extract import extract
+from probekit.activations.models import load_model
 frac = float(sys.argv[1])
 sents = load_split("ud_ewt", "train")
 sents = sents[: int(len(sents) * frac)]

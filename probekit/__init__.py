@@ -17,16 +17,16 @@ _LAZY = {
     "load_split": "probekit.data.datasets",
     "get_task": "probekit.tasks.base",
     "list_tasks": "probekit.tasks.base",
-    "load_model": "probekit.models",
+    "load_model": "probekit.activations.models",
     "load_sentences": "probekit.api",
     "extract_store": "probekit.api",
     "probe": "probekit.api",
     "summarize": "probekit.api",
     "plot_layers": "probekit.api",
     "ExperimentConfig": "probekit.config",
-    "run_experiment": "probekit.experiment",
-    "load_results": "probekit.results",
-    "ActivationStore": "probekit.store",
+    "run_experiment": "probekit.runner.experiment",
+    "load_results": "probekit.results.table",
+    "ActivationStore": "probekit.activations.store",
 }
 
 

@@ -24,7 +24,8 @@ def load_sentences(dataset: str = "ud_ewt", split: str = "train", *, limit: int 
                    data_dir: str | os.PathLike | None = None) -> list[Sentence]:
     """Sentences of a named dataset split (``ud_ewt`` train/dev/test, ``ud_pud`` test) or a CoNLL-U file."""
     from probekit.data.conllu_io import read_conllu
-    from probekit.data.datasets import cache_root, load_split
+    from probekit._io import cache_root
+    from probekit.data.datasets import load_split
 
     if Path(str(dataset)).suffix == ".conllu":
         return read_conllu(dataset, cache_dir=cache_root(), limit=limit)
@@ -33,9 +34,9 @@ def load_sentences(dataset: str = "ud_ewt", split: str = "train", *, limit: int 
 
 def extract_store(model, sentences: Sequence[Sentence], *, split: str = "custom", dataset: str = "custom", **kw):
     """Extract (or reuse) every layer's vectors; ``model`` is a name or a loaded model. See
-    :func:`probekit.extract.extract` for the options."""
-    from probekit.extract import extract as _extract
-    from probekit.models import load_model
+    :func:`probekit.activations.extract.extract` for the options."""
+    from probekit.activations.extract import extract as _extract
+    from probekit.activations.models import load_model
 
     lm = load_model(model) if isinstance(model, str) else model
     return _extract(lm, sentences, dataset=dataset, split=split, **kw)
@@ -48,7 +49,7 @@ def probe(model, task, stores: dict, sentences: dict, *, probe: str = "linear", 
     """Train and score probes on every layer of one task; returns the tidy results DataFrame.
 
     Args:
-        model: the :class:`~probekit.models.LoadedModel` the stores were extracted with.
+        model: the :class:`~probekit.activations.models.LoadedModel` the stores were extracted with.
         task: a task name or :class:`~probekit.tasks.Task`.
         stores: ``{"train": store, "dev": store, "test": store}``.
         sentences: ``{"train": [...], "dev": [...], "test": [...]}`` (same sentences as the stores).
@@ -56,8 +57,8 @@ def probe(model, task, stores: dict, sentences: dict, *, probe: str = "linear", 
     """
     from probekit.config import ExperimentConfig
     from probekit.errors import ConfigError
-    from probekit.experiment import Unit, probe_task
-    from probekit.results import to_frames
+    from probekit.runner.experiment import Unit, probe_task
+    from probekit.results.table import to_frames
     from probekit.tasks import get_task
 
     for role in ("train", "dev", "test"):

@@ -39,7 +39,7 @@ def _overrides(args) -> dict:
 
 def cmd_run(args) -> int:
     from probekit.config import resolve_config
-    from probekit.experiment import run_experiment
+    from probekit.runner.experiment import run_experiment
     from probekit.report.tables import best_layer_table
 
     cfg = resolve_config(args.config, _overrides(args))
@@ -84,7 +84,7 @@ def cmd_tasks(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from probekit.models import list_aliases
+    from probekit.activations.models import list_aliases
 
     print(f"{'alias':14} {'kind':8} description")
     for a in list_aliases():
@@ -96,8 +96,8 @@ def cmd_models(args) -> int:
 
 def cmd_extract(args) -> int:
     from probekit.data.datasets import load_split
-    from probekit.extract import extract
-    from probekit.models import load_model
+    from probekit.activations.extract import extract
+    from probekit.activations.models import load_model
 
     lm = load_model(args.model, device=args.device)
     sents = load_split(args.dataset, args.split, data_dir=args.data_dir, limit=args.limit)
@@ -118,7 +118,7 @@ def cmd_annotate(args) -> int:
 
 def cmd_train_probe(args) -> int:
     from probekit.data.datasets import load_split
-    from probekit.predict import train_probe_bundle
+    from probekit.bundle import train_probe_bundle
 
     train = load_split(args.dataset, "train", data_dir=args.data_dir, limit=args.limit)
     dev = load_split(args.dataset, "dev", data_dir=args.data_dir, limit=args.dev_limit)
@@ -134,7 +134,7 @@ def cmd_train_probe(args) -> int:
 
 def cmd_predict(args) -> int:
     from probekit.errors import ConfigError
-    from probekit.predict import load_probe_bundle
+    from probekit.bundle import load_probe_bundle
 
     bundle = load_probe_bundle(args.probe)
     sents = [line.strip() for line in Path(args.input).read_text(encoding="utf-8").splitlines() if line.strip()] \
@@ -164,7 +164,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from probekit.sweep import run_sweep_cli
+    from probekit.runner.sweep import run_sweep_cli
 
     return run_sweep_cli(args)
 

@@ -125,7 +125,7 @@ class ExperimentConfig:
         for f in self.figures:
             if f not in ("pdf", "png", "svg"):
                 raise unknown_name("figure format", f, ("pdf", "png", "svg"))
-        from probekit.align import SENTENCE_POOLINGS, check_pooling
+        from probekit.activations.align import SENTENCE_POOLINGS, check_pooling
         if self.word_pooling is not None:
             check_pooling(self.word_pooling)
         for sp in self.sentence_poolings:

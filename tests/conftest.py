@@ -1,7 +1,7 @@
 """Shared pytest fixtures: tiny random models (built once per session, offline) and EWT slices.
 
 Model folders are written under a session ``tmp_path_factory`` folder with ``save_pretrained``,
-so ``probekit.models.load_model(str(tiny_bert_dir))`` loads them as local HF folders.
+so ``probekit.activations.models.load_model(str(tiny_bert_dir))`` loads them as local HF folders.
 
 The gold data folder is ``$PROBEKIT_DATA_DIR`` when set, else ``<repo>/../shared/data`` (CI
 clones the repository with ``shared/`` beside it).

@@ -1,11 +1,11 @@
-"""Unit tests of probekit.align: word/subword alignment, windows, special tokens, pooling."""
+"""Unit tests of probekit.activations.align: word/subword alignment, windows, special tokens, pooling."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 import tiny
-from probekit.align import (align_batch, align_sentence, check_fast_tokenizer, check_pooling, plan_windows,
+from probekit.activations.align import (align_batch, align_sentence, check_fast_tokenizer, check_pooling, plan_windows,
                             pool_words, special_layout)
 from probekit.data.conllu_io import Sentence, read_conllu
 from probekit.errors import ConfigError, ModelError, ProbekitError

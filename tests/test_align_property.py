@@ -1,10 +1,10 @@
-"""Property-based tests of probekit.align on random sentences with odd Unicode.
+"""Property-based tests of probekit.activations.align on random sentences with odd Unicode.
 
 Words mix accented Latin (precomposed and decomposed), lone combining marks, emoji (skin tones,
 ZWJ sequences, flags, variation selectors), CJK, Arabic and Hebrew (with vowel marks and RTL
 marks), zero-width characters, punctuation runs, digits and symbols; some words have no space
 after them, so neighbours run together in the text. For the BERT WordPiece tokenizer and the
-GPT-2 / Llama-style byte-level BPE tokenizers the guarantees of :mod:`probekit.align` must hold
+GPT-2 / Llama-style byte-level BPE tokenizers the guarantees of :mod:`probekit.activations.align` must hold
 (see :func:`tiny.check_alignment`).
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 import tiny
-from probekit.align import align_batch, align_sentence
+from probekit.activations.align import align_batch, align_sentence
 from probekit.data.conllu_io import Sentence
 from probekit.errors import ModelError
 

@@ -20,7 +20,7 @@ from probekit.baselines.methods import ADAPTER_NAME, SoftPrompt, build_method  #
 from probekit.baselines.train import ROW_KEYS, fit, word_metrics  # noqa: E402
 from probekit.data.conllu_io import Sentence  # noqa: E402
 from probekit.errors import ConfigError, ProbekitError  # noqa: E402
-from probekit.models import LoadedModel  # noqa: E402
+from probekit.activations.models import LoadedModel  # noqa: E402
 from probekit.tasks.base import get_task  # noqa: E402
 
 torch.set_num_threads(1)
@@ -50,7 +50,7 @@ def n_aux_words(sents) -> int:
 
 
 def _load(folder):
-    from probekit.models import load_model
+    from probekit.activations.models import load_model
 
     return load_model(str(folder), device="cpu")
 
@@ -139,7 +139,7 @@ def test_help_lists_every_field():
 # ------------------------------------------------------------------------------------------ encoding
 
 def test_labels_on_first_subword_for_encoders(tiny_bert):
-    from probekit.align import align_batch
+    from probekit.activations.align import align_batch
 
     bert_tokenizer = tiny_bert.tokenizer
     sents = make_sentences(6)
@@ -163,7 +163,7 @@ def test_labels_on_first_subword_for_encoders(tiny_bert):
 
 
 def test_labels_on_last_subword_for_decoders(tiny_llama):
-    from probekit.align import align_batch, special_layout
+    from probekit.activations.align import align_batch, special_layout
 
     bpe_tokenizer = tiny_llama.tokenizer
     sents = make_sentences(6)
@@ -184,7 +184,7 @@ def test_labels_on_last_subword_for_decoders(tiny_llama):
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_long_sentences_are_windowed_not_truncated(tiny_bert, causal):
-    from probekit.align import align_batch
+    from probekit.activations.align import align_batch
 
     bert_tokenizer = tiny_bert.tokenizer
     long = Sentence.from_words(["word"] * 3 + ["extraordinarily", "has", "been", "seen"] * 6 + ["."],
@@ -472,9 +472,9 @@ def test_run_baselines_resumes_per_run(tmp_path, monkeypatch, tiny_bert):
         return [{k: None for k in ROW_KEYS} | {"method": kw["method"], "seed": kw["seed"], "value": 0.5}]
 
     monkeypatch.setattr(btrain, "run_baseline", fake_run)
-    monkeypatch.setattr("probekit.models.load_model", lambda name, device=None: tiny_bert)
+    monkeypatch.setattr("probekit.activations.models.load_model", lambda name, device=None: tiny_bert)
     weights = {"hash": "a"}
-    monkeypatch.setattr("probekit.models.fingerprint", lambda name: {"name": name, "weights_hash": weights["hash"]})
+    monkeypatch.setattr("probekit.activations.models.fingerprint", lambda name: {"name": name, "weights_hash": weights["hash"]})
     sents = make_sentences(3)
     kw = dict(models=["tiny"], tasks=["aux_verb"], seeds=[0, 1], train=sents, dev=sents, test=sents,
               results_dir=tmp_path, device="cpu")
@@ -532,7 +532,7 @@ def test_sentence_task_rejected(tiny_bert):
 
 @pytest.mark.slow
 def test_minilm_lora_learns_aux_verb():
-    from probekit.models import load_model
+    from probekit.activations.models import load_model
 
     loaded = load_model("minilm", device="cpu")
     train, dev = make_sentences(24), make_sentences(6, 3)
@@ -548,7 +548,7 @@ def test_minilm_lora_learns_aux_verb():
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["lora", "adapter", "prefix_tuning", "prompt_tuning"])
 def test_smollm2_supported(method):
-    from probekit.models import load_model
+    from probekit.activations.models import load_model
 
     loaded = load_model("smollm2-135m", device="cpu")
     cfg = BaselineConfig(prompt_length=2, prefix_length=2).resolved(method)

@@ -1,10 +1,10 @@
-"""Tests for probekit.control: word-type and sentence control tasks, selectivity."""
+"""Tests for probekit.probing.control: word-type and sentence control tasks, selectivity."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from probekit.control import control_sentence_labels, control_word_labels, selectivity, type_uniform
+from probekit.probing.control import control_sentence_labels, control_word_labels, selectivity, type_uniform
 from probekit.errors import ConfigError, DataError, ProbekitError, TaskError
 
 

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from probekit.data import datasets
-from probekit.data.conllu_io import Sentence, read_conllu, sha256_file, write_conllu
-from probekit.data.datasets import cache_root, load_split, locate
+from probekit._io import sha256_file
+from probekit.data.conllu_io import Sentence, read_conllu, write_conllu
+from probekit._io import cache_root
+from probekit.data.datasets import load_split, locate
 from probekit.errors import DataError
 
 EWT = "UD_English-EWT"

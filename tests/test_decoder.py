@@ -40,8 +40,8 @@ def _probe_rows(df, **kw):
 
 @pytest.mark.parametrize("which", DECODERS)
 def test_runner_end_to_end_on_tiny_decoder(which, request, data_dir, tmp_path):
-    from probekit.experiment import run_experiment
-    from probekit.models import load_model
+    from probekit.runner.experiment import run_experiment
+    from probekit.activations.models import load_model
 
     folder = _model_dir(request, which)
     lm = load_model(str(folder), device="cpu")
@@ -71,7 +71,7 @@ def test_runner_end_to_end_on_tiny_decoder(which, request, data_dir, tmp_path):
 
 def test_default_sentence_poolings_skip_cls_for_decoders(tiny_gpt2_dir, data_dir, tmp_path):
     """With the default sentence_poolings [cls, mean, last], a decoder gets mean and last rows, no cls."""
-    from probekit.experiment import run_experiment
+    from probekit.runner.experiment import run_experiment
 
     cfg = _config(str(tiny_gpt2_dir), data_dir, tmp_path, ["sentence_length"], control_tasks=False)
     assert "cls" in cfg.sentence_poolings
@@ -93,8 +93,8 @@ def _pair():
 @pytest.mark.parametrize("which", DECODERS)
 @pytest.mark.parametrize("pooling", ["last", "first", "mean"])
 def test_decoder_vectors_ignore_right_context(which, pooling, request):
-    from probekit.extract import Extractor
-    from probekit.models import load_model
+    from probekit.activations.extract import Extractor
+    from probekit.activations.models import load_model
 
     lm = load_model(str(_model_dir(request, which)), device="cpu")
     a, b, shared = _pair()
@@ -112,8 +112,8 @@ def test_decoder_vectors_ignore_right_context(which, pooling, request):
 
 
 def test_encoder_vectors_change_with_right_context(tiny_bert_dir):
-    from probekit.extract import Extractor
-    from probekit.models import load_model
+    from probekit.activations.extract import Extractor
+    from probekit.activations.models import load_model
 
     lm = load_model(str(tiny_bert_dir), device="cpu")
     a, b, shared = _pair()
@@ -131,8 +131,8 @@ def test_encoder_vectors_change_with_right_context(tiny_bert_dir):
 
 def test_decoder_sentence_poolings_have_no_cls(tiny_llama_dir):
     from probekit.data.conllu_io import Sentence
-    from probekit.extract import Extractor
-    from probekit.models import load_model
+    from probekit.activations.extract import Extractor
+    from probekit.activations.models import load_model
 
     lm = load_model(str(tiny_llama_dir), device="cpu")
     ex = Extractor(lm)
@@ -149,7 +149,7 @@ def test_decoder_sentence_poolings_have_no_cls(tiny_llama_dir):
 @pytest.mark.slow
 def test_smollm2_end_to_end_small_slice(data_dir, tmp_path):
     """The packaged SmolLM2-135M (Llama, 30 layers) through the runner on 40 train sentences, 2 tasks."""
-    from probekit.experiment import run_experiment
+    from probekit.runner.experiment import run_experiment
 
     cfg = _config("smollm2-135m", data_dir, tmp_path, ["aux_verb", "upos"],
                   limit={"train": 40, "dev": 20, "test": 20}, control_tasks=False)

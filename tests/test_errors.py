@@ -139,7 +139,7 @@ def test_missing_data_says_where_it_looked(tmp_path, monkeypatch):
 
 def test_empty_split(tmp_path, ewt_dev):
     from probekit.data.conllu_io import write_conllu
-    from probekit.experiment import load_data
+    from probekit.runner.experiment import load_data
 
     write_conllu(ewt_dev[:3], tmp_path / "dev.conllu")
     write_conllu(ewt_dev[:3], tmp_path / "test.conllu")
@@ -161,8 +161,8 @@ def test_empty_split(tmp_path, ewt_dev):
 
 
 def test_extract_of_nothing_is_an_error(tiny_bert_dir, tmp_path):
-    from probekit.extract import extract
-    from probekit.models import load_model
+    from probekit.activations.extract import extract
+    from probekit.activations.models import load_model
 
     with pytest.raises(StoreError, match="empty"):
         extract(load_model(str(tiny_bert_dir), device="cpu"), [], store_root=tmp_path, progress=False)
@@ -173,21 +173,21 @@ def test_extract_of_nothing_is_an_error(tiny_bert_dir, tmp_path):
 @pytest.mark.parametrize("name, suggestion", [("minilmm", "minilm"), ("smollm2", "smollm2-135m"),
                                               ("minilm@randm", "random")])
 def test_unknown_model_or_alias_did_you_mean(name, suggestion):
-    from probekit.models import resolve
+    from probekit.activations.models import resolve
 
     with pytest.raises(ModelError, match=f"Did you mean '{suggestion}'"):
         resolve(name)
 
 
 def test_typo_of_hyphenated_alias_is_not_sent_to_the_hub():
-    from probekit.models import resolve
+    from probekit.activations.models import resolve
 
     with pytest.raises(ModelError, match="Did you mean 'smollm2-135m'"):
         resolve("smollm2-135")
 
 
 def test_unknown_task_pooling_config_key_did_you_mean(tmp_path):
-    from probekit.align import check_pooling
+    from probekit.activations.align import check_pooling
     from probekit.config import ExperimentConfig
     from probekit.tasks import get_task
 
@@ -293,7 +293,7 @@ def test_mlp_settings_are_the_probe_keywords():
     import inspect
 
     from probekit.config import MLP_SETTINGS
-    from probekit.probes.mlp import MLPProbe
+    from probekit.probing.mlp import MLPProbe
 
     kw = set(inspect.signature(MLPProbe.__init__).parameters) - {"self", "hidden_layers", "seed", "device"}
     assert set(MLP_SETTINGS) == kw
@@ -350,9 +350,9 @@ def test_slow_tokenizer_is_explained(tiny_bert_dir, ewt_dev_small, tmp_path):
 
     from transformers import BertTokenizer
 
-    from probekit.align import align_batch, check_fast_tokenizer
-    from probekit.extract import extract
-    from probekit.models import load_model
+    from probekit.activations.align import align_batch, check_fast_tokenizer
+    from probekit.activations.extract import extract
+    from probekit.activations.models import load_model
 
     slow = BertTokenizer(str(Path(tiny_bert_dir) / "vocab.txt"))
     with pytest.raises(ModelError, match="slow.*use_fast=True"):
@@ -369,8 +369,8 @@ def test_out_of_memory_during_extraction_suggests_smaller_batch(tiny_bert_dir, e
     import transformers
 
     from probekit.cli import main
-    from probekit.extract import extract
-    from probekit.models import load_model
+    from probekit.activations.extract import extract
+    from probekit.activations.models import load_model
 
     def oom(self, *a, **kw):
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.11 GiB total capacity)")
@@ -389,12 +389,12 @@ def test_out_of_memory_during_extraction_suggests_smaller_batch(tiny_bert_dir, e
 
 
 def test_layer_out_of_range_in_config(tiny_bert_dir, small_files, tmp_path, capsys):
-    from probekit.experiment import run_experiment
+    from probekit.runner.experiment import run_experiment
 
     cfg = tiny_config(tiny_bert_dir, small_files, tmp_path, layers=[99])
     with pytest.raises(ConfigError, match=r"Layer 99 is out of range.*valid layers are 0\.\.2"):
         run_experiment(cfg, progress=False)
-    from probekit.store import ActivationStore
+    from probekit.activations.store import ActivationStore
 
     store_dir = next(p for p in (tmp_path / "stores").iterdir() if p.is_dir())
     with pytest.raises(ConfigError, match=r"valid layers are 0\.\.2"):
@@ -408,7 +408,7 @@ def test_layer_out_of_range_in_config(tiny_bert_dir, small_files, tmp_path, caps
 
 def test_task_with_a_single_label_in_train(tiny_bert_dir, tmp_path, capsys):
     """Every train word is a NOUN: a upos probe could learn nothing; say so instead of reporting 100%."""
-    from probekit.experiment import run_experiment
+    from probekit.runner.experiment import run_experiment
 
     nouns = [sentence_block([("Dogs", "NOUN"), ("cats", "NOUN"), ("birds", "NOUN")], f"s{i}") for i in range(4)]
     mixed = [sentence_block([("Dogs", "NOUN"), ("bark", "VERB")], f"m{i}") for i in range(3)]
@@ -432,7 +432,7 @@ def test_every_error_type_is_a_probekit_error():
 
 def test_a_run_that_fails_on_its_input_leaves_no_results_folder(tmp_path):
     from probekit.config import ExperimentConfig
-    from probekit.experiment import run_experiment
+    from probekit.runner.experiment import run_experiment
 
     cfg = ExperimentConfig(name="bad", dataset="conllu", files={"train": str(tmp_path / "missing.conllu"),
                                                                  "dev": str(tmp_path / "missing.conllu"),

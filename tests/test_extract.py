@@ -10,7 +10,7 @@ def _reference(lm, ex, sentences):
     window into a float32 buffer, then pooled with `pool_words`: the semantics `encode_shard` must keep."""
     import torch
 
-    from probekit.align import align_batch, plan_windows, pool_words
+    from probekit.activations.align import align_batch, plan_windows, pool_words
 
     words, sents = [], {k: [] for k in ex.sentence_poolings}
     p = len(ex.prefix)
@@ -37,8 +37,8 @@ def _reference(lm, ex, sentences):
 
 @pytest.mark.parametrize("pooling", ["first", "last", "mean"])
 def test_batched_windows_match_one_window_at_a_time(tiny_bert_dir, ewt_dev_small, pooling):
-    from probekit.extract import Extractor
-    from probekit.models import load_model
+    from probekit.activations.extract import Extractor
+    from probekit.activations.models import load_model
 
     lm = load_model(str(tiny_bert_dir), device="cpu")
     # 16 positions leave 14 content tokens: many dev sentences are cut into 2-4 windows, whose windows land in
@@ -58,8 +58,8 @@ def test_batched_windows_match_one_window_at_a_time(tiny_bert_dir, ewt_dev_small
 def test_store_dtype_output_is_the_float32_output_rounded(tiny_gpt2_dir, ewt_dev_small):
     """`extract` asks `encode_shard` for float16 directly (no float32 copy of the shard is held): the values must be
     exactly the float32 result rounded, for word and sentence vectors."""
-    from probekit.extract import Extractor
-    from probekit.models import load_model
+    from probekit.activations.extract import Extractor
+    from probekit.activations.models import load_model
 
     lm = load_model(str(tiny_gpt2_dir), device="cpu")
     ex = Extractor(lm, word_pooling="mean", max_length=24)

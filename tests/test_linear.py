@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from probekit.probes.linear import LinearProbe, fit_layers
+from probekit.probing.linear import LinearProbe, fit_layers
 
 
 def _data(seed=0, n=3000, d=20, k=4):
@@ -172,7 +172,7 @@ def test_lbfgs_memory_is_chronological_and_selected_per_problem(iters):
     longer than the history, and `where` takes each problem's pairs from the memory chosen for it."""
     import torch
 
-    from probekit.probes.linear import _Problem, batched_lbfgs
+    from probekit.probing.linear import _Problem, batched_lbfgs
 
     X, y = _correlated(n=2000, d=12)
     Xt = torch.tensor(np.stack([X, X[::-1].copy()]))
@@ -195,7 +195,7 @@ def test_lbfgs_memory_is_chronological_and_selected_per_problem(iters):
 def test_standardise_leaves_the_callers_features_alone(kind):
     import torch
 
-    from probekit.probes.linear import standardise
+    from probekit.probing.linear import standardise
 
     X = np.random.default_rng(0).standard_normal((2, 500, 8)).astype(np.float32) * 3 + 1
     X = X.astype(np.float16) if kind == "float16" else X
@@ -214,7 +214,7 @@ def test_evaluating_some_layers_equals_those_rows_of_the_full_evaluation():
     marked +inf / 0 so that the line search never accepts them."""
     import torch
 
-    from probekit.probes.linear import _loss_grad_of, _Problem, feature_eig, preconditioner
+    from probekit.probing.linear import _loss_grad_of, _Problem, feature_eig, preconditioner
 
     X, y = _correlated(n=1500, d=12)
     Xt = torch.tensor(np.stack([X, X[::-1].copy(), X * 0.5]))
@@ -238,7 +238,7 @@ def test_gram_is_the_full_symmetric_product():
     """`_gram` (syrk: one triangle computed) returns the whole x^T x, both triangles, like the matmul it replaces."""
     import torch
 
-    from probekit.probes.linear import _gram
+    from probekit.probing.linear import _gram
 
     x = torch.tensor(np.random.default_rng(1).standard_normal((300, 9)), dtype=torch.float32)
     g = _gram(x)
@@ -256,7 +256,7 @@ def test_gradient_matches_autograd_on_every_kernel_path(n_classes):
     per-layer R^T X for a subset of layers); each must be the derivative of the loss."""
     import torch
 
-    from probekit.probes.linear import _Problem
+    from probekit.probing.linear import _Problem
 
     rng = np.random.default_rng(2)
     Xt = torch.tensor(rng.standard_normal((2, 400, 7)), dtype=torch.float32)
@@ -345,7 +345,7 @@ def test_gram_bits_do_not_depend_on_the_blas_thread_count():
     import torch
     from threadpoolctl import threadpool_limits
 
-    from probekit.probes.linear import _gram
+    from probekit.probing.linear import _gram
 
     x = torch.randn(16384, 384, generator=torch.Generator().manual_seed(0))
     out = []

@@ -1,4 +1,4 @@
-"""Tests for probekit.mdl: the online code on synthetic data with known answers."""
+"""Tests for probekit.probing.mdl: the online code on synthetic data with known answers."""
 from __future__ import annotations
 
 import math
@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from probekit.errors import ConfigError, DataError  # noqa: E402
-from probekit.mdl import (PAPER_PORTIONS, MDLResult, block_ends, logreg_fit_predict_proba,  # noqa: E402
+from probekit.probing.mdl import (PAPER_PORTIONS, MDLResult, block_ends, logreg_fit_predict_proba,  # noqa: E402
                           online_codelength, online_codelength_layers)
 
 
@@ -155,7 +155,7 @@ def test_custom_probe_plugs_in():
 
 
 def test_non_finite_features_and_labels_below_minus_one_are_errors():
-    from probekit.mdl import online_codelength_layers
+    from probekit.probing.mdl import online_codelength_layers
 
     rng = np.random.default_rng(0)
     X = rng.standard_normal((2, 200, 4)).astype(np.float32)
@@ -168,7 +168,7 @@ def test_non_finite_features_and_labels_below_minus_one_are_errors():
 
 
 def test_a_nan_codelength_is_not_reported_as_infinite_compression():
-    from probekit.mdl import _result
+    from probekit.probing.mdl import _result
 
     assert math.isnan(_result([1.0, float("nan")], [10, 20], 2, 0, PAPER_PORTIONS, 0.0).compression)
     assert _result([0.0, 0.0], [10, 20], 2, 0, PAPER_PORTIONS, 0.0).compression == math.inf

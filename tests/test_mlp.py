@@ -1,4 +1,4 @@
-"""Tests for probekit.probes.mlp.MLPProbe: sklearn contract, non-linear learning, reproducibility."""
+"""Tests for probekit.probing.mlp.MLPProbe: sklearn contract, non-linear learning, reproducibility."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +10,7 @@ from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
 from probekit.errors import ConfigError, ProbekitError  # noqa: E402
-from probekit.probes.mlp import MLPProbe, mlp_fit_predict_proba  # noqa: E402
+from probekit.probing.mlp import MLPProbe, mlp_fit_predict_proba  # noqa: E402
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -113,7 +113,7 @@ def test_experiment_mlp_probe_names_the_layer_of_non_finite_features():
     from probekit.config import ExperimentConfig
     from probekit.data.conllu_io import Sentence
     from probekit.errors import DataError
-    from probekit.experiment import Unit, probe_task
+    from probekit.runner.experiment import Unit, probe_task
     from probekit.tasks import get_task
 
     rng = np.random.default_rng(0)

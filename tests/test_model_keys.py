@@ -15,7 +15,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _extract(lm, sents, root, **kw):
-    from probekit.extract import extract
+    from probekit.activations.extract import extract
 
     return extract(lm, sents, store_root=root, progress=False, **kw)
 
@@ -23,7 +23,7 @@ def _extract(lm, sents, root, **kw):
 def test_weights_dtype_is_part_of_the_store_key(tiny_bert_dir, ewt_dev_small, tmp_path):
     import torch
 
-    from probekit.models import load_model
+    from probekit.activations.models import load_model
 
     sents = ewt_dev_small[:5]
     fp32 = _extract(load_model(str(tiny_bert_dir), device="cpu"), sents, tmp_path)
@@ -33,7 +33,7 @@ def test_weights_dtype_is_part_of_the_store_key(tiny_bert_dir, ewt_dev_small, tm
 
 
 def test_config_and_tokenizer_files_are_part_of_the_keys(tiny_bert_dir, ewt_dev_small, tmp_path):
-    from probekit.models import fingerprint, load_model
+    from probekit.activations.models import fingerprint, load_model
 
     folder = tmp_path / "model"
     shutil.copytree(tiny_bert_dir, folder)
@@ -54,11 +54,11 @@ def test_config_and_tokenizer_files_are_part_of_the_keys(tiny_bert_dir, ewt_dev_
 def test_bad_device_is_a_model_error_before_loading(device, needle, monkeypatch):
     import torch
 
-    from probekit.models import check_device, load_model
+    from probekit.activations.models import check_device, load_model
 
     if device == "cuda:99" and not torch.cuda.is_available():
         needle = "no CUDA GPU"
-    monkeypatch.setattr("probekit.models.resolve", lambda name: pytest.fail("the model was resolved first"))
+    monkeypatch.setattr("probekit.activations.models.resolve", lambda name: pytest.fail("the model was resolved first"))
     with pytest.raises(ModelError, match=needle):
         load_model("minilm", device=device)
     assert check_device("cpu") == "cpu"
@@ -68,7 +68,7 @@ def test_bad_device_is_a_model_error_before_loading(device, needle, monkeypatch)
 def test_store_key_records_the_precision_that_runs(monkeypatch):
     import torch
 
-    from probekit.extract import resolve_amp
+    from probekit.activations.extract import resolve_amp
 
     assert resolve_amp("cpu", None) is None and resolve_amp("cuda", "none") is None
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
@@ -82,7 +82,7 @@ def test_store_key_records_the_precision_that_runs(monkeypatch):
 def test_gguf_conversion_removes_a_killed_conversion_and_runs_once(tmp_path, monkeypatch):
     import transformers
 
-    from probekit.models import convert_gguf
+    from probekit.activations.models import convert_gguf
 
     src = tmp_path / "src"
     src.mkdir()
@@ -112,7 +112,7 @@ def test_gguf_conversion_removes_a_killed_conversion_and_runs_once(tmp_path, mon
 
 
 def test_layer_arrays_are_writable_copies_for_one_shard_or_many(tiny_bert_dir, ewt_dev_small, tmp_path):
-    from probekit.models import load_model
+    from probekit.activations.models import load_model
 
     lm = load_model(str(tiny_bert_dir), device="cpu")
     for shard_words in (100_000, 50):
@@ -123,7 +123,7 @@ def test_layer_arrays_are_writable_copies_for_one_shard_or_many(tiny_bert_dir, e
 
 
 def test_another_shard_size_reshards_without_calling_it_damage(tiny_bert_dir, ewt_dev_small, tmp_path, caplog):
-    from probekit.models import load_model
+    from probekit.activations.models import load_model
 
     lm = load_model(str(tiny_bert_dir), device="cpu")
     sents = ewt_dev_small[:40]
@@ -139,7 +139,7 @@ def test_another_shard_size_reshards_without_calling_it_damage(tiny_bert_dir, ew
 
 def test_bad_extraction_arguments(tiny_bert_dir, ewt_dev_small, tmp_path):
     from probekit.data.conllu_io import Sentence
-    from probekit.models import load_model
+    from probekit.activations.models import load_model
 
     lm = load_model(str(tiny_bert_dir), device="cpu")
     with pytest.raises(DataError, match="'nothing' .* has no words"):
@@ -153,7 +153,7 @@ def test_bad_extraction_arguments(tiny_bert_dir, ewt_dev_small, tmp_path):
 def test_decoder_without_bos_starts_with_eos(tiny_gpt2_dir):
     from transformers import AutoTokenizer
 
-    from probekit.align import special_layout
+    from probekit.activations.align import special_layout
 
     tok = AutoTokenizer.from_pretrained(tiny_gpt2_dir)
     assert special_layout(tok, prepend_bos=True)[0] == [tok.bos_token_id]

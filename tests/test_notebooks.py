@@ -162,7 +162,7 @@ def test_layerwise_runs(kernel_name, shared, tmp_path, tiny_bert_dir, tiny_llama
     assert set(df[df["model"] == decoder]["model_kind"]) == {"decoder"}
     assert (df["metric"] == "mdl_codelength_kbits").any()
     try:
-        import probekit.predict  # noqa: F401
+        import probekit.bundle  # noqa: F401
         assert "predicted" in text and "probability" in text  # the probe labelled new sentences
     except ImportError:
         assert "not available" in text

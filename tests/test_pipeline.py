@@ -10,9 +10,9 @@ import pytest
 
 from probekit.config import ExperimentConfig
 from probekit.errors import ConfigError
-from probekit.experiment import run_experiment
-from probekit.extract import extract
-from probekit.models import load_model
+from probekit.runner.experiment import run_experiment
+from probekit.activations.extract import extract
+from probekit.activations.models import load_model
 
 
 def _cfg(tmp_path, model_dir, data_dir, **kw):
@@ -49,7 +49,7 @@ def test_run_experiment_end_to_end_and_warm_rerun(tmp_path, tiny_bert_dir, data_
 
 
 def test_train_sentences_sample_is_fixed_extracted_alone_and_keyed(tmp_path, tiny_bert_dir, data_dir):
-    from probekit.experiment import load_data
+    from probekit.runner.experiment import load_data
 
     cfg = _cfg(tmp_path, tiny_bert_dir, data_dir, limit={"train": 60, "dev": 15, "test": 15}, tasks=["aux_verb"])
     full, fp_full = load_data(cfg)
@@ -113,7 +113,7 @@ def test_layer0_is_embedding_output(tmp_path, tiny_bert_dir, ewt_dev_small):
     lm = load_model(str(tiny_bert_dir), device="cpu")
     sents = ewt_dev_small[:3]
     st = extract(lm, sents, store_root=tmp_path, dtype="float32", progress=False)
-    from probekit.align import align_batch, special_layout
+    from probekit.activations.align import align_batch, special_layout
 
     a = align_batch(lm.tokenizer, sents[:1])[0]
     prefix, suffix = special_layout(lm.tokenizer)
@@ -184,7 +184,7 @@ def test_notebook_api_steps(tmp_path, tiny_bert_dir, data_dir):
                                         .glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_is_valid(path):
     """Every file in configs/ loads (unknown keys and wrong types are errors) and names known tasks and models."""
-    from probekit.models import kind_of
+    from probekit.activations.models import kind_of
     from probekit.tasks import get_task
 
     cfg = ExperimentConfig.from_yaml(path)
@@ -196,7 +196,7 @@ def test_every_shipped_config_is_valid(path):
 
 def test_tasks_share_loaded_features(tmp_path, tiny_bert_dir, data_dir, monkeypatch):
     """Word tasks that label every word read the same rows: the features are loaded once per model, not per task."""
-    import probekit.experiment as ex
+    import probekit.runner.experiment as ex
 
     calls = []
     real = ex._features

@@ -1,8 +1,7 @@
-"""Saved probes (probekit.predict): training, the .probe file, predict on raw text, refusals and errors."""
+"""Saved probes (probekit.bundle): training, the .probe file, predict on raw text, refusals and errors."""
 from __future__ import annotations
 
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ from probekit.errors import ConfigError, DataError, ModelError, ProbekitError
 
 @pytest.fixture(scope="module")
 def tiny_bert(tiny_bert_dir):
-    from probekit.models import load_model
+    from probekit.activations.models import load_model
 
     return load_model(str(tiny_bert_dir), device="cpu")
 
@@ -20,7 +19,7 @@ def tiny_bert(tiny_bert_dir):
 @pytest.fixture(scope="module")
 def bundle(tiny_bert, ewt_dev, tmp_path_factory):
     """aux_verb probes on both hidden layers + embeddings of the tiny BERT (40 train / 20 dev sentences)."""
-    from probekit.predict import train_probe_bundle
+    from probekit.bundle import train_probe_bundle
 
     return train_probe_bundle(tiny_bert, "aux_verb", train=ewt_dev[:40], dev=ewt_dev[40:60],
                               store_root=tmp_path_factory.mktemp("stores"), device="cpu")
@@ -63,7 +62,7 @@ def test_predict_frame_shape_and_probabilities(bundle, tiny_bert):
 def test_predict_matches_store_features(bundle, tiny_bert, ewt_dev, tmp_path):
     """predict() rebuilds the training features: on the training sentences it gives the labels the
     probe gives on the stored (extracted) vectors."""
-    from probekit.extract import extract
+    from probekit.activations.extract import extract
 
     sents = ewt_dev[:40]
     df = bundle.predict(sents, model=tiny_bert)
@@ -82,7 +81,7 @@ def test_spacy_tokenisation_of_raw_strings(bundle, tiny_bert):
 
 
 def test_save_load_round_trip_identical(bundle, tiny_bert, tmp_path):
-    from probekit.predict import load_probe_bundle
+    from probekit.bundle import load_probe_bundle
 
     path = bundle.save(tmp_path / "aux.probe")
     assert path.is_file() and not list(tmp_path.glob(".*tmp"))
@@ -100,7 +99,7 @@ def test_save_load_round_trip_identical(bundle, tiny_bert, tmp_path):
 
 
 def test_load_by_name_when_no_model_given(bundle, tmp_path):
-    from probekit.predict import load_probe_bundle
+    from probekit.bundle import load_probe_bundle
 
     loaded = load_probe_bundle(bundle.save(tmp_path / "aux.probe"))
     df = loaded.predict("Can you see it ?", tokenize="whitespace", layers="best", device="cpu")
@@ -108,7 +107,7 @@ def test_load_by_name_when_no_model_given(bundle, tmp_path):
 
 
 def test_refuses_another_model(bundle, tiny_gpt2_dir):
-    from probekit.models import load_model
+    from probekit.activations.models import load_model
 
     gpt2 = load_model(str(tiny_gpt2_dir), device="cpu")
     with pytest.raises(ModelError) as e:
@@ -120,7 +119,7 @@ def test_refuses_another_model(bundle, tiny_gpt2_dir):
 
 def test_refuses_same_architecture_other_weights(bundle, tiny_bert_dir):
     """Same name and tokenizer but re-initialised weights (NAME@random) is another feature space."""
-    from probekit.models import load_model
+    from probekit.activations.models import load_model
 
     rnd = load_model(f"{tiny_bert_dir}@random", device="cpu")
     with pytest.raises(ModelError, match="weights"):
@@ -131,8 +130,8 @@ def test_refuses_same_weights_other_config_or_tokenizer(bundle, tiny_bert_dir, t
     import json
     import shutil
 
-    from probekit.models import load_model
-    from probekit.predict import load_probe_bundle
+    from probekit.activations.models import load_model
+    from probekit.bundle import load_probe_bundle
 
     assert bundle.files_hash
     folder = tmp_path / "edited"
@@ -167,7 +166,7 @@ def test_bad_inputs(bundle, tiny_bert):
 
 
 def test_file_errors(bundle, tmp_path):
-    from probekit.predict import load_probe_bundle
+    from probekit.bundle import load_probe_bundle
 
     with pytest.raises(DataError, match="not found"):
         load_probe_bundle(tmp_path / "missing.probe")
@@ -202,7 +201,7 @@ def test_checksum_catches_rewritten_arrays(bundle, tmp_path):
     import io
     import json
 
-    from probekit.predict import load_probe_bundle
+    from probekit.bundle import load_probe_bundle
 
     good = bundle.save(tmp_path / "good.probe")
     with np.load(good) as z:
@@ -228,7 +227,7 @@ def test_checksum_catches_rewritten_arrays(bundle, tmp_path):
 
 def test_training_errors(tiny_bert, ewt_dev, tmp_path):
     from probekit.errors import TaskError
-    from probekit.predict import train_probe_bundle
+    from probekit.bundle import train_probe_bundle
 
     with pytest.raises(ConfigError, match="out of range"):
         train_probe_bundle(tiny_bert, "aux_verb", train=ewt_dev[:5], layers=[9], store_root=tmp_path)
@@ -241,8 +240,8 @@ def test_training_errors(tiny_bert, ewt_dev, tmp_path):
 
 def test_sentence_task_on_decoder(tiny_gpt2_dir, ewt_dev, tmp_path):
     """Sentence-level bundles use a sentence pooling; decoders have mean/last but no cls."""
-    from probekit.models import load_model
-    from probekit.predict import load_probe_bundle, train_probe_bundle
+    from probekit.activations.models import load_model
+    from probekit.bundle import load_probe_bundle, train_probe_bundle
 
     gpt2 = load_model(str(tiny_gpt2_dir), device="cpu")
     with pytest.raises(ConfigError, match="cls"):
@@ -267,7 +266,7 @@ def test_minilm_aux_probe_labels_have(data_dir, tmp_path):
     the forward passes over ~45k subwords); the best of the two on dev is used.
     """
     from probekit.data.datasets import load_split
-    from probekit.predict import load_probe_bundle, train_probe_bundle
+    from probekit.bundle import load_probe_bundle, train_probe_bundle
 
     train = load_split("ud_ewt", "train", data_dir=data_dir, limit=1500)
     dev = load_split("ud_ewt", "dev", data_dir=data_dir, limit=200)

@@ -1,6 +1,6 @@
 """Paper tables and figures (probekit.report) on a synthetic results table: fast, no model.
 
-The table is built with :func:`probekit.results.row`: an encoder (6 blocks) and a decoder
+The table is built with :func:`probekit.results.table.row`: an encoder (6 blocks) and a decoder
 (4 blocks), two tasks, three seeds, control tasks, majority rows, MDL rows (first seed) and
 tuning-baseline rows. Accuracy peaks at a known layer per model × task, so the tables must
 report that layer.
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from probekit.results import row, write_csv
+from probekit.results.table import row, write_csv
 
 MODELS = {"enc": ("encoder", 6), "dec": ("decoder", 4)}
 TASKS = {"aux_verb": 2, "upos": 17}
@@ -68,7 +68,7 @@ def synthetic_rows(with_baselines: bool = True) -> list[dict]:
 
 @pytest.fixture()
 def results_folder(tmp_path: Path) -> Path:
-    from probekit.results import to_frames
+    from probekit.results.table import to_frames
 
     folder = tmp_path / "synth"
     folder.mkdir()
@@ -140,7 +140,7 @@ def test_pdf_embeds_truetype_fonts(results_folder: Path):
 
 def test_baselines_vs_params_needs_tuning_rows(tmp_path: Path):
     from probekit.report.figures import baselines_vs_params
-    from probekit.results import to_frames
+    from probekit.results.table import to_frames
 
     df, _ = to_frames(synthetic_rows(with_baselines=False))
     assert baselines_vs_params(df, tmp_path / "b", formats=("png",)) == []
@@ -154,7 +154,7 @@ def test_derived_probe_fraction(tmp_path: Path, monkeypatch):
     import matplotlib.axes
 
     from probekit.report.figures import baselines_vs_params
-    from probekit.results import to_frames
+    from probekit.results.table import to_frames
 
     seen = []
     orig = matplotlib.axes.Axes.scatter
@@ -195,7 +195,7 @@ def test_latex_escape():
 def test_report_of_tuning_rows_only(tmp_path: Path):
     """A results table with tuning baselines only still gives (empty) tables, no crash."""
     from probekit.report.build import build_report
-    from probekit.results import to_frames
+    from probekit.results.table import to_frames
 
     rows = [r for r in synthetic_rows() if r["method"] != "probe"]
     df, _ = to_frames(rows)
@@ -215,7 +215,7 @@ def test_sentence_task_layers_are_one_row_per_pooling(tmp_path: Path):
     from probekit.errors import DataError
     from probekit.report.figures import heatmap
     from probekit.report.tables import layer_table, summarize
-    from probekit.results import to_frames
+    from probekit.results.table import to_frames
 
     rows = synthetic_rows(with_baselines=False)
     common = dict(experiment="synth", model="enc", model_kind="encoder", model_hash="x", task="tense", task_version=1,
@@ -240,7 +240,7 @@ def test_sentence_task_layers_are_one_row_per_pooling(tmp_path: Path):
 
 def test_best_layer_is_chosen_on_dev_and_scored_on_test():
     from probekit.report.tables import best_layer_table, summarize
-    from probekit.results import to_frames
+    from probekit.results.table import to_frames
 
     common = dict(experiment="e", model="m", model_kind="encoder", model_hash="x", task="upos", task_version=1,
                   level="word", pooling="first", n_layers=3, method="probe", probe="linear", control=False,
@@ -266,7 +266,7 @@ def test_best_layer_is_chosen_on_dev_and_scored_on_test():
 def test_damaged_results_table_is_a_clear_error(results_folder: Path, tmp_path: Path, damage, needle):
     """A truncated or edited results.csv must not become a report of part of the rows (a partial copy did)."""
     from probekit.errors import DataError
-    from probekit.results import load_results
+    from probekit.results.table import load_results
 
     good = (results_folder / "results.csv").read_bytes()
     assert len(load_results(results_folder)) == good.count(b"\n") - 1
@@ -280,7 +280,7 @@ def test_damaged_results_table_is_a_clear_error(results_folder: Path, tmp_path: 
 def test_large_counts_are_written_whole(tmp_path: Path):
     import pandas as pd
 
-    from probekit.results import load_results, to_frames
+    from probekit.results.table import load_results, to_frames
 
     rows = [row(experiment="e", model="m", model_kind="encoder", model_hash="x", task="upos", task_version=1,
                 level="word", method="finetune", probe="", control=False, pooling="first", layer=-1, n_layers=6,

@@ -37,9 +37,10 @@ def no_figures(monkeypatch):
 
 def test_same_config_and_seed_give_byte_identical_results(tiny_bert_dir, ewt_dev, tmp_path, no_figures):
     from probekit.config import ExperimentConfig
-    from probekit.data.conllu_io import sha256_file, write_conllu
-    from probekit.experiment import run_experiment
-    from probekit.models import load_model
+    from probekit._io import sha256_file
+    from probekit.data.conllu_io import write_conllu
+    from probekit.runner.experiment import run_experiment
+    from probekit.activations.models import load_model
 
     cuts = {"train": ewt_dev[:30], "dev": ewt_dev[30:40], "test": ewt_dev[40:50]}
     files = {}
@@ -108,9 +109,9 @@ def hidden_states(lm, ids: list[int]) -> np.ndarray:
 
 @pytest.mark.parametrize("which", ["bert", "gpt2"])
 def test_long_sentence_every_word_from_a_window_with_context(which, request, ewt_dev, tmp_path):
-    from probekit.align import align_batch, plan_windows
-    from probekit.extract import Extractor, extract
-    from probekit.models import load_model
+    from probekit.activations.align import align_batch, plan_windows
+    from probekit.activations.extract import Extractor, extract
+    from probekit.activations.models import load_model
 
     lm = load_model(str(request.getfixturevalue(f"tiny_{which}_dir")), device="cpu")
     assert lm.max_length == 64
@@ -155,8 +156,8 @@ def test_long_sentence_every_word_from_a_window_with_context(which, request, ewt
 
 def test_store_key_depends_on_what_changes_vectors(tiny_bert_dir, ewt_dev_small, tmp_path):
     """A different pooling, dtype or data is a different store (never a reused, wrong one)."""
-    from probekit.extract import extract
-    from probekit.models import load_model
+    from probekit.activations.extract import extract
+    from probekit.activations.models import load_model
 
     lm = load_model(str(tiny_bert_dir), device="cpu")
     sents = ewt_dev_small[:6]
@@ -174,7 +175,7 @@ def test_store_key_depends_on_what_changes_vectors(tiny_bert_dir, ewt_dev_small,
 
 
 def test_damaged_weights_hash_memo_is_not_trusted(tiny_bert_dir, tmp_path, monkeypatch):
-    from probekit.models import weights_hash
+    from probekit.activations.models import weights_hash
 
     monkeypatch.setenv("PROBEKIT_CACHE_DIR", str(tmp_path / "cache"))
     true = weights_hash(Path(tiny_bert_dir))

@@ -45,9 +45,9 @@ def _child_extract(model_dir: str, sentences, root: str, events: str, hook: str,
     """
     import torch
 
-    import probekit.extract as ex_mod
-    import probekit.store as store_mod
-    from probekit.models import load_model
+    import probekit.activations.extract as ex_mod
+    import probekit.activations.store as store_mod
+    from probekit.activations.models import load_model
 
     torch.set_num_threads(1)  # as in the parent: same kernels, same bytes (and no oversubscription)
     ev = Path(events)
@@ -109,7 +109,7 @@ def _child_experiment(cfg: dict, events: str) -> None:
     """Run an experiment in a killable process; hang (to be killed) once the first result unit is saved."""
     import torch
 
-    import probekit.experiment as exp
+    import probekit.runner.experiment as exp
     from probekit.config import ExperimentConfig
 
     torch.set_num_threads(1)
@@ -141,7 +141,7 @@ def manifest_shards(store_dir: Path) -> list[str]:
 
 def unit_rows(path: Path) -> list[dict]:
     """A result unit's rows without their wall times (which differ from run to run)."""
-    from probekit.results import load_unit
+    from probekit.results.table import load_unit
 
     rows = load_unit(path)
     assert rows, f"{path} is not a finished unit"
@@ -193,7 +193,7 @@ def ctx(one_thread):
 
 @pytest.fixture(scope="module")
 def bert(ctx, one_thread, tiny_bert_dir):
-    from probekit.models import load_model
+    from probekit.activations.models import load_model
 
     return load_model(str(tiny_bert_dir), device="cpu")
 
@@ -201,7 +201,7 @@ def bert(ctx, one_thread, tiny_bert_dir):
 @pytest.fixture(scope="module")
 def reference(bert, ewt_dev_small, tmp_path_factory):
     """An uninterrupted extraction: (store folder, npy digests, number of shards)."""
-    from probekit.extract import extract
+    from probekit.activations.extract import extract
 
     st = extract(bert, ewt_dev_small, store_root=tmp_path_factory.mktemp("ref"), shard_words=SHARD_WORDS,
                  progress=False)
@@ -215,7 +215,7 @@ def resume_and_check(bert, sentences, root: Path, reference, *, tolerate_manifes
     ``tolerate_manifest_tmp``: ignore a leftover ``.manifest.json.*.tmp`` (a kill during a manifest
     write); that case has its own test, which fails until extract.py cleans such files.
     """
-    from probekit.extract import extract
+    from probekit.activations.extract import extract
 
     ref_dir, ref_digests, n = reference
     (store_dir,) = [p for p in root.iterdir() if p.is_dir()]
@@ -308,7 +308,7 @@ def test_two_processes_extracting_the_same_store(ctx, bert, ewt_dev_small, refer
     assert computed == [0, reference[2]], "one process computes every shard, the other reuses them"
     (store_dir,) = list(root.iterdir())
     assert npy_digests(store_dir) == reference[1]
-    from probekit.store import ActivationStore
+    from probekit.activations.store import ActivationStore
 
     ActivationStore(store_dir).verify_all()
 
@@ -336,7 +336,7 @@ def small_conllu(ewt_dev, folder: Path) -> dict[str, str]:
 
 def test_killed_experiment_resumes_without_recomputing_finished_units(ctx, tiny_bert_dir, ewt_dev, tmp_path,
                                                                       monkeypatch, no_figures):
-    import probekit.experiment as exp
+    import probekit.runner.experiment as exp
     from probekit.config import ExperimentConfig
 
     cfg = ExperimentConfig(name="resume", models=[str(tiny_bert_dir)], dataset="conllu",
@@ -388,7 +388,7 @@ def test_killed_experiment_resumes_without_recomputing_finished_units(ctx, tiny_
 
 @pytest.mark.parametrize("damage", ["empty_list", "changed_value"])
 def test_unit_file_that_is_valid_json_but_wrong_is_recomputed(damage, tmp_path):
-    from probekit.results import COLUMNS, load_unit, row, save_unit
+    from probekit.results.table import COLUMNS, load_unit, row, save_unit
 
     path = tmp_path / "u.json"
     rows = [row(experiment="e", model="m", task="t", layer=0, metric="accuracy", value=0.5, seed=0)]
@@ -404,7 +404,7 @@ def test_unit_file_that_is_valid_json_but_wrong_is_recomputed(damage, tmp_path):
 
 @pytest.mark.parametrize("garbage", [b"\xff\xfe\x00", b"{}"])
 def test_damaged_run_log_does_not_fail_a_finished_run(garbage, tmp_path):
-    from probekit.experiment import _append_run_log
+    from probekit.runner.experiment import _append_run_log
 
     (tmp_path / "run_log.json").write_bytes(garbage)
     _append_run_log(tmp_path, {"seconds": 1.0})
@@ -421,8 +421,8 @@ def test_damaged_baseline_run_file_is_redone(tmp_path):
 def test_unit_keys_follow_content_not_location(tiny_bert_dir, ewt_dev, tmp_path):
     """The same treebank found through another directory keeps its finished units; changed content does not."""
     from probekit.config import ExperimentConfig
-    from probekit.experiment import load_data, plan_units
-    from probekit.models import fingerprint
+    from probekit.runner.experiment import load_data, plan_units
+    from probekit.activations.models import fingerprint
 
     def keys(folder, files=None, **over):
         cfg = ExperimentConfig(name="k", models=[str(tiny_bert_dir)], dataset="conllu", tasks=["aux_verb"],

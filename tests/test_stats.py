@@ -1,14 +1,13 @@
-"""Tests for probekit.stats with hand-computed values."""
+"""Tests for probekit.results.stats with hand-computed values."""
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from probekit.errors import ConfigError, DataError
-from probekit.stats import aggregate_seeds, center_of_gravity, expected_layer, mean_ci
+from probekit.results.stats import aggregate_seeds, center_of_gravity, expected_layer, mean_ci
 
 T_975_2 = 4.302652729911275  # Student-t 97.5% quantile, 2 degrees of freedom (tables)
 

@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from probekit.errors import ConfigError, StoreError
-from probekit.store import ActivationStore, plan_shards, read_json, verify_shard, write_shard
+from probekit.activations.store import ActivationStore, plan_shards, read_json, verify_shard, write_shard
 
 SHARD_WORDS = 120
 DAMAGED_SHARD = "shard-00003"
@@ -64,21 +64,21 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def bert(tiny_bert_dir):
-    from probekit.models import load_model
+    from probekit.activations.models import load_model
 
     return load_model(str(tiny_bert_dir), device="cpu")
 
 
 @pytest.fixture(scope="module")
 def clean(bert, ewt_dev_small, tmp_path_factory) -> ActivationStore:
-    from probekit.extract import extract
+    from probekit.activations.extract import extract
 
     return extract(bert, ewt_dev_small, store_root=tmp_path_factory.mktemp("clean"), shard_words=SHARD_WORDS,
                    progress=False)
 
 
 def do_extract(bert, sentences, root: Path, **kw) -> ActivationStore:
-    from probekit.extract import extract
+    from probekit.activations.extract import extract
 
     return extract(bert, sentences, store_root=root, shard_words=SHARD_WORDS, progress=False, **kw)
 
@@ -298,7 +298,7 @@ def test_layer_out_of_range_names_valid_range(clean):
 def test_open_errors(tmp_path, bert, ewt_dev_small):
     with pytest.raises(StoreError, match="not an activation store"):
         ActivationStore(tmp_path)
-    from probekit.extract import extract
+    from probekit.activations.extract import extract
 
     with pytest.raises(StoreError, match="stopped after 2 of"):
         extract(bert, ewt_dev_small, store_root=tmp_path, shard_words=SHARD_WORDS, progress=False,

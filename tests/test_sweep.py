@@ -1,4 +1,4 @@
-"""Sweeps (probekit.sweep): plan, local process pool, Ray, resume after a kill.
+"""Sweeps (probekit.runner.sweep): plan, local process pool, Ray, resume after a kill.
 
 A sweep of 2 tiny models (BERT encoder, GPT-2 decoder) × 2 tasks × 3 seeds of linear probes on a
 40/20/20-sentence slice of EWT: 12 units in 4 cells (a linear probe's seeds share one fit, so they
@@ -42,7 +42,7 @@ def models(tiny_bert_dir, tiny_gpt2_dir, data_dir):
 @pytest.fixture(scope="module")
 def local_run(models, tmp_path_factory):
     """The sweep run once on the local executor with 2 worker processes."""
-    from probekit.sweep import plan_sweep, run_sweep
+    from probekit.runner.sweep import plan_sweep, run_sweep
 
     root = tmp_path_factory.mktemp("sweep_local")
     cfg = _cfg(models, root / "results", root / "stores")
@@ -52,7 +52,7 @@ def local_run(models, tmp_path_factory):
 
 
 def test_plan_before_running(models, tmp_path):
-    from probekit.sweep import plan_sweep
+    from probekit.runner.sweep import plan_sweep
 
     cfg = _cfg(models, tmp_path / "results", tmp_path / "stores")
     plan = plan_sweep(cfg)
@@ -64,8 +64,8 @@ def test_plan_before_running(models, tmp_path):
     assert f"probe cells: {N_CELLS} total, 0 finished (skipped), {N_CELLS} to run" in text
     assert "time estimate: unknown" in text  # nothing measured in a fresh results folder
     # MLP probes: one cell per seed; unit keys are the runner's
-    from probekit.experiment import plan_units
-    from probekit.models import fingerprint
+    from probekit.runner.experiment import plan_units
+    from probekit.activations.models import fingerprint
 
     plan2 = plan_sweep(cfg.replace(probes=["linear", "mlp1"]))
     mlp = [c for c in plan2.cells if c.method == "mlp1"]
@@ -86,7 +86,7 @@ def test_local_sweep_matches_runner_units(local_run):
     assert sorted(df["seed"].dropna().astype(int).unique()) == SEEDS
     assert (Path(res.folder) / "results.csv").is_file() and (Path(res.folder) / "summary.csv").is_file()
     # a second sweep computes nothing
-    from probekit.sweep import plan_sweep
+    from probekit.runner.sweep import plan_sweep
 
     again = plan_sweep(cfg)
     assert all(c.done for c in again.cells)
@@ -95,7 +95,7 @@ def test_local_sweep_matches_runner_units(local_run):
 
 def test_estimate_from_measured_runs(local_run, models):
     """A new experiment in the same results folder gets a time estimate from the finished units."""
-    from probekit.sweep import plan_sweep
+    from probekit.runner.sweep import plan_sweep
 
     cfg, _, _ = local_run
     plan = plan_sweep(cfg.replace(name="sw_more", seeds=[0, 1, 2, 3]))
@@ -107,7 +107,7 @@ def test_estimate_from_measured_runs(local_run, models):
 
 def test_ray_missing_gives_clear_error(monkeypatch, local_run):
     from probekit.errors import ConfigError
-    from probekit.sweep import run_sweep
+    from probekit.runner.sweep import run_sweep
 
     monkeypatch.setitem(sys.modules, "ray", None)  # "import ray" raises ImportError
     cfg, _, _ = local_run
@@ -119,7 +119,7 @@ def test_ray_missing_gives_clear_error(monkeypatch, local_run):
 @pytest.mark.ray
 def test_ray_sweep_identical_to_local(local_run, models, tmp_path):
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'probekit[ray]')")
-    from probekit.sweep import run_sweep
+    from probekit.runner.sweep import run_sweep
 
     cfg_local, _, res_local = local_run
     cfg = _cfg(models, tmp_path / "results", tmp_path / "stores")
@@ -151,7 +151,7 @@ def _cli_sweep(models, cfg_local, tmp_path, *, workers: int, **popen):
 
 def test_killed_sweep_resumes_without_recomputing(local_run, models, tmp_path):
     """Kill a CLI sweep after its first finished unit; the rerun leaves finished unit files untouched."""
-    from probekit.sweep import plan_sweep, run_sweep
+    from probekit.runner.sweep import plan_sweep, run_sweep
 
     cfg_local, _, res_local = local_run
     cfg, runs, proc = _cli_sweep(models, cfg_local, tmp_path, workers=1)
@@ -206,7 +206,7 @@ def test_baseline_cells_word_tasks_only_and_done_when_their_run_file_matches(mod
     """The sweep plans tuning baselines for word-level tasks only (as `probekit run`), and a finished run is done:
     its run file is recognised by the same identity run_baselines checks, and a rerun trains nothing."""
     import probekit.baselines.train as btrain
-    from probekit.sweep import plan_sweep, run_baseline_cell
+    from probekit.runner.sweep import plan_sweep, run_baseline_cell
 
     def fake_run(**kw):
         return [{k: None for k in btrain.ROW_KEYS} | {"method": kw["method"], "seed": kw["seed"], "value": 0.5}]

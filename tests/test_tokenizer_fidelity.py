@@ -1,7 +1,7 @@
 """Issue 3: the model must see exactly the subwords its tokenizer gives for the plain sentence.
 
 For BERT WordPiece and GPT-2 / Llama byte-level BPE (tiny test models loaded with
-``probekit.models.load_model``, the real packaged minilm tokenizer, and — marked slow — the real
+``probekit.activations.models.load_model``, the real packaged minilm tokenizer, and — marked slow — the real
 SmolLM2 tokenizer), the ids probekit feeds a model for one sentence, ``prefix + token_ids +
 suffix`` (``special_layout`` + ``align_batch``), must equal ``tokenizer(text)["input_ids"]`` for
 the plain sentence string. And words are never tokenized one by one: in byte-level BPE a word's
@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import tiny
-from probekit.align import align_batch, special_layout
+from probekit.activations.align import align_batch, special_layout
 from probekit.data.conllu_io import Sentence
 
 SPACE_MARK = "Ġ"
@@ -44,7 +44,7 @@ def odd_sentences() -> list[Sentence]:
 @pytest.fixture(scope="module")
 def tiny_models(tiny_bert_dir, tiny_gpt2_dir, tiny_llama_dir):
     """The tiny test models as the pipeline loads them (local HF folders through load_model)."""
-    from probekit.models import load_model
+    from probekit.activations.models import load_model
 
     return {"bert": load_model(str(tiny_bert_dir), device="cpu"),
             "gpt2": load_model(str(tiny_gpt2_dir), device="cpu"),
@@ -53,7 +53,7 @@ def tiny_models(tiny_bert_dir, tiny_gpt2_dir, tiny_llama_dir):
 
 @pytest.fixture(scope="module")
 def smollm2_tokenizer():
-    from probekit.models import load_model
+    from probekit.activations.models import load_model
 
     return load_model("smollm2-135m", device="cpu").tokenizer
 

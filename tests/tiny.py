@@ -1,7 +1,7 @@
 """Tiny random models with real tokenizers, built offline inside the tests.
 
 Each builder writes an HF model folder (``config.json``, weights, tokenizer files) with
-``save_pretrained``, so that :func:`probekit.models.load_model` loads it like any local model:
+``save_pretrained``, so that :func:`probekit.activations.models.load_model` loads it like any local model:
 
 * :func:`build_tiny_bert` — ``BertModel`` (hidden 32, 2 layers, 2 heads, intermediate 37,
   64 positions) with the real WordPiece tokenizer of the packaged all-MiniLM-L6-v2
@@ -202,7 +202,7 @@ def token_starts_in_words(text: str, spans, offsets) -> list[int]:
     """For each token, the word it starts in (its first non-space character), or -1.
 
     A token that starts in whitespace outside every word counts for the first word it overlaps.
-    Written independently of :mod:`probekit.align` to check it.
+    Written independently of :mod:`probekit.activations.align` to check it.
     """
     char_word = [-1] * len(text)
     for k in reversed(range(len(spans))):  # the first word wins where spans overlap
@@ -252,7 +252,7 @@ def removed_repair_spaces(sentence, aligned) -> str:
 
 
 def check_alignment(tokenizer, sentence, aligned) -> None:
-    """Assert every alignment guarantee of :mod:`probekit.align` for one sentence.
+    """Assert every alignment guarantee of :mod:`probekit.activations.align` for one sentence.
 
     * the token ids are the tokenizer's own ids for the (possibly repaired) text;
     * every word has >= 1 subword, in strictly increasing order, inside ``range(n_tokens)``;

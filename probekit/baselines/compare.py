@@ -1,12 +1,12 @@
 """A data-matched frozen-probe reference for the tuning baselines.
 
-:func:`probe_reference` trains probekit's linear probe (:func:`probekit.probes.linear.fit_layers`)
+:func:`probe_reference` trains probekit's linear probe (:func:`probekit.probing.linear.fit_layers`)
 on every layer of the frozen model, on exactly the training sentences a baseline used (the same
 seeded subset), selects the layer by dev accuracy and scores the same test sentences. It answers
 "is fine-tuning better than a linear probe on the frozen model *with the same data*?", which the
 main probing table (probes trained on the whole training split) does not.
 
-Activations go through :func:`probekit.extract.extract` (the probes' own extraction and store).
+Activations go through :func:`probekit.activations.extract.extract` (the probes' own extraction and store).
 """
 from __future__ import annotations
 
@@ -30,10 +30,10 @@ def probe_reference(*, model_name: str, task, train: Sequence[Sentence], dev: Se
     entry with the best dev accuracy>, "train_words": int, "train_sentences": int}``.
     """
     from probekit.baselines.train import subsample
-    from probekit.extract import extract
-    from probekit.models import load_model
-    from probekit.probes.linear import fit_layers
-    from probekit.results import classification_metrics
+    from probekit.activations.extract import extract
+    from probekit.activations.models import load_model
+    from probekit.probing.linear import fit_layers
+    from probekit.results.table import classification_metrics
     from probekit.tasks.base import get_task
 
     task = get_task(task) if isinstance(task, str) else task

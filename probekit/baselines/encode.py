@@ -1,13 +1,13 @@
 """Turn sentences into model inputs with word-level labels, the same way the probes see words.
 
-Each sentence is tokenized once through :func:`probekit.align.align_batch` (character offsets,
+Each sentence is tokenized once through :func:`probekit.activations.align.align_batch` (character offsets,
 no per-word tokenization). A word's label sits on one of its subwords — the first for encoders,
 the last for decoders (:attr:`LoadedModel.default_word_pooling`) — and every other position gets
 the ignore label ``-100``. The tokenizer's special tokens are added with
-:func:`probekit.align.special_layout`.
+:func:`probekit.activations.align.special_layout`.
 
 A sentence longer than the model allows is never truncated: it is split into overlapping windows
-(:func:`probekit.align.plan_windows`) and each word is read from exactly one window (the one
+(:func:`probekit.activations.align.plan_windows`) and each word is read from exactly one window (the one
 where its labelled subword has the most context), so every labelled word is trained on and scored
 exactly once.
 
@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from probekit.align import align_batch, plan_windows, special_layout
+from probekit.activations.align import align_batch, plan_windows, special_layout
 from probekit.data.conllu_io import Sentence
 from probekit.errors import ConfigError, TaskError
 

@@ -51,7 +51,7 @@ def run_config(path_or_dict, *, results_dir: str | Path | None = None, device: s
     import pandas as pd
 
     out.mkdir(parents=True, exist_ok=True)
-    from probekit.results import write_csv
+    from probekit.results.table import write_csv
 
     write_csv(pd.DataFrame(rows), out / "baseline_rows.csv")
     return rows
@@ -59,8 +59,8 @@ def run_config(path_or_dict, *, results_dir: str | Path | None = None, device: s
 
 def load_data(exp) -> dict:
     """Sentences per split role (train/dev/test) of an ``ExperimentConfig``, loaded exactly as the
-    probes load them (:func:`probekit.experiment.load_data`)."""
-    from probekit.experiment import load_data as _load
+    probes load them (:func:`probekit.runner.experiment.load_data`)."""
+    from probekit.runner.experiment import load_data as _load
 
     return _load(exp)[0]
 

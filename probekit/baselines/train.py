@@ -19,18 +19,19 @@ from typing import Callable, Sequence
 import numpy as np
 
 from probekit.baselines.config import BaselineConfig, check_method
-from probekit.data.conllu_io import Sentence, atomic_write_bytes
+from probekit._io import atomic_write_bytes
+from probekit.data.conllu_io import Sentence
 from probekit.errors import ConfigError, TaskError
 
 log = logging.getLogger(__name__)
 
 def _row_keys() -> tuple[str, ...]:
-    from probekit.results import COLUMNS
+    from probekit.results.table import COLUMNS
 
     return tuple(COLUMNS) + (() if "train_seconds" in COLUMNS else ("train_seconds",))
 
 
-#: The columns of a result row: the shared schema of :mod:`probekit.results` plus ``train_seconds``.
+#: The columns of a result row: the shared schema of :mod:`probekit.results.table` plus ``train_seconds``.
 ROW_KEYS = _row_keys()
 
 RUN_FORMAT = 1
@@ -39,7 +40,7 @@ RUN_FORMAT = 1
 # ----------------------------------------------------------------------------------------- metrics
 
 def word_metrics(gold: np.ndarray, pred: np.ndarray, n_labels: int) -> dict[str, float]:
-    """Per-word metrics, computed exactly as for the probes (:func:`probekit.results.classification_metrics`):
+    """Per-word metrics, computed exactly as for the probes (:func:`probekit.results.table.classification_metrics`):
     accuracy, macro-F1 (over the classes present in gold or predictions) and, for binary tasks,
     ``pos_f1`` = F1 of class 1.
 
@@ -47,7 +48,7 @@ def word_metrics(gold: np.ndarray, pred: np.ndarray, n_labels: int) -> dict[str,
         gold: ``[word]`` class ids.
         pred: ``[word]`` predicted class ids.
     """
-    from probekit.results import classification_metrics
+    from probekit.results.table import classification_metrics
 
     if len(gold) == 0:
         raise TaskError("No labelled words to score.")
@@ -199,13 +200,13 @@ def run_baseline(*, method: str, model_name: str, task, train: Sequence[Sentence
 
     Args:
         method: one of :data:`METHODS`.
-        model_name: model alias / path for :func:`probekit.models.load_model`.
+        model_name: model alias / path for :func:`probekit.activations.models.load_model`.
         task: a word-level task name or :class:`probekit.tasks.Task`.
         train, dev, test: the splits' sentences (``config.train_sentences`` subsamples train).
         seed: seeds the subset, the new weights and the batch order.
         config: settings; per-method defaults are filled in (:meth:`BaselineConfig.resolved`).
         device: ``cpu``/``cuda``...; default CUDA when available.
-        loaded: an already loaded :class:`probekit.models.LoadedModel` of ``model_name``; it is
+        loaded: an already loaded :class:`probekit.activations.models.LoadedModel` of ``model_name``; it is
             deep-copied, never modified.
         info: if given, filled with run details (epochs, history, parameter counts, windowing).
     Returns:
@@ -216,7 +217,7 @@ def run_baseline(*, method: str, model_name: str, task, train: Sequence[Sentence
 
     from probekit.baselines.encode import encode_split
     from probekit.baselines.methods import build_method
-    from probekit.models import load_model
+    from probekit.activations.models import load_model
     from probekit.tasks.base import get_task
 
     check_method(method)
@@ -236,7 +237,7 @@ def run_baseline(*, method: str, model_name: str, task, train: Sequence[Sentence
 
     torch.manual_seed(seed)
     np.random.seed(seed % (2 ** 32))
-    from probekit.align import special_layout
+    from probekit.activations.align import special_layout
 
     n_prefix = len(special_layout(tok, prepend_bos=prepend_bos)[0])
     built = build_method(method, base, hidden_size=loaded.hidden_size, n_labels=n_labels, cfg=cfg,
@@ -269,7 +270,7 @@ def run_baseline(*, method: str, model_name: str, task, train: Sequence[Sentence
         "trainable_params": built.trainable_params, "trainable_fraction": built.trainable_fraction,
         "train_size": train_enc.n_words, "train_seconds": result["train_seconds"],
     }
-    from probekit.results import row
+    from probekit.results.table import row
 
     rows = []
     for split, metrics in (("test", test_m), ("dev", result["dev"])):
@@ -322,7 +323,7 @@ def run_baselines(*, models: Sequence[str], tasks: Sequence[str], seeds: Sequenc
     with each run's key and rows as soon as it finishes.
     """
     from probekit.data.datasets import load_split
-    from probekit.models import fingerprint, load_model
+    from probekit.activations.models import fingerprint, load_model
     from probekit.tasks.base import get_task
 
     config = config or BaselineConfig()
@@ -384,7 +385,7 @@ def run_baselines(*, models: Sequence[str], tasks: Sequence[str], seeds: Sequenc
 
 def data_identity(splits: dict) -> dict:
     """The sentences a run is computed from: the corpus checksum of each split."""
-    from probekit.extract import corpus_checksum
+    from probekit.activations.extract import corpus_checksum
 
     return {role: corpus_checksum(sents) for role, sents in splits.items()}
 

@@ -3,18 +3,15 @@
 Multiword-token lines (``3-4``) and empty nodes (``8.1``) are not syntactic words and are
 skipped, but a multiword token's surface form is kept so that its words can be found again in
 the sentence text. Every word gets a character span ``[start, end)`` in ``Sentence.text``:
-this is how subwords are aligned to words later (see :mod:`probekit.align`).
+this is how subwords are aligned to words later (see :mod:`probekit.activations.align`).
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import pickle
 import sys
-import tempfile
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -22,6 +19,7 @@ import conllu
 import conllu.exceptions
 import conllu.parser
 
+from probekit._io import atomic_write_bytes, sha256_file
 from probekit.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -326,24 +324,6 @@ def _parse_block(path: Path, start: int, lines: list[str], index: int,
                     has_syntax=has_syntax)
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes, read once per file version in a process: loading a split hashes its file for the
-    pinned-release check, the parse cache key and the data fingerprint, and those three callers share this memo
-    (keyed by path, size and modification time)."""
-    p = Path(path)
-    st = p.stat()
-    return _sha256_of(str(p.resolve()), st.st_size, st.st_mtime_ns)
-
-
-@lru_cache(maxsize=256)
-def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _parse_file(path: Path) -> list[Sentence]:
     sents, rebuilt = [], []
     for k, (start, lines) in enumerate(_iter_blocks(path)):
@@ -355,25 +335,6 @@ def _parse_file(path: Path) -> list[Sentence]:
                     "their text was rebuilt from FORM + SpaceAfter, which is what the model reads.",
                     path, len(rebuilt), rebuilt[0])
     return sents
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temporary file in the same folder, fsync, rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def read_conllu(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,

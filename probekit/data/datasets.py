@@ -20,7 +20,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from probekit.data.conllu_io import Sentence, read_conllu, sha256_file
+from probekit._io import cache_root, sha256_file
+
+from probekit.data.conllu_io import Sentence, read_conllu
 from probekit.errors import DataError, unknown_name
 
 log = logging.getLogger(__name__)
@@ -58,14 +60,6 @@ DATASETS: dict[str, DatasetSpec] = {
         files={"test": ("en_pud-ud-test.conllu", "c80584f2bc2b31d5bada78a1136f9feec7ac49e5e18898db02dea434b5b8f0aa")},
         description="UD English PUD, test only (CC BY-SA 3.0)"),
 }
-
-
-def cache_root() -> Path:
-    """probekit's user cache folder (models, parsed corpora, downloads, activation stores)."""
-    if os.environ.get("PROBEKIT_CACHE_DIR"):
-        return Path(os.environ["PROBEKIT_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "probekit"
 
 
 def get_spec(name: str) -> DatasetSpec:

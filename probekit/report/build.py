@@ -31,7 +31,7 @@ def load_tables(folder: str | os.PathLike):
     import pandas as pd
 
     from probekit.report.tables import summarize
-    from probekit.results import COLUMNS, load_results
+    from probekit.results.table import COLUMNS, load_results
 
     folder = Path(folder)
     df = load_results(folder)
@@ -60,10 +60,10 @@ def build_report(folder: str | os.PathLike, formats: Sequence[str] = ("pdf", "pn
     Returns:
         The paths written, tables first.
     """
-    from probekit.data.conllu_io import atomic_write_bytes
+    from probekit._io import atomic_write_bytes
     from probekit.report.latex import best_layer_latex, best_layer_markdown, layer_markdown
     from probekit.report.tables import best_layer_table, layer_table
-    from probekit.results import write_csv
+    from probekit.results.table import write_csv
 
     for f in formats:
         if f not in FORMATS:

@@ -352,7 +352,7 @@ def _agg(df, keys: list[str], col: str = "value"):
     """Mean and 95% CI over seeds of ``col`` per ``keys`` group (tidy table -> summary-like frame)."""
     import pandas as pd
 
-    from probekit.stats import mean_ci
+    from probekit.results.stats import mean_ci
 
     recs = []
     for key, part in df.groupby(keys, dropna=False, sort=True):

@@ -29,7 +29,7 @@ def summarize(df, confidence: float = 0.95):
     centre of gravity (Tenney et al. 2019; layer 0 = embeddings) per model × task × probe × pooling."""
     import pandas as pd
 
-    from probekit.stats import center_of_gravity, expected_layer, mean_ci
+    from probekit.results.stats import center_of_gravity, expected_layer, mean_ci
 
     full = pd.concat([df, _derived_rows(df)], ignore_index=True)
     keys = [k for k in KEYS if k in full]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from probekit.data.conllu_io import atomic_write_bytes
+from probekit._io import atomic_write_bytes
 
 COLUMNS = ["experiment", "model", "model_kind", "model_hash", "task", "task_version", "level", "method", "probe",
            "control", "pooling", "layer", "n_layers", "seed", "split", "metric", "value", "trainable_params",

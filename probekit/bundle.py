@@ -12,7 +12,7 @@ everything needed to make the *same* features again on new sentences:
 Typical use::
 
     from probekit.data.datasets import load_split
-    from probekit.predict import load_probe_bundle, train_probe_bundle
+    from probekit.bundle import load_probe_bundle, train_probe_bundle
 
     bundle = train_probe_bundle("minilm", "aux_verb", train=load_split("ud_ewt", "train", limit=2000),
                                 dev=load_split("ud_ewt", "dev", limit=300))
@@ -46,8 +46,8 @@ from probekit.errors import ConfigError, DataError, ModelError, TaskError
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-    from probekit.models import LoadedModel
-    from probekit.probes.linear import LayerFit
+    from probekit.activations.models import LoadedModel
+    from probekit.probing.linear import LayerFit
     from probekit.tasks.base import Task
 
 log = logging.getLogger(__name__)
@@ -68,8 +68,8 @@ class ProbeBundle:
     """Linear probes for every requested layer of one model on one task, with their provenance.
 
     Attributes:
-        model_name: what :func:`probekit.models.load_model` loads (alias, folder, .gguf, hub id).
-        weights_hash: the model's :attr:`~probekit.models.LoadedModel.weights_hash`.
+        model_name: what :func:`probekit.activations.models.load_model` loads (alias, folder, .gguf, hub id).
+        weights_hash: the model's :attr:`~probekit.activations.models.LoadedModel.weights_hash`.
         model_kind: ``encoder`` or ``decoder``.
         num_layers, hidden_size: blocks (hidden states are layers ``0..num_layers``) and ``d_model``.
         task, task_version, level, labels: the task (``labels[i]`` is class ``i``).
@@ -77,7 +77,7 @@ class ProbeBundle:
         sentence_pooling: ``cls`` / ``mean`` / ``last`` for sentence-level tasks, else None.
         extraction: the extractor settings (prefix, suffix, prepend_bos, max_length, align_version,
             word_pooling) and ``dtype``, the store dtype the probes were trained on.
-        fits: layer -> :class:`~probekit.probes.linear.LayerFit`.
+        fits: layer -> :class:`~probekit.probing.linear.LayerFit`.
         info: free provenance (training sizes, data checksum, dev accuracy, time, probekit version).
     """
 
@@ -95,7 +95,7 @@ class ProbeBundle:
     fits: dict[int, "LayerFit"]
     sentence_pooling: str | None = None
     info: dict = field(default_factory=dict)
-    #: the model folder's config + tokenizer hash (:func:`probekit.models.files_hash`); None for hub models and
+    #: the model folder's config + tokenizer hash (:func:`probekit.activations.models.files_hash`); None for hub models and
     #: bundles saved before it was recorded
     files_hash: str | None = None
 
@@ -140,7 +140,7 @@ class ProbeBundle:
 
     def save(self, path: str | Path) -> Path:
         """Write the bundle to one file (atomically; ``.probe`` is the customary suffix). Returns the path."""
-        from probekit.data.conllu_io import atomic_write_bytes
+        from probekit._io import atomic_write_bytes
 
         arrays = _arrays_of(self.fits)
         meta = self._meta()
@@ -232,7 +232,7 @@ class ProbeBundle:
                 f"{self.model_kind}, {self.num_layers} layers x {self.hidden_size}), but the model given is "
                 f"{lm.name!r} (weights {lm.weights_hash[:16]}, {lm.kind}, {lm.num_layers} layers x {lm.hidden_size}). "
                 "A probe only reads the feature space it was trained on: use the same model, or train a new probe "
-                "with probekit.predict.train_probe_bundle.")
+                "with probekit.bundle.train_probe_bundle.")
         if self.files_hash and lm.files_hash and lm.files_hash != self.files_hash:
             raise ModelError(
                 f"{lm.name!r} has the weights this probe was trained on, but other config or tokenizer files "
@@ -240,7 +240,7 @@ class ProbeBundle:
                 "model folder the probe was trained with, or retrain the probe.")
 
     def _load_model(self, device: str | None) -> "LoadedModel":
-        from probekit.models import load_model
+        from probekit.activations.models import load_model
 
         try:
             return load_model(self.model_name, device=device)
@@ -250,7 +250,7 @@ class ProbeBundle:
                              "model=load_model(<its path>).)") from None
 
     def _extractor(self, lm: "LoadedModel"):
-        from probekit.extract import Extractor
+        from probekit.activations.extract import Extractor
 
         ex = Extractor(lm, word_pooling=self.word_pooling, prepend_bos=self.extraction.get("prepend_bos"),
                        max_length=self.extraction.get("max_length"))
@@ -331,11 +331,11 @@ def load_probe_bundle(path: str | Path) -> ProbeBundle:
         DataError: the file is missing, is not a probekit probe file (foreign), was written by a
             newer probekit, or is damaged (truncated, bytes changed, arrays missing or of the wrong shape).
     """
-    from probekit.probes.linear import LayerFit
+    from probekit.probing.linear import LayerFit
 
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"Probe file not found: {path}. Make one with probekit.predict.train_probe_bundle(...)"
+        raise DataError(f"Probe file not found: {path}. Make one with probekit.bundle.train_probe_bundle(...)"
                         ".save(path).")
     damaged = (f"{path} is damaged (truncated or changed after it was written); train and save the probe again.")
     try:
@@ -461,7 +461,7 @@ def train_probe_bundle(model: "str | LoadedModel", task: "str | Task", *, train:
     """Extract (or reuse) activation stores and fit a linear probe on every requested layer.
 
     Args:
-        model: a model name for :func:`~probekit.models.load_model` or a loaded model.
+        model: a model name for :func:`~probekit.activations.models.load_model` or a loaded model.
         task: a task name (see ``probekit tasks``) or :class:`~probekit.tasks.base.Task`.
         train: labelled sentences (gold CoNLL-U or spaCy silver annotation).
         dev: labelled sentences for choosing C per layer (and the best layer); without dev the
@@ -481,10 +481,10 @@ def train_probe_bundle(model: "str | LoadedModel", task: "str | Task", *, train:
         TaskError: the training data has no labelled items or a single label.
         ConfigError: a layer out of range or an unknown pooling.
     """
-    from probekit.align import check_pooling
-    from probekit.extract import extract
-    from probekit.models import load_model
-    from probekit.probes.linear import fit_layers
+    from probekit.activations.align import check_pooling
+    from probekit.activations.extract import extract
+    from probekit.activations.models import load_model
+    from probekit.probing.linear import fit_layers
     from probekit.tasks import get_task
 
     task = get_task(task)
@@ -541,7 +541,7 @@ def train_probe_bundle(model: "str | LoadedModel", task: "str | Task", *, train:
         del Xtr, Xdv
     fit_s = time.perf_counter() - t1
     import probekit
-    from probekit.extract import corpus_checksum
+    from probekit.activations.extract import corpus_checksum
 
     extraction = {k: manifest["extraction"].get(k) for k in ("prefix", "suffix", "prepend_bos", "max_length",
                                                                "align_version")}

@@ -1,11 +1,11 @@
 """Batched extraction of every layer in one forward pass, streamed shard by shard into the store.
 
 * One forward pass with ``output_hidden_states=True`` yields all layers (layer 0 = embeddings).
-* Sentences are tokenized once as natural text (:mod:`probekit.align`); long sentences are cut
+* Sentences are tokenized once as natural text (:mod:`probekit.activations.align`); long sentences are cut
   into overlapping windows (never truncated).
 * Within a shard, windows are sorted by subword length and packed into batches under a token
   budget, so almost no compute goes to padding.
-* Each finished shard is committed atomically (:func:`probekit.store.write_shard`); memory use is
+* Each finished shard is committed atomically (:func:`probekit.activations.store.write_shard`); memory use is
   bounded by one shard, whatever the corpus size.
 * With CUDA, the forward pass runs under bf16 (or fp16) autocast; vectors are stored as float16.
 """
@@ -21,11 +21,12 @@ from typing import Sequence
 
 import numpy as np
 
-from probekit.align import (SENTENCE_POOLINGS, align_batch, check_pooling, plan_windows, pool_words,
+from probekit.activations.align import (SENTENCE_POOLINGS, align_batch, check_pooling, plan_windows, pool_words,
                             special_layout)
-from probekit.data.conllu_io import Sentence, atomic_write_bytes
+from probekit._io import atomic_write_bytes
+from probekit.data.conllu_io import Sentence
 from probekit.errors import ConfigError, DataError, ModelError, StoreError
-from probekit.store import (DTYPES, ActivationStore, plan_shards, read_json, store_key, verify_shard,
+from probekit.activations.store import (DTYPES, ActivationStore, plan_shards, read_json, store_key, verify_shard,
                             write_shard)
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ ALIGN_VERSION = 1
 
 
 def default_store_root() -> Path:
-    from probekit.data.datasets import cache_root
+    from probekit._io import cache_root
 
     return Path(os.environ.get("PROBEKIT_STORE_DIR") or cache_root() / "stores")
 
@@ -79,7 +80,7 @@ def _autocast(amp: str | None):
 
 
 class Extractor:
-    """Runs a frozen :class:`~probekit.models.LoadedModel` over sentences, all layers at once."""
+    """Runs a frozen :class:`~probekit.activations.models.LoadedModel` over sentences, all layers at once."""
 
     def __init__(self, model, *, word_pooling: str | None = None, prepend_bos: bool | None = None,
                  batch_tokens: int | None = None, max_length: int | None = None, amp: str | None = None):
@@ -293,7 +294,7 @@ def extract(model, sentences: Sequence[Sentence], *, dataset: str = "custom", sp
     interrupted store resumes from its last committed shard.
 
     Args:
-        model: a :class:`~probekit.models.LoadedModel`.
+        model: a :class:`~probekit.activations.models.LoadedModel`.
         sentences: the split's sentences, in order.
         dataset, split: names recorded in the manifest.
         data_checksum: identifies the data (default: computed from the sentences' text and words).

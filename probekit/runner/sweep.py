@@ -10,9 +10,9 @@ runs them in parallel, on local worker processes or on a Ray cluster:
 * **probe cells** (model × task × probe × seed, every layer): read the finished stores and
   train the probes; no model is loaded. The seeds of a *linear* probe form one cell: its fit is a
   convex problem solved once per task and layer (seed-independent, see
-  :func:`probekit.experiment.probe_task`), and only the control task and MDL vary with the seed, so
+  :func:`probekit.runner.experiment.probe_task`), and only the control task and MDL vary with the seed, so
   splitting them would repeat the fit per seed. MLP probes get one cell per seed. The rows are written as the runner's unit files
-  (``results/<experiment>/runs/<key>.json``), with the same keys :func:`probekit.experiment.run_experiment`
+  (``results/<experiment>/runs/<key>.json``), with the same keys :func:`probekit.runner.experiment.run_experiment`
   uses, so finished cells are skipped on a rerun and ``probekit run`` on the same config
   recomputes nothing.
 * **baseline cells** (model × tuning method × task × seed, when the config has ``baselines``):
@@ -177,7 +177,7 @@ def resolve_paths(cfg: ExperimentConfig) -> ExperimentConfig:
     """The config with absolute ``results_dir``/``store_dir``/``data_dir``/``files`` so that worker
     processes (other working directories, other machines) see the same folders. None of these
     enters a unit key."""
-    from probekit.extract import default_store_root
+    from probekit.activations.extract import default_store_root
 
     def absolute(p):
         return str(Path(p).expanduser().resolve()) if p is not None else None
@@ -194,9 +194,9 @@ def plan_sweep(cfg: ExperimentConfig) -> SweepPlan:
     Reads the data (to fingerprint it, as the runner does) and the models' weight hashes
     (memoised), loads no model.
     """
-    from probekit.experiment import model_list, plan_units
-    from probekit.models import fingerprint
-    from probekit.results import load_unit
+    from probekit.runner.experiment import model_list, plan_units
+    from probekit.activations.models import fingerprint
+    from probekit.results.table import load_unit
 
     cfg = resolve_paths(cfg)
     folder = Path(cfg.results_dir) / cfg.name
@@ -226,7 +226,7 @@ def plan_sweep(cfg: ExperimentConfig) -> SweepPlan:
 def _baseline_cells(cfg: ExperimentConfig, folder: Path, data: dict) -> list[Cell]:
     from probekit.baselines.config import BaselineConfig
     from probekit.baselines.train import _read_run, data_identity, run_identity, run_path
-    from probekit.models import fingerprint
+    from probekit.activations.models import fingerprint
     from probekit.tasks import get_task
 
     bcfg = BaselineConfig.from_dict(cfg.baselines)
@@ -286,7 +286,7 @@ def _measurements(results_dir: Path, limit: int = 600) -> dict[tuple, list[tuple
                     files.append((p.stat().st_mtime, p))
                 except OSError:
                     continue
-    from probekit.results import load_unit
+    from probekit.results.table import load_unit
 
     for _, p in sorted(files, reverse=True)[:limit]:
         rows = load_unit(p)  # the one reader of unit files (checksummed format; damaged = None)
@@ -410,7 +410,7 @@ def _extraction_estimate(plan: SweepPlan, model: str) -> float | None:
 
 
 def _data_id(data_fp: dict) -> dict:
-    from probekit.experiment import data_checksum
+    from probekit.runner.experiment import data_checksum
 
     return {r: [data_checksum(v), v["n_sentences"]] for r, v in data_fp.items()}
 
@@ -422,8 +422,8 @@ _DATA: dict[str, tuple[dict, dict]] = {}
 
 
 def load_data_cached(cfg: ExperimentConfig) -> tuple[dict, dict]:
-    """:func:`probekit.experiment.load_data`, memoised per process by the config's data settings."""
-    from probekit.experiment import load_data
+    """:func:`probekit.runner.experiment.load_data`, memoised per process by the config's data settings."""
+    from probekit.runner.experiment import load_data
 
     key = json.dumps([cfg.dataset, cfg.splits, cfg.files, cfg.data_dir, cfg.limit, cfg.train_sentences],
                      sort_keys=True, default=str)
@@ -446,12 +446,12 @@ def _check_data(cfg: ExperimentConfig, data_fp: dict) -> dict:
 def extract_model(cfg_dict: dict, model: str, data_fp: dict) -> dict:
     """Extraction step of one model (runs in a worker): write or reuse its train/dev/test stores.
 
-    It calls :func:`probekit.experiment.extract_stores`, as ``probekit run`` does, so the stores are the
+    It calls :func:`probekit.runner.experiment.extract_stores`, as ``probekit run`` does, so the stores are the
     ones ``probekit run`` would use. Returns what the probe cells need: store paths and the model's
     name / kind / weights hash.
     """
-    from probekit.experiment import extract_stores
-    from probekit.models import load_model
+    from probekit.runner.experiment import extract_stores
+    from probekit.activations.models import load_model
 
     cfg = ExperimentConfig.from_dict(cfg_dict)
     data = _check_data(cfg, data_fp)
@@ -472,12 +472,12 @@ def run_probe_cell(cfg_dict: dict, cell: dict, model_info: dict, data_fp: dict, 
     """One probe cell (runs in a worker): train the pending units of model × task × probe × seed(s)
     on the finished stores (no model is loaded) and write their unit files.
 
-    Unit keys come from :func:`probekit.experiment.plan_units` with the driver's data and model
+    Unit keys come from :func:`probekit.runner.experiment.plan_units` with the driver's data and model
     fingerprints, so they are the keys ``probekit run`` would use. ``device`` overrides the config's.
     """
-    from probekit.experiment import Unit, plan_units, probe_task
-    from probekit.results import load_unit, save_unit
-    from probekit.store import ActivationStore
+    from probekit.runner.experiment import Unit, plan_units, probe_task
+    from probekit.results.table import load_unit, save_unit
+    from probekit.activations.store import ActivationStore
     from probekit.tasks import get_task
 
     cfg = ExperimentConfig.from_dict(cfg_dict)
@@ -740,7 +740,7 @@ class SweepResult:
 
     plan: SweepPlan
     computed_cells: int
-    result: Any  # probekit.experiment.ExperimentResult
+    result: Any  # probekit.runner.experiment.ExperimentResult
     seconds: float
     computed_units: int = 0
 
@@ -765,7 +765,7 @@ def run_sweep(cfg: ExperimentConfig, *, executor: str = "local", workers: int = 
         progress: progress bars in the aggregation step.
         plan: a plan made by :func:`plan_sweep` just before (else it is made here).
     """
-    from probekit.experiment import run_experiment
+    from probekit.runner.experiment import run_experiment
 
     if executor not in EXECUTORS:
         from probekit.errors import unknown_name

@@ -2,7 +2,7 @@
 
 Hewitt & Liang (2019) compare linear probes with MLP-1 and MLP-2 probes; the more expressive
 probe usually scores higher on the task *and* on the control task, so always report selectivity
-(:mod:`probekit.control`) next to accuracy.
+(:mod:`probekit.probing.control`) next to accuracy.
 
 :class:`MLPProbe` follows the scikit-learn estimator contract: ``__init__`` only stores its
 arguments, :meth:`MLPProbe.fit` sets attributes ending in ``_`` and returns ``self``.
@@ -294,7 +294,7 @@ class MLPProbe(ClassifierMixin, BaseEstimator):
 
 
 def mlp_fit_predict_proba(n_classes: int, **params) -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
-    """Adapter for :func:`probekit.mdl.online_codelength`: ``(X_tr, y_tr, X_next) -> float64[len(X_next), K]``.
+    """Adapter for :func:`probekit.probing.mdl.online_codelength`: ``(X_tr, y_tr, X_next) -> float64[len(X_next), K]``.
 
     ``y_tr`` holds class ids in ``[0, n_classes)``; classes absent from ``y_tr`` get probability 0
     here (``online_codelength`` smooths every distribution so they still cost a finite number of bits).

@@ -16,14 +16,13 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from probekit.config import ExperimentConfig
 from probekit.errors import ConfigError, TaskError
-from probekit.probes.linear import check_finite
-from probekit.results import classification_metrics, load_unit, row, save_unit
+from probekit.probing.linear import check_finite
+from probekit.results.table import classification_metrics, load_unit, row, save_unit
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +41,10 @@ TRAIN_SAMPLE_SEED = 0
 
 def load_data(cfg: ExperimentConfig) -> tuple[dict, dict]:
     """Sentences per split role and a fingerprint of the data: ({role: [Sentence]}, {role: {...}})."""
-    from probekit.data.conllu_io import read_conllu, sha256_file
-    from probekit.data.datasets import cache_root, locate
+    from probekit._io import sha256_file
+    from probekit.data.conllu_io import read_conllu
+    from probekit._io import cache_root
+    from probekit.data.datasets import locate
     from probekit.errors import DataError
 
     data, fp = {}, {}
@@ -109,7 +110,7 @@ def plan_units(cfg: ExperimentConfig, model: str, model_fp: dict, data_fp: dict,
     """Every unit of work for one model (keys depend on everything that changes the rows)."""
     from probekit.tasks import get_task
 
-    from probekit.models import kind_of
+    from probekit.activations.models import kind_of
 
     kind = kind_hint or kind_of(model)
     # content, not location: the same treebank found through a different directory keeps its results
@@ -176,7 +177,7 @@ def probe_task(*, lm_info: dict, stores: dict, data: dict, task, cfg: Experiment
     ``feature_cache``: a dict the caller keeps across the tasks of one model; the features of the last layer group
     are kept in it and reused by the next task that reads the same rows (word tasks that label every word do).
     """
-    from probekit.control import control_sentence_labels, control_word_labels
+    from probekit.probing.control import control_sentence_labels, control_word_labels
 
     level = task.level
     ys = {role: task.encode(data[role]) for role in ("train", "dev", "test")}
@@ -266,7 +267,7 @@ def _score_rows(common, u, pool_name, layer, control, split_scores, n_params, tr
 
 def _fit_predict(probe: str, X: dict, y: dict, C: int, cfg: ExperimentConfig, seed: int, fixed_C=None):
     """Fit one probe type on a layer group; returns per layer (pred_dev, pred_test, n_params, reg)."""
-    from probekit.probes.linear import fit_layers
+    from probekit.probing.linear import fit_layers
 
     out = []
     if probe == "linear":
@@ -278,7 +279,7 @@ def _fit_predict(probe: str, X: dict, y: dict, C: int, cfg: ExperimentConfig, se
         for i, f in enumerate(fits):
             out.append((f.predict(X["dev"][i]), f.predict(X["test"][i]), f.n_params, f.C))
         return out
-    from probekit.probes.mlp import MLPProbe
+    from probekit.probing.mlp import MLPProbe
 
     params = {"hidden_size": 256, "dropout": 0.1, "weight_decay": 0.0, "max_epochs": 20, "patience": 3,
               "batch_size": 512}
@@ -294,7 +295,7 @@ def _fit_predict(probe: str, X: dict, y: dict, C: int, cfg: ExperimentConfig, se
 def _linear_controls(X: dict, controls: dict, C: int, cfg: ExperimentConfig, chosen: list) -> dict:
     """Linear probes on the control labels of every seed at once (one multi-head problem per layer group, at the
     strengths chosen for the real task): {seed: [(pred_dev, pred_test, n_params, C) per layer]}."""
-    from probekit.probes.linear import fit_layers
+    from probekit.probing.linear import fit_layers
 
     seeds = sorted(controls)
     Y = np.stack([controls[s]["train"] for s in seeds])
@@ -342,8 +343,8 @@ def _run_unit_group(u: Unit, X: dict, y: dict, group: list[int], C: int, control
             u.rows += _score_rows(common, u, pool_name, layer, True, scores, n_params, len(y["train"]), reg, secs)
     if cfg.mdl and u.probe == "linear" and u.seed == cfg.seeds[0]:
         # MDL is costly (11 trainings per layer); it is computed for the first seed only.
-        from probekit.mdl import online_codelength_layers
-        from probekit.probes.linear import small_problem_threads, torch_threads
+        from probekit.probing.mdl import online_codelength_layers
+        from probekit.probing.linear import small_problem_threads, torch_threads
 
         t0 = time.perf_counter()
         n = len(y["train"])
@@ -390,7 +391,7 @@ def extract_stores(cfg: ExperimentConfig, lm, data: dict, data_fp: dict, *, prog
 
     ``probekit run`` and the sweep workers both call this, so they share stores.
     """
-    from probekit.extract import extract
+    from probekit.activations.extract import extract
 
     return {role: extract(lm, data[role], dataset=cfg.dataset, split=cfg.splits.get(role, role),
                           data_checksum=data_checksum(data_fp[role]),
@@ -401,8 +402,8 @@ def extract_stores(cfg: ExperimentConfig, lm, data: dict, data_fp: dict, *, prog
 
 def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> ExperimentResult:
     """Run (or resume) an experiment end to end and write its results folder."""
-    from probekit.models import fingerprint, load_model
-    from probekit.results import provenance, to_frames, write_csv
+    from probekit.activations.models import fingerprint, load_model
+    from probekit.results.table import provenance, to_frames, write_csv
     from probekit.tasks import get_task
 
     t_start = time.time()
@@ -459,7 +460,7 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> Experimen
     summary = summarize(df)
     write_csv(summary, folder / "summary.csv")
     prov = provenance(cfg.to_dict(), data=data_fp, models=models_info)
-    from probekit.data.conllu_io import atomic_write_bytes
+    from probekit._io import atomic_write_bytes
 
     atomic_write_bytes(folder / "provenance.json", json.dumps(prov, indent=1, default=str).encode())
     from probekit.report.figures import experiment_figures
@@ -473,7 +474,7 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> Experimen
 
 def _append_run_log(folder: Path, entry: dict) -> None:
     """Keep a log of runs (wall time, forward passes) beside the results (not part of results.csv)."""
-    from probekit.data.conllu_io import atomic_write_bytes
+    from probekit._io import atomic_write_bytes
 
     path = folder / "run_log.json"
     try:

@@ -43,7 +43,7 @@ from typing import Callable, Sequence, Union
 import numpy as np
 
 from probekit.errors import ConfigError, DataError
-from probekit.probes.linear import check_finite
+from probekit.probing.linear import check_finite
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +151,8 @@ def fit_logreg_batched(X, y, n_classes: int, *, l2: float | Sequence[float] = 1.
     Objective per layer (features standardised with the training mean/std, constant features
     get std 1): ``sum_i CE(x_i, y_i) + l2/2 (||W||^2 + ||b||^2)`` — a Gaussian prior whose relative
     weight shrinks as the training set grows. The layers are independent problems, solved as one batch by
-    :func:`probekit.probes.linear.batched_lbfgs` (per-layer line search and convergence) in preconditioned
-    variables (:func:`probekit.probes.linear.preconditioner`; the optimum is the same).
+    :func:`probekit.probing.linear.batched_lbfgs` (per-layer line search and convergence) in preconditioned
+    variables (:func:`probekit.probing.linear.preconditioner`; the optimum is the same).
 
     Args:
         X: torch float32 ``[L, n, d]`` on the target device.
@@ -163,7 +163,7 @@ def fit_logreg_batched(X, y, n_classes: int, *, l2: float | Sequence[float] = 1.
             same for 2 or 8 outputs on CPU), head ``h`` in output columns ``h*K .. h*K+K-1``.
         max_iter: L-BFGS iterations at most.
         init: optional ``(W [L, d, H*K], b [L, H*K])`` warm start.
-        eig: optional :func:`~probekit.probes.linear.feature_eig` of (any standardised sample of) these features
+        eig: optional :func:`~probekit.probing.linear.feature_eig` of (any standardised sample of) these features
             for the preconditioner, e.g. computed once for all training prefixes; default: from ``X``.
 
     Returns:
@@ -172,7 +172,7 @@ def fit_logreg_batched(X, y, n_classes: int, *, l2: float | Sequence[float] = 1.
     """
     import torch
 
-    from probekit.probes.linear import _pack, _Problem, _unpack, batched_lbfgs, feature_eig, preconditioner
+    from probekit.probing.linear import _pack, _Problem, _unpack, batched_lbfgs, feature_eig, preconditioner
 
     L, n, d = X.shape
     l2s = _l2_grid(l2)
@@ -284,7 +284,7 @@ def _online_blocks(Xc, yt, y_sh: np.ndarray, ends: list[int], n_classes: int, gr
     weights depend only on already transmitted data, so this is a valid code, and it costs at most
     ``log2 G`` bits per block more than the best single l2 chosen in hindsight per block sequence.
     """
-    from probekit.probes.linear import feature_eig
+    from probekit.probing.linear import feature_eig
 
     L = Xc.shape[0]
     G = len(grid)

@@ -30,7 +30,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from probekit.data.conllu_io import atomic_write_bytes
+from probekit._io import atomic_write_bytes
 from probekit.errors import ConfigError, StoreError
 
 log = logging.getLogger(__name__)

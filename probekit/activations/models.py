@@ -82,7 +82,7 @@ def weights_hash(folder: Path) -> str:
 
     Cached beside the file by (path, size, mtime) so that a warm run does not re-read the weights.
     """
-    from probekit.data.datasets import cache_root
+    from probekit._io import cache_root
 
     files = sorted(p for p in Path(folder).iterdir()
                    if p.suffix in {".safetensors", ".bin", ".gguf", ".pt"} and p.is_file())
@@ -115,7 +115,7 @@ def _read_memo(memo: Path) -> str | None:
 
 
 def _write_memo(memo: Path, digest: str) -> None:
-    from probekit.data.conllu_io import atomic_write_bytes
+    from probekit._io import atomic_write_bytes
 
     atomic_write_bytes(memo, digest.encode())
 
@@ -126,7 +126,7 @@ def convert_gguf(folder: Path, gguf_file: str, cache_dir: Path | None = None) ->
     The cache entry is keyed by the GGUF file's content hash and written atomically (temporary
     folder, then rename), so an interrupted conversion is never mistaken for a finished one.
     """
-    from probekit.data.datasets import cache_root
+    from probekit._io import cache_root
 
     src = Path(folder) / gguf_file
     if not src.is_file():
@@ -298,7 +298,7 @@ def load_model(name: str, *, device: str | None = None, dtype=None, revision: st
     import torch
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    from probekit.align import check_fast_tokenizer
+    from probekit.activations.align import check_fast_tokenizer
 
     device = check_device(device)
     base, where, gguf, seed = resolve(name)
@@ -385,7 +385,7 @@ def fingerprint(name: str) -> dict:
 
 
 def _memo_file_hash(path: Path) -> str:
-    from probekit.data.datasets import cache_root
+    from probekit._io import cache_root
 
     st = path.stat()
     key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:24]
