@@ -5,8 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from probekit.causal.erasure import (EraserSet, LayerEraser, fit_erasers, fit_inlp, fit_leace, load_erasers,
-                                     random_control)
+from probekit.causal.erasure import (
+    EraserSet,
+    LayerEraser,
+    fit_erasers,
+    fit_inlp,
+    fit_leace,
+    load_erasers,
+    random_control,
+)
 from probekit.errors import ConfigError, DataError, ModelError, TaskError
 
 pytest.importorskip("concept_erasure")
