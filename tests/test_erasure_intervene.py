@@ -25,8 +25,8 @@ def test_hook_sees_exactly_the_reported_hidden_state(lm):
 
     ids = torch.as_tensor(lm.tokenizer(["The cat sat on the mat .", "Dogs bark"], padding=True)["input_ids"])
     for layer in range(lm.num_layers + 1):
-        seen = []
-        with LayerEdit(lm, layer, lambda h: seen.append(h.clone()) or h) as hook:
+        seen: list = []
+        with LayerEdit(lm, layer, lambda h, seen=seen: seen.append(h.clone()) or h) as hook:
             hook.index = torch.arange(ids.numel())
             out = lm.model(input_ids=ids, output_hidden_states=True)
         ref = out.hidden_states[layer].reshape(-1, lm.hidden_size)
@@ -51,7 +51,7 @@ def test_identity_edit_changes_nothing_and_matches_extraction(lm, ewt_dev_small,
 def test_edit_at_one_word_changes_a_decoder_from_that_word_on(lm, ewt_dev_small):
     import torch
 
-    sent = [s for s in ewt_dev_small if 6 <= len(s) <= 14][0]
+    sent = next(s for s in ewt_dev_small if 6 <= len(s) <= 14)
     w = 3
     clean = next(forward(lm, [sent], keep_layers=[lm.num_layers]))
     hit = next(forward(lm, [sent], layer=1, edit=lambda h: h + torch.linspace(-5, 5, h.shape[-1]), edit_words=[np.array([w])],

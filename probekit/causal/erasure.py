@@ -270,7 +270,7 @@ def fit_erasers(store, task, sentences, *, layers: list[int] | None = None, meth
     _check_labels(y, C, f"Task {task.name}")
     out = EraserSet(store.manifest["model"]["name"], weights_hash or store.manifest["model"]["weights_hash"],
                     task.name, task.version, list(task.labels), task.level, pool, method, store.hidden_size,
-                    info={"train_items": int(len(y))})
+                    info={"train_items": len(y)})
     if method == "leace":
         for k in layers:  # one layer in memory at a time
             out.erasers[k] = fit_leace(layer_features(store, k, rows, task.level, pool), y, n_classes=C, layer=k)

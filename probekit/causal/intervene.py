@@ -28,8 +28,8 @@ than one window of the model are skipped (and counted): an edit cannot cross the
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -46,7 +46,7 @@ FINAL_NORMS = ("norm", "ln_f", "final_layer_norm", "final_layernorm")
 
 def _blocks(model):
     """The ModuleList of transformer blocks (BERT ``encoder.layer``, Llama ``layers``, GPT-2 ``h``...)."""
-    import torch.nn as nn
+    from torch import nn
 
     n = model.config.num_hidden_layers
     for _, m in model.named_modules():

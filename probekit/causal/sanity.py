@@ -74,5 +74,5 @@ def sanity_scores(erasers: EraserSet, stores: dict, data: dict, task, *, mlp: bo
                                                                                  y["dev"])
             mlp_acc = float((m.predict(E["test"]) == y["test"]).mean())
         out.append(SanityScore(layer, erasers.method, er.rank, float((y["test"] == majority_class).mean()),
-                               float(before), float(after), mlp_acc, int(len(y["train"]))))
+                               float(before), float(after), mlp_acc, len(y["train"])))
     return out
