@@ -138,6 +138,8 @@ def test_fit_erasers_bad_input():
     assert sorted(fit_erasers(_Store(X), _Task(y), None).erasers) == [0, 1]
     with pytest.raises(TaskError, match="single label"):
         fit_erasers(_Store(X), _Task(np.zeros(200, dtype=int)), None)
+    with pytest.raises(TaskError, match="Layer 4: the training items have a single label"):
+        fit_leace(X, np.ones(200, dtype=int), n_classes=2, layer=4)
     with pytest.raises(ConfigError, match="Layer 5 is out of range"):
         fit_erasers(_Store(X), _Task(y), None, layers=[5])
     with pytest.raises(ConfigError, match="Unknown erasure method 'leac'"):

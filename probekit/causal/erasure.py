@@ -100,6 +100,7 @@ def fit_leace(X: np.ndarray, y: np.ndarray, *, n_classes: int, layer: int = 0) -
     import torch
     from concept_erasure import LeaceFitter
 
+    _check_labels(y, n_classes, f"Layer {layer}")
     Xt = torch.as_tensor(np.asarray(X), dtype=torch.float64)
     Z = torch.nn.functional.one_hot(torch.as_tensor(y), n_classes).to(torch.float64)
     # constrain_cov_trace=False: the trace constraint mixes in an orthogonal projection that breaks the guarantee
