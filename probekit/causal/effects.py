@@ -106,7 +106,7 @@ def intervention_effects(lm, sentences, y: np.ndarray, erasers: dict[int, LayerE
                     for r in forward(lm, sentences, layer=layer, edit=edit.torch_apply, edit_words=edit_words,
                                      head=head, keep_layers=later, batch_tokens=batch_tokens)}
 
-            def eff(metric, num, den=None):
+            def eff(metric, num, den=None, layer=layer, edit=edit):
                 v, lo, hi = bootstrap_ratio(num, den, seed=seed)
                 out.append(Effect(layer, edit.method, metric, v, lo, hi, len(order)))
 
