@@ -136,7 +136,6 @@ def test_ray_sweep_identical_to_local(local_run, models, tmp_path):
     assert a == b, "Ray and local sweeps gave different results tables"
 
 
-@pytest.mark.slow
 def _cli_sweep(models, cfg_local, tmp_path, *, workers: int, **popen):
     """`probekit sweep` in a subprocess: same stores as the local run (content-addressed: pure reuse), a fresh
     results folder. Returns (config, its runs folder, the process)."""
