@@ -64,8 +64,8 @@ def test_plan_before_running(models, tmp_path):
     assert f"probe cells: {N_CELLS} total, 0 finished (skipped), {N_CELLS} to run" in text
     assert "time estimate: unknown" in text  # nothing measured in a fresh results folder
     # MLP probes: one cell per seed; unit keys are the runner's
-    from probekit.runner.experiment import plan_units
     from probekit.activations.models import fingerprint
+    from probekit.runner.experiment import plan_units
 
     plan2 = plan_sweep(cfg.replace(probes=["linear", "mlp1"]))
     mlp = [c for c in plan2.cells if c.method == "mlp1"]

@@ -138,7 +138,9 @@ def stores_by_model(store_root: Path) -> dict[str, list[ActivationStore]]:
             store = ActivationStore(manifest.parent, verify=False)  # reads the manifest only
         except StoreError:
             continue
-        out.setdefault(str(store.manifest["model"].get("name")), []).append(store)
+        model, data = store.manifest["model"], store.manifest["data"]
+        if isinstance(model, dict) and isinstance(data, dict):  # else a damaged manifest: not ours to trust
+            out.setdefault(str(model.get("name")), []).append(store)
     return out
 
 
