@@ -35,6 +35,7 @@ import numpy as np
 
 from probekit.activations.align import align_batch, pool_words
 from probekit.activations.extract import Extractor, _autocast
+from probekit.activations.sites import LAYOUTS
 from probekit.data.conllu_io import Sentence
 from probekit.errors import ConfigError, ModelError
 
@@ -45,9 +46,16 @@ FINAL_NORMS = ("norm", "ln_f", "final_layer_norm", "final_layernorm")
 
 
 def _blocks(model):
-    """The ModuleList of transformer blocks (BERT ``encoder.layer``, Llama ``layers``, GPT-2 ``h``...)."""
+    """The ModuleList of transformer blocks: where :data:`probekit.activations.sites.LAYOUTS` maps the model type,
+    there; else the model's one ModuleList as long as its number of layers."""
     from torch import nn
 
+    layout = LAYOUTS.get(getattr(model.config, "model_type", ""))
+    if layout is not None:
+        m = model
+        for part in layout.blocks.split("."):
+            m = getattr(m, part)
+        return m
     n = model.config.num_hidden_layers
     for _, m in model.named_modules():
         if isinstance(m, nn.ModuleList) and len(m) == n:
