@@ -463,6 +463,8 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> Experimen
     from probekit._io import atomic_write_bytes
 
     atomic_write_bytes(folder / "provenance.json", json.dumps(prov, indent=1, default=str).encode())
+    # the resolved config: `probekit run <folder>/config.yaml` runs this experiment again
+    atomic_write_bytes(folder / "config.yaml", cfg.to_yaml().encode())
     from probekit.report.figures import experiment_figures
 
     figs = experiment_figures(df, summary, folder, formats=cfg.figures)

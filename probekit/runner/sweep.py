@@ -24,7 +24,7 @@ rows), ``summary.csv`` and the figures.
 
 Parallelism comes from :class:`concurrent.futures.ProcessPoolExecutor` (local) or Ray tasks whose
 probe cells depend on their model's extraction task; there is no scheduler of probekit's own.
-Ray is an optional extra (``pip install probekit[ray]``) and imported only when asked for.
+Ray is an optional extra (``pip install probekit-nlp[ray]``) and imported only when asked for.
 """
 from __future__ import annotations
 
@@ -37,7 +37,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from probekit.config import ExperimentConfig
+from probekit._extras import require
+from probekit.config import ExperimentConfig, resolve_config
 from probekit.errors import ConfigError, DataError, ProbekitError
 
 log = logging.getLogger(__name__)
@@ -665,12 +666,7 @@ def _run_pool(pool, cfg_dict, plan, models, pending, rec, failures, done) -> int
 
 def import_ray():
     """``import ray`` with a clear error when the optional extra is missing."""
-    try:
-        import ray
-    except ImportError:
-        raise ConfigError("The Ray executor needs Ray: pip install 'probekit[ray]' (or pip install "
-                          "'ray[default]>=2.9'), or use --executor local.") from None
-    return ray
+    return require("ray", extra="ray", purpose="The Ray executor (or use --executor local)")
 
 
 def _run_ray(plan: SweepPlan, cfg_dict: dict, address: str | None, rec: _Log) -> int:
@@ -798,8 +794,9 @@ def load_sweep_config(path: str | os.PathLike) -> ExperimentConfig:
 
 
 def run_sweep_cli(args) -> int:
-    """``probekit sweep CONFIG [--executor local|ray] [--address A] [--workers N] [--dry-run]``."""
-    cfg = load_sweep_config(args.config)
+    """``probekit sweep CONFIG [--set K=V] [--name N] [--results-dir D] [--executor local|ray] [--address A]
+    [--workers N] [--dry-run]``; ``args.overrides`` holds the --set, --name and --results-dir overrides."""
+    cfg = resolve_config(args.config, getattr(args, "overrides", None))
     if args.address and args.executor != "ray":
         raise ConfigError(f"--address {args.address} is for --executor ray; the {args.executor} executor has no "
                           "address.")
