@@ -2,6 +2,8 @@
 resolved config written beside the results, --set with dotted keys, and model names."""
 from __future__ import annotations
 
+import os
+import stat
 import sys
 from pathlib import Path
 
@@ -88,8 +90,15 @@ def test_written_config_reproduces_results_byte_for_byte(tiny_bert_dir, data_dir
         name="repro", models=[str(tiny_bert_dir)], data_dir=str(data_dir), limit={"train": 40, "dev": 15, "test": 15},
         tasks=["aux_verb"], mdl=False, random_baseline=False, control_tasks=False, figures=["png"],
         store_dir=str(tmp_path / "stores"), results_dir=str(tmp_path / "a"))))
-    assert main(["-q", "run", str(cfg)]) == 0
+    old = os.umask(0o022)
+    try:
+        assert main(["-q", "run", str(cfg)]) == 0
+    finally:
+        os.umask(old)
     first = tmp_path / "a" / "repro"
+    # every file of the results folder is readable by collaborators (0644 under umask 022)
+    modes = {f.relative_to(first).as_posix(): stat.S_IMODE(f.stat().st_mode) for f in first.rglob("*") if f.is_file()}
+    assert modes and all(m == 0o644 for m in modes.values()), modes
     written = first / "config.yaml"
     assert written.is_file()
     # from the written config, into a fresh results folder: the probes are trained again
