@@ -450,7 +450,7 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> Experimen
         for u in units:
             all_rows.extend(u.rows)
     if cfg.baselines:
-        all_rows.extend(run_config_baselines(cfg, data))
+        all_rows.extend(run_config_baselines(cfg, data, progress=progress))
     df, timings = to_frames(all_rows)
     write_csv(df, folder / "results.csv")
     if timings is not None:
@@ -490,7 +490,7 @@ def _append_run_log(folder: Path, entry: dict) -> None:
     atomic_write_bytes(path, json.dumps(runs, indent=1).encode())
 
 
-def run_config_baselines(cfg: ExperimentConfig, data: dict) -> list[dict]:
+def run_config_baselines(cfg: ExperimentConfig, data: dict, *, progress: bool = False) -> list[dict]:
     """The config's fine-tuning / lightweight-tuning baselines, as rows of the same table.
 
     Each finished run is kept under ``results/<experiment>/baselines/runs`` and skipped on a rerun.
@@ -507,4 +507,4 @@ def run_config_baselines(cfg: ExperimentConfig, data: dict) -> list[dict]:
     return run_baselines(models=[m for m in cfg.models if "@" not in m], tasks=word_tasks, seeds=list(cfg.seeds),
                          config=bcfg, train=data["train"], dev=data["dev"], test=data["test"],
                          results_dir=Path(cfg.results_dir) / cfg.name / "baselines", device=cfg.device,
-                         experiment=cfg.name)
+                         experiment=cfg.name, progress=progress)

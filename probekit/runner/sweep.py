@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from probekit._extras import require
+from probekit._progress import progress_bar
 from probekit.config import ExperimentConfig, resolve_config
 from probekit.errors import ConfigError, DataError, ProbekitError
 
@@ -564,10 +565,11 @@ def _cell_dict(c: Cell) -> dict:
 class _Log:
     """Append-only JSON-lines records of the sweep (driver side only: no concurrent writers)."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, bar=None):
         self.dir = folder / SWEEP_DIR
         self.dir.mkdir(parents=True, exist_ok=True)
         self.units = 0  # unit files written by the cells of this run
+        self.bar = bar  # a progress bar over the pending cells (probekit._progress), advanced per finished cell
 
     def write(self, name: str, rec: dict) -> None:
         with open(self.dir / name, "a", encoding="utf-8") as fh:
@@ -726,6 +728,8 @@ def _extracted(rec: _Log, info: dict) -> None:
 def _finished(rec: _Log, res: dict, i: int, n: int) -> None:
     rec.units += int(res.get("computed_units", 0))
     rec.write("cells.jsonl", {**res, "time": time.time()})
+    if rec.bar is not None:
+        rec.bar.update(1)
     log.info("[%d/%d] %s %s / %s / %s / %s: %d unit(s) in %.1f s", i, n, res["kind"], res["model"], res["task"],
              res["method"], _seeds(res["seeds"]), res["computed_units"], res["seconds"])
 
@@ -758,7 +762,7 @@ def run_sweep(cfg: ExperimentConfig, *, executor: str = "local", workers: int = 
         workers: local worker processes.
         address: Ray cluster address (``auto``, ``ray://host:10001``); default: the running Ray
             instance of this process, else a new local one.
-        progress: progress bars in the aggregation step.
+        progress: a progress bar over the cells (with an ETA), and the aggregation step's bars.
         plan: a plan made by :func:`plan_sweep` just before (else it is made here).
     """
     from probekit.runner.experiment import run_experiment
@@ -775,13 +779,14 @@ def run_sweep(cfg: ExperimentConfig, *, executor: str = "local", workers: int = 
     plan = plan if plan is not None else plan_sweep(cfg)
     cfg = plan.config  # with absolute paths
     cfg_dict = cfg.to_dict()
-    rec = _Log(plan.folder)
     n = 0
-    if plan.pending:
-        if executor == "local":
-            n = _run_local(plan, cfg_dict, workers, rec)
-        else:
-            n = _run_ray(plan, cfg_dict, address, rec)
+    with progress_bar(len(plan.pending), "sweep", unit="cell", enabled=progress and bool(plan.pending)) as bar:
+        rec = _Log(plan.folder, bar)
+        if plan.pending:
+            if executor == "local":
+                n = _run_local(plan, cfg_dict, workers, rec)
+            else:
+                n = _run_ray(plan, cfg_dict, address, rec)
     # every unit and baseline run is finished: the runner only reads them back and writes the tables
     result = run_experiment(cfg, progress=progress)
     return SweepResult(plan=plan, computed_cells=n, result=result, seconds=time.perf_counter() - t0,
