@@ -111,7 +111,7 @@ def test_ray_missing_gives_clear_error(monkeypatch, local_run):
 
     monkeypatch.setitem(sys.modules, "ray", None)  # "import ray" raises ImportError
     cfg, _, _ = local_run
-    with pytest.raises(ConfigError, match=r"probekit\[ray\]"):
+    with pytest.raises(ConfigError, match=r"probekit-nlp\[ray\]"):
         run_sweep(cfg, executor="ray")
 
 

@@ -20,7 +20,8 @@ RC = {
     "xtick.labelsize": 7, "ytick.labelsize": 7, "lines.linewidth": 1.2, "lines.markersize": 3,
     "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3,
     "grid.linewidth": 0.5, "legend.frameon": False, "figure.dpi": 150, "savefig.dpi": 300,
-    "savefig.bbox": "tight", "savefig.pad_inches": 0.02,
+    # "standard": a figure is exactly its size (3.25 in one column); constrained layout keeps every label inside
+    "savefig.bbox": "standard",
 }
 
 
