@@ -310,11 +310,12 @@ def _summary():
 def test_figures_return_figures_and_save_only_when_asked(tmp_path: Path):
     from matplotlib.figure import Figure
 
-    from probekit.report.figures import accuracy_by_layer, heatmap, relative_depth, task_report
+    from probekit.report import figures as f
 
     summary = _summary()
-    for fig in (accuracy_by_layer(summary), heatmap(summary), relative_depth(summary),
-                task_report(summary, "upos")):
+    accuracy_by_layer = f.accuracy_by_layer
+    for fig in (accuracy_by_layer(summary), f.heatmap(summary), f.relative_depth(summary),
+                f.task_report(summary, "upos")):
         assert isinstance(fig, Figure)
     assert not list(tmp_path.iterdir())
     fig = accuracy_by_layer(summary, tmp_path / "acc", ("png",))
