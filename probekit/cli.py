@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 
 from probekit.errors import ConfigError
+from probekit.tracking import TRACKERS
 
 log = logging.getLogger("probekit")
 
@@ -37,6 +38,8 @@ def _overrides(args) -> dict:
         out["strict"] = True
     if getattr(args, "name", None):
         out["name"] = args.name
+    if getattr(args, "track", None):
+        out["track"] = args.track
     return out
 
 
@@ -291,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--data-dir", dest="data_dir", help=DATA_HELP)
     r.add_argument("--batch-tokens", dest="batch_tokens", type=_count(1), help=BATCH_HELP)
     r.add_argument("--strict", action="store_true", help="Stop on a damaged store file instead of recomputing it.")
+    r.add_argument("--track", action="append", choices=TRACKERS,
+                   help="Log the run to this tracker (repeatable; replaces the config's track list).")
     r.add_argument("--dry-run", action="store_true", help="Print the resolved config and stop.")
     r.set_defaults(fn=cmd_run)
 

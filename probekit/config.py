@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from probekit.errors import ConfigError, did_you_mean, unknown_name
+from probekit.tracking import check_trackers
 
 PROBES = ("linear", "mlp1", "mlp2")
 _TYPE_NAMES = {"list": list, "dict": dict, "str": str, "bool": bool, "int": int, "float": float, "None": type(None)}
@@ -21,7 +22,7 @@ _TYPE_NAMES = {"list": list, "dict": dict, "str": str, "bool": bool, "int": int,
 _LIST_ITEMS = {"models": (str, "model names"), "tasks": (str, "task names"), "probes": (str, "probe names"),
                "seeds": (int, "integers"), "layers": (int, "layer numbers"),
                "sentence_poolings": (str, "pooling names"), "Cs": ((int, float), "positive numbers"),
-               "figures": (str, "formats")}
+               "figures": (str, "formats"), "track": (str, "tracker names")}
 SPLIT_NAMES = ("train", "dev", "test")
 #: Keys of the ``mlp`` setting: MLPProbe's keyword arguments but those the experiment sets itself (hidden_layers
 #: from the probe name, seed, device); tests/test_errors.py keeps the two in step.
@@ -78,6 +79,8 @@ class ExperimentConfig:
     strict: bool = _help(False, "Stop on a damaged store file instead of recomputing it.")
     baselines: dict | None = _help(None, "Fine-tuning / lightweight-tuning baselines (see docs/baselines.md).")
     figures: list = _help(["pdf", "png"], "Figure formats (pdf, png, svg).")
+    track: list = _help([], "Experiment trackers to log the finished run to: mlflow, tensorboard, wandb (extra "
+                            "[track]; see probekit/tracking.py for where each writes).")
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -125,6 +128,7 @@ class ExperimentConfig:
         for f in self.figures:
             if f not in ("pdf", "png", "svg"):
                 raise unknown_name("figure format", f, ("pdf", "png", "svg"))
+        check_trackers(self.track)
         from probekit.activations.align import SENTENCE_POOLINGS, check_pooling
         if self.word_pooling is not None:
             check_pooling(self.word_pooling)

@@ -470,8 +470,13 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> Experimen
     figs = experiment_figures(df, summary, folder, formats=cfg.figures)
     _append_run_log(folder, {"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t_start)),
                              "seconds": round(time.time() - t_start, 2), "forward_passes": forward_passes})
-    return ExperimentResult(config=cfg, folder=folder, table=df, summary=summary, figures=figs,
-                            forward_passes=forward_passes)
+    result = ExperimentResult(config=cfg, folder=folder, table=df, summary=summary, figures=figs,
+                              forward_passes=forward_passes)
+    if cfg.track:
+        from probekit.tracking import log_experiment
+
+        log_experiment(result)
+    return result
 
 
 def _append_run_log(folder: Path, entry: dict) -> None:
