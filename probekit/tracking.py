@@ -17,6 +17,7 @@ from pathlib import Path
 
 from probekit._extras import require
 from probekit.errors import unknown_name
+from probekit.results.table import control_mask
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def log_experiment(result) -> None:
 def curves(summary) -> dict[str, list[tuple[int, float]]]:
     """``{"<model>/<task>/<probe>/<pooling>/test_accuracy": [(layer, mean), ...]}`` of the probes (no controls)."""
     s = summary[(summary["metric"] == "accuracy") & (summary["split"] == "test")
-                & (summary["method"].astype(str) == "probe") & (summary["control"].astype(str) == "False")]
+                & (summary["method"].astype(str) == "probe") & control_mask(summary, False)]
     s = s[s["layer"].notna() & (s["layer"].astype(str) != "")]
     out: dict[str, list[tuple[int, float]]] = {}
     for (model, task, probe, pooling), part in s.groupby(["model", "task", "probe", "pooling"], sort=True):

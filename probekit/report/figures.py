@@ -24,8 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from probekit.activations.models import ModelName
 from probekit.errors import ConfigError
 from probekit.report.style import ONE_COLUMN, TWO_COLUMN, color, paper_style, save
+from probekit.results.table import control_mask
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,7 @@ def _majority(s, model, task):
 
 
 def _models(s):
-    models = sorted({m for m in s["model"].unique() if "@random" not in m})
+    models = sorted({m for m in s["model"].unique() if not ModelName.parse(m).is_random})
     return models or sorted(s["model"].unique())
 
 
@@ -138,7 +140,7 @@ def accuracy_by_layer(summary, stem: Path | None = None, formats=("pdf", "png"),
                 x, m, lo, hi = c
                 ax.plot(x, m, marker="o", color=color(i), label=task)
                 ax.fill_between(x, lo, hi, color=color(i), alpha=0.2, linewidth=0)
-                r = _curve(s, model=f"{model}@random", task=task, probe=probe)
+                r = _curve(s, model=ModelName.random_of(model), task=task, probe=probe)
                 if r is not None:
                     ax.plot(r[0], r[1], linestyle=":", color=color(i), linewidth=1)
                     drew_random = True
@@ -186,7 +188,7 @@ def task_report(summary, task: str, stem: Path | None = None, formats=("pdf", "p
     relative = len(set(depths.values())) > 1 and len(depths) == len(models)
 
     def xs(model, layers):
-        base = model.replace("@random", "")
+        base = ModelName.parse(model).base
         return layers / depths[base] if relative and base in depths else layers
 
     if not models:
@@ -207,9 +209,9 @@ def task_report(summary, task: str, stem: Path | None = None, formats=("pdf", "p
             if cc is not None:
                 ax.plot(xs(model, cc[0]), cc[1], color=col, linestyle="-.", label=f"{model} control task")
                 ax.fill_between(xs(model, cc[0]), cc[2], cc[3], color=col, alpha=0.12, linewidth=0)
-            r = _curve(s, model=f"{model}@random", task=task, probe=probe)
+            r = _curve(s, model=ModelName.random_of(model), task=task, probe=probe)
             if r is not None:
-                ax.plot(xs(model, r[0]), r[1], color=col, linestyle=":", label=f"{model}@random")
+                ax.plot(xs(model, r[0]), r[1], color=col, linestyle=":", label=ModelName.random_of(model))
             maj = _majority(s, model, task)
             if maj is not None and mi == 0:
                 ax.axhline(maj, color="grey", linestyle="--", linewidth=0.8, label="majority class")
@@ -224,7 +226,7 @@ def task_report(summary, task: str, stem: Path | None = None, formats=("pdf", "p
             if sel is not None:
                 axes[1].plot(xs(model, sel[0]), sel[1], marker="o", color=col)
                 axes[1].fill_between(xs(model, sel[0]), sel[2], sel[3], color=col, alpha=0.2, linewidth=0)
-            for mname, ls in ((model, "-"), (f"{model}@random", ":")):
+            for mname, ls in ((model, "-"), (ModelName.random_of(model), ":")):
                 md = _curve(s, model=mname, task=task, metric="mdl_codelength_kbits", probe=probe, split="train")
                 if md is not None:
                     axes[2].plot(xs(model, md[0]), md[1], marker="o" if ls == "-" else None, linestyle=ls, color=col)
@@ -334,7 +336,7 @@ def heatmap(summary, stem: Path | None = None, formats=("pdf", "png"), *, metric
 
     def rows(split):
         sel = s[(s["metric"] == metric) & (s["split"] == split) & (s["probe"].astype(str) == probe)
-                & (s["control"].astype(str) == "False") & (s["method"].astype(str) == "probe")]
+                & control_mask(s, False) & (s["method"].astype(str) == "probe")]
         sel = sel[(sel["layer"].astype(str) != "") & sel["layer"].notna()]
         return sel.assign(layer=sel["layer"].astype(float).astype(int), mean=sel["mean"].astype(float))
 
@@ -342,7 +344,7 @@ def heatmap(summary, stem: Path | None = None, formats=("pdf", "png"), *, metric
     if sel.empty:
         return None
     if models is None:
-        models = _models(sel) + sorted(m for m in sel["model"].unique() if "@random" in m and m not in _models(sel))
+        models = _models(sel) + sorted(m for m in set(sel["model"]) - set(_models(sel)) if ModelName.parse(m).is_random)
     models = [m for m in models if m in set(sel["model"])]
     if not models:
         return None
@@ -469,7 +471,7 @@ def baselines_vs_params(data, stem: Path | None = None, formats=("pdf", "png"), 
                         "(results.csv plus the baselines' rows), not the summary.")
     d = d[(d["metric"] == metric) & (d["split"] == split)]
     if "control" in d:
-        d = d[d["control"].astype(str) != "True"]
+        d = d[~control_mask(d, True)]
     layer = pd.to_numeric(d["layer"], errors="coerce")
     tuning = d[d["method"].isin(TUNING_METHODS) & (layer.isna() | (layer < 0))]
     if tuning.empty:
