@@ -7,7 +7,8 @@
 * ``sentence_poolings``: per sentence task, accuracy by layer for each pooling (cls/mean/last).
 * ``relative_depth``: models of different depth on one axis (layer / number of layers).
 * ``heatmap``: tasks × layers, one panel per model, every cell annotated, each task's best layer boxed.
-* ``baselines_vs_params``: test accuracy against the trainable-parameter fraction (log x): each
+* ``baselines_vs_params`` (in :mod:`probekit.report.baselines_figure`): test accuracy against the trainable-parameter
+  fraction (log x): each
   tuning method (fine-tuning, prompt / prefix tuning, adapters, LoRA) a marker, the linear probes
   of every layer a connected series at the probe's own (tiny) fraction.
 
@@ -25,18 +26,22 @@ from pathlib import Path
 import numpy as np
 
 from probekit.activations.models import ModelName
-from probekit.errors import ConfigError
-from probekit.report.style import ONE_COLUMN, TWO_COLUMN, color, paper_style, save
+from probekit.report.baselines_figure import TUNING_METHODS, baselines_vs_params
+from probekit.report.style import (
+    ONE_COLUMN,
+    TWO_COLUMN,
+    color,
+    figure_paths,
+    finish,
+    new_figure,
+    only_model,
+    paper_style,
+)
 from probekit.results.table import control_mask
 
 log = logging.getLogger(__name__)
 
 CAUSAL_NOTE = "decoder: a word's state sees only its left context"
-#: Tuning baselines (``method`` column) and their markers in :func:`baselines_vs_params`.
-TUNING_METHODS = {"finetune": ("o", "full fine-tuning"), "prompt_tuning": ("^", "prompt tuning"),
-                  "prefix_tuning": ("v", "prefix tuning"), "adapter": ("s", "adapters"), "lora": ("D", "LoRA")}
-
-
 def _sel(s, **kw):
     m = np.ones(len(s), dtype=bool)
     for k, v in kw.items():
@@ -67,46 +72,6 @@ def _models(s):
     return models or sorted(s["model"].unique())
 
 
-def _figure(figsize, nrows=1, ncols=1, **kw):
-    """A new Figure (not registered with pyplot) with constrained layout, and its axes grid (always 2-D)."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize, layout="constrained")
-    return fig, fig.subplots(nrows, ncols, squeeze=False, **kw)
-
-
-def _one_axes(ax, figsize):
-    """``ax`` and its figure when given, else a new figure with one axes."""
-    if ax is not None:
-        return ax.figure, ax
-    fig, axes = _figure(figsize)
-    return fig, axes[0][0]
-
-
-def _done(fig, stem, formats):
-    """Save ``fig`` when a ``stem`` is given; return it."""
-    if stem is not None:
-        save(fig, Path(stem), formats)
-    return fig
-
-
-def figure_paths(stem: Path, formats) -> list[Path]:
-    """The files :func:`probekit.report.style.save` writes for ``stem`` and ``formats``."""
-    return [Path(stem).with_name(f"{Path(stem).name}.{fmt}") for fmt in formats]
-
-
-def _only_model(models: list[str], model: str | None, what: str) -> list[str]:
-    """With ``ax=`` one axes is drawn: the one model asked for, or the only one."""
-    if model is not None:
-        if model not in models:
-            raise ConfigError(f"{what}: no rows for model {model!r}; the table has {', '.join(models)}.")
-        return [model]
-    if len(models) > 1:
-        raise ConfigError(f"{what}(ax=...) draws one model, and the table has {len(models)} "
-                          f"({', '.join(models)}): pass model=NAME, or no ax for one panel per model.")
-    return models
-
-
 def _kind(s, model):
     k = s[s["model"] == model]["model_kind"]
     return str(k.iloc[0]) if len(k) else ""
@@ -122,12 +87,12 @@ def accuracy_by_layer(summary, stem: Path | None = None, formats=("pdf", "png"),
     if not models or not tasks:
         return None
     if ax is not None or model is not None:
-        models = _only_model(models, model, "accuracy_by_layer")
+        models = only_model(models, model, "accuracy_by_layer")
     own = ax is None
     with paper_style():
         width = ONE_COLUMN if len(models) == 1 else TWO_COLUMN
         if own:
-            fig, axes = _figure((width, 2.6), 1, len(models), sharey=True)
+            fig, axes = new_figure((width, 2.6), 1, len(models), sharey=True)
         else:
             fig, axes = ax.figure, [[ax]]
         drew_majority = drew_random = False
@@ -162,7 +127,7 @@ def accuracy_by_layer(summary, stem: Path | None = None, formats=("pdf", "png"),
             fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 3))
         else:  # the caller's figure may hold other axes: the legend goes into this one
             ax.legend(handles, labels)
-        return _done(fig, stem, formats)
+        return finish(fig, stem, formats)
 
 
 def _depths(s, models) -> dict[str, float]:
@@ -194,7 +159,7 @@ def task_report(summary, task: str, stem: Path | None = None, formats=("pdf", "p
     if not models:
         return None
     with paper_style():
-        fig, axes = _figure((TWO_COLUMN, 2.7), 1, 3)
+        fig, axes = new_figure((TWO_COLUMN, 2.7), 1, 3)
         axes = axes[0]
         for mi, model in enumerate(models):
             col = color(mi)
@@ -241,7 +206,7 @@ def task_report(summary, task: str, stem: Path | None = None, formats=("pdf", "p
         handles, labels = axes[0].get_legend_handles_labels()
         if handles:
             fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)))
-        return _done(fig, stem, formats)
+        return finish(fig, stem, formats)
 
 
 def sentence_poolings(summary, stem: Path | None = None, formats=("pdf", "png"), *, probe="linear"):
@@ -252,7 +217,7 @@ def sentence_poolings(summary, stem: Path | None = None, formats=("pdf", "png"),
     tasks = sorted(s["task"].unique())
     models = _models(s)
     with paper_style():
-        fig, axes = _figure((TWO_COLUMN, 1.9 * len(models)), len(models), len(tasks))
+        fig, axes = new_figure((TWO_COLUMN, 1.9 * len(models)), len(models), len(tasks))
         for r, model in enumerate(models):
             for c, task in enumerate(tasks):
                 ax = axes[r][c]
@@ -272,7 +237,7 @@ def sentence_poolings(summary, stem: Path | None = None, formats=("pdf", "png"),
                     ax.set_ylabel("test accuracy")
                 if r == 0 and c == 0:
                     ax.legend(title="pooling")
-        return _done(fig, stem, formats)
+        return finish(fig, stem, formats)
 
 
 def relative_depth(summary, stem: Path | None = None, formats=("pdf", "png"), *, probe="linear", models=None):
@@ -287,7 +252,7 @@ def relative_depth(summary, stem: Path | None = None, formats=("pdf", "png"), *,
     if not tasks:
         return None
     with paper_style():
-        fig, axes = _figure((TWO_COLUMN, 2.4), 1, len(tasks), sharex=True)
+        fig, axes = new_figure((TWO_COLUMN, 2.4), 1, len(tasks), sharex=True)
         for t, task in enumerate(tasks):
             ax = axes[0][t]
             for i, model in enumerate(models):
@@ -312,7 +277,7 @@ def relative_depth(summary, stem: Path | None = None, formats=("pdf", "png"), *,
                     labels.append(lab)
         if handles:
             fig.legend(handles, labels, loc="outside upper center", ncol=min(3, len(labels)))
-        return _done(fig, stem, formats)
+        return finish(fig, stem, formats)
 
 
 def heatmap(summary, stem: Path | None = None, formats=("pdf", "png"), *, metric: str = "accuracy",
@@ -349,7 +314,7 @@ def heatmap(summary, stem: Path | None = None, formats=("pdf", "png"), *, metric
     if not models:
         return None
     if ax is not None:
-        models = _only_model(models, models[0] if len(models) == 1 else None, "heatmap")
+        models = only_model(models, models[0] if len(models) == 1 else None, "heatmap")
     from probekit.report.tables import task_row_labels, unique_pivot
 
     sel, dev = task_row_labels(sel), (task_row_labels(dev) if len(dev) else dev)
@@ -364,7 +329,7 @@ def heatmap(summary, stem: Path | None = None, formats=("pdf", "png"), *, metric
     with paper_style():
         heights = [0.28 * len(t) + 0.55 for t in mats]
         if ax is None:
-            fig, axes = _figure((TWO_COLUMN, sum(heights) + 0.35 * len(models)), len(models), 1,
+            fig, axes = new_figure((TWO_COLUMN, sum(heights) + 0.35 * len(models)), len(models), 1,
                                 gridspec_kw={"height_ratios": heights})
         else:
             fig, axes = ax.figure, np.array([[ax]])
@@ -418,139 +383,10 @@ def heatmap(summary, stem: Path | None = None, formats=("pdf", "png"), *, metric
 
             cb.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:.0f}"))
         cb.set_label(label)
-        return _done(fig, stem, formats)
+        return finish(fig, stem, formats)
 
 
 PALETTE_HIGHLIGHT = "#D55E00"  # Okabe-Ito vermillion: the best-layer boxes
-
-
-def _agg(df, keys: list[str], col: str = "value"):
-    """Mean and 95% CI over seeds of ``col`` per ``keys`` group (tidy table -> summary-like frame)."""
-    import pandas as pd
-
-    from probekit.results.stats import mean_ci
-
-    recs = []
-    for key, part in df.groupby(keys, dropna=False, sort=True):
-        mean, lo, hi = mean_ci(part[col].astype(float).to_numpy())
-        rec = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
-        rec.update(mean=mean, ci_lo=lo, ci_hi=hi)
-        for extra in ("trainable_fraction", "trainable_params"):
-            if extra in part:
-                rec[extra] = pd.to_numeric(part[extra], errors="coerce").median()
-        recs.append(rec)
-    return pd.DataFrame(recs)
-
-
-def baselines_vs_params(data, stem: Path | None = None, formats=("pdf", "png"), *, metric: str = "accuracy",
-                        split: str = "test", probe: str = "linear", models: list[str] | None = None,
-                        tasks: list[str] | None = None):
-    """Test ``metric`` against the fraction of trainable parameters (log x), one panel per model × task.
-
-    Tuning baselines (``method`` in finetune / prompt_tuning / prefix_tuning / adapter / lora, layer -1
-    or empty) are one marker each with a 95% CI bar over seeds; the ``probe`` probes of every layer form a
-    connected series at the probe's fraction (darker = deeper layer; the best layer is labelled), and the
-    majority class is dashed.
-
-    Args:
-        data: the tidy results table (``value`` and ``trainable_fraction`` columns; probes and tuning rows
-            together), or a summary-like table with ``mean``/``ci_lo``/``ci_hi`` and ``trainable_fraction``.
-    Returns:
-        The Figure (saved when ``stem`` is given); ``None`` when the table has no tuning-baseline rows.
-
-    A probe row without ``trainable_fraction`` gets ``trainable_params`` / (the model's total parameters,
-    derived from its tuning rows as ``trainable_params / trainable_fraction``).
-    """
-    import pandas as pd
-
-    from probekit.errors import DataError
-
-    d = data.copy()
-    if "trainable_fraction" not in d:
-        raise DataError("baselines_vs_params needs a trainable_fraction column: pass the tidy results table "
-                        "(results.csv plus the baselines' rows), not the summary.")
-    d = d[(d["metric"] == metric) & (d["split"] == split)]
-    if "control" in d:
-        d = d[~control_mask(d, True)]
-    layer = pd.to_numeric(d["layer"], errors="coerce")
-    tuning = d[d["method"].isin(TUNING_METHODS) & (layer.isna() | (layer < 0))]
-    if tuning.empty:
-        log.info("baselines_vs_params: no tuning-baseline rows (%s); nothing drawn", ", ".join(TUNING_METHODS))
-        return None
-    probes = d[(d["method"] == "probe") & (d["probe"].astype(str) == probe) & layer.notna() & (layer >= 0)]
-    majority = d[(d["method"] == "probe") & (d["probe"].astype(str) == "majority")]
-    summarised = "mean" in d and "value" not in d
-    if summarised:
-        t_agg, p_agg = tuning, probes.assign(layer=pd.to_numeric(probes["layer"]).astype(int))
-        m_agg = majority
-    else:
-        t_agg = _agg(tuning, ["model", "task", "method"])
-        p_agg = _agg(probes.assign(layer=pd.to_numeric(probes["layer"]).astype(int)), ["model", "task", "layer"])
-        m_agg = _agg(majority, ["model", "task"])
-    for c in ("trainable_fraction", "trainable_params"):
-        for frame in (t_agg, p_agg):
-            if c in frame:
-                frame[c] = pd.to_numeric(frame[c], errors="coerce")
-    totals = {}
-    for m, part in t_agg.groupby("model"):
-        ok = part[(part["trainable_fraction"] > 0) & part["trainable_params"].notna()]
-        if len(ok):
-            totals[m] = float((ok["trainable_params"] / ok["trainable_fraction"]).median())
-    if len(p_agg):
-        frac = p_agg["trainable_fraction"] if "trainable_fraction" in p_agg else pd.Series(np.nan, index=p_agg.index)
-        derived = p_agg["trainable_params"] / p_agg["model"].map(totals) if "trainable_params" in p_agg else np.nan
-        p_agg = p_agg.assign(trainable_fraction=frac.where(frac.notna(), derived))
-    models = models or sorted(t_agg["model"].unique())
-    tasks = tasks or sorted(t_agg["task"].unique())
-    with paper_style():
-        fig, axes = _figure((TWO_COLUMN, 2.1 * len(models) + 0.5), len(models), len(tasks), sharex=True)
-        from matplotlib import cm
-
-        for r, model in enumerate(models):
-            for c, task in enumerate(tasks):
-                ax = axes[r][c]
-                tt = t_agg[(t_agg["model"] == model) & (t_agg["task"] == task)]
-                for i, (method, (marker, label)) in enumerate(TUNING_METHODS.items()):
-                    row = tt[tt["method"] == method]
-                    if row.empty or not np.isfinite(float(row["trainable_fraction"].iloc[0])):
-                        continue
-                    x, y = float(row["trainable_fraction"].iloc[0]), float(row["mean"].iloc[0])
-                    err = [[y - float(row["ci_lo"].iloc[0])], [float(row["ci_hi"].iloc[0]) - y]]
-                    ax.errorbar([x], [y], yerr=err, marker=marker, color=color(i), linestyle="none",
-                                markersize=5, capsize=2, label=label)
-                pp = p_agg[(p_agg["model"] == model) & (p_agg["task"] == task)].sort_values("layer")
-                pp = pp[np.isfinite(pp["trainable_fraction"].astype(float))]
-                if len(pp):
-                    x = pp["trainable_fraction"].astype(float).to_numpy()
-                    y = pp["mean"].astype(float).to_numpy()
-                    layers = pp["layer"].to_numpy()
-                    ax.plot(x, y, color="0.55", linewidth=0.8, zorder=1)
-                    shades = cm.Greys(np.linspace(0.35, 1.0, len(layers)))
-                    ax.scatter(x, y, c=shades, s=9, zorder=2, label=f"{probe} probe per layer (darker = deeper)")
-                    b = int(np.nanargmax(y))
-                    ax.annotate(f"layer {layers[b]}", (x[b], y[b]), xytext=(4, 0), textcoords="offset points",
-                                fontsize=6, va="center")
-                elif len(probes):
-                    log.warning("baselines_vs_params: no trainable fraction for the %s probes of %s (no tuning rows "
-                                "to derive the model size from); probes not drawn", probe, model)
-                mm = m_agg[(m_agg["model"] == model) & (m_agg["task"] == task)]
-                if len(mm):
-                    ax.axhline(float(mm["mean"].iloc[0]), color="grey", linestyle="--", linewidth=0.8,
-                               label="majority class")
-                ax.set_xscale("log")
-                ax.set_title(f"{model}: {task}")
-                if r == len(models) - 1:
-                    ax.set_xlabel("trainable parameters / model parameters")
-                if c == 0:
-                    ax.set_ylabel(f"{split} {metric}")
-        handles, labels = [], []
-        for ax in axes.ravel():
-            for h, lab in zip(*ax.get_legend_handles_labels()):
-                if lab not in labels:
-                    handles.append(h)
-                    labels.append(lab)
-        fig.legend(handles, labels, loc="outside lower center", ncol=min(3, len(labels)))
-        return _done(fig, stem, formats)
 
 
 def experiment_figures(df, summary, folder: Path, formats=("pdf", "png")) -> list[Path]:
