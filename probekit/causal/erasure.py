@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from probekit._extras import require
 from probekit._io import atomic_write_bytes
 from probekit.errors import ConfigError, DataError, ModelError, TaskError, unknown_name
 from probekit.probing.linear import check_finite
@@ -98,8 +99,8 @@ def _check_labels(y: np.ndarray, n_classes: int, what: str) -> None:
 def fit_leace(X: np.ndarray, y: np.ndarray, *, n_classes: int, layer: int = 0) -> LayerEraser:
     """LEACE eraser of one layer's ``X: [n, d_model]`` for labels ``y: [n]`` (fitted in float64)."""
     import torch
-    from concept_erasure import LeaceFitter
 
+    LeaceFitter = require("concept_erasure", extra="erasure", purpose="LEACE erasure").LeaceFitter
     _check_labels(y, n_classes, f"Layer {layer}")
     Xt = torch.as_tensor(np.asarray(X), dtype=torch.float64)
     Z = torch.nn.functional.one_hot(torch.as_tensor(y), n_classes).to(torch.float64)
