@@ -1,11 +1,39 @@
 """Files: atomic writes, content hashes and probekit's cache folder, the helpers every stage shares."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import re
+import shutil
 import tempfile
 from functools import lru_cache
 from pathlib import Path
+
+from probekit.errors import ConfigError
+
+#: A name that becomes one path component: letters, digits, '-', '_', '.', not only dots.
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def check_name(text, what: str) -> str:
+    """``text`` when it is one path component (letters, digits, ``-``, ``_``, ``.``; not ``.`` or ``..``), else a
+    ConfigError: user text that becomes a path (an experiment name, a split name) never leaves its folder."""
+    if not isinstance(text, str) or not _NAME.fullmatch(text) or set(text) == {"."}:
+        raise ConfigError(f"{what} must be one name of letters, digits, '-', '_' and '.' (no '/', no '..'); got "
+                          f"{text!r}.")
+    return text
+
+
+def disk_full_error(path: Path, nbytes: int, err: OSError) -> OSError:
+    """The OSError to raise when writing ``nbytes`` to ``path`` ran out of space: it names the path, the bytes needed
+    and the space free there (the bare ENOSPC names neither)."""
+    try:
+        free = f"{shutil.disk_usage(Path(path).parent).free} bytes free there"
+    except OSError:
+        free = "free space unknown"
+    return OSError(err.errno, f"No space left on device writing {path}: {nbytes} bytes needed, {free}. Free some "
+                              "space, or point the output elsewhere")
 
 
 def cache_root() -> Path:
@@ -45,9 +73,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise disk_full_error(path, len(data), e) from None
         raise

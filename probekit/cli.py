@@ -133,12 +133,11 @@ def cmd_train_probe(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    from probekit import bundle as bundles
     from probekit.errors import ConfigError
-    from probekit.bundle import load_probe_bundle
 
-    bundle = load_probe_bundle(args.probe)
-    sents = [line.strip() for line in Path(args.input).read_text(encoding="utf-8").splitlines() if line.strip()] \
-        if args.input else args.sentence
+    bundle = bundles.load_probe_bundle(args.probe)
+    sents = bundles.read_input_lines(args.input) if args.input else args.sentence
     if not sents:
         raise ConfigError("Give sentences as arguments or --input FILE (one sentence per line).")
     if args.layer in ("best", "all"):

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from probekit._io import check_name
 from probekit.errors import ConfigError, unknown_name
 
 PROBES = ("linear", "mlp1", "mlp2")
@@ -81,6 +82,9 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         self._check_types()
+        check_name(self.name, "Config 'name' (the experiment's folder under results_dir)")
+        for role, split in self.splits.items():
+            check_name(split, f"Config 'splits.{role}' (part of the store's folder name)")
         if not self.models:
             raise ConfigError("Config 'models' is empty: name at least one model (e.g. minilm).")
         if not self.tasks:

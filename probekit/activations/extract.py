@@ -23,7 +23,7 @@ import numpy as np
 
 from probekit.activations.align import (SENTENCE_POOLINGS, align_batch, check_pooling, plan_windows, pool_words,
                             special_layout)
-from probekit._io import atomic_write_bytes
+from probekit._io import atomic_write_bytes, check_name
 from probekit.data.conllu_io import Sentence
 from probekit.errors import ConfigError, DataError, ModelError, StoreError
 from probekit.activations.store import (DTYPES, ActivationStore, plan_shards, read_json, store_key, verify_shard,
@@ -321,6 +321,7 @@ def extract(model, sentences: Sequence[Sentence], *, dataset: str = "custom", sp
                                               "n_sentences": len(sentences)},
             "extraction": ex.settings(), "dtype": dtype}
     key = store_key(spec)
+    check_name(split, "The split name (part of the store's folder name)")
     root = Path(store_root) if store_root else default_store_root()
     store_dir = root / f"{Path(model.name).name.replace('@', '_')}-{split}-{key}"
     store_dir.mkdir(parents=True, exist_ok=True)
@@ -352,13 +353,21 @@ def extract(model, sentences: Sequence[Sentence], *, dataset: str = "custom", sp
                                      f"{store_dir} or rerun without --strict to rebuild the manifest.")
                 log.warning("Activation store damaged: %s is not a JSON object; rebuilding the manifest from the "
                             "shard folders (each shard is verified against its meta.json).", manifest_path)
-            elif old.get("key") == key and old.get("shard_words", shard_words) != shard_words:
+            elif old.get("key") != key:
+                problem = (f"{manifest_path} belongs to another store (key {old.get('key')}, expected {key}; "
+                           "foreign manifest)")
+                if strict:
+                    raise StoreError(f"Activation store damaged: {problem}. Delete {store_dir} or rerun without "
+                                     "--strict to rebuild it.")
+                log.warning("Activation store damaged: %s; rebuilding the manifest from the shard folders (each shard "
+                            "is verified against its meta.json).", problem)
+            elif old.get("shard_words", shard_words) != shard_words:
                 # same vectors, cut into other shards: not damage, but none of the old shards can be reused
                 log.info("%s was written with shard_words=%s, now %s: extracting it again in the new shards",
                          store_dir, old.get("shard_words"), shard_words)
                 for d_old in store_dir.glob("shard-*"):
                     shutil_rmtree(d_old)
-            elif old.get("key") == key and old.get("n_shards") == len(plans):
+            elif old.get("n_shards") == len(plans):
                 for rec in old.get("shards") or []:
                     try:
                         done[int(rec["name"].split("-")[1])] = rec
@@ -368,13 +377,17 @@ def extract(model, sentences: Sequence[Sentence], *, dataset: str = "custom", sp
         # pick up shards committed after the last manifest write (killed between rename and manifest)
         for p in plans:
             meta_file = store_dir / f"shard-{p.index:05d}" / "meta.json"
-            if p.index not in done and meta_file.is_file():
-                meta = read_json(meta_file)
-                if meta is not None:
-                    done[p.index] = meta
-                else:
-                    log.warning("Activation store damaged: %s is not a JSON object. Recomputing that shard.",
-                                meta_file)
+            if p.index in done or not meta_file.parent.is_dir():
+                continue
+            meta = read_json(meta_file)
+            if meta is not None:
+                done[p.index] = meta
+                continue
+            problem = f"{meta_file} is {'not a JSON object' if meta_file.is_file() else 'missing'}"
+            if strict:
+                raise StoreError(f"Activation store damaged: {problem}. Delete {store_dir} or rerun without --strict "
+                                 "to recompute the shard.")
+            log.warning("Activation store damaged: %s. Recomputing that shard.", problem)
         for idx in sorted(done):
             meta = done[idx]
             p = plans[idx] if idx < len(plans) else None
@@ -428,6 +441,10 @@ def extract(model, sentences: Sequence[Sentence], *, dataset: str = "custom", sp
     if not manifest["complete"]:
         raise StoreError(f"Extraction of {store_dir} stopped after {len(done)} of {len(plans)} shards; "
                          "run it again to resume.")
+    borrowed = manifest.get("stats", {}).get("borrowed_words", 0)
+    if borrowed:  # every run that uses the store says it, not only the one that extracted it
+        log.warning("%s: %d word(s) have no subword of their own (e.g. a lone zero-width space or no-break space) and "
+                    "share a neighbour's vector (stats.borrowed_words in its manifest.json).", store_dir, borrowed)
     store = ActivationStore(store_dir)
     store.computed_shards = len(todo)  # shards computed by this call (0 = pure reuse, no forward pass)
     return store

@@ -13,16 +13,21 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from probekit._io import atomic_write_bytes
 from probekit.config import ExperimentConfig
-from probekit.errors import ConfigError, TaskError
+from probekit.errors import ConfigError, DataError, TaskError
+from probekit.keys import content_key
 from probekit.probing.linear import check_finite
-from probekit.results.table import classification_metrics, load_unit, row, save_unit
+from probekit.results.table import (begin_folder_write, classification_metrics, commit_folder, load_unit, row,
+                                    save_unit, write_csv)
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +62,7 @@ def load_data(cfg: ExperimentConfig) -> tuple[dict, dict]:
         else:
             split = cfg.splits.get(role, role)
             path = locate(cfg.dataset, split, data_dir=cfg.data_dir)
-        sents = read_conllu(path, cache_dir=cache_root(), limit=limit)
+        sents = read_conllu(path, cache_dir=cache_root(), limit=limit, strict=cfg.strict)
         if not sents:
             raise DataError(f"{path}: the {role} split is empty (limit={limit}). Give a file with sentences.")
         sample = cfg.train_sentences if role == "train" and cfg.train_sentences and \
@@ -102,7 +107,7 @@ class Unit:
 
 
 def _unit_key(spec: dict) -> str:
-    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return content_key("unit", spec)
 
 
 def plan_units(cfg: ExperimentConfig, model: str, model_fp: dict, data_fp: dict, kind_hint: str | None = None
@@ -125,7 +130,7 @@ def plan_units(cfg: ExperimentConfig, model: str, model_fp: dict, data_fp: dict,
             for probe in cfg.probes:
                 for seed in cfg.seeds:
                     spec = {"v": UNIT_VERSION, "model": model_fp, "data": data_key, "task": task.name,
-                            "task_version": task.version, "labels": task.labels, "pooling": pooling,
+                            "task_version": task.version, "task_fp": task.fingerprint, "labels": task.labels, "pooling": pooling,
                             "probe": probe, "seed": seed, "layers": cfg.layers, "Cs": cfg.Cs,
                             "control": cfg.control_tasks, "mdl": cfg.mdl and probe == "linear" and seed == cfg.seeds[0],
                             "mdl_max": cfg.mdl_max_examples, "max_train": cfg.max_train_items, "mlp": cfg.mlp if probe != "linear" else None,
@@ -401,9 +406,7 @@ def extract_stores(cfg: ExperimentConfig, lm, data: dict, data_fp: dict, *, prog
 
 
 def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> ExperimentResult:
-    """Run (or resume) an experiment end to end and write its results folder."""
-    from probekit.activations.models import fingerprint, load_model
-    from probekit.results.table import provenance, to_frames, write_csv
+    """Run (or resume) an experiment end to end and write its results folder (under the folder's lock)."""
     from probekit.tasks import get_task
 
     t_start = time.time()
@@ -413,6 +416,45 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> Experimen
     Path(cfg.results_dir).mkdir(parents=True, exist_ok=True)
     tasks = [get_task(t) for t in cfg.tasks]
     data, data_fp = load_data(cfg)
+    with _results_lock(Path(cfg.results_dir) / f".{cfg.name}.lock"):
+        _remove_temporaries(folder)
+        return _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress)
+
+
+@contextmanager
+def _results_lock(path: Path):
+    """Hold the results folder's lock: a second run of the same experiment waits, then reuses the first one's units
+    instead of computing them again (``PROBEKIT_LOCK_TIMEOUT`` seconds at most, default an hour)."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.warning("%s is held by another probekit run of this experiment; waiting for it to finish", path)
+        try:
+            lock.acquire(timeout=int(os.environ.get("PROBEKIT_LOCK_TIMEOUT", "3600")))
+        except Timeout:
+            raise DataError(f"The results folder is locked by another probekit run (lock file {path}). Wait for it "
+                            "to finish; if no other process runs, delete the lock file.") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _remove_temporaries(folder: Path) -> None:
+    """Delete the half-written files (``.<name>.*.tmp``) that a killed run left in the results folder (called under
+    the folder's lock, so no other run of this experiment is writing them)."""
+    for sub in (folder, folder / "runs", folder / "baselines" / "runs"):
+        for tmp in sub.glob(".*.tmp") if sub.is_dir() else ():
+            tmp.unlink(missing_ok=True)
+
+
+def _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress) -> ExperimentResult:
+    from probekit.activations.models import fingerprint, load_model
+    from probekit.results.table import provenance, to_frames
+
     all_rows: list[dict] = []
     models_info = {}
     forward_passes = 0
@@ -421,7 +463,7 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> Experimen
         units = plan_units(cfg, m, fp, data_fp)
         pending = []
         for u in units:
-            rows = load_unit(runs / f"{u.key}.json")
+            rows = load_unit(runs / f"{u.key}.json", key=u.key, strict=cfg.strict)
             if rows is None:
                 pending.append(u)
             else:
@@ -444,7 +486,7 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> Experimen
                 probe_task(lm_info=info, stores=stores, data=data, task=task, cfg=cfg, units=tunits,
                            progress=progress, feature_cache=feature_cache)
                 for u in tunits:
-                    save_unit(runs / f"{u.key}.json", u.rows)
+                    save_unit(runs / f"{u.key}.json", u.rows, key=u.key)
                 log.info("%s %s: probed in %.1fs", m, task.name, time.perf_counter() - t0)
             del lm, feature_cache
         for u in units:
@@ -452,20 +494,23 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> Experimen
     if cfg.baselines:
         all_rows.extend(run_config_baselines(cfg, data))
     df, timings = to_frames(all_rows)
+    # the folder's files are one commit: .writing marks it open until committed.json lists them (results/table.py)
+    begin_folder_write(folder)
     write_csv(df, folder / "results.csv")
     if timings is not None:
         write_csv(timings, folder / "timings.csv")
+    else:
+        (folder / "timings.csv").unlink(missing_ok=True)
     from probekit.report.tables import summarize
 
     summary = summarize(df)
     write_csv(summary, folder / "summary.csv")
     prov = provenance(cfg.to_dict(), data=data_fp, models=models_info)
-    from probekit._io import atomic_write_bytes
-
     atomic_write_bytes(folder / "provenance.json", json.dumps(prov, indent=1, default=str).encode())
     from probekit.report.figures import experiment_figures
 
     figs = experiment_figures(df, summary, folder, formats=cfg.figures)
+    commit_folder(folder, ["results.csv", "timings.csv", "summary.csv", "provenance.json"])
     _append_run_log(folder, {"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t_start)),
                              "seconds": round(time.time() - t_start, 2), "forward_passes": forward_passes})
     return ExperimentResult(config=cfg, folder=folder, table=df, summary=summary, figures=figs,
@@ -474,8 +519,6 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> Experimen
 
 def _append_run_log(folder: Path, entry: dict) -> None:
     """Keep a log of runs (wall time, forward passes) beside the results (not part of results.csv)."""
-    from probekit._io import atomic_write_bytes
-
     path = folder / "run_log.json"
     try:
         runs = json.loads(path.read_bytes().decode("utf-8")) if path.is_file() else []
