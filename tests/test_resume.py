@@ -116,8 +116,8 @@ def _child_experiment(cfg: dict, events: str) -> None:
     ev = Path(events)
     orig = exp.save_unit
 
-    def save_then_hang(path, rows):
-        orig(path, rows)
+    def save_then_hang(path, rows, **kw):
+        orig(path, rows, **kw)
         _hang(ev, "hung")
     exp.save_unit = save_then_hang
     exp.run_experiment(ExperimentConfig(**cfg), progress=False)

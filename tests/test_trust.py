@@ -183,8 +183,8 @@ def test_split_name_cannot_leave_the_store_root(tiny_bert_dir, ewt_dev_small, tm
 
 def test_killed_rerun_with_changed_config_leaves_no_committed_mix(tiny_bert_dir, ewt_dev, tmp_path, monkeypatch,
                                                                   no_figures):
-    import probekit.runner.experiment as exp
     import probekit.results.table as table
+    import probekit.runner.experiment as exp
     from probekit.errors import DataError
 
     cfg = small_cfg(tiny_bert_dir, ewt_dev, tmp_path, tasks=["aux_verb"])

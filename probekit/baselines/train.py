@@ -22,6 +22,7 @@ from probekit.baselines.config import BaselineConfig, check_method
 from probekit._io import atomic_write_bytes
 from probekit.data.conllu_io import Sentence
 from probekit.errors import ConfigError, TaskError
+from probekit.keys import distrust, payload_digest
 
 log = logging.getLogger(__name__)
 
@@ -374,7 +375,9 @@ def run_baselines(*, models: Sequence[str], tasks: Sequence[str], seeds: Sequenc
                     if path is not None:
                         payload = {"format": RUN_FORMAT, "key": list(key), "identity": identity,
                                    "n_sentences": _n_sentences(splits), "config": config.resolved(method).to_dict(),
-                                   "info": info, "rows": run_rows}
+                                   "info": info, "rows": run_rows,
+                                   # of the rows as they will be read back
+                                   "sha256": payload_digest(json.loads(json.dumps(run_rows, default=str)))}
                         path.parent.mkdir(parents=True, exist_ok=True)
                         atomic_write_bytes(path, json.dumps(payload, indent=1, default=str).encode())
                     rows.extend(run_rows)
@@ -394,7 +397,7 @@ def run_identity(fingerprint: str, data_id: dict, model_id: dict, task) -> dict:
     """What a stored run's rows were computed from (settings, sentences, weights, task rule): a run file is reused only
     when its ``identity`` equals this (run_baselines, and the sweep's plan)."""
     return {"fingerprint": fingerprint, "data": data_id, "model": model_id, "task_version": task.version,
-            "labels": list(task.labels)}
+            "task_fp": task.fingerprint, "labels": list(task.labels)}
 
 
 def _n_sentences(splits: dict) -> dict:
@@ -408,5 +411,8 @@ def _read_run(path: Path) -> dict | None:
         log.warning("cannot read %s (%s); the run is done again", path, e)
         return None
     if not isinstance(d, dict) or d.get("format") != RUN_FORMAT or not isinstance(d.get("rows"), list):
+        return None
+    if d.get("sha256") != payload_digest(d["rows"]):
+        distrust(path, "fails its checksum (or predates it)", what="baseline run")
         return None
     return d

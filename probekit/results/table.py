@@ -104,7 +104,8 @@ def load_unit(path: Path, *, key: str | None = None, strict: bool = False) -> li
     if not isinstance(rows, list):
         problem = "is unreadable or not a result unit"
     elif blob.get("key") != want:
-        problem = f"holds the rows of unit {blob.get('key')!r}, not {want!r} (copied over, or written by an older probekit)"
+        problem = (f"holds the rows of unit {blob.get('key')!r}, not {want!r} (copied over, or written by an older "
+                   "probekit)")
     elif not (rows and blob.get("n_rows") == len(rows)
               and all(isinstance(r, dict) and set(COLUMNS) <= set(r) for r in rows)
               and blob.get("sha256") == payload_digest(rows)):
@@ -188,8 +189,8 @@ def _check_committed(folder: Path) -> None:
     for name, digest in files.items():
         p = folder / name
         if not p.is_file() or sha256_file(p) != digest:
-            raise DataError(f"{p} is not committed: it is not the file {folder / COMMITTED} lists (changed, replaced "
-                            f"or missing). {redo}")
+            raise DataError(f"{p} is not committed: it is not the file {folder / COMMITTED} lists (changed, "
+                            f"replaced or missing). {redo}")
 
 
 def load_results(folder: str | os.PathLike):
@@ -251,10 +252,15 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
-def provenance(config: dict, *, data: dict, models: dict) -> dict:
-    return {"config": config, "packages": package_versions(), "git_commit": git_commit(),
-            "python": sys.version.split()[0], "platform": platform.platform(), "data": data, "models": models,
-            "layer_convention": "layer 0 = embedding output; layer L = last transformer block"}
+def provenance(config: dict, *, data: dict, models: dict, tasks: dict | None = None) -> dict:
+    """What made a results folder; ``tasks``: per task its version, fingerprint (YAML and label-function code) and
+    file."""
+    out = {"config": config, "packages": package_versions(), "git_commit": git_commit(),
+           "python": sys.version.split()[0], "platform": platform.platform(), "data": data, "models": models,
+           "layer_convention": "layer 0 = embedding output; layer L = last transformer block"}
+    if tasks is not None:
+        out["tasks"] = tasks
+    return out
 
 
 def nan_to_none(x):

@@ -505,7 +505,9 @@ def _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress) -> E
 
     summary = summarize(df)
     write_csv(summary, folder / "summary.csv")
-    prov = provenance(cfg.to_dict(), data=data_fp, models=models_info)
+    prov = provenance(cfg.to_dict(), data=data_fp, models=models_info,
+                      tasks={t.name: {"version": t.version, "fingerprint": t.fingerprint, "file": t.source}
+                             for t in tasks})
     atomic_write_bytes(folder / "provenance.json", json.dumps(prov, indent=1, default=str).encode())
     from probekit.report.figures import experiment_figures
 
