@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -10,7 +11,9 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-from probekit.errors import ConfigError
+from probekit.errors import ConfigError, ProbekitError
+
+log = logging.getLogger(__name__)
 
 #: A name that becomes one path component: letters, digits, '-', '_', '.', not only dots.
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -23,6 +26,26 @@ def check_name(text, what: str) -> str:
         raise ConfigError(f"{what} must be one name of letters, digits, '-', '_' and '.' (no '/', no '..'); got "
                           f"{text!r}.")
     return text
+
+
+def acquire_lock(path: Path, what: str, error: type[ProbekitError]):
+    """Take the file lock ``path`` that guards ``what`` and return it (the caller releases it). While another
+    process holds it, wait (``PROBEKIT_LOCK_TIMEOUT`` seconds, default an hour), then raise ``error`` naming the lock
+    file."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+        return lock
+    except Timeout:
+        log.warning("%s is in use by another probekit process (lock file %s); waiting for it to finish", what, path)
+    try:
+        lock.acquire(timeout=int(os.environ.get("PROBEKIT_LOCK_TIMEOUT", "3600")))
+    except Timeout:
+        raise error(f"{what} is locked by another probekit process (lock file {path}). Wait for it to finish; if no "
+                    "other process runs, delete the lock file.") from None
+    return lock
 
 
 def disk_full_error(path: Path, nbytes: int, err: OSError) -> OSError:

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tiny import small_conllu
 
 SHARD_WORDS = 120
 
@@ -321,17 +322,6 @@ def no_figures(monkeypatch):
     import probekit.report.figures as figures
 
     monkeypatch.setattr(figures, "experiment_figures", lambda *a, **k: [])
-
-
-def small_conllu(ewt_dev, folder: Path) -> dict[str, str]:
-    """Small train/dev/test CoNLL-U files cut from EWT dev (30 / 12 / 12 sentences)."""
-    from probekit.data.conllu_io import write_conllu
-
-    folder.mkdir(parents=True, exist_ok=True)
-    cuts = {"train": ewt_dev[:30], "dev": ewt_dev[30:42], "test": ewt_dev[42:54]}
-    for role, sents in cuts.items():
-        write_conllu(sents, folder / f"{role}.conllu")
-    return {role: str(folder / f"{role}.conllu") for role in cuts}
 
 
 def test_killed_experiment_resumes_without_recomputing_finished_units(ctx, tiny_bert_dir, ewt_dev, tmp_path,

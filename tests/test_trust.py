@@ -14,18 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny import small_conllu
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def small_files(ewt_dev, folder: Path) -> dict[str, str]:
-    from probekit.data.conllu_io import write_conllu
-
-    folder.mkdir(parents=True, exist_ok=True)
-    cuts = {"train": ewt_dev[:30], "dev": ewt_dev[30:42], "test": ewt_dev[42:54]}
-    for role, sents in cuts.items():
-        write_conllu(sents, folder / f"{role}.conllu")
-    return {role: str(folder / f"{role}.conllu") for role in cuts}
 
 
 @pytest.fixture
@@ -39,7 +30,7 @@ def small_cfg(tiny_bert_dir, ewt_dev, tmp_path, **over):
     from probekit.config import ExperimentConfig
 
     kw = dict(name="trust", models=[str(tiny_bert_dir)], dataset="conllu",
-              files=small_files(ewt_dev, tmp_path / "data"), tasks=["aux_verb", "upos"], Cs=[1.0],
+              files=small_conllu(ewt_dev, tmp_path / "data"), tasks=["aux_verb", "upos"], Cs=[1.0],
               control_tasks=False, mdl=False, random_baseline=False, figures=[], device="cpu",
               store_dir=str(tmp_path / "stores"), results_dir=str(tmp_path / "results"))
     kw.update(over)
@@ -102,7 +93,7 @@ def test_label_function_code_is_part_of_the_task_fingerprint():
 def test_parse_cache_flipped_byte_is_reparsed_with_a_warning(ewt_dev, tmp_path, caplog):
     from probekit.data.conllu_io import read_conllu
 
-    files = small_files(ewt_dev, tmp_path / "data")
+    files = small_conllu(ewt_dev, tmp_path / "data")
     good = read_conllu(files["train"], cache_dir=tmp_path / "cache")
     (entry,) = list((tmp_path / "cache" / "parsed").glob("*.pkl"))
     blob = bytearray(entry.read_bytes())
@@ -120,7 +111,7 @@ def test_parse_cache_of_another_file_is_not_used(ewt_dev, tmp_path, caplog):
     from probekit.data.conllu_io import read_conllu
     from probekit.errors import DataError
 
-    files = small_files(ewt_dev, tmp_path / "data")
+    files = small_conllu(ewt_dev, tmp_path / "data")
     dev = read_conllu(files["dev"], cache_dir=tmp_path / "cache")
     test = read_conllu(files["test"], cache_dir=tmp_path / "cache")
     entries = {p.stat().st_mtime_ns: p for p in (tmp_path / "cache" / "parsed").glob("*.pkl")}
@@ -166,6 +157,18 @@ def test_good_experiment_names_pass():
 
     for name in ("quickstart", "exp-1_v2.0", "A.b"):
         assert ExperimentConfig(name=name).name == name
+
+
+def test_task_name_is_one_path_component(tmp_path):
+    import yaml
+
+    from probekit.errors import TaskError
+    from probekit.tasks.base import load_task_file
+
+    spec = {"name": "../evil", "level": "word", "labels": ["a", "b"], "label_fn": "upos"}
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(TaskError, match="name"):
+        load_task_file(tmp_path / "t.yaml")
 
 
 @pytest.mark.parametrize("split", ["../x", "a/b"])

@@ -23,7 +23,7 @@ import numpy as np
 
 from probekit.activations.align import (SENTENCE_POOLINGS, align_batch, check_pooling, plan_windows, pool_words,
                             special_layout)
-from probekit._io import atomic_write_bytes, check_name
+from probekit._io import acquire_lock, atomic_write_bytes, check_name
 from probekit.data.conllu_io import Sentence
 from probekit.errors import ConfigError, DataError, ModelError, StoreError
 from probekit.activations.store import (DTYPES, ActivationStore, plan_shards, read_json, store_key, verify_shard,
@@ -303,8 +303,6 @@ def extract(model, sentences: Sequence[Sentence], *, dataset: str = "custom", sp
         dtype: ``float16`` (default) or ``float32`` on disk.
         strict: a corrupt or foreign shard stops the run (StoreError) instead of being recomputed.
     """
-    from filelock import FileLock, Timeout
-
     if not sentences:
         raise StoreError(f"No sentences to extract for {dataset}/{split}: the split is empty.")
     empty = next((s for s in sentences if len(s) == 0), None)
@@ -331,12 +329,7 @@ def extract(model, sentences: Sequence[Sentence], *, dataset: str = "custom", sp
         # about 64 MiB of float16 word vectors per shard
         shard_words = max(256, (64 << 20) // (2 * n_layers * d))
     plans = plan_shards(words_per, max_words=shard_words)
-    lock = FileLock(str(store_dir / ".lock"))
-    try:
-        lock.acquire(timeout=int(os.environ.get("PROBEKIT_LOCK_TIMEOUT", "3600")))
-    except Timeout:
-        raise StoreError(f"{store_dir} is locked by another probekit process (lock file {store_dir / '.lock'}). "
-                         "Wait for it to finish; if no other process runs, delete the lock file.") from None
+    lock = acquire_lock(store_dir / ".lock", str(store_dir), StoreError)
     try:
         manifest_path = store_dir / "manifest.json"
         manifest = {"format": 2, "key": key, **spec, "word_pooling": ex.word_pooling,

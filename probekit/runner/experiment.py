@@ -13,21 +13,26 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from probekit._io import atomic_write_bytes
+from probekit._io import acquire_lock, atomic_write_bytes
 from probekit.config import ExperimentConfig
 from probekit.errors import ConfigError, DataError, TaskError
 from probekit.keys import content_key
 from probekit.probing.linear import check_finite
-from probekit.results.table import (begin_folder_write, classification_metrics, commit_folder, load_unit, row,
-                                    save_unit, write_csv)
+from probekit.results.table import (
+    begin_folder_write,
+    classification_metrics,
+    commit_folder,
+    load_unit,
+    row,
+    save_unit,
+    write_csv,
+)
 
 log = logging.getLogger(__name__)
 
@@ -416,29 +421,11 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> Experimen
     Path(cfg.results_dir).mkdir(parents=True, exist_ok=True)
     tasks = [get_task(t) for t in cfg.tasks]
     data, data_fp = load_data(cfg)
-    with _results_lock(Path(cfg.results_dir) / f".{cfg.name}.lock"):
+    # a second run of the same experiment waits, then reuses the first one's units instead of computing them again
+    lock = acquire_lock(Path(cfg.results_dir) / f".{cfg.name}.lock", f"The results folder {folder}", DataError)
+    try:
         _remove_temporaries(folder)
         return _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress)
-
-
-@contextmanager
-def _results_lock(path: Path):
-    """Hold the results folder's lock: a second run of the same experiment waits, then reuses the first one's units
-    instead of computing them again (``PROBEKIT_LOCK_TIMEOUT`` seconds at most, default an hour)."""
-    from filelock import FileLock, Timeout
-
-    lock = FileLock(str(path))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        log.warning("%s is held by another probekit run of this experiment; waiting for it to finish", path)
-        try:
-            lock.acquire(timeout=int(os.environ.get("PROBEKIT_LOCK_TIMEOUT", "3600")))
-        except Timeout:
-            raise DataError(f"The results folder is locked by another probekit run (lock file {path}). Wait for it "
-                            "to finish; if no other process runs, delete the lock file.") from None
-    try:
-        yield
     finally:
         lock.release()
 

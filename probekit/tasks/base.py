@@ -16,7 +16,8 @@ import numpy as np
 import yaml
 
 from probekit.data.conllu_io import Sentence
-from probekit.errors import TaskError, unknown_name
+from probekit._io import check_name
+from probekit.errors import ConfigError, TaskError, unknown_name
 from probekit.keys import code_version, content_key, payload_digest
 
 LabelFn = Callable[[Sentence], object]
@@ -197,6 +198,10 @@ def load_task_file(path: Path) -> Task:
                            "'module:function'"), ("params", dict, "a mapping of keyword arguments")):
         if spec.get(key) is not None and not isinstance(spec[key], typ):
             raise TaskError(f"{path}: {key!r} must be {what}; got {spec[key]!r}.")
+    try:  # a task's name becomes part of file names (baseline runs, saved probes)
+        check_name(spec["name"], f"{path}: 'name'")
+    except ConfigError as e:
+        raise TaskError(str(e)) from None
     return Task(name=spec["name"], level=spec["level"], labels=labels,
                 label_fn=_resolve_label_fn(spec["label_fn"], str(path)), description=spec.get("description", ""),
                 version=version, rule=spec.get("rule", ""), source=str(path),
