@@ -372,3 +372,27 @@ def test_annotate_warns_on_mostly_foreign_script(caplog):
     assert language_mismatch("هذه جملة عربية طويلة جدا", "en")
     assert not language_mismatch("This is plain English, with a café and naïve words.", "en")
     assert not language_mismatch("这是一个中文句子。", "zh")
+
+
+# ------------------------------------------------------------------------------- the one key builder
+
+def test_key_builder_keeps_the_values_of_the_old_hand_assembled_keys():
+    """Stores and baseline runs keep their keys through keys.content_key (no re-extraction, no re-training)."""
+    import hashlib
+
+    from probekit.activations.store import STORE_FORMAT, store_key
+    from probekit.baselines.config import BaselineConfig
+
+    spec = {"model": {"name": "m", "weights_hash": "abc"}, "data": {"split": "dev", "n_sentences": 3},
+            "dtype": "float16"}
+    old = hashlib.sha256(json.dumps({"format": STORE_FORMAT, **spec}, sort_keys=True, default=str).encode())
+    assert store_key(spec) == old.hexdigest()[:20]
+    from probekit.baselines.config import _METHOD_FIELD_PREFIXES
+
+    cfg = BaselineConfig()
+    d = cfg.resolved("lora").to_dict()
+    d.pop("methods")
+    d.pop("per_method")
+    d = {k: v for k, v in d.items()
+         if next((m for p, m in _METHOD_FIELD_PREFIXES.items() if k.startswith(p)), "lora") == "lora"}
+    assert cfg.fingerprint("lora") == hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
