@@ -205,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--results-dir", dest="results_dir")
     r.add_argument("--data-dir", dest="data_dir")
     r.add_argument("--batch-tokens", dest="batch_tokens", type=_count(1))
-    r.add_argument("--strict", action="store_true", help="Stop on a damaged store file instead of recomputing it.")
+    r.add_argument("--strict", action="store_true", help="Stop on a damaged or foreign store file, parse-cache entry "
+                   "or result unit instead of recomputing it.")
     r.add_argument("--dry-run", action="store_true", help="Print the resolved config and stop.")
     r.set_defaults(fn=cmd_run)
 

@@ -76,7 +76,8 @@ class ExperimentConfig:
     device: str | None = _help(None, "cpu, cuda, cuda:1 ... (default: CUDA when available).")
     store_dir: str | None = _help(None, "Where activation stores live (default $PROBEKIT_STORE_DIR or the cache).")
     results_dir: str = _help("results", "Folder holding one sub-folder per experiment.")
-    strict: bool = _help(False, "Stop on a damaged store file instead of recomputing it.")
+    strict: bool = _help(False, "Stop on a damaged or foreign store file, parse-cache entry or result unit "
+                         "instead of recomputing it.")
     baselines: dict | None = _help(None, "Fine-tuning / lightweight-tuning baselines (see docs/baselines.md).")
     figures: list = _help(["pdf", "png"], "Figure formats (pdf, png, svg).")
 
