@@ -15,8 +15,8 @@ from typing import Callable, Sequence
 import numpy as np
 import yaml
 
-from probekit.data.conllu_io import Sentence
 from probekit._io import check_name
+from probekit.data.conllu_io import Sentence
 from probekit.errors import ConfigError, TaskError, unknown_name
 from probekit.keys import code_version, content_key, payload_digest
 
