@@ -139,11 +139,10 @@ def cmd_train_probe(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from probekit.bundle import load_probe_bundle
+    from probekit import bundle as bundles
 
-    bundle = load_probe_bundle(args.probe)
-    sents = [line.strip() for line in Path(args.input).read_text(encoding="utf-8").splitlines() if line.strip()] \
-        if args.input else args.sentence
+    bundle = bundles.load_probe_bundle(args.probe)
+    sents = bundles.read_input_lines(args.input) if args.input else args.sentence
     if not sents:
         raise ConfigError("Give sentences as arguments or --input FILE (one sentence per line).")
     if args.layer in ("best", "all"):
@@ -293,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--results-dir", dest="results_dir", help="Folder holding one sub-folder per experiment.")
     r.add_argument("--data-dir", dest="data_dir", help=DATA_HELP)
     r.add_argument("--batch-tokens", dest="batch_tokens", type=_count(1), help=BATCH_HELP)
-    r.add_argument("--strict", action="store_true", help="Stop on a damaged store file instead of recomputing it.")
+    r.add_argument("--strict", action="store_true", help="Stop on a damaged or foreign store file, parse-cache entry "
+                   "or result unit instead of recomputing it.")
     r.add_argument("--track", action="append", choices=TRACKERS,
                    help="Log the run to this tracker (repeatable; replaces the config's track list).")
     r.add_argument("--dry-run", action="store_true", help="Print the resolved config and stop.")

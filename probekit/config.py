@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from probekit._io import check_name
 from probekit.errors import ConfigError, did_you_mean, unknown_name
 from probekit.tracking import check_trackers
 
@@ -77,7 +78,8 @@ class ExperimentConfig:
     device: str | None = _help(None, "cpu, cuda, cuda:1 ... (default: CUDA when available).")
     store_dir: str | None = _help(None, "Where activation stores live (default $PROBEKIT_STORE_DIR or the cache).")
     results_dir: str = _help("results", "Folder holding one sub-folder per experiment.")
-    strict: bool = _help(False, "Stop on a damaged store file instead of recomputing it.")
+    strict: bool = _help(False, "Stop on a damaged or foreign store file, parse-cache entry or result unit "
+                         "instead of recomputing it.")
     baselines: dict | None = _help(None, "Fine-tuning / lightweight-tuning baselines (see docs/baselines.md).")
     figures: list = _help(["pdf", "png"], "Figure formats (pdf, png, svg).")
     track: list = _help([], "Experiment trackers to log the finished run to: mlflow, tensorboard, wandb (extra "
@@ -85,6 +87,9 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         self._check_types()
+        check_name(self.name, "Config 'name' (the experiment's folder under results_dir)")
+        for role, split in self.splits.items():
+            check_name(split, f"Config 'splits.{role}' (part of the store's folder name)")
         if not self.models:
             raise ConfigError("Config 'models' is empty: name at least one model (e.g. minilm).")
         if not self.tasks:
