@@ -197,8 +197,10 @@ def plan_sweep(cfg: ExperimentConfig) -> SweepPlan:
     from probekit.runner.experiment import model_list, plan_units
     from probekit.activations.models import fingerprint
     from probekit.results.table import load_unit
+    from probekit.runner.units import ProbePolicy
 
     cfg = resolve_paths(cfg)
+    policy = ProbePolicy.from_config(cfg)
     folder = Path(cfg.results_dir) / cfg.name
     runs = folder / "runs"
     data, data_fp = load_data_cached(cfg)
@@ -209,7 +211,7 @@ def plan_sweep(cfg: ExperimentConfig) -> SweepPlan:
         fps[m] = fingerprint(m)
         by_cell: dict[tuple, list] = {}
         for u in plan_units(cfg, m, fps[m], data_fp):
-            cell_seed = None if u.probe == "linear" else u.seed  # linear: one cell for every seed
+            cell_seed = None if policy.shares_fit(u.probe) else u.seed  # one cell for the seeds that share a fit
             by_cell.setdefault((u.task, u.probe, cell_seed), []).append(u)
         for (task, probe, _), units in by_cell.items():
             keys = [u.key for u in units]
@@ -475,7 +477,9 @@ def run_probe_cell(cfg_dict: dict, cell: dict, model_info: dict, data_fp: dict, 
     Unit keys come from :func:`probekit.runner.experiment.plan_units` with the driver's data and model
     fingerprints, so they are the keys ``probekit run`` would use. ``device`` overrides the config's.
     """
-    from probekit.runner.experiment import Unit, plan_units, probe_task
+    from probekit.runner.experiment import Unit, plan_units
+    from probekit.runner.probe_task import probe_task
+    from probekit.runner.units import ProbePolicy
     from probekit.results.table import load_unit, save_unit
     from probekit.activations.store import ActivationStore
     from probekit.tasks import get_task
@@ -495,10 +499,10 @@ def run_probe_cell(cfg_dict: dict, cell: dict, model_info: dict, data_fp: dict, 
         data = _check_data(cfg, data_fp)
         stores = {role: ActivationStore(p) for role, p in model_info["stores"].items()}
         with _one_blas_thread():
-            probe_task(lm_info=model_info["lm_info"], stores=stores, data=data, task=get_task(cell["task"]),
-                       cfg=cfg, units=pending, progress=False)
+            done = probe_task(lm_info=model_info["lm_info"], stores=stores, data=data, task=get_task(cell["task"]),
+                              policy=ProbePolicy.from_config(cfg), units=pending)
         for u in pending:
-            save_unit(runs / f"{u.key}.json", u.rows)
+            save_unit(runs / f"{u.key}.json", done[u])
     return {**cell, "computed_units": len(pending), "seconds": time.perf_counter() - t0,
             "host": os.uname().nodename}
 
