@@ -45,7 +45,7 @@ from probekit._io import atomic_write_bytes
 from probekit.activations.align import check_pooling
 from probekit.activations.extract import Extractor, corpus_checksum, extract
 from probekit.activations.models import load_model
-from probekit.data.annotate import annotate_text
+from probekit.data.annotate import to_sentences
 from probekit.data.conllu_io import Sentence
 from probekit.errors import ConfigError, DataError, ModelError, TaskError, unknown_name
 from probekit.probing.features import feature_groups, labelled
@@ -62,7 +62,6 @@ log = logging.getLogger(__name__)
 
 FORMAT = "probekit-probe"
 FORMAT_VERSION = 1
-TOKENIZE = ("spacy", "whitespace")
 #: Extraction settings that must be equal at training and prediction time.
 _SETTINGS_CHECKED = ("prefix", "suffix", "prepend_bos", "max_length", "align_version", "word_pooling")
 
@@ -389,48 +388,6 @@ def load_probe_bundle(path: str | Path) -> ProbeBundle:
         raise
     except (KeyError, TypeError, ValueError) as e:
         raise DataError(f"{damaged} (metadata: {type(e).__name__}: {e})") from None
-
-
-# ----------------------------------------------------------------------------------------------- input
-
-def to_sentences(sentences: "str | Sentence | Iterable[str | Sentence]", *, tokenize: str = "spacy",
-                 spacy_model=None) -> list[Sentence]:
-    """Turn raw strings (and/or Sentence records) into Sentences, keeping their order.
-
-    Strings are tokenised with spaCy (``annotate_text(..., mode="lines")``, all strings in one
-    pipeline run) or split on whitespace.
-    """
-    if tokenize not in TOKENIZE:
-        raise unknown_name("tokenize mode", tokenize, TOKENIZE)
-    if isinstance(sentences, (str, Sentence)):
-        sentences = [sentences]
-    items = list(sentences)
-    if not items:
-        raise DataError("No sentences to predict on: give at least one sentence.")
-    texts = {}
-    for i, s in enumerate(items):
-        if isinstance(s, Sentence):
-            if not s.words:
-                raise DataError(f"Sentence {i} ({s.sent_id!r}) has no words.")
-            continue
-        if not isinstance(s, str):
-            raise ConfigError(f"Sentence {i} is a {type(s).__name__}; give strings or probekit Sentence records.")
-        t = " ".join(s.split())  # one line, single spaces
-        if not t:
-            raise DataError(f"Sentence {i} is empty or only whitespace.")
-        texts[i] = t
-    parsed: dict[int, Sentence] = {}
-    if texts:
-        if tokenize == "whitespace":
-            parsed = {i: Sentence.from_words(t.split(" "), sent_id=f"input-{i + 1}") for i, t in texts.items()}
-        else:
-            keys = list(texts)
-            out = annotate_text("\n".join(texts[k] for k in keys), model=spacy_model, mode="lines",
-                                id_prefix="input", source="the input sentences")
-            if len(out) != len(keys):  # cannot happen: one non-empty line -> one sentence
-                raise DataError(f"spaCy returned {len(out)} sentences for {len(keys)} input lines.")
-            parsed = dict(zip(keys, out))
-    return [parsed[i] if i in parsed else s for i, s in enumerate(items)]
 
 
 # ----------------------------------------------------------------------------------------------- training

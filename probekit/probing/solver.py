@@ -142,8 +142,8 @@ class Problem:
         return loss, torch.cat([gW.reshape(self.G, -1), gb], dim=1)
 
 
-#: Curvature assumed for the data term (per unit of feature variance) when preconditioning; 0.05 converged fastest
-#: of 0.01-1 on upos and aux_verb (minilm, EWT), and anything in 0.01-0.2 was within a few iterations of it.
+#: Curvature assumed for the data term (per unit of feature variance) when preconditioning (chosen by measurement,
+#: docs/design.md).
 PRECOND_CURVATURE = 0.05
 
 
