@@ -48,8 +48,8 @@ from probekit.activations.models import load_model
 from probekit.data.annotate import to_sentences
 from probekit.data.conllu_io import Sentence
 from probekit.errors import ConfigError, DataError, ModelError, TaskError, unknown_name
-from probekit.probing.features import feature_groups, labelled
-from probekit.probing.linear import DEFAULT_CS, LayerFit, fit_layers
+from probekit.probing.features import labelled
+from probekit.probing.linear import DEFAULT_CS, LayerFit, fit_from_stores
 from probekit.tasks import get_task
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -205,7 +205,8 @@ class ProbeBundle:
             feats.append(self._as_trained(X[chosen]))
         X = np.concatenate(feats, axis=1)  # [len(chosen), item, d_model]
         n_items = X.shape[1]
-        probs = np.stack([self.fits[layer].predict_proba(X[k]) for k, layer in enumerate(chosen)])  # [L, item, C]
+        # [L, item, n_classes]
+        probs = np.stack([self.fits[layer].predict_proba(X[k]) for k, layer in enumerate(chosen)])
         # rows ordered item-major, layer-minor
         P = probs.transpose(1, 0, 2).reshape(-1, len(self.labels))
         pred = P.argmax(1)
@@ -464,12 +465,9 @@ def train_probe_bundle(model: "str | LoadedModel", task: "str | Task", *, train:
     pooling = sentence_pooling if task.level == "sentence" else None
     fits: dict[int, LayerFit] = {}
     t1 = time.perf_counter()
-    rows = {r: it.rows for r, it in items.items()}
-    for group, X in feature_groups(stores, rows, chosen, level=task.level, pooling=pooling):
-        out = fit_layers(X["train"], y["train"], n_classes=len(task.labels), Cs=tuple(Cs), X_dev=X.get("dev"),
-                         y_dev=y.get("dev"), layers=group, device=device, seed=seed)
+    for _, out in fit_from_stores(stores, items, chosen, level=task.level, pooling=pooling,
+                                  n_classes=len(task.labels), Cs=Cs, device=device, seed=seed):
         fits.update({f.layer: f for f in out})
-        del X
     fit_s = time.perf_counter() - t1
     extraction = {k: manifest["extraction"].get(k) for k in ("prefix", "suffix", "prepend_bos", "max_length",
                                                                "align_version")}

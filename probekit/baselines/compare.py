@@ -1,6 +1,6 @@
 """A data-matched frozen-probe reference for the tuning baselines.
 
-:func:`probe_reference` trains probekit's linear probe (:func:`probekit.probing.linear.fit_layers`)
+:func:`probe_reference` trains probekit's linear probe (:func:`probekit.probing.linear.fit_from_stores`)
 on every layer of the frozen model, on exactly the training sentences a baseline used (the same
 seeded subset), selects the layer by dev accuracy and scores the same test sentences. It answers
 "is fine-tuning better than a linear probe on the frozen model *with the same data*?", which the
@@ -18,8 +18,8 @@ from probekit.activations.extract import extract
 from probekit.activations.models import load_model
 from probekit.baselines.train import subsample
 from probekit.data.conllu_io import Sentence
-from probekit.probing.features import feature_groups, labelled
-from probekit.probing.linear import DEFAULT_CS, fit_layers
+from probekit.probing.features import labelled
+from probekit.probing.linear import DEFAULT_CS, fit_from_stores
 from probekit.results.table import classification_metrics
 from probekit.tasks.base import get_task
 
@@ -46,10 +46,8 @@ def probe_reference(*, model_name: str, task, train: Sequence[Sentence], dev: Se
     n_classes = len(task.labels)
     out = []
     layers = list(range(stores["train"].n_layers))
-    for group, X in feature_groups(stores, {r: it.rows for r, it in items.items()}, layers, level="word",
-                                   pooling=None):
-        fits = fit_layers(X["train"], y["train"], n_classes=n_classes, Cs=tuple(Cs), X_dev=X["dev"], y_dev=y["dev"],
-                          layers=group, device=device, seed=seed)
+    for X, fits in fit_from_stores(stores, items, layers, level="word", pooling=None, n_classes=n_classes, Cs=Cs,
+                                   device=device, seed=seed):
         for i, f in enumerate(fits):
             dev_acc = float((f.predict(X["dev"][i]) == y["dev"]).mean())
             test_m = classification_metrics(y["test"], f.predict(X["test"][i]), n_classes)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -31,7 +31,13 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from probekit._device import probe_threads, resolve_device
 from probekit.errors import ConfigError, DataError
-from probekit.probing.features import check_finite, softmax, standardise
+from probekit.probing.features import (
+    Labelled,
+    check_finite,
+    feature_groups,
+    softmax,
+    standardise,
+)
 from probekit.probing.mdl import online_codelength_layers
 from probekit.probing.registry import (
     FitSettings,
@@ -88,7 +94,7 @@ def _fit_layers(X_train: np.ndarray, y_train: np.ndarray, *, n_classes: int, Cs=
                max_iter: int = 100, tol: float = 1e-4, device: str | None = None, seed: int = 0,
                warm_subsample: int = 16384, fixed_C: Sequence[float] | None = None,
                polish_iter: int = 10, path_iter: int = 30, precondition: bool = True, ftol: float = 1e-6,
-               carry_memory: bool = True) -> list[LayerFit]:
+               carry_memory: bool = True) -> list:
     """Fit one probe per layer on ``X_train: [layer, word, d_model]`` with labels ``y_train: [word]``.
 
     ``y_train`` may also be ``[S, word]`` (S >= 1): S label sets fitted at once at one strength (``fixed_C`` or a
@@ -230,13 +236,26 @@ def _check_fit_inputs(X, y, n_classes, Cs, fixed_C, X_dev, y_dev) -> None:
                             f"{None if y_dev is None else np.shape(y_dev)}.")
 
 
-def fit_layers(X_train: np.ndarray, y_train: np.ndarray, **kw) -> list[LayerFit]:
+def fit_layers(X_train: np.ndarray, y_train: np.ndarray, **kw) -> list:
     """Fit one probe per layer on ``X_train: [layer, word, d_model]`` (the one trainer of linear probes over layers;
     see :func:`_fit_layers`), under the thread policy of :func:`probekit._device.probe_threads`."""
     dev = resolve_device(kw.get("device"))
     with probe_threads(int(np.prod(X_train.shape)), dev):
         return _fit_layers(X_train, y_train, **kw)
 
+
+
+def fit_from_stores(stores: dict, items: dict[str, Labelled], layers: list[int], *, level: str, pooling: str | None,
+                    n_classes: int, Cs: Sequence[float] = DEFAULT_CS, device: str | None = None, seed: int = 0
+                    ) -> Iterator[tuple[dict[str, np.ndarray], list[LayerFit]]]:
+    """Linear probes on ``layers`` of activation stores, one layer group at a time: yields (the group's features
+    ``{role: [G, n, d_model]}``, its :class:`LayerFit` list). ``stores`` and ``items`` are keyed by split role
+    (``train``; ``dev`` when given chooses C per layer; other roles are loaded for the caller to score)."""
+    rows = {role: it.rows for role, it in items.items()}
+    dev = items.get("dev")
+    for group, X in feature_groups(stores, rows, layers, level=level, pooling=pooling):
+        yield X, fit_layers(X["train"], items["train"].y, n_classes=n_classes, Cs=tuple(Cs), X_dev=X.get("dev"),
+                            y_dev=None if dev is None else dev.y, layers=group, device=device, seed=seed)
 
 
 class LinearProbe(ClassifierMixin, BaseEstimator):

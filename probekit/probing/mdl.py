@@ -270,7 +270,7 @@ def _online_blocks(Xc, yt, y_sh: np.ndarray, ends: list[int], n_classes: int, gr
 
     One logistic regression per (layer, l2 in grid) is trained on each prefix (warm-started from
     the previous prefix). With several l2 values the next block is coded with their Bayesian
-    mixture, ``p(y) = sum_g w_g p_g(y)``, ``w_g`` proportional to ``2^(-C_g)`` where ``C_g`` is what
+    mixture, ``p(y) = sum_g w_g p_g(y)``, ``w_g`` proportional to ``2^(-bits_g)`` where ``bits_g`` is what
     probe ``g`` would have paid for the earlier model-coded blocks (uniform weights at first). The
     weights depend only on already transmitted data, so this is a valid code, and it costs at most
     ``log2 G`` bits per block more than the best single l2 chosen in hindsight per block sequence.

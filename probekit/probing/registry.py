@@ -72,7 +72,7 @@ class ProbeFamily:
         return None
 
     def fit(self, X: dict, y: dict, *, n_classes: int, settings: FitSettings, seed: int,
-            reg: Sequence[float] | None = None) -> list[LayerResult]:
+            reg: Sequence[float | None] | None = None) -> list[LayerResult]:
         """Fit one probe per layer of ``X["train"]`` (``[G, n, d_model]``) on ``y["train"]``, choosing on
         ``X["dev"]``/``y["dev"]``; ``reg``: one regularisation per layer to use instead of choosing (controls)."""
         raise NotImplementedError

@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import Tensor
 
 
 class Problem:
     """Batched objective: G independent problems (one per layer), each with S label sets ("heads").
 
     ``y`` is ``[N]`` (one head) or ``[S, N]``: S independent multinomial LR problems on the same features
-    (e.g. the control tasks of several seeds), solved as one with a ``[d, S*C]`` weight matrix, so that a
-    pass over the big ``X`` serves every head. The heads do not interact: the objective is their sum.
+    (e.g. the control tasks of several seeds), solved as one with a ``[d, K]`` weight matrix (K = S * n_classes), so
+    that a pass over the big ``X`` serves every head. The heads do not interact: the objective is their sum.
     """
 
     def __init__(self, X, y, n_classes: int, l2, precond=None, l2_bias=None):
@@ -29,6 +33,8 @@ class Problem:
         self.X = X  # [G, N, d] float32, standardised
         # optional change of variables W = P V (see `preconditioner`): (P, P^-1), each [G, Hp, d, d], one per group
         # of K / Hp output columns (Hp = 1: one for all heads)
+        self.P: Any
+        self.P_inv: Any
         self.P, self.P_inv = precond if precond is not None else (None, None)
         y2 = y if y.dim() == 2 else y.unsqueeze(0)
         self.G, self.N, self.d = X.shape
@@ -99,7 +105,7 @@ class Problem:
         # choice (docs/design.md, "Linear solver"), and the gradient lands in that layout as is.
         logits = torch.empty(self.G, self.N, self.K, dtype=W.dtype, device=W.device)
         for g in range(self.G):
-            torch.addmm(b[g], self.X[g], W[g], out=logits[g])  # [N, S*C]
+            torch.addmm(b[g], self.X[g], W[g], out=logits[g])  # [N, K]
         # log-sum-exp and softmax from one exp pass (torch.logsumexp + torch.softmax made two, each with its own max)
         z = logits.view(self.G, self.N, self.S, self.n_classes)
         top = z.amax(3, keepdim=True)
@@ -110,10 +116,10 @@ class Problem:
         loss = (lse - true).mean(1) + 0.5 * (self.l2.unsqueeze(1) * W * W).sum((1, 2))
         if self.l2_bias is not None:
             loss = loss + 0.5 * (self.l2_bias * b * b).sum(1)
-        return W, e.div_(total).view(self.G, self.N, self.K), loss  # probabilities [G, N, S*C]
+        return W, e.div_(total).view(self.G, self.N, self.K), loss  # probabilities [G, N, K]
 
     def loss_grad(self, p):
-        """p: [G, d*S*C + S*C] -> (loss [G], grad [G, d*S*C + S*C])."""
+        """p: [G, d*K + K] -> (loss [G], grad [G, d*K + K])."""
         import torch
 
         W, R, loss = self._probs_and_loss(p)
@@ -324,9 +330,9 @@ class LbfgsMemory:
     """L-BFGS curvature pairs ``[history, G, n]`` (s, y) and ``rho = 1 / s.y`` ``[history, G]``, oldest first. Unused
     slots are zero (rho = 0), which the two-loop recursion skips."""
 
-    S: object
-    Y: object
-    rho: object
+    S: "Tensor"
+    Y: "Tensor"
+    rho: "Tensor"
 
     def where(self, mask, other: "LbfgsMemory") -> "LbfgsMemory":
         """This memory for the problems in ``mask`` [G], ``other``'s for the rest."""

@@ -176,7 +176,7 @@ def _unit_group_rows(u: Unit, t: _Task, X: dict, group: list[int], policy: Probe
         secs = time.perf_counter() - t0
     secs /= len(group)
     for i, layer in enumerate(group):
-        scores = {"dev": {"accuracy": float((res[i].pred_dev == y["dev"]).mean())},
+        scores = {"dev": {"accuracy": float(np.mean(res[i].pred_dev == y["dev"]))},
                   "test": classification_metrics(y["test"], res[i].pred_test, t.n_classes)}
         rows += _score_rows(t, u, pool_name, layer, False, scores, res[i], secs)
     control = t.controls.get(u.seed)
