@@ -29,27 +29,12 @@ sweep``, the only part that prints).
 """
 from __future__ import annotations
 
-from probekit.runner.sweep.cells import (
-           Cell,
-           CellDone,
-           CellSpec,
-           Extracted,
-           ExtractionSpec,
-)
+from probekit.runner.sweep.cells import Cell, CellDone, CellSpec, Extracted, ExtractionSpec
 from probekit.runner.sweep.command import describe_plan, run_sweep_cli
 from probekit.runner.sweep.executors import SWEEP_DIR, SweepError, import_ray
 from probekit.runner.sweep.plan import SweepPlan, plan_sweep, resolve_paths
-from probekit.runner.sweep.run import (
-           EXECUTORS,
-           SweepResult,
-           load_sweep_config,
-           run_sweep,
-)
-from probekit.runner.sweep.workers import (
-           extract_model,
-           run_baseline_cell,
-           run_probe_cell,
-)
+from probekit.runner.sweep.run import EXECUTORS, SweepResult, load_sweep_config, run_sweep
+from probekit.runner.sweep.workers import extract_model, run_baseline_cell, run_probe_cell
 
 __all__ = ["Cell", "CellDone", "CellSpec", "EXECUTORS", "Extracted", "ExtractionSpec", "SWEEP_DIR", "SweepError",
            "SweepPlan", "SweepResult", "describe_plan", "extract_model", "import_ray", "load_sweep_config",

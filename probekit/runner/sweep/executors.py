@@ -19,12 +19,7 @@ from probekit._extras import require
 from probekit.errors import ProbekitError
 from probekit.runner.sweep.cells import CellDone, Extracted, seeds_text
 from probekit.runner.sweep.plan import SweepPlan
-from probekit.runner.sweep.workers import (
-    extract_model,
-    init_worker,
-    run_baseline_cell,
-    run_probe_cell,
-)
+from probekit.runner.sweep.workers import extract_model, init_worker, run_baseline_cell, run_probe_cell
 
 log = logging.getLogger(__name__)
 

@@ -11,21 +11,11 @@ from pathlib import Path
 from probekit.activations.extract import default_store_root
 from probekit.activations.models import ModelName, fingerprint
 from probekit.baselines.config import BaselineConfig
-from probekit.baselines.records import (
-    data_identity,
-    finished_run,
-    run_identity,
-    run_path,
-)
+from probekit.baselines.records import data_identity, finished_run, run_identity, run_path
 from probekit.config import ExperimentConfig
 from probekit.results.table import load_unit
 from probekit.runner.experiment import model_list, plan_units
-from probekit.runner.sweep.cells import (
-    Cell,
-    CellSpec,
-    ExtractionSpec,
-    seeds_share_a_fit,
-)
+from probekit.runner.sweep.cells import Cell, CellSpec, ExtractionSpec, seeds_share_a_fit
 from probekit.runner.sweep.estimate import estimate_cells
 from probekit.runner.sweep.workers import load_data_cached
 from probekit.tasks import get_task

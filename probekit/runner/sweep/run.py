@@ -10,13 +10,7 @@ from probekit._progress import progress_bar
 from probekit.config import ExperimentConfig
 from probekit.errors import ConfigError, unknown_name
 from probekit.runner.experiment import ExperimentResult, run_experiment
-from probekit.runner.sweep.executors import (
-    SweepLog,
-    import_ray,
-    run_pool,
-    run_ray,
-    run_serial,
-)
+from probekit.runner.sweep.executors import SweepLog, import_ray, run_pool, run_ray, run_serial
 from probekit.runner.sweep.plan import SweepPlan, plan_sweep
 
 EXECUTORS = ("local", "ray")
