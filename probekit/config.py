@@ -81,6 +81,8 @@ class ExperimentConfig:
     strict: bool = _help(False, "Stop on a damaged or foreign store file, parse-cache entry or result unit "
                          "instead of recomputing it.")
     baselines: dict | None = _help(None, "Fine-tuning / lightweight-tuning baselines (see docs/baselines.md).")
+    erasure: dict | None = _help(None, "Concept-erasure study: erasers per layer and task, the probes retrained on "
+                                 "the erased features and the effect of erasing on the model (see docs/erasure.md).")
     figures: list = _help(["pdf", "png"], "Figure formats (pdf, png, svg).")
     track: list = _help([], "Experiment trackers to log the finished run to: mlflow, tensorboard, wandb (extra "
                             "[track]; see probekit/tracking.py for where each writes).")
@@ -274,7 +276,7 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 
 #: config keys whose value is a mapping: ``--set KEY.SUB=VALUE`` sets one entry, ``--set KEY={...}`` merges
-MAPPING_KEYS = ("splits", "files", "limit", "mlp", "baselines")
+MAPPING_KEYS = ("splits", "files", "limit", "mlp", "baselines", "erasure")
 
 
 def apply_overrides(base: dict, overrides: dict) -> dict:

@@ -367,7 +367,7 @@ def test_one_sampling_rule_for_the_experiment_and_the_baselines(tmp_path, data_d
     TRAIN_SAMPLE_SEED) and the baselines' per-seed sample are the very samples the two older copies drew."""
     from probekit.config import ExperimentConfig
     from probekit.data.sampling import sample_sentences
-    from probekit.runner.experiment import TRAIN_SAMPLE_SEED, load_data
+    from probekit.runner.data import TRAIN_SAMPLE_SEED, load_data
 
     def old_draw(n_total, n, seed):  # the formula both copies used before they were merged
         return list(np.sort(np.random.default_rng(seed).choice(n_total, n, replace=False)))

@@ -139,7 +139,7 @@ def test_missing_data_says_where_it_looked(tmp_path, monkeypatch):
 
 def test_empty_split(tmp_path, ewt_dev):
     from probekit.data.conllu_io import write_conllu
-    from probekit.runner.experiment import load_data
+    from probekit.runner.data import load_data
 
     write_conllu(ewt_dev[:3], tmp_path / "dev.conllu")
     write_conllu(ewt_dev[:3], tmp_path / "test.conllu")

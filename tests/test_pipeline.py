@@ -49,7 +49,7 @@ def test_run_experiment_end_to_end_and_warm_rerun(tmp_path, tiny_bert_dir, data_
 
 
 def test_train_sentences_sample_is_fixed_extracted_alone_and_keyed(tmp_path, tiny_bert_dir, data_dir):
-    from probekit.runner.experiment import load_data
+    from probekit.runner.data import load_data
 
     cfg = _cfg(tmp_path, tiny_bert_dir, data_dir, limit={"train": 60, "dev": 15, "test": 15}, tasks=["aux_verb"])
     full, fp_full = load_data(cfg)

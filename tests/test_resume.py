@@ -411,7 +411,7 @@ def test_damaged_baseline_run_file_is_redone(tmp_path):
 def test_unit_keys_follow_content_not_location(tiny_bert_dir, ewt_dev, tmp_path):
     """The same treebank found through another directory keeps its finished units; changed content does not."""
     from probekit.config import ExperimentConfig
-    from probekit.runner.experiment import load_data
+    from probekit.runner.data import load_data
     from probekit.runner.units import plan_units
     from probekit.activations.models import fingerprint
 

@@ -52,7 +52,7 @@ def _write_task(folder: Path, params: dict | None, label_fn: str = "upos") -> No
 def test_changed_task_rule_changes_the_unit_keys(tiny_bert_dir, ewt_dev, tmp_path, monkeypatch):
     import probekit.tasks.base as base
     from probekit.activations.models import fingerprint
-    from probekit.runner.experiment import load_data
+    from probekit.runner.data import load_data
     from probekit.runner.units import plan_units
 
     cfg = small_cfg(tiny_bert_dir, ewt_dev, tmp_path, tasks=["mytask"])

@@ -59,8 +59,8 @@ def run_config(path_or_dict, *, results_dir: str | Path | None = None, device: s
 
 def load_data(exp) -> dict:
     """Sentences per split role (train/dev/test) of an ``ExperimentConfig``, loaded exactly as the
-    probes load them (:func:`probekit.runner.experiment.load_data`)."""
-    from probekit.runner.experiment import load_data as _load
+    probes load them (:func:`probekit.runner.data.load_data`)."""
+    from probekit.runner.data import load_data as _load
 
     return _load(exp)[0]
 

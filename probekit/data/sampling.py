@@ -1,7 +1,7 @@
 """Seeded samples of sentences: the one way probekit draws a subset of a split.
 
 ``train_sentences`` is drawn here both by the experiment (one fixed sample, seed
-:data:`probekit.runner.experiment.TRAIN_SAMPLE_SEED`, shared by every probe and recorded in the data fingerprint) and
+:data:`probekit.runner.data.TRAIN_SAMPLE_SEED`, shared by every probe and recorded in the data fingerprint) and
 by the tuning baselines (a sample per run, seeded by the run's seed: :func:`probekit.baselines.train.subsample`).
 The two callers pass different seeds; the drawing rule is this function's alone.
 """

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from probekit.causal.effects import intervention_effects
 from probekit.causal.erasure import (
@@ -34,7 +33,7 @@ from probekit.causal.sanity import sanity_scores
 from probekit.config import ExperimentConfig
 from probekit.errors import ConfigError, unknown_name
 from probekit.results.table import to_frames, write_csv
-from probekit.runner.experiment import data_checksum, extract_stores, load_data
+from probekit.runner.data import data_checksum, extract_stores, load_data
 
 log = logging.getLogger(__name__)
 
@@ -59,24 +58,34 @@ class ErasureSettings:
         if any(not isinstance(k, int) or k < 1 for k in self.later):
             raise ConfigError(f"erasure.later must list positive layer offsets, got {self.later}.")
 
+    @classmethod
+    def from_dict(cls, section: dict | None, source: str = "the config") -> "ErasureSettings":
+        """Settings from a config's ``erasure:`` mapping; an unknown key is a ConfigError naming it."""
+        section = dict(section or {})
+        names = [f.name for f in fields(cls)]
+        for k in section:
+            if k not in names:
+                raise unknown_name("erasure setting", k, names, ConfigError, hint=f"(in {source}, section 'erasure')")
+        return cls(**section)
+
 
 def load_erasure_config(path: str | Path) -> tuple[ExperimentConfig, ErasureSettings]:
     """(experiment config, erasure settings) from a YAML file with an ``erasure:`` section."""
-    raw = yaml.safe_load(Path(path).read_text()) or {}
-    section = raw.pop("erasure", None) or {}
-    names = [f.name for f in fields(ErasureSettings)]
-    for k in section:
-        if k not in names:
-            raise unknown_name("erasure setting", k, names, ConfigError, hint=f"(in {path}, section 'erasure')")
-    return ExperimentConfig.from_dict(raw, source=str(path)), ErasureSettings(**section)
+    cfg = ExperimentConfig.from_yaml(path)
+    return cfg, ErasureSettings.from_dict(cfg.erasure, source=str(path))
 
 
-def run_erasure(cfg: ExperimentConfig, settings: ErasureSettings, *, progress: bool = True) -> list[dict]:
-    """Every row of the erasure study (models x tasks x layers); also written to ``<results>/<name>/erasure.csv``."""
+def run_erasure(cfg: ExperimentConfig, settings: ErasureSettings, *, data: dict | None = None, fp: dict | None = None,
+                progress: bool = True) -> list[dict]:
+    """Every row of the erasure study (models x tasks x layers); also written to ``<results>/<name>/erasure.csv``.
+
+    ``probekit run`` calls it for a config with an ``erasure:`` section, with the data it has loaded.
+    """
     from probekit.activations.models import load_model
     from probekit.tasks import get_task
 
-    data, fp = load_data(cfg)
+    if data is None or fp is None:
+        data, fp = load_data(cfg)
     folder = Path(cfg.results_dir) / cfg.name
     rows: list[dict] = []
     timings = []

@@ -18,15 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-from probekit._io import acquire_lock, atomic_write_bytes, cache_root, sha256_file
-from probekit.activations.extract import extract
+from probekit._io import acquire_lock, atomic_write_bytes
 from probekit.activations.models import ModelName, fingerprint, load_model
 from probekit.baselines.config import BaselineConfig
 from probekit.baselines.train import run_baselines
 from probekit.config import ExperimentConfig
-from probekit.data.conllu_io import read_conllu
-from probekit.data.datasets import locate
-from probekit.data.sampling import sample_sentences
 from probekit.errors import DataError
 from probekit.probing.features import FeatureCache
 from probekit.report import figures
@@ -40,59 +36,13 @@ from probekit.results.table import (
     to_frames,
     write_csv,
 )
+from probekit.runner.data import extract_stores, load_data, model_list
+from probekit.runner.erasure import ErasureSettings, run_erasure
 from probekit.runner.probe_task import probe_task
 from probekit.runner.units import ProbePolicy, Unit, plan_units
 from probekit.tasks import get_task
 
 log = logging.getLogger(__name__)
-
-#: Seed of the `train_sentences` sample (recorded with the sample in the data fingerprint).
-TRAIN_SAMPLE_SEED = 0
-
-
-# ----------------------------------------------------------------------------------------------- data
-
-def load_data(cfg: ExperimentConfig) -> tuple[dict, dict]:
-    """Sentences per split role and a fingerprint of the data: ({role: [Sentence]}, {role: {...}})."""
-
-    data, fp = {}, {}
-    for role in ("train", "dev", "test"):
-        limit = (cfg.limit or {}).get(role)
-        if cfg.dataset == "conllu":
-            if role not in cfg.files:
-                raise DataError(f"Dataset 'conllu' needs files.{role}: the path of the {role} CoNLL-U file.")
-            path = Path(cfg.files[role])
-        else:
-            split = cfg.splits.get(role, role)
-            path = locate(cfg.dataset, split, data_dir=cfg.data_dir)
-        sents = read_conllu(path, cache_dir=cache_root(), limit=limit, strict=cfg.strict)
-        if not sents:
-            raise DataError(f"{path}: the {role} split is empty (limit={limit}). Give a file with sentences.")
-        sampled = sample_sentences(sents, cfg.train_sentences if role == "train" else None, TRAIN_SAMPLE_SEED)
-        sample = cfg.train_sentences if len(sampled) < len(sents) else None
-        sents = sampled
-        data[role] = sents
-        fp[role] = {"file": str(path), "sha256": sha256_file(path), "limit": limit, "n_sentences": len(sents),
-                    "n_words": sum(len(s) for s in sents)}
-        if sample:  # only when set, so that the keys of unsampled data (stores, units) stay as they were
-            fp[role]["sample"] = {"sentences": sample, "seed": TRAIN_SAMPLE_SEED}
-    return data, fp
-
-
-def data_checksum(fp: dict) -> str:
-    """What identifies one split's data inside a store key: the file's sha256 and the slice taken of it."""
-    out = fp["sha256"] + f":{fp['limit']}"
-    if fp.get("sample"):
-        out += f":sample{fp['sample']['sentences']}@{fp['sample']['seed']}"
-    return out
-
-
-def model_list(cfg: ExperimentConfig) -> list[str]:
-    models = list(cfg.models)
-    if cfg.random_baseline:
-        models += [ModelName.random_of(m) for m in cfg.models if not ModelName.parse(m).is_random]
-    return models
-
 
 # ----------------------------------------------------------------------------------------------- runner
 
@@ -117,19 +67,6 @@ class ExperimentResult:
                 + best_layer_table(self.summary).to_html(index=False))
 
 
-def extract_stores(cfg: ExperimentConfig, lm, data: dict, data_fp: dict, *, progress: bool = True) -> dict:
-    """Write (or reuse) the model's train/dev/test stores as the config says: {role: ActivationStore}.
-
-    ``probekit run`` and the sweep workers both call this, so they share stores.
-    """
-
-    return {role: extract(lm, data[role], dataset=cfg.dataset, split=cfg.splits.get(role, role),
-                          data_checksum=data_checksum(data_fp[role]),
-                          store_root=cfg.store_dir, word_pooling=cfg.word_pooling, dtype=cfg.dtype,
-                          batch_tokens=cfg.batch_tokens, strict=cfg.strict, progress=progress)
-            for role in ("train", "dev", "test")}
-
-
 def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> ExperimentResult:
     """Run (or resume) an experiment end to end and write its results folder."""
 
@@ -139,12 +76,13 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> Experimen
     # but an unusable results_dir (a file, no permission) fails now, not after the extraction and the probes
     Path(cfg.results_dir).mkdir(parents=True, exist_ok=True)
     tasks = [get_task(t) for t in cfg.tasks]
+    erasure = ErasureSettings.from_dict(cfg.erasure) if cfg.erasure else None  # its errors before any work
     data, data_fp = load_data(cfg)
     # a second run of the same experiment waits, then reuses the first one's units instead of computing them again
     lock = acquire_lock(Path(cfg.results_dir) / f".{cfg.name}.lock", f"The results folder {folder}", DataError)
     try:
         _remove_temporaries(folder)
-        return _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress)
+        return _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, erasure)
     finally:
         lock.release()
 
@@ -157,7 +95,7 @@ def _remove_temporaries(folder: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress) -> ExperimentResult:
+def _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, erasure) -> ExperimentResult:
     all_rows: list[dict] = []
     models_info = {}
     forward_passes = 0
@@ -199,6 +137,8 @@ def _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress) -> E
             all_rows.extend(unit_rows[u])
     if cfg.baselines:
         all_rows.extend(run_config_baselines(cfg, data, progress=progress))
+    if erasure is not None:
+        all_rows.extend(run_erasure(cfg, erasure, data=data, fp=data_fp, progress=progress))
     df, timings = to_frames(all_rows)
     # the folder's files are one commit: .writing marks it open until committed.json lists them (results/table.py)
     begin_folder_write(folder)

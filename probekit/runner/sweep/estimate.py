@@ -23,7 +23,7 @@ from probekit.baselines.records import iter_runs
 from probekit.config import ExperimentConfig
 from probekit.errors import StoreError
 from probekit.results.table import is_control, load_unit
-from probekit.runner.experiment import data_checksum
+from probekit.runner.data import data_checksum
 from probekit.runner.sweep.cells import Cell, mdl_seed, seeds_share_a_fit
 from probekit.tasks import get_task
 

@@ -18,7 +18,7 @@ from probekit.baselines.train import run_baselines
 from probekit.config import ExperimentConfig
 from probekit.errors import DataError, ProbekitError
 from probekit.results.table import load_unit, save_unit
-from probekit.runner.experiment import data_checksum, extract_stores, load_data
+from probekit.runner.data import data_checksum, extract_stores, load_data
 from probekit.runner.probe_task import probe_task
 from probekit.runner.sweep.cells import CellDone, CellSpec, Extracted, ExtractionSpec
 from probekit.runner.units import ProbePolicy, plan_units
@@ -29,7 +29,7 @@ _DATA: dict[str, tuple[dict, dict]] = {}
 
 
 def load_data_cached(cfg: ExperimentConfig) -> tuple[dict, dict]:
-    """:func:`probekit.runner.experiment.load_data`, memoised per process by the config's data settings."""
+    """:func:`probekit.runner.data.load_data`, memoised per process by the config's data settings."""
     key = json.dumps([cfg.dataset, cfg.splits, cfg.files, cfg.data_dir, cfg.limit, cfg.train_sentences],
                      sort_keys=True, default=str)
     if key not in _DATA:
@@ -56,7 +56,7 @@ def _check_data(cfg: ExperimentConfig, data_fp: dict) -> dict:
 def extract_model(spec: ExtractionSpec) -> Extracted:
     """Extraction step of one model: write or reuse its train/dev/test stores.
 
-    It calls :func:`probekit.runner.experiment.extract_stores`, as ``probekit run`` does, so the stores are the
+    It calls :func:`probekit.runner.data.extract_stores`, as ``probekit run`` does, so the stores are the
     ones ``probekit run`` would use.
     """
     cfg = spec.config

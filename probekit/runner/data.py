@@ -1,0 +1,77 @@
+"""The experiment's data and activation stores: the splits a config names (sampled and limited as it says), the
+fingerprint that identifies them in every key, the models it probes, and their stores.
+
+:func:`probekit.runner.experiment.run_experiment`, the sweep workers and the erasure study all read their data and
+stores through these functions, so they share stores and keys.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from probekit._io import cache_root, sha256_file
+from probekit.activations.extract import extract
+from probekit.activations.models import ModelName
+from probekit.config import ExperimentConfig
+from probekit.data.conllu_io import read_conllu
+from probekit.data.datasets import locate
+from probekit.data.sampling import sample_sentences
+from probekit.errors import DataError
+
+#: Seed of the `train_sentences` sample (recorded with the sample in the data fingerprint).
+TRAIN_SAMPLE_SEED = 0
+
+
+def load_data(cfg: ExperimentConfig) -> tuple[dict, dict]:
+    """Sentences per split role and a fingerprint of the data: ({role: [Sentence]}, {role: {...}})."""
+
+    data, fp = {}, {}
+    for role in ("train", "dev", "test"):
+        limit = (cfg.limit or {}).get(role)
+        if cfg.dataset == "conllu":
+            if role not in cfg.files:
+                raise DataError(f"Dataset 'conllu' needs files.{role}: the path of the {role} CoNLL-U file.")
+            path = Path(cfg.files[role])
+        else:
+            split = cfg.splits.get(role, role)
+            path = locate(cfg.dataset, split, data_dir=cfg.data_dir)
+        sents = read_conllu(path, cache_dir=cache_root(), limit=limit, strict=cfg.strict)
+        if not sents:
+            raise DataError(f"{path}: the {role} split is empty (limit={limit}). Give a file with sentences.")
+        sampled = sample_sentences(sents, cfg.train_sentences if role == "train" else None, TRAIN_SAMPLE_SEED)
+        sample = cfg.train_sentences if len(sampled) < len(sents) else None
+        sents = sampled
+        data[role] = sents
+        fp[role] = {"file": str(path), "sha256": sha256_file(path), "limit": limit, "n_sentences": len(sents),
+                    "n_words": sum(len(s) for s in sents)}
+        if sample:  # only when set, so that the keys of unsampled data (stores, units) stay as they were
+            fp[role]["sample"] = {"sentences": sample, "seed": TRAIN_SAMPLE_SEED}
+    return data, fp
+
+
+def data_checksum(fp: dict) -> str:
+    """What identifies one split's data inside a store key: the file's sha256 and the slice taken of it."""
+    out = fp["sha256"] + f":{fp['limit']}"
+    if fp.get("sample"):
+        out += f":sample{fp['sample']['sentences']}@{fp['sample']['seed']}"
+    return out
+
+
+def model_list(cfg: ExperimentConfig) -> list[str]:
+    models = list(cfg.models)
+    if cfg.random_baseline:
+        models += [ModelName.random_of(m) for m in cfg.models if not ModelName.parse(m).is_random]
+    return models
+
+
+
+def extract_stores(cfg: ExperimentConfig, lm, data: dict, data_fp: dict, *, progress: bool = True) -> dict:
+    """Write (or reuse) the model's train/dev/test stores as the config says: {role: ActivationStore}.
+
+    ``probekit run`` and the sweep workers both call this, so they share stores.
+    """
+
+    return {role: extract(lm, data[role], dataset=cfg.dataset, split=cfg.splits.get(role, role),
+                          data_checksum=data_checksum(data_fp[role]),
+                          store_root=cfg.store_dir, word_pooling=cfg.word_pooling, dtype=cfg.dtype,
+                          batch_tokens=cfg.batch_tokens, strict=cfg.strict, progress=progress)
+            for role in ("train", "dev", "test")}
