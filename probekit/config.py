@@ -77,6 +77,8 @@ class ExperimentConfig:
     results_dir: str = _help("results", "Folder holding one sub-folder per experiment.")
     strict: bool = _help(False, "Stop on a damaged store file instead of recomputing it.")
     baselines: dict | None = _help(None, "Fine-tuning / lightweight-tuning baselines (see docs/baselines.md).")
+    structural: dict | None = _help(None, "Structural probes (Hewitt & Manning 2019): kinds, ranks, epochs, control, "
+                                          "bootstrap (see docs/structural.md); run by probekit.runner.structural.")
     figures: list = _help(["pdf", "png"], "Figure formats (pdf, png, svg).")
 
     def __post_init__(self) -> None:
