@@ -5,7 +5,11 @@ import pytest
 
 from probekit.config import ExperimentConfig
 from probekit.errors import ConfigError
-from probekit.runner.structural import StructuralConfig, load_structural_config, run_structural
+from probekit.runner.structural import (
+    StructuralConfig,
+    load_structural_config,
+    run_structural,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -58,3 +62,15 @@ def test_config_section(tmp_path):
     p.write_text("models: [minilm]\nstructural: {ranks: [null, 64], kinds: [distance]}\n")
     cfg, scfg = load_structural_config(p)
     assert scfg.ranks == [None, 64] and scfg.kinds == ["distance"] and cfg.models == ["minilm"]
+
+
+def test_figures(tmp_path, tiny_bert_dir, data_dir):
+    from probekit.report.structural_figures import structural_figures
+
+    cfg = _cfg(tmp_path, tiny_bert_dir, data_dir, limit={"train": 20, "dev": 8, "test": 12})
+    res = run_structural(cfg, StructuralConfig(epochs=1, bootstrap=20, control=False), progress=False)
+    files = structural_figures(res, tmp_path / "figs", formats=["png"])
+    names = {f.name for f in files}
+    assert {"tree_distance_by_layer.png", "tree_depth_by_layer.png"} <= names
+    assert any(n.startswith("tree_") and "layer" in n and "by_layer" not in n for n in names)
+    assert any(n.startswith("distances_") for n in names)

@@ -117,6 +117,7 @@ class StructuralResult:
 
     rows: list
     records: dict  # (model, kind, probe, control) -> {"layers": [...], "records": [per-layer dict], "preds": [...]}
+    test_sentences: list = field(default_factory=list, repr=False)  # the test split (the order of the records)
 
     def table(self):
         from probekit.results.table import to_frames
@@ -234,7 +235,7 @@ def run_structural(cfg: ExperimentConfig, scfg: StructuralConfig | None = None, 
             all_rows += baseline_rows(targets[("distance", False)]["test"], scfg,
                                       dict(experiment=cfg.name, model=m, task=TASK_NAMES["distance"],
                                            task_version=1, level="word_pair", method="baseline", seed=cfg.seeds[0]))
-    return StructuralResult(rows=all_rows, records=all_records)
+    return StructuralResult(rows=all_rows, records=all_records, test_sentences=data["test"])
 
 
 def baseline_rows(test, scfg: StructuralConfig, common: dict) -> list[dict]:
@@ -259,7 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     df, _ = to_frames(res.rows)
     out = Path(cfg.results_dir) / cfg.name / "structural" / "results.csv"
     write_csv(df, out)
-    print(f"wrote {out} ({len(df)} rows)")
+    from probekit.report.structural_figures import structural_figures
+
+    figs = structural_figures(res, out.parent / "figures", formats=cfg.figures)
+    print(f"wrote {out} ({len(df)} rows) and {len(figs)} figure files")
     return 0
 
 
