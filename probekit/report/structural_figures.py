@@ -53,7 +53,7 @@ def structural_by_layer(df, stem: Path, formats=("pdf", "png"), *, task: str = "
             if len(base):
                 ax.axhline(100 * base.value.iloc[0], color="0.3", linestyle=":", label="right-branching")
             ax.set_xlabel("layer (0 = embeddings)")
-            ax.set_ylabel(METRIC_LABELS[metric] + " (%)")
+            ax.set_ylabel(METRIC_LABELS[metric] + (" (%)" if metric in ("uuas", "root_acc") else " (x 100)"))
         axes[0].legend(loc="best")
         fig.tight_layout()
         out = save(fig, stem, formats)
@@ -61,14 +61,14 @@ def structural_by_layer(df, stem: Path, formats=("pdf", "png"), *, task: str = "
     return out
 
 
-def _arcs(ax, edges, y0: float, up: bool, styles: dict):
+def _arcs(ax, edges, x, y0: float, up: bool, styles: dict):
     from matplotlib.patches import Arc
 
     for (i, j) in sorted(edges):
         c, ls = styles[(i, j)]
-        w = abs(j - i)
-        ax.add_patch(Arc(((i + j) / 2, y0), w, 0.35 * w + 0.4, theta1=0 if up else 180, theta2=180 if up else 360,
-                         color=c, linestyle=ls, linewidth=1.0))
+        w = abs(x[j] - x[i])
+        ax.add_patch(Arc(((x[i] + x[j]) / 2, y0), w, 0.5 * w + 0.6, theta1=0 if up else 180,
+                         theta2=180 if up else 360, color=c, linestyle=ls, linewidth=1.0))
 
 
 def tree_figure(words, gold_distances, pred_distances, punct, stem: Path, formats=("pdf", "png"),
@@ -77,19 +77,23 @@ def tree_figure(words, gold_distances, pred_distances, punct, stem: Path, format
     keep = ~np.asarray(punct, dtype=bool)
     gold = mst_edges(np.asarray(gold_distances), keep)
     pred = mst_edges(np.asarray(pred_distances), keep)
-    n = len(words)
+    # word centres spaced by their length (in characters), so that long words do not overlap
+    widths = np.array([max(len(w), 2) + 2 for w in words], dtype=float)
+    x = np.cumsum(widths) - widths / 2
+    span = float(x[-1] - x[0]) if len(x) > 1 else 1.0
     with paper_style() as plt:
-        fig, ax = plt.subplots(figsize=(max(ONE_COLUMN, 0.42 * n), 2.4))
-        _arcs(ax, gold, 0.25, True, {e: (RIGHT if e in pred else MISSING, "-" if e in pred else "--") for e in gold})
-        _arcs(ax, pred, -0.25, False, {e: (RIGHT if e in gold else WRONG, "-") for e in pred})
+        fig, ax = plt.subplots(figsize=(max(ONE_COLUMN, 0.07 * widths.sum()), 2.6))
+        _arcs(ax, gold, x, 1.0, True, {e: (RIGHT if e in pred else MISSING, "-" if e in pred else "--")
+                                       for e in gold})
+        _arcs(ax, pred, x, -1.0, False, {e: (RIGHT if e in gold else WRONG, "-") for e in pred})
         for i, w in enumerate(words):
-            ax.text(i, 0, w, ha="center", va="center", fontsize=7, color="0.5" if not keep[i] else "black")
-        h = 0.2 * n + 0.6
-        ax.set_xlim(-0.7, n - 0.3)
+            ax.text(x[i], 0, w, ha="center", va="center", fontsize=7, color="0.5" if not keep[i] else "black")
+        h = 0.25 * span + 1.5
+        ax.set_xlim(0, widths.sum())
         ax.set_ylim(-h, h)
         ax.axis("off")
-        ax.text(-0.6, h * 0.9, "gold", fontsize=7, va="top")
-        ax.text(-0.6, -h * 0.9, "probe", fontsize=7, va="bottom")
+        ax.text(0, h * 0.95, "gold", fontsize=7, va="top")
+        ax.text(0, -h * 0.95, "probe", fontsize=7, va="bottom")
         if title:
             ax.set_title(title + f" ({len(gold & pred)}/{len(gold)} edges)")
         out = save(fig, stem, formats)
