@@ -17,16 +17,24 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from probekit.data.conllu_io import Sentence
+from probekit._io import cache_root
+from probekit.activations.extract import extract as _extract
+from probekit.activations.models import load_model
+from probekit.data.conllu_io import Sentence, read_conllu
+from probekit.data.datasets import load_split
+from probekit.errors import ConfigError
+from probekit.probing.linear import DEFAULT_CS
+from probekit.report.figures import accuracy_by_layer
+from probekit.report.tables import summarize as _summarize
+from probekit.results.table import to_frames
+from probekit.runner.probe_task import probe_task
+from probekit.runner.units import ProbePolicy, Unit
+from probekit.tasks import get_task
 
 
 def load_sentences(dataset: str = "ud_ewt", split: str = "train", *, limit: int | None = None,
                    data_dir: str | os.PathLike | None = None) -> list[Sentence]:
     """Sentences of a named dataset split (``ud_ewt`` train/dev/test, ``ud_pud`` test) or a CoNLL-U file."""
-    from probekit.data.conllu_io import read_conllu
-    from probekit._io import cache_root
-    from probekit.data.datasets import load_split
-
     if Path(str(dataset)).suffix == ".conllu":
         return read_conllu(dataset, cache_dir=cache_root(), limit=limit)
     return load_split(dataset, split, data_dir=data_dir, limit=limit)
@@ -35,16 +43,13 @@ def load_sentences(dataset: str = "ud_ewt", split: str = "train", *, limit: int 
 def extract_store(model, sentences: Sequence[Sentence], *, split: str = "custom", dataset: str = "custom", **kw):
     """Extract (or reuse) every layer's vectors; ``model`` is a name or a loaded model. See
     :func:`probekit.activations.extract.extract` for the options."""
-    from probekit.activations.extract import extract as _extract
-    from probekit.activations.models import load_model
-
     lm = load_model(model) if isinstance(model, str) else model
     return _extract(lm, sentences, dataset=dataset, split=split, **kw)
 
 
 def probe(model, task, stores: dict, sentences: dict, *, probe: str = "linear", seeds: Sequence[int] = (0,),
           layers: list[int] | None = None, control_tasks: bool = True, mdl: bool = False,
-          pooling: str | None = None, Cs: Sequence[float] = (0.01, 0.1, 1.0), device: str | None = None,
+          pooling: str | None = None, Cs: Sequence[float] = DEFAULT_CS, device: str | None = None,
           experiment: str = "notebook"):
     """Train and score probes on every layer of one task; returns the tidy results DataFrame.
 
@@ -54,13 +59,12 @@ def probe(model, task, stores: dict, sentences: dict, *, probe: str = "linear", 
         stores: ``{"train": store, "dev": store, "test": store}``.
         sentences: ``{"train": [...], "dev": [...], "test": [...]}`` (same sentences as the stores).
         pooling: for sentence-level tasks, the sentence pooling (default: every one the store has).
+        probe: a registered probe family (``linear``, ``mlp1``, ``mlp2``, ...).
+    Other settings mean what the experiment config's keys of the same name mean.
     """
-    from probekit.config import ExperimentConfig
-    from probekit.errors import ConfigError
-    from probekit.runner.experiment import Unit, probe_task
-    from probekit.results.table import to_frames
-    from probekit.tasks import get_task
-
+    if not hasattr(model, "weights_hash"):
+        raise ConfigError(f"probe() needs the loaded model the stores were extracted with (pk.load_model(...)), not "
+                          f"{model!r}: model = pk.load_model({model!r}) once, then pass it to extract_store and probe.")
     for role in ("train", "dev", "test"):
         if role not in stores or role not in sentences:
             raise ConfigError(f"probe() needs stores and sentences for train, dev and test; {role!r} is missing.")
@@ -79,38 +83,24 @@ def probe(model, task, stores: dict, sentences: dict, *, probe: str = "linear", 
     task = get_task(task)
     poolings = [pooling] if pooling else (stores["train"].sentence_poolings if task.level == "sentence"
                                           else ["default"])
-    cfg = ExperimentConfig(name=experiment, models=[model.name], tasks=[task.name], probes=[probe],
-                           seeds=list(seeds), layers=layers, control_tasks=control_tasks, mdl=mdl, Cs=list(Cs),
-                           device=device, random_baseline=False)
+    policy = ProbePolicy(experiment=experiment, probes=(probe,), seeds=tuple(seeds),
+                         layers=None if layers is None else tuple(layers), Cs=tuple(Cs), control_tasks=control_tasks,
+                         mdl=mdl, device=device)
     units = [Unit(model.name, task.name, p, probe, s) for p in poolings for s in seeds]
-    probe_task(lm_info={"name": model.name, "kind": model.kind, "hash": model.weights_hash}, stores=stores,
-               data=sentences, task=task, cfg=cfg, units=units)
-    df, _ = to_frames([r for u in units for r in u.rows])
+    rows = probe_task(lm_info={"name": model.name, "kind": model.kind, "hash": model.weights_hash}, stores=stores,
+                      data=sentences, task=task, policy=policy, units=units)
+    df, _ = to_frames([r for u in units for r in rows[u]])
     return df
 
 
 def summarize(table):
     """Mean and 95% CI over seeds, selectivity, expected layer (see :func:`probekit.report.tables.summarize`)."""
-    from probekit.report.tables import summarize as _summarize
-
     return _summarize(table)
 
 
-def plot_layers(summary, path: str | os.PathLike | None = None, *, formats=("pdf", "png")):
-    """Accuracy by layer (CI bands, majority dashed). Saves to ``path`` (a stem) when given; returns the figure paths
-    or shows the figure inline in Jupyter."""
-    from probekit.report.figures import accuracy_by_layer
-
-    if path is None:
-        import tempfile
-
-        path = Path(tempfile.mkdtemp()) / "accuracy_by_layer"
-        out = accuracy_by_layer(summary, path, ("png",))
-        try:
-            from IPython.display import Image, display
-
-            display(Image(filename=str(out[0])))
-        except ImportError:
-            pass
-        return out
-    return accuracy_by_layer(summary, Path(path), formats)
+def plot_layers(summary, path: str | os.PathLike | None = None, *, formats=("pdf", "png"), ax=None,
+                model: str | None = None):
+    """Accuracy by layer (CI bands, majority dashed) as a matplotlib Figure: a notebook shows it as the cell's value.
+    Saved to ``path`` (a stem: ``path.pdf``, ``path.png``) only when given; ``ax=`` draws one ``model`` into your own
+    axes. See :func:`probekit.report.figures.accuracy_by_layer`."""
+    return accuracy_by_layer(summary, path, formats, ax=ax, model=model)

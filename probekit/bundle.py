@@ -40,23 +40,28 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 
+import probekit
+from probekit._io import atomic_write_bytes
+from probekit.activations.align import check_pooling
+from probekit.activations.extract import Extractor, corpus_checksum, extract
+from probekit.activations.models import load_model
+from probekit.data.annotate import to_sentences
 from probekit.data.conllu_io import Sentence
-from probekit.errors import ConfigError, DataError, ModelError, TaskError
+from probekit.errors import ConfigError, DataError, ModelError, TaskError, unknown_name
+from probekit.probing.features import labelled
+from probekit.probing.linear import DEFAULT_CS, LayerFit, fit_from_stores
+from probekit.tasks import get_task
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
     from probekit.activations.models import LoadedModel
-    from probekit.probing.linear import LayerFit
     from probekit.tasks.base import Task
 
 log = logging.getLogger(__name__)
 
 FORMAT = "probekit-probe"
 FORMAT_VERSION = 1
-TOKENIZE = ("spacy", "whitespace")
-#: Largest float32 training block (bytes) given to one batched probe fit; layers are grouped under it.
-MEMORY_BUDGET = 1 << 30
 #: Extraction settings that must be equal at training and prediction time.
 _SETTINGS_CHECKED = ("prefix", "suffix", "prepend_bos", "max_length", "align_version", "word_pooling")
 
@@ -140,8 +145,6 @@ class ProbeBundle:
 
     def save(self, path: str | Path) -> Path:
         """Write the bundle to one file (atomically; ``.probe`` is the customary suffix). Returns the path."""
-        from probekit._io import atomic_write_bytes
-
         arrays = _arrays_of(self.fits)
         meta = self._meta()
         meta["arrays_sha256"] = _arrays_digest(arrays)
@@ -202,7 +205,8 @@ class ProbeBundle:
             feats.append(self._as_trained(X[chosen]))
         X = np.concatenate(feats, axis=1)  # [len(chosen), item, d_model]
         n_items = X.shape[1]
-        probs = np.stack([self.fits[layer].predict_proba(X[k]) for k, layer in enumerate(chosen)])  # [L, item, C]
+        # [L, item, n_classes]
+        probs = np.stack([self.fits[layer].predict_proba(X[k]) for k, layer in enumerate(chosen)])
         # rows ordered item-major, layer-minor
         P = probs.transpose(1, 0, 2).reshape(-1, len(self.labels))
         pred = P.argmax(1)
@@ -240,8 +244,6 @@ class ProbeBundle:
                 "model folder the probe was trained with, or retrain the probe.")
 
     def _load_model(self, device: str | None) -> "LoadedModel":
-        from probekit.activations.models import load_model
-
         try:
             return load_model(self.model_name, device=device)
         except ModelError as e:
@@ -250,8 +252,6 @@ class ProbeBundle:
                              "model=load_model(<its path>).)") from None
 
     def _extractor(self, lm: "LoadedModel"):
-        from probekit.activations.extract import Extractor
-
         ex = Extractor(lm, word_pooling=self.word_pooling, prepend_bos=self.extraction.get("prepend_bos"),
                        max_length=self.extraction.get("max_length"))
         now = ex.settings()
@@ -331,8 +331,6 @@ def load_probe_bundle(path: str | Path) -> ProbeBundle:
         DataError: the file is missing, is not a probekit probe file (foreign), was written by a
             newer probekit, or is damaged (truncated, bytes changed, arrays missing or of the wrong shape).
     """
-    from probekit.probing.linear import LayerFit
-
     path = Path(path)
     if not path.is_file():
         raise DataError(f"Probe file not found: {path}. Make one with probekit.bundle.train_probe_bundle(...)"
@@ -367,12 +365,12 @@ def load_probe_bundle(path: str | Path) -> ProbeBundle:
         if meta.get("arrays_sha256") != _arrays_digest(arrays):
             raise DataError(f"{damaged} (array checksum mismatch)")
         m, t = meta["model"], meta["task"]
-        d, C = int(m["hidden_size"]), len(t["labels"])
+        d, n_classes = int(m["hidden_size"]), len(t["labels"])
         fits = {}
         for key, lm in meta["layers"].items():
             layer = int(key)
             a = {n: arrays[f"L{layer}.{n}"] for n in ("coef", "intercept", "mean", "scale")}
-            shapes = {"coef": (d, C), "intercept": (C,), "mean": (d,), "scale": (d,)}
+            shapes = {"coef": (d, n_classes), "intercept": (n_classes,), "mean": (d,), "scale": (d,)}
             for n, shape in shapes.items():
                 if a[n].shape != shape:
                     raise DataError(f"{damaged} (L{layer}.{n} has shape {a[n].shape}, expected {shape})")
@@ -395,66 +393,30 @@ def load_probe_bundle(path: str | Path) -> ProbeBundle:
 
 # ----------------------------------------------------------------------------------------------- input
 
-def to_sentences(sentences: "str | Sentence | Iterable[str | Sentence]", *, tokenize: str = "spacy",
-                 spacy_model=None) -> list[Sentence]:
-    """Turn raw strings (and/or Sentence records) into Sentences, keeping their order.
-
-    Strings are tokenised with spaCy (``annotate_text(..., mode="lines")``, all strings in one
-    pipeline run) or split on whitespace.
-    """
-    if tokenize not in TOKENIZE:
-        from probekit.errors import unknown_name
-        raise unknown_name("tokenize mode", tokenize, TOKENIZE)
-    if isinstance(sentences, (str, Sentence)):
-        sentences = [sentences]
-    items = list(sentences)
-    if not items:
-        raise DataError("No sentences to predict on: give at least one sentence.")
-    texts = {}
-    for i, s in enumerate(items):
-        if isinstance(s, Sentence):
-            if not s.words:
-                raise DataError(f"Sentence {i} ({s.sent_id!r}) has no words.")
-            continue
-        if not isinstance(s, str):
-            raise ConfigError(f"Sentence {i} is a {type(s).__name__}; give strings or probekit Sentence records.")
-        t = " ".join(s.split())  # one line, single spaces
-        if not t:
-            raise DataError(f"Sentence {i} is empty or only whitespace.")
-        texts[i] = t
-    parsed: dict[int, Sentence] = {}
-    if texts:
-        if tokenize == "whitespace":
-            parsed = {i: Sentence.from_words(t.split(" "), sent_id=f"input-{i + 1}") for i, t in texts.items()}
-        else:
-            from probekit.data.annotate import annotate_text
-
-            keys = list(texts)
-            out = annotate_text("\n".join(texts[k] for k in keys), model=spacy_model, mode="lines",
-                                id_prefix="input", source="the input sentences")
-            if len(out) != len(keys):  # cannot happen: one non-empty line -> one sentence
-                raise DataError(f"spaCy returned {len(out)} sentences for {len(keys)} input lines.")
-            parsed = dict(zip(keys, out))
-    return [parsed[i] if i in parsed else s for i, s in enumerate(items)]
+def read_input_lines(path: str | Path) -> list[str]:
+    """The non-empty lines of a UTF-8 text file, stripped (``probekit predict --input``); DataError naming the file
+    and line when a line is not UTF-8."""
+    path = Path(path)
+    out = []
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid UTF-8 ({e.reason} at byte {e.start} of the line). Save "
+                                "the file as UTF-8, e.g. with `iconv -f latin1 -t utf-8`.") from None
+            if lineno == 1:
+                line = line.removeprefix("\ufeff")
+            if line.strip():
+                out.append(line.strip())
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- training
 
-def _layer_groups(layers: list[int], n_rows: int, d: int, budget: int = MEMORY_BUDGET) -> list[list[int]]:
-    size = max(1, budget // max(1, n_rows * d * 4))
-    return [layers[i:i + size] for i in range(0, len(layers), size)]
-
-
-def _features(store, layers: list[int], rows: np.ndarray, level: str, pooling: str | None) -> np.ndarray:
-    """``[len(layers), item, d_model]`` float32 features of the labelled items."""
-    if level == "word":
-        return store.layers(layers, rows=rows)
-    return np.stack([store.sentence_vectors(pooling, layer)[rows] for layer in layers])
-
-
 def train_probe_bundle(model: "str | LoadedModel", task: "str | Task", *, train: Sequence[Sentence],
                        dev: Sequence[Sentence] | None = None, layers: Sequence[int] | None = None,
-                       Cs: Sequence[float] = (0.01, 0.1, 1.0), word_pooling: str | None = None,
+                       Cs: Sequence[float] = DEFAULT_CS, word_pooling: str | None = None,
                        sentence_pooling: str = "mean", store_root: str | Path | None = None,
                        device: str | None = None, dtype: str = "float16", seed: int = 0,
                        dataset: str = "custom", progress: bool = False) -> ProbeBundle:
@@ -481,12 +443,6 @@ def train_probe_bundle(model: "str | LoadedModel", task: "str | Task", *, train:
         TaskError: the training data has no labelled items or a single label.
         ConfigError: a layer out of range or an unknown pooling.
     """
-    from probekit.activations.align import check_pooling
-    from probekit.activations.extract import extract
-    from probekit.activations.models import load_model
-    from probekit.probing.linear import fit_layers
-    from probekit.tasks import get_task
-
     task = get_task(task)
     if not train:
         raise TaskError(f"Task {task.name}: no training sentences given.")
@@ -512,14 +468,12 @@ def train_probe_bundle(model: "str | LoadedModel", task: "str | Task", *, train:
     extract_s = time.perf_counter() - t0
     manifest = stores["train"].manifest
     if task.level == "sentence" and sentence_pooling not in stores["train"].sentence_poolings:
-        from probekit.errors import unknown_name
         raise unknown_name("sentence pooling", sentence_pooling, stores["train"].sentence_poolings,
                            hint=f"({lm.name!r} is a {lm.kind}; decoders have no cls vector)")
-    ys = {"train": task.encode(train)}
+    items = {"train": labelled(task, train)}
     if dev:
-        ys["dev"] = task.encode(dev)
-    masks = {r: np.flatnonzero(y >= 0) for r, y in ys.items()}
-    y = {r: ys[r][masks[r]] for r in ys}
+        items["dev"] = labelled(task, dev)
+    y = {r: it.y for r, it in items.items()}
     if len(y["train"]) == 0:
         raise TaskError(f"Task {task.name}: the {len(train)} training sentences have no labelled items.")
     present = np.unique(y["train"])
@@ -532,17 +486,10 @@ def train_probe_bundle(model: "str | LoadedModel", task: "str | Task", *, train:
     pooling = sentence_pooling if task.level == "sentence" else None
     fits: dict[int, LayerFit] = {}
     t1 = time.perf_counter()
-    for group in _layer_groups(chosen, len(y["train"]), lm.hidden_size):
-        Xtr = _features(stores["train"], group, masks["train"], task.level, pooling)
-        Xdv = _features(stores["dev"], group, masks["dev"], task.level, pooling) if dev else None
-        out = fit_layers(Xtr, y["train"], n_classes=len(task.labels), Cs=tuple(Cs), X_dev=Xdv,
-                         y_dev=y.get("dev"), layers=group, device=device, seed=seed)
+    for _, out in fit_from_stores(stores, items, chosen, level=task.level, pooling=pooling,
+                                  n_classes=len(task.labels), Cs=Cs, device=device, seed=seed):
         fits.update({f.layer: f for f in out})
-        del Xtr, Xdv
     fit_s = time.perf_counter() - t1
-    import probekit
-    from probekit.activations.extract import corpus_checksum
-
     extraction = {k: manifest["extraction"].get(k) for k in ("prefix", "suffix", "prepend_bos", "max_length",
                                                                "align_version")}
     extraction.update(word_pooling=manifest["word_pooling"], dtype=manifest["dtype"])

@@ -3,8 +3,24 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sklearn.base import clone
+from sklearn.model_selection import cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
+import probekit.errors as errors
+from probekit.errors import DataError
+from probekit.probing.features import standardise
 from probekit.probing.linear import LinearProbe, fit_layers
+from probekit.probing.solver import (
+    Problem,
+    batched_lbfgs,
+    feature_eig,
+    gram,
+    loss_grad_of,
+    preconditioner,
+)
 
 
 def _data(seed=0, n=3000, d=20, k=4):
@@ -63,6 +79,35 @@ def test_sklearn_estimator_contract():
     assert p.score(X, labels) > 0.4  # well above chance (0.25)
     with pytest.raises(ValueError, match="at least 2 classes"):
         LinearProbe().fit(X, np.zeros(len(X)))
+
+
+def test_binary_coef_has_sklearns_shape_and_meaning():
+    """Two classes: ``coef_`` is ``[1, d]``, the logit of class 1 against class 0, as scikit-learn's."""
+    from sklearn.linear_model import LogisticRegression
+
+    X, y = _data(7, n=800, k=2)
+    labels = np.array(["no", "yes"])[y]
+    p = LinearProbe(C=1.0, max_iter=500, tol=1e-7).fit(X, labels)
+    sk = LogisticRegression(C=1.0, max_iter=2000, tol=1e-8).fit(StandardScaler().fit_transform(X), labels)
+    assert p.coef_.shape == (1, X.shape[1]) and p.intercept_.shape == (1,)
+    assert p.decision_function(X).shape == (len(X),)
+    np.testing.assert_array_equal(p.predict(X), p.classes_[(p.decision_function(X) > 0).astype(int)])
+    np.testing.assert_allclose(p.predict_proba(X)[:, 1], 1 / (1 + np.exp(-p.decision_function(X))), rtol=1e-10)
+    assert (p.predict(X) == sk.predict(StandardScaler().fit_transform(X))).mean() > 0.98
+
+
+def test_linear_probe_works_with_sklearn_tools():
+    """clone, get_params, make_pipeline and cross_val_score: the contract the issue found broken."""
+    X, y = _data(8, n=600)
+    p = LinearProbe(C=0.5, max_iter=50)
+    assert clone(p).get_params() == p.get_params()
+    scores = cross_val_score(make_pipeline(StandardScaler(), LinearProbe(C=0.5)), X, y, cv=3)
+    assert scores.shape == (3,) and scores.min() > 0.5
+
+
+@parametrize_with_checks([LinearProbe(max_iter=50)])
+def test_sklearn_contract(estimator, check):
+    check(estimator)
 
 
 def test_inputs_are_not_modified():
@@ -172,11 +217,10 @@ def test_lbfgs_memory_is_chronological_and_selected_per_problem(iters):
     longer than the history, and `where` takes each problem's pairs from the memory chosen for it."""
     import torch
 
-    from probekit.probing.linear import _Problem, batched_lbfgs
 
     X, y = _correlated(n=2000, d=12)
     Xt = torch.tensor(np.stack([X, X[::-1].copy()]))
-    prob = _Problem(Xt, torch.as_tensor(y), 5, torch.full((2,), 1e-3))
+    prob = Problem(Xt, torch.as_tensor(y), 5, torch.full((2,), 1e-3))
     p0 = torch.zeros(2, 12 * 5 + 5)
     kw = dict(tol=0.0, ftol=0.0, history=10)
     p_prev, _, _ = batched_lbfgs(prob, p0, max_iter=iters - 1, **kw)
@@ -195,7 +239,6 @@ def test_lbfgs_memory_is_chronological_and_selected_per_problem(iters):
 def test_standardise_leaves_the_callers_features_alone(kind):
     import torch
 
-    from probekit.probing.linear import standardise
 
     X = np.random.default_rng(0).standard_normal((2, 500, 8)).astype(np.float32) * 3 + 1
     X = X.astype(np.float16) if kind == "float16" else X
@@ -209,45 +252,43 @@ def test_standardise_leaves_the_callers_features_alone(kind):
 
 
 def test_evaluating_some_layers_equals_those_rows_of_the_full_evaluation():
-    """Backtracking and converged layers evaluate only the layers still pending (`_loss_grad_of`): the rows it
+    """Backtracking and converged layers evaluate only the layers still pending (`loss_grad_of`): the rows it
     computes equal the full evaluation's, with a preconditioner, a bias penalty and several heads; the rest are
     marked +inf / 0 so that the line search never accepts them."""
     import torch
 
-    from probekit.probing.linear import _loss_grad_of, _Problem, feature_eig, preconditioner
 
     X, y = _correlated(n=1500, d=12)
     Xt = torch.tensor(np.stack([X, X[::-1].copy(), X * 0.5]))
     heads = torch.stack([torch.as_tensor(y), torch.as_tensor(np.roll(y, 3))])
     l2 = torch.tensor([1e-3, 1e-2, 1e-1])
-    prob = _Problem(Xt, heads, 5, l2, precond=preconditioner(feature_eig(Xt), l2),
+    prob = Problem(Xt, heads, 5, l2, precond=preconditioner(feature_eig(Xt), l2),
                     l2_bias=l2.unsqueeze(1).expand(3, 10).contiguous())
     p = torch.randn(3, 12 * 10 + 10, generator=torch.Generator().manual_seed(0)) * 0.1
     f_all, g_all = prob.loss_grad(p)
-    f, g = _loss_grad_of(prob, p, torch.tensor([True, False, True]))
+    f, g = loss_grad_of(prob, p, torch.tensor([True, False, True]))
     torch.testing.assert_close(f[[0, 2]], f_all[[0, 2]], rtol=1e-6, atol=0)
     # (few classes: the full problem takes one bmm, a subset per-layer matmuls, which round differently)
     torch.testing.assert_close(g[[0, 2]], g_all[[0, 2]], rtol=1e-5, atol=1e-6)
     assert f[1] == float("inf") and bool((g[1] == 0).all())
-    f1, g1 = _loss_grad_of(prob, p, torch.tensor([False, True, False]))  # a middle layer alone: its own P and l2
+    f1, g1 = loss_grad_of(prob, p, torch.tensor([False, True, False]))  # a middle layer alone: its own P and l2
     torch.testing.assert_close(f1[1], f_all[1], rtol=1e-6, atol=0)
     torch.testing.assert_close(g1[1], g_all[1], rtol=1e-5, atol=1e-6)
 
 
 def test_gram_is_the_full_symmetric_product():
-    """`_gram` (syrk: one triangle computed) returns the whole x^T x, both triangles, like the matmul it replaces."""
+    """`gram` (syrk: one triangle computed) returns the whole x^T x, both triangles, like the matmul it replaces."""
     import torch
 
-    from probekit.probing.linear import _gram
 
     x = torch.tensor(np.random.default_rng(1).standard_normal((300, 9)), dtype=torch.float32)
-    g = _gram(x)
+    g = gram(x)
     ref = x.double().T @ x.double()
     assert g.shape == (9, 9) and torch.equal(g, g.T)
     torch.testing.assert_close(g.double(), ref, rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(_gram(x[::2]).double(), x[::2].double().T @ x[::2].double(), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(gram(x[::2]).double(), x[::2].double().T @ x[::2].double(), rtol=1e-5, atol=1e-4)
     x64 = x.double()
-    assert _gram(x64).dtype == torch.float64 and torch.equal(_gram(x64), x64.T @ x64)  # not rounded through float32
+    assert gram(x64).dtype == torch.float64 and torch.equal(gram(x64), x64.T @ x64)  # not rounded through float32
 
 
 @pytest.mark.parametrize("n_classes", [3, 17])
@@ -256,12 +297,11 @@ def test_gradient_matches_autograd_on_every_kernel_path(n_classes):
     per-layer R^T X for a subset of layers); each must be the derivative of the loss."""
     import torch
 
-    from probekit.probing.linear import _Problem
 
     rng = np.random.default_rng(2)
     Xt = torch.tensor(rng.standard_normal((2, 400, 7)), dtype=torch.float32)
     y = torch.as_tensor(rng.integers(0, n_classes, 400))
-    prob = _Problem(Xt, y, n_classes, torch.tensor([1e-2, 1e-1]))
+    prob = Problem(Xt, y, n_classes, torch.tensor([1e-2, 1e-1]))
     p = torch.tensor(rng.standard_normal((2, 7 * n_classes + n_classes)) * 0.3, dtype=torch.float32)
     for problem, q in ((prob, p), (prob.select([1]), p[1:])):
         f, g = problem.loss_grad(q)
@@ -291,7 +331,6 @@ def _toy(G=2, N=300, d=8, K=3, seed=0):
 def test_non_finite_features_are_an_error_naming_layer_and_cause(where, bad):
     """A float16 store overflows to inf for some models: that must not become NaN weights and a constant
     predictor's accuracy reported as a probe's."""
-    from probekit.errors import DataError
 
     X, y = _toy()
     Xd, yd = _toy(seed=1)
@@ -312,7 +351,6 @@ def test_non_finite_features_are_an_error_naming_layer_and_cause(where, bad):
     (dict(y_dev_shift=-1), "DataError", "y_dev holds label -1"),
 ])
 def test_bad_probe_arguments_are_clear_errors(kw, err, needle):
-    import probekit.errors as errors
 
     X, y = _toy()
     Xd, yd = _toy(seed=1)
@@ -327,7 +365,6 @@ def test_bad_probe_arguments_are_clear_errors(kw, err, needle):
 
 
 def test_shape_mismatches_are_clear_errors():
-    from probekit.errors import DataError
 
     X, y = _toy()
     with pytest.raises(DataError, match=r"X_train must be \[layer, item, d_model\]"):
@@ -345,11 +382,10 @@ def test_gram_bits_do_not_depend_on_the_blas_thread_count():
     import torch
     from threadpoolctl import threadpool_limits
 
-    from probekit.probing.linear import _gram
 
     x = torch.randn(16384, 384, generator=torch.Generator().manual_seed(0))
     out = []
     for n in (1, 2):
         with threadpool_limits(limits=n, user_api="blas"):
-            out.append(_gram(x))
+            out.append(gram(x))
     assert torch.equal(out[0], out[1])

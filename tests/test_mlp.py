@@ -12,7 +12,6 @@ from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 from probekit.errors import ConfigError, ProbekitError  # noqa: E402
 from probekit.probing.mlp import MLPProbe, mlp_fit_predict_proba  # noqa: E402
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -110,10 +109,10 @@ def test_mdl_adapter_fills_unseen_classes_with_zero():
 def test_experiment_mlp_probe_names_the_layer_of_non_finite_features():
     """The experiment checks each loaded layer group once for MLP probes (scikit-learn's own check would name neither
     the layer nor the cause)."""
-    from probekit.config import ExperimentConfig
     from probekit.data.conllu_io import Sentence
     from probekit.errors import DataError
-    from probekit.runner.experiment import Unit, probe_task
+    from probekit.runner.probe_task import probe_task
+    from probekit.runner.units import ProbePolicy, Unit
     from probekit.tasks import get_task
 
     rng = np.random.default_rng(0)
@@ -136,9 +135,9 @@ def test_experiment_mlp_probe_names_the_layer_of_non_finite_features():
             return self.X[layers][:, rows]
 
     stores = {"train": Store(), "dev": Store(), "test": Store(bad=True)}
-    cfg = ExperimentConfig(probes=["mlp1"], layers=[4, 5], control_tasks=False, mdl=False,
-                           mlp={"max_epochs": 1, "hidden_size": 4}, device="cpu")
+    policy = ProbePolicy(probes=("mlp1",), layers=(4, 5), control_tasks=False, mdl=False,
+                         mlp={"max_epochs": 1, "hidden_size": 4}, device="cpu")
     with pytest.raises(DataError, match=r"layer 5 \(test\): the features hold 1 non-finite"):
         probe_task(lm_info={"name": "m", "kind": "encoder", "hash": "h" * 16}, stores=stores,
-                   data={r: sents for r in stores}, task=get_task("aux_verb"), cfg=cfg,
-                   units=[Unit("m", "aux_verb", "default", "mlp1", 0)], progress=False)
+                   data={r: sents for r in stores}, task=get_task("aux_verb"), policy=policy,
+                   units=[Unit("m", "aux_verb", "default", "mlp1", 0)])

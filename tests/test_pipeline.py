@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from probekit.activations.extract import extract
+from probekit.activations.models import load_model
 from probekit.config import ExperimentConfig
 from probekit.errors import ConfigError
 from probekit.runner.experiment import run_experiment
-from probekit.activations.extract import extract
-from probekit.activations.models import load_model
 
 
 def _cfg(tmp_path, model_dir, data_dir, **kw):
@@ -168,8 +168,8 @@ def test_notebook_api_steps(tmp_path, tiny_bert_dir, data_dir):
     table = pk.probe(lm, "aux_verb", stores, sents, seeds=[0])
     assert set(table.layer.dropna().astype(int)) == {0, 1, 2}
     summary = pk.summarize(table)
-    out = pk.plot_layers(summary, tmp_path / "fig", formats=("png",))
-    assert out[0].is_file() and out[0].stat().st_size > 1000
+    fig = pk.plot_layers(summary, tmp_path / "fig", formats=("png",))  # the Figure, saved as asked
+    assert fig.axes and (tmp_path / "fig.png").stat().st_size > 1000
     # the notebook trap: sentences reloaded with another limit, stores not re-extracted
     fewer = {**sents, "test": sents["test"][:20]}
     with pytest.raises(ConfigError, match=r"stores\['test'\] holds 25 sentences .* sentences\['test'\] has 20"):
@@ -196,11 +196,11 @@ def test_every_shipped_config_is_valid(path):
 
 def test_tasks_share_loaded_features(tmp_path, tiny_bert_dir, data_dir, monkeypatch):
     """Word tasks that label every word read the same rows: the features are loaded once per model, not per task."""
-    import probekit.runner.experiment as ex
+    import probekit.probing.features as feats
 
     calls = []
-    real = ex._features
-    monkeypatch.setattr(ex, "_features", lambda *a, **k: calls.append(a[2].size) or real(*a, **k))
+    real = feats.load_features
+    monkeypatch.setattr(feats, "load_features", lambda *a, **k: calls.append(a[2].size) or real(*a, **k))
     run_experiment(_cfg(tmp_path, tiny_bert_dir, data_dir, tasks=["aux_verb", "upos"]), progress=False)
     assert len(calls) == 3  # train, dev, test once for both tasks
     calls.clear()

@@ -65,7 +65,7 @@ def test_plan_before_running(models, tmp_path):
     assert "time estimate: unknown" in text  # nothing measured in a fresh results folder
     # MLP probes: one cell per seed; unit keys are the runner's
     from probekit.activations.models import fingerprint
-    from probekit.runner.experiment import plan_units
+    from probekit.runner.units import plan_units
 
     plan2 = plan_sweep(cfg.replace(probes=["linear", "mlp1"]))
     mlp = [c for c in plan2.cells if c.method == "mlp1"]
@@ -111,14 +111,14 @@ def test_ray_missing_gives_clear_error(monkeypatch, local_run):
 
     monkeypatch.setitem(sys.modules, "ray", None)  # "import ray" raises ImportError
     cfg, _, _ = local_run
-    with pytest.raises(ConfigError, match=r"probekit\[ray\]"):
+    with pytest.raises(ConfigError, match=r"probekit-nlp\[ray\]"):
         run_sweep(cfg, executor="ray")
 
 
 @pytest.mark.slow
 @pytest.mark.ray
 def test_ray_sweep_identical_to_local(local_run, models, tmp_path):
-    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'probekit[ray]')")
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'probekit-nlp[ray]')")
     from probekit.runner.sweep import run_sweep
 
     cfg_local, _, res_local = local_run
@@ -228,7 +228,7 @@ def test_cell_spec_is_frozen_and_survives_pickle(models, tmp_path):
     import dataclasses
     import pickle
 
-    from probekit.runner.experiment import plan_units
+    from probekit.runner.units import plan_units
     from probekit.runner.sweep import CellSpec, ExtractionSpec, plan_sweep
 
     plan = plan_sweep(_cfg(models, tmp_path / "results", tmp_path / "stores").replace(probes=["linear", "mlp1"]))

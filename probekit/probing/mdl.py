@@ -42,8 +42,17 @@ from typing import Callable, Sequence, Union
 
 import numpy as np
 
+from probekit._device import resolve_device
 from probekit.errors import ConfigError, DataError
-from probekit.probing.linear import check_finite
+from probekit.probing.features import check_finite, standardise_torch
+from probekit.probing.solver import (
+    Problem,
+    batched_lbfgs,
+    feature_eig,
+    pack,
+    preconditioner,
+    unpack,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +65,6 @@ PAPER_PORTIONS: tuple[float, ...] = (0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0
 
 #: L2 prior strengths mixed by the default probe (see :func:`online_codelength`).
 DEFAULT_L2_GRID: tuple[float, ...] = (1.0, 10.0, 100.0, 1000.0)
-#: At most this many outputs (l2 values x classes) are fitted as one multi-head problem (see _online_blocks). 1: each
-#: l2 value is its own problem. Fitted together, the heads stopped on the summed objective and a shared line search,
-#: so the weakly regularised ones stopped short (aux_verb, minilm, 16k words: codelength 3-4% lower than with each
-#: head solved alone), and with the preconditioned solver it no longer saved time (8 s alone vs 9 s together).
-MAX_JOINT_OUTPUTS = 1
 
 FitPredictProba = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
@@ -136,14 +140,6 @@ def block_ends(n: int, portions: Sequence[float] = PAPER_PORTIONS) -> list[int]:
     return ends
 
 
-def _resolve_device(device: str | None) -> str:
-    import torch
-
-    if device is None or device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
-
-
 def fit_logreg_batched(X, y, n_classes: int, *, l2: float | Sequence[float] = 1.0, max_iter: int = 100,
                        init: tuple | None = None, eig=None):
     """Fit one multinomial logistic regression per leading index of ``X`` (and per ``l2`` value) with L-BFGS.
@@ -151,8 +147,8 @@ def fit_logreg_batched(X, y, n_classes: int, *, l2: float | Sequence[float] = 1.
     Objective per layer (features standardised with the training mean/std, constant features
     get std 1): ``sum_i CE(x_i, y_i) + l2/2 (||W||^2 + ||b||^2)`` — a Gaussian prior whose relative
     weight shrinks as the training set grows. The layers are independent problems, solved as one batch by
-    :func:`probekit.probing.linear.batched_lbfgs` (per-layer line search and convergence) in preconditioned
-    variables (:func:`probekit.probing.linear.preconditioner`; the optimum is the same).
+    :func:`probekit.probing.solver.batched_lbfgs` (per-layer line search and convergence) in preconditioned
+    variables (:func:`probekit.probing.solver.preconditioner`; the optimum is the same).
 
     Args:
         X: torch float32 ``[L, n, d]`` on the target device.
@@ -163,7 +159,7 @@ def fit_logreg_batched(X, y, n_classes: int, *, l2: float | Sequence[float] = 1.
             same for 2 or 8 outputs on CPU), head ``h`` in output columns ``h*K .. h*K+K-1``.
         max_iter: L-BFGS iterations at most.
         init: optional ``(W [L, d, H*K], b [L, H*K])`` warm start.
-        eig: optional :func:`~probekit.probing.linear.feature_eig` of (any standardised sample of) these features
+        eig: optional :func:`~probekit.probing.solver.feature_eig` of (any standardised sample of) these features
             for the preconditioner, e.g. computed once for all training prefixes; default: from ``X``.
 
     Returns:
@@ -172,25 +168,20 @@ def fit_logreg_batched(X, y, n_classes: int, *, l2: float | Sequence[float] = 1.
     """
     import torch
 
-    from probekit.probing.linear import _pack, _Problem, _unpack, batched_lbfgs, feature_eig, preconditioner
-
     L, n, d = X.shape
     l2s = _l2_grid(l2)
     H, K = len(l2s), n_classes * len(l2s)
-    mean = X.mean(dim=1, keepdim=True)
-    scale = X.std(dim=1, keepdim=True, unbiased=False) if n > 1 else torch.ones_like(mean)
-    scale = torch.where(scale > 1e-6, scale, torch.ones_like(scale))
-    Xs = (X - mean) / scale
+    Xs, mean, scale = standardise_torch(X, ddof=0, small_to_one=True)
     # the objective divided by n: mean CE + (l2 / n) / 2 (||W||^2 + ||b||^2), one strength per head
     lam = (torch.tensor(l2s, dtype=torch.float32, device=X.device) / n).repeat_interleave(n_classes)  # [K]
     lam = lam.unsqueeze(0).expand(L, K).contiguous()
     heads = y.unsqueeze(0).expand(H, n) if H > 1 else y
     eig = eig if eig is not None else feature_eig(Xs)
-    prob = _Problem(Xs, heads, n_classes, lam, l2_bias=lam,
+    prob = Problem(Xs, heads, n_classes, lam, l2_bias=lam,
                     precond=preconditioner(eig, lam.view(L, H, n_classes)[:, :, 0]))
-    p_w = _pack(*init) if init is not None else torch.zeros(L, d * K + K, dtype=torch.float32, device=X.device)
+    p_w = pack(*init) if init is not None else torch.zeros(L, d * K + K, dtype=torch.float32, device=X.device)
     q, _, _ = batched_lbfgs(prob, prob.to_params(p_w), max_iter=int(max_iter), tol=1e-4, ftol=1e-5)
-    W, b = _unpack(prob.to_weights(q), L, d, K)
+    W, b = unpack(prob.to_weights(q), L, d, K)
     return W, b, mean, scale
 
 
@@ -214,7 +205,7 @@ def logreg_fit_predict_proba(n_classes: int, *, l2: float = 1.0, max_iter: int =
     def fit_predict_proba(X_tr: np.ndarray, y_tr: np.ndarray, X_next: np.ndarray) -> np.ndarray:
         import torch
 
-        dev = _resolve_device(device)
+        dev = resolve_device(device)
         Xt = torch.as_tensor(np.asarray(X_tr, np.float32), device=dev)[None]
         yt = torch.as_tensor(np.asarray(y_tr, np.int64), device=dev)
         W, b, m, s = fit_logreg_batched(Xt, yt, n_classes, l2=l2, max_iter=max_iter)
@@ -279,38 +270,32 @@ def _online_blocks(Xc, yt, y_sh: np.ndarray, ends: list[int], n_classes: int, gr
 
     One logistic regression per (layer, l2 in grid) is trained on each prefix (warm-started from
     the previous prefix). With several l2 values the next block is coded with their Bayesian
-    mixture, ``p(y) = sum_g w_g p_g(y)``, ``w_g`` proportional to ``2^(-C_g)`` where ``C_g`` is what
+    mixture, ``p(y) = sum_g w_g p_g(y)``, ``w_g`` proportional to ``2^(-bits_g)`` where ``bits_g`` is what
     probe ``g`` would have paid for the earlier model-coded blocks (uniform weights at first). The
     weights depend only on already transmitted data, so this is a valid code, and it costs at most
     ``log2 G`` bits per block more than the best single l2 chosen in hindsight per block sequence.
     """
-    from probekit.probing.linear import feature_eig
-
     L = Xc.shape[0]
     G = len(grid)
     costs = [[ends[0] * math.log2(n_classes)] for _ in range(L)]
     past = np.zeros((G, L))  # cumulative cost of each expert so far
-    # Heads share the passes over X, which pays while X @ W is memory-bound (few outputs): on EWT (7 layers x 10k
-    # words x 384; measured with the earlier, unpreconditioned solver) the 4-value grid as one problem took 9.7 s instead of 13.5 s for aux_verb (2 classes), but
-    # 26.5 s instead of 21 s for upos (17 classes: compute-bound, and the slowest head sets the iterations).
-    per = max(1, MAX_JOINT_OUTPUTS // n_classes)
     # one preconditioner for every prefix: from all the features (sender and receiver both know X; only the labels
     # are transmitted), standardised once
-    eig = feature_eig((Xc - Xc.mean(1, keepdim=True)) / Xc.std(1, keepdim=True).clamp_min(1e-6))
-    chunks = [list(range(i, min(i + per, G))) for i in range(0, G, per)]
-    inits: list = [None] * len(chunks)
+    eig = feature_eig(standardise_torch(Xc, ddof=1, small_to_one=False)[0])
+    # each l2 value is its own problem (docs/design.md, "MDL: one problem per l2 value", says why)
+    inits: list = [None] * G
     log_eps = math.log2(smoothing / n_classes) if smoothing > 0 else -math.inf
     log_keep = math.log2(1 - smoothing)
     for start, stop in zip(ends[:-1], ends[1:]):
         ys = y_sh[start:stop]
         lps = np.empty((G, L, stop - start))
-        for c, chunk in enumerate(chunks):
-            # the l2 values of a chunk in one problem (one head each), warm-started from the previous prefix
-            W, b, mean, scale = fit_logreg_batched(Xc[:, :start], yt[:start], n_classes, l2=[grid[g] for g in chunk],
-                                                   max_iter=max_iter, init=inits[c], eig=eig)
-            inits[c] = (W, b)
-            logp2 = _predict_logprob2(W, b, mean, scale, Xc[:, start:stop], heads=len(chunk))
-            lps[chunk] = logp2[:, :, np.arange(stop - start), ys]  # [H, L, m]
+        for g in range(G):
+            # warm-started from the previous prefix
+            W, b, mean, scale = fit_logreg_batched(Xc[:, :start], yt[:start], n_classes, l2=[grid[g]],
+                                                   max_iter=max_iter, init=inits[g], eig=eig)
+            inits[g] = (W, b)
+            logp2 = _predict_logprob2(W, b, mean, scale, Xc[:, start:stop])
+            lps[[g]] = logp2[:, :, np.arange(stop - start), ys]  # [1, L, m]
         logw = -past - np.logaddexp2.reduce(-past, axis=0, keepdims=True)  # [G, L], log2 weights
         mix = np.logaddexp2.reduce(logw[:, :, None] + lps, axis=0)  # [L, m]
         if smoothing > 0:
@@ -420,7 +405,7 @@ def online_codelength_layers(X_layers: Union[np.ndarray, Callable[[int], np.ndar
     perm = np.random.default_rng(seed).permutation(len(y_kept))
     y_sh = y_kept[perm]
     grid = _l2_grid(l2)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     if layer_batch is not None:
         step = int(layer_batch)
     else:

@@ -22,21 +22,23 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from probekit._device import resolve_device
 from probekit.errors import ConfigError, DataError
+from probekit.probing.features import log_softmax, moments_numpy, softmax
+from probekit.probing.registry import (
+    FitSettings,
+    LayerResult,
+    ProbeFamily,
+    register_probe,
+)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MLPProbe", "mlp_fit_predict_proba"]
+__all__ = ["MLPProbe", "MLPFamily", "mlp_fit_predict_proba"]
 
-
-def _resolve_device(device: str | None) -> str:
-    import torch
-
-    if device is None or device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={device!r} was asked for but CUDA is not available; use device='cpu' or None.")
-    return str(device)
+#: The experiment's MLP probe settings before the config's ``mlp`` key is applied.
+EXPERIMENT_DEFAULTS = {"hidden_size": 256, "dropout": 0.1, "weight_decay": 0.0, "max_epochs": 20, "patience": 3,
+                       "batch_size": 512}
 
 
 class MLPProbe(ClassifierMixin, BaseEstimator):
@@ -145,12 +147,10 @@ class MLPProbe(ClassifierMixin, BaseEstimator):
         check_classification_targets(y)
         self.classes_, y_idx = np.unique(y, return_inverse=True)
         k = len(self.classes_)
-        self.device_ = _resolve_device(self.device)
+        self.device_ = resolve_device(self.device)
         X32 = np.asarray(X, dtype=np.float32)
         if self.standardize:
-            mean = X32.mean(axis=0, dtype=np.float64).astype(np.float32)
-            scale = X32.std(axis=0, dtype=np.float64).astype(np.float32)
-            scale[~(scale > 1e-12)] = 1.0
+            mean, scale = moments_numpy(X32)
         else:
             mean = np.zeros(X32.shape[1], np.float32)
             scale = np.ones(X32.shape[1], np.float32)
@@ -263,17 +263,11 @@ class MLPProbe(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities ``float64[n, n_classes]``, columns in the order of ``classes_``."""
-        z = self._logits(X).astype(np.float64)
-        z -= z.max(axis=1, keepdims=True)
-        p = np.exp(z)
-        p /= p.sum(axis=1, keepdims=True)
-        return p
+        return softmax(self._logits(X))
 
     def predict_log_proba(self, X) -> np.ndarray:
         """Natural-log class probabilities ``float64[n, n_classes]``."""
-        z = self._logits(X).astype(np.float64)
-        z -= z.max(axis=1, keepdims=True)
-        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        return log_softmax(self._logits(X))
 
     def decision_function(self, X) -> np.ndarray:
         """Raw logits ``float64[n, n_classes]`` (``[n]`` for two classes, sklearn convention)."""
@@ -307,3 +301,28 @@ def mlp_fit_predict_proba(n_classes: int, **params) -> Callable[[np.ndarray, np.
         return out
 
     return fit_predict_proba
+
+
+@register_probe("mlp2", hidden_layers=2)
+@register_probe("mlp1", hidden_layers=1)
+class MLPFamily(ProbeFamily):
+    """The ``mlp1`` / ``mlp2`` probe families: one :class:`MLPProbe` per layer, early-stopped on dev, seeded (its
+    initialisation, shuffling and dropout depend on the seed); control tasks are fitted like the task, per seed."""
+
+    def __init__(self, name: str, hidden_layers: int):
+        super().__init__(name)
+        self.hidden_layers = hidden_layers
+
+    def settings_key(self, settings: FitSettings):
+        return settings.mlp
+
+    def fit(self, X, y, *, n_classes, settings: FitSettings, seed, reg=None) -> list[LayerResult]:
+        params = {**EXPERIMENT_DEFAULTS, **(settings.mlp or {})}
+        out = []
+        for i in range(X["train"].shape[0]):
+            m = MLPProbe(hidden_layers=self.hidden_layers, seed=seed, device=settings.device, **params)
+            m.fit(X["train"][i], y["train"], X["dev"][i], y["dev"])
+            n_params = sum(p.numel() for p in m.model_.parameters()) if hasattr(m, "model_") else None
+            out.append(LayerResult(m.predict(X["dev"][i]), m.predict(X["test"][i]), n_params,
+                                   params.get("weight_decay")))
+        return out

@@ -11,23 +11,23 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from probekit.config import ExperimentConfig
+from probekit.runner.units import ProbePolicy
 
 # ------------------------------------------------------------------------------------------ the runner's rules, restated
-# Two rules of the runner (probekit.runner.experiment.plan_units / probe_task) that the sweep needs before any unit
-# runs. Each is restated here once and called from one place; the engine's unit policy object (issue 15) replaces
-# both at the merge.
+# Two rules of the runner that the sweep needs before any unit runs, read from the one policy object
+# (probekit.runner.units.ProbePolicy) that plan_units and probe_task use.
 
 def seeds_share_a_fit(probe: str) -> bool:
     """RULE: a linear probe's fit does not depend on the seed (a convex problem solved to convergence; only the
     control task and MDL vary with the seed), so its seeds form one cell. Called from :func:`plan.plan_sweep` and
     :func:`estimate.probe_cell_estimate`."""
-    return probe == "linear"
+    return ProbePolicy().shares_fit(probe)
 
 
 def mdl_seed(cfg: ExperimentConfig, probe: str) -> int | None:
     """RULE: MDL is measured for the linear probe on the first configured seed only (None: no MDL for ``probe``).
     Single call site: :func:`estimate.probe_cell_estimate`."""
-    return cfg.seeds[0] if cfg.mdl and probe == "linear" else None
+    return cfg.seeds[0] if ProbePolicy.from_config(cfg).runs_mdl(probe, cfg.seeds[0]) else None
 
 
 def seeds_text(seeds) -> str:

@@ -14,7 +14,8 @@ from probekit.baselines.config import BaselineConfig
 from probekit.baselines.records import data_identity, finished_run, run_identity, run_path
 from probekit.config import ExperimentConfig
 from probekit.results.table import load_unit
-from probekit.runner.experiment import model_list, plan_units
+from probekit.runner.experiment import model_list
+from probekit.runner.units import plan_units
 from probekit.runner.sweep.cells import Cell, CellSpec, ExtractionSpec, seeds_share_a_fit
 from probekit.runner.sweep.estimate import estimate_cells
 from probekit.runner.sweep.workers import load_data_cached

@@ -18,8 +18,10 @@ from probekit.baselines.train import run_baselines
 from probekit.config import ExperimentConfig
 from probekit.errors import DataError, ProbekitError
 from probekit.results.table import load_unit, save_unit
-from probekit.runner.experiment import data_checksum, extract_stores, load_data, plan_units, probe_task
+from probekit.runner.experiment import data_checksum, extract_stores, load_data
+from probekit.runner.probe_task import probe_task
 from probekit.runner.sweep.cells import CellDone, CellSpec, Extracted, ExtractionSpec
+from probekit.runner.units import ProbePolicy, plan_units
 from probekit.tasks import get_task
 
 #: Data loaded in this process, by the settings that select it (a worker runs many cells on the same data).
@@ -74,7 +76,7 @@ def run_probe_cell(spec: CellSpec, extracted: Extracted) -> CellDone:
     """One probe cell: train the pending units of model × task × probe × seed(s) on the finished stores (no model is
     loaded) and write their unit files.
 
-    Unit keys come from :func:`probekit.runner.experiment.plan_units` with the driver's data and model
+    Unit keys come from :func:`probekit.runner.units.plan_units` with the driver's data and model
     fingerprints, so they are the keys ``probekit run`` would use.
     """
     cfg = spec.config
@@ -90,10 +92,10 @@ def run_probe_cell(spec: CellSpec, extracted: Extracted) -> CellDone:
         data = _check_data(cfg, spec.data_fp)
         stores = {role: ActivationStore(p) for role, p in extracted.stores.items()}
         with _one_blas_thread():
-            probe_task(lm_info=extracted.lm_info, stores=stores, data=data, task=get_task(spec.task), cfg=cfg,
-                       units=pending, progress=False)
+            done = probe_task(lm_info=extracted.lm_info, stores=stores, data=data, task=get_task(spec.task),
+                              policy=ProbePolicy.from_config(cfg), units=pending)
         for u in pending:
-            save_unit(runs / f"{u.key}.json", u.rows)
+            save_unit(runs / f"{u.key}.json", done[u])
     return spec.done(len(pending), time.perf_counter() - t0, os.uname().nodename)
 
 
