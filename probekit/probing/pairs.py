@@ -24,8 +24,8 @@ from typing import Sequence
 
 import numpy as np
 
+from probekit._device import small_problem_threads, torch_threads
 from probekit.errors import DataError
-from probekit.probing.linear import small_problem_threads, torch_threads
 from probekit.probing.structural import StructuralSettings, _as_tensor, _device
 from probekit.tasks.relations import check_tree
 

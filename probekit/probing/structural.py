@@ -28,8 +28,8 @@ from typing import Sequence
 
 import numpy as np
 
+from probekit._device import small_problem_threads, torch_threads
 from probekit.errors import ConfigError, DataError
-from probekit.probing.linear import small_problem_threads, torch_threads
 from probekit.tasks.relations import (
     check_tree,
     control_parents,
