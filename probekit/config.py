@@ -83,6 +83,8 @@ class ExperimentConfig:
     baselines: dict | None = _help(None, "Fine-tuning / lightweight-tuning baselines (see docs/baselines.md).")
     erasure: dict | None = _help(None, "Concept-erasure study: erasers per layer and task, the probes retrained on "
                                  "the erased features and the effect of erasing on the model (see docs/erasure.md).")
+    structural: dict | None = _help(None, "Structural probes (Hewitt & Manning 2019): kinds, ranks, epochs, control, "
+                                          "bootstrap (see docs/structural.md); run by probekit run.")
     figures: list = _help(["pdf", "png"], "Figure formats (pdf, png, svg).")
     track: list = _help([], "Experiment trackers to log the finished run to: mlflow, tensorboard, wandb (extra "
                             "[track]; see probekit/tracking.py for where each writes).")
@@ -276,7 +278,7 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 
 #: config keys whose value is a mapping: ``--set KEY.SUB=VALUE`` sets one entry, ``--set KEY={...}`` merges
-MAPPING_KEYS = ("splits", "files", "limit", "mlp", "baselines", "erasure")
+MAPPING_KEYS = ("splits", "files", "limit", "mlp", "baselines", "erasure", "structural")
 
 
 def apply_overrides(base: dict, overrides: dict) -> dict:

@@ -1,0 +1,130 @@
+"""Gold relations between the words of a sentence, read from the UD tree (HEAD): tree distances, depths, punctuation.
+
+These are the targets of the structural probes (Hewitt & Manning 2019): the path length between two words in the
+undirected dependency tree (the root word has no parent; UD's artificial ROOT node is not a word) and each word's
+depth (path length to the root word; the root word has depth 0).
+
+Every function checks that the sentence has a dependency tree (HEAD read, one root, no cycle) and raises
+:class:`~probekit.errors.DataError` naming the sentence otherwise.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from probekit.data.conllu_io import Sentence
+from probekit.errors import DataError
+from probekit.probing.control import type_uniform
+
+#: The punctuation tags the reference code of Hewitt & Manning (john-hewitt/structural-probes) excludes from UUAS
+#: and root accuracy (PTB XPOS). A word is punctuation when its XPOS is one of these or its UPOS is PUNCT, so that
+#: treebanks without PTB XPOS (most UD treebanks) get the same exclusion.
+PTB_PUNCT = frozenset({"''", ",", ".", ":", "``", "-LRB-", "-RRB-"})
+
+
+def _where(s: Sentence) -> str:
+    return f"sentence {s.sent_id!r}" if s.sent_id else f"sentence {s.text[:40]!r}"
+
+
+def check_tree(s: Sentence) -> np.ndarray:
+    """0-based parent of every word (-1 for the root word), after checking that HEAD forms one tree.
+
+    Raises:
+        DataError: the sentence was read without HEAD, has no or several roots, a HEAD out of range, or a cycle.
+    """
+    if not s.has_syntax:
+        raise DataError(f"{_where(s)} has no dependency tree (HEAD is '_'): structural probes need a treebank with "
+                        "gold HEAD and DEPREL columns (UD EWT, PUD, or a parsed CoNLL-U file).")
+    n = len(s.heads)
+    heads = np.asarray(s.heads, dtype=np.int64)
+    bad = np.flatnonzero((heads < 0) | (heads > n))
+    if bad.size:
+        raise DataError(f"{_where(s)}: word {bad[0] + 1} has HEAD {heads[bad[0]]}, outside 0..{n}; fix the file.")
+    roots = np.flatnonzero(heads == 0)
+    if roots.size != 1:
+        raise DataError(f"{_where(s)}: the HEADs do not form a tree ({roots.size} words with HEAD 0, words "
+                        f"{(roots + 1).tolist()}); a dependency tree has exactly one root. Fix the file.")
+    parent = heads - 1
+    for start in range(n):  # walk up from every word: at most n steps to the root, else a cycle
+        i, steps = start, 0
+        while parent[i] >= 0:
+            i = parent[i]
+            steps += 1
+            if steps > n:
+                raise DataError(f"{_where(s)}: the HEADs do not form a tree (word {start + 1} is on a cycle, "
+                                f"it never reaches the root). Fix the file.")
+    return parent
+
+
+def tree_depths(s: Sentence) -> np.ndarray:
+    """``[n]`` depth of every word in the gold tree (the root word has depth 0)."""
+    parent = check_tree(s)
+    depth = np.full(len(parent), -1, dtype=np.int64)
+    for start in range(len(parent)):
+        path, i = [], start
+        while i >= 0 and depth[i] < 0:
+            path.append(i)
+            i = parent[i]
+        d = depth[i] if i >= 0 else -1
+        for j in reversed(path):
+            d += 1
+            depth[j] = d
+    return depth
+
+
+def distances_from_parents(parent: np.ndarray) -> np.ndarray:
+    """``[n, n]`` path lengths in the undirected tree given by 0-based parents (-1 = root)."""
+    n = len(parent)
+    adj = [[] for _ in range(n)]
+    for i, p in enumerate(parent):
+        if p >= 0:
+            adj[i].append(int(p))
+            adj[int(p)].append(i)
+    dist = np.full((n, n), -1, dtype=np.int64)
+    for src in range(n):  # breadth-first search from every word: O(n^2), n is a sentence
+        dist[src, src] = 0
+        frontier = [src]
+        while frontier:
+            nxt = []
+            for u in frontier:
+                for v in adj[u]:
+                    if dist[src, v] < 0:
+                        dist[src, v] = dist[src, u] + 1
+                        nxt.append(v)
+            frontier = nxt
+    return dist
+
+
+def tree_distances(s: Sentence) -> np.ndarray:
+    """``[n, n]`` path length between every two words in the gold undirected tree (0 on the diagonal)."""
+    return distances_from_parents(check_tree(s))
+
+
+def punct_mask(s: Sentence) -> np.ndarray:
+    """``[n]`` bool: the words excluded from UUAS and root accuracy (see :data:`PTB_PUNCT`)."""
+    return np.array([u == "PUNCT" or x in PTB_PUNCT for u, x in zip(s.upos, s.xpos)], dtype=bool)
+
+
+#: Attachment behaviours of the control structure, one per word type (Hewitt & Liang 2019, section 3.3).
+CONTROL_BEHAVIOURS = ("previous", "first", "last")
+
+
+def control_parents(words: Sequence[str], seed: int) -> np.ndarray:
+    """0-based parents of Hewitt & Liang's control structure for one sentence (a tree, rooted at the first word).
+
+    Hewitt & Liang give each word *type* a fixed random behaviour: attach to itself, to the first word or to the
+    last word of the sentence. A self-loop has no tree distance, so here it becomes "attach to the previous word"
+    (the nearest word that keeps a tree): the first word is the root, the last word attaches to the first, and every
+    other word attaches by its type to the previous, the first or the last word. Only the word's type (its lower-cased
+    form) and the seed decide; the structure says nothing about syntax, so a probe that fits it well memorises.
+    """
+    n = len(words)
+    parent = np.full(n, -1, dtype=np.int64)
+    for i in range(1, n):
+        if i == n - 1:
+            parent[i] = 0
+            continue
+        behaviour = CONTROL_BEHAVIOURS[int(type_uniform(words[i].lower(), seed) * len(CONTROL_BEHAVIOURS))]
+        parent[i] = {"previous": i - 1, "first": 0, "last": n - 1}[behaviour]
+    return parent
