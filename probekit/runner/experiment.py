@@ -26,6 +26,7 @@ from probekit.config import ExperimentConfig
 from probekit.errors import DataError
 from probekit.probing.features import FeatureCache
 from probekit.report import figures
+from probekit.report.structural_figures import structural_figures
 from probekit.report.tables import best_layer_table, summarize
 from probekit.results.table import (
     begin_folder_write,
@@ -39,6 +40,7 @@ from probekit.results.table import (
 from probekit.runner.data import extract_stores, load_data, model_list
 from probekit.runner.erasure import ErasureSettings, run_erasure
 from probekit.runner.probe_task import probe_task
+from probekit.runner.structural import StructuralConfig, run_structural
 from probekit.runner.units import ProbePolicy, Unit, plan_units
 from probekit.tasks import get_task
 
@@ -76,13 +78,15 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> Experimen
     # but an unusable results_dir (a file, no permission) fails now, not after the extraction and the probes
     Path(cfg.results_dir).mkdir(parents=True, exist_ok=True)
     tasks = [get_task(t) for t in cfg.tasks]
-    erasure = ErasureSettings.from_dict(cfg.erasure) if cfg.erasure else None  # its errors before any work
+    # the optional studies' settings: their errors before any work
+    erasure = ErasureSettings.from_dict(cfg.erasure) if cfg.erasure else None
+    structural = StructuralConfig.from_dict(cfg.structural) if cfg.structural else None
     data, data_fp = load_data(cfg)
     # a second run of the same experiment waits, then reuses the first one's units instead of computing them again
     lock = acquire_lock(Path(cfg.results_dir) / f".{cfg.name}.lock", f"The results folder {folder}", DataError)
     try:
         _remove_temporaries(folder)
-        return _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, erasure)
+        return _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, erasure, structural)
     finally:
         lock.release()
 
@@ -95,7 +99,7 @@ def _remove_temporaries(folder: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, erasure) -> ExperimentResult:
+def _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, erasure, structural) -> ExperimentResult:
     all_rows: list[dict] = []
     models_info = {}
     forward_passes = 0
@@ -139,6 +143,10 @@ def _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, eras
         all_rows.extend(run_config_baselines(cfg, data, progress=progress))
     if erasure is not None:
         all_rows.extend(run_erasure(cfg, erasure, data=data, fp=data_fp, progress=progress))
+    struct_res = None
+    if structural is not None:
+        struct_res = run_structural(cfg, structural, data=data, data_fp=data_fp, progress=progress)
+        all_rows.extend(struct_res.rows)
     df, timings = to_frames(all_rows)
     # the folder's files are one commit: .writing marks it open until committed.json lists them (results/table.py)
     begin_folder_write(folder)
@@ -156,6 +164,8 @@ def _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, eras
     # the resolved config: `probekit run <folder>/config.yaml` runs this experiment again
     atomic_write_bytes(folder / "config.yaml", cfg.to_yaml().encode())
     figs = figures.experiment_figures(df, summary, folder, formats=cfg.figures)
+    if struct_res is not None:
+        figs += structural_figures(struct_res, folder / "figures", formats=cfg.figures)
     commit_folder(folder, ["results.csv", "timings.csv", "summary.csv", "provenance.json", "config.yaml"])
     _append_run_log(folder, {"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t_start)),
                              "seconds": round(time.time() - t_start, 2), "forward_passes": forward_passes})

@@ -13,9 +13,7 @@ Settings live in a ``structural:`` section of the experiment YAML (:class:`Struc
 """
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import logging
 import sys
 import time
@@ -26,6 +24,7 @@ import numpy as np
 
 from probekit._io import atomic_write_bytes
 from probekit.config import ExperimentConfig
+from probekit.keys import content_key
 from probekit.errors import ConfigError, unknown_name
 from probekit.probing.structural import (
     KINDS,
@@ -38,7 +37,7 @@ from probekit.probing.structural import (
     split_targets,
 )
 from probekit.results.table import load_unit, row, save_unit
-from probekit.runner.experiment import extract_stores, load_data, model_list
+from probekit.runner.data import extract_stores, load_data, model_list
 
 log = logging.getLogger(__name__)
 
@@ -125,10 +124,6 @@ class StructuralResult:
         return to_frames(self.rows)[0]
 
 
-def _unit_key(spec: dict) -> str:
-    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:24]
-
-
 def _save_records(path: Path, layers: list[int], records: list[dict], preds: list[np.ndarray]) -> None:
     arrays = {f"L{layer}__{k}": v for layer, rec in zip(layers, records) for k, v in rec.items()}
     arrays.update({f"pred{i}": p for i, p in enumerate(preds)})
@@ -165,14 +160,16 @@ def _rows_for(common: dict, probe: str, control: bool, layer, split_metrics: dic
     return out
 
 
-def run_structural(cfg: ExperimentConfig, scfg: StructuralConfig | None = None, *, progress: bool = True
-                   ) -> StructuralResult:
-    """Structural probes (and baselines) for every model of ``cfg``; see the module docstring."""
+def run_structural(cfg: ExperimentConfig, scfg: StructuralConfig | None = None, *, data: dict | None = None,
+                   data_fp: dict | None = None, progress: bool = True) -> StructuralResult:
+    """Structural probes (and baselines) for every model of ``cfg``; see the module docstring. ``probekit run``
+    calls it for a config with a ``structural:`` section, with the data it has loaded."""
     from probekit.activations.models import fingerprint, load_model
 
     scfg = scfg or StructuralConfig()
     folder = Path(cfg.results_dir) / cfg.name / "structural" / "runs"
-    data, data_fp = load_data(cfg)
+    if data is None or data_fp is None:
+        data, data_fp = load_data(cfg)
     data_key = {role: {k: v for k, v in fp.items() if k != "file"} for role, fp in data_fp.items()}
     targets = {(kind, ctl): {role: split_targets(data[role], kind, control_seed=cfg.seeds[0] if ctl else None)
                              for role in ("train", "dev", "test")}
@@ -188,8 +185,9 @@ def run_structural(cfg: ExperimentConfig, scfg: StructuralConfig | None = None, 
                             "control": ctl, "seed": cfg.seeds[0], "layers": cfg.layers, "dtype": cfg.dtype,
                             "word_pooling": cfg.word_pooling, "settings": {k: v for k, v in asdict(scfg).items() if k not in ("kinds", "ranks", "control")},
                             "experiment": cfg.name}
-                    plan.append((kind, rank, ctl, _unit_key(spec)))
-        done = {key: (load_unit(folder / f"{key}.json"), load_records(folder / f"{key}.npz")) for *_, key in plan}
+                    plan.append((kind, rank, ctl, content_key("unit", spec)))
+        done = {key: (load_unit(folder / f"{key}.json", key=key, strict=cfg.strict), load_records(folder / f"{key}.npz"))
+                for *_, key in plan}
         pending = [p for p in plan if done[p[3]][0] is None or done[p[3]][1] is None]
         if pending:
             lm = load_model(m, device=cfg.device)
