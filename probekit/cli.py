@@ -12,6 +12,9 @@ import sys
 import textwrap
 from pathlib import Path
 
+from probekit.activations.models import WEIGHT_DTYPES
+from probekit.activations.precision import PRECISIONS
+
 log = logging.getLogger("probekit")
 
 
@@ -26,7 +29,7 @@ def _overrides(args) -> dict:
     from probekit.config import parse_override
 
     out = dict(parse_override(s) for s in (args.set or []))
-    for k in ("device", "store_dir", "results_dir", "data_dir", "batch_tokens"):
+    for k in ("device", "store_dir", "results_dir", "data_dir", "batch_tokens", "precision", "weights_dtype"):
         v = getattr(args, k, None)
         if v is not None:
             out[k] = v
@@ -39,8 +42,8 @@ def _overrides(args) -> dict:
 
 def cmd_run(args) -> int:
     from probekit.config import resolve_config
-    from probekit.runner.experiment import run_experiment
     from probekit.report.tables import best_layer_table
+    from probekit.runner.experiment import run_experiment
 
     cfg = resolve_config(args.config, _overrides(args))
     if args.dry_run:
@@ -95,15 +98,15 @@ def cmd_models(args) -> int:
 
 
 def cmd_extract(args) -> int:
-    from probekit.data.datasets import load_split
     from probekit.activations.extract import extract
     from probekit.activations.models import load_model
+    from probekit.data.datasets import load_split
 
-    lm = load_model(args.model, device=args.device)
+    lm = load_model(args.model, device=args.device, dtype=args.weights_dtype)
     sents = load_split(args.dataset, args.split, data_dir=args.data_dir, limit=args.limit)
     st = extract(lm, sents, dataset=args.dataset, split=args.split, store_root=args.store_dir,
                  word_pooling=args.pooling, batch_tokens=args.batch_tokens, strict=args.strict,
-                 progress=not args.quiet)
+                 precision=args.precision, progress=not args.quiet)
     print(st)
     return 0
 
@@ -117,8 +120,8 @@ def cmd_annotate(args) -> int:
 
 
 def cmd_train_probe(args) -> int:
-    from probekit.data.datasets import load_split
     from probekit.bundle import train_probe_bundle
+    from probekit.data.datasets import load_split
 
     train = load_split(args.dataset, "train", data_dir=args.data_dir, limit=args.limit)
     dev = load_split(args.dataset, "dev", data_dir=args.data_dir, limit=args.dev_limit)
@@ -133,8 +136,8 @@ def cmd_train_probe(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from probekit.errors import ConfigError
     from probekit.bundle import load_probe_bundle
+    from probekit.errors import ConfigError
 
     bundle = load_probe_bundle(args.probe)
     sents = [line.strip() for line in Path(args.input).read_text(encoding="utf-8").splitlines() if line.strip()] \
@@ -206,6 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--results-dir", dest="results_dir")
     r.add_argument("--data-dir", dest="data_dir")
     r.add_argument("--batch-tokens", dest="batch_tokens", type=_count(1))
+    r.add_argument("--precision", choices=PRECISIONS, help="Extraction precision (autocast); auto = fp32, see the "
+                   "README's speed section (config key precision).")
+    r.add_argument("--weights-dtype", dest="weights_dtype", choices=WEIGHT_DTYPES,
+                   help="dtype the model weights are loaded in (GGUF de-quantised to it) (config key weights_dtype).")
     r.add_argument("--strict", action="store_true", help="Stop on a damaged store file instead of recomputing it.")
     r.add_argument("--dry-run", action="store_true", help="Print the resolved config and stop.")
     r.set_defaults(fn=cmd_run)
@@ -231,6 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--store-dir", dest="store_dir")
     e.add_argument("--data-dir", dest="data_dir")
     e.add_argument("--batch-tokens", dest="batch_tokens", type=_count(1))
+    e.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="Extraction precision (autocast); auto = fp32, see the README's speed section.")
+    e.add_argument("--weights-dtype", dest="weights_dtype", choices=WEIGHT_DTYPES, default="float32",
+                   help="dtype the model weights are loaded in (GGUF de-quantised to it); default float32.")
     e.add_argument("--strict", action="store_true")
     e.set_defaults(fn=cmd_extract)
 

@@ -7,11 +7,11 @@
   budget, so almost no compute goes to padding.
 * Each finished shard is committed atomically (:func:`probekit.activations.store.write_shard`); memory use is
   bounded by one shard, whatever the corpus size.
-* With CUDA, the forward pass runs under bf16 (or fp16) autocast; vectors are stored as float16.
+* The forward pass runs in fp32, or under bf16/fp16 autocast when asked (``precision``; ``auto`` is fp32, see
+  :data:`AUTO_BF16`); the precision that runs is part of the store key. Vectors are stored as float16 by default.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -21,13 +21,27 @@ from typing import Sequence
 
 import numpy as np
 
-from probekit.activations.align import (SENTENCE_POOLINGS, align_batch, check_pooling, plan_windows, pool_words,
-                            special_layout)
 from probekit._io import atomic_write_bytes
+from probekit.activations.align import (
+    SENTENCE_POOLINGS,
+    align_batch,
+    check_pooling,
+    plan_windows,
+    pool_words,
+    special_layout,
+)
+from probekit.activations.precision import autocast, resolve_precision
+from probekit.activations.store import (
+    DTYPES,
+    ActivationStore,
+    plan_shards,
+    read_json,
+    store_key,
+    verify_shard,
+    write_shard,
+)
 from probekit.data.conllu_io import Sentence
 from probekit.errors import ConfigError, DataError, ModelError, StoreError
-from probekit.activations.store import (DTYPES, ActivationStore, plan_shards, read_json, store_key, verify_shard,
-                            write_shard)
 
 log = logging.getLogger(__name__)
 
@@ -59,31 +73,11 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="word", unit_scale=True, disable=not enabled, leave=False)
 
 
-def resolve_amp(device: str, amp: str | None) -> str | None:
-    """The autocast precision extraction really runs in: None on the CPU or with ``amp="none"``; on CUDA ``bf16``
-    (the default) where the GPU has it, else ``fp16``."""
-    if not device.startswith("cuda") or amp == "none":
-        return None
-    if amp not in (None, "bf16", "fp16"):
-        raise ConfigError(f"Unknown amp {amp!r}: use bf16, fp16 or none.")
-    import torch
-
-    return "bf16" if amp in (None, "bf16") and torch.cuda.is_bf16_supported() else "fp16"
-
-
-def _autocast(amp: str | None):
-    import torch
-
-    if amp is None:
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-
 class Extractor:
     """Runs a frozen :class:`~probekit.activations.models.LoadedModel` over sentences, all layers at once."""
 
     def __init__(self, model, *, word_pooling: str | None = None, prepend_bos: bool | None = None,
-                 batch_tokens: int | None = None, max_length: int | None = None, amp: str | None = None):
+                 batch_tokens: int | None = None, max_length: int | None = None, precision: str | None = "auto"):
         self.lm = model
         self.word_pooling = check_pooling(word_pooling or model.default_word_pooling)
         # Decoders get a BOS first by default so that no word sits at position 0 (the attention sink).
@@ -95,10 +89,16 @@ class Extractor:
             raise ConfigError(f"max_length {max_length} leaves {self.max_content} subword(s) for the words after "
                               f"{len(self.prefix) + len(self.suffix)} special token(s); give at least "
                               f"{len(self.prefix) + len(self.suffix) + 2} (default: the model's {model.max_length}).")
+        import torch
+
         dev = str(next(model.model.parameters()).device)
         self.device = dev
         self.batch_tokens = batch_tokens or (16384 if dev.startswith("cuda") else 4096)
-        self.amp = resolve_amp(dev, amp)  # what the store key records is what runs (fp16 on a GPU without bf16)
+        self.precision = resolve_precision(dev, precision)  # what runs, and what the store key records
+        if self.precision == "fp16" and dev.startswith("cpu") and not getattr(torch.cpu, "_is_amx_fp16_supported",
+                                                                                     lambda: False)():
+            log.warning("precision fp16 on the CPU: correct, but this CPU's fp16 matmuls are emulated and far "
+                        "slower than fp32 (use bf16 or fp32).")
         self.max_padding = 0.12
         self.causal = model.kind == "decoder"
         self.sentence_poolings = [p for p in SENTENCE_POOLINGS if p != "cls" or (self.prefix and not self.causal)]
@@ -111,7 +111,9 @@ class Extractor:
         return {"word_pooling": self.word_pooling, "prepend_bos": self.prepend_bos, "prefix": self.prefix,
                 "suffix": self.suffix, "max_length": self.max_length, "align_version": ALIGN_VERSION,
                 "sentence_poolings": self.sentence_poolings,
-                "amp": self.amp}
+                # the autocast precision; None = fp32. Named "amp" since GPU autocast was the only one, so that
+                # fp32 stores (and GPU bf16 ones) keep their keys
+                "amp": None if self.precision == "fp32" else self.precision}
 
     # -------------------------------------------------------------------------------- core
     def encode_shard(self, sentences: Sequence[Sentence], *, out_dtype=np.float32
@@ -159,7 +161,7 @@ class Extractor:
         model = self.lm.model
         p = len(self.prefix)
         i = 0
-        with torch.inference_mode(), _autocast(self.amp):
+        with torch.inference_mode(), autocast(self.device, self.precision):
             while i < len(pieces):
                 j = i + 1
                 # grow the batch while it fits the token budget and padding stays under max_padding
@@ -286,8 +288,8 @@ def extract(model, sentences: Sequence[Sentence], *, dataset: str = "custom", sp
             data_checksum: str | None = None, store_root: str | os.PathLike | None = None,
             word_pooling: str | None = None, dtype: str = "float16", prepend_bos: bool | None = None,
             batch_tokens: int | None = None, shard_words: int | None = None, strict: bool = False,
-            progress: bool = True, max_length: int | None = None, _stop_after_shards: int | None = None
-            ) -> ActivationStore:
+            progress: bool = True, max_length: int | None = None, precision: str | None = "auto",
+            _stop_after_shards: int | None = None) -> ActivationStore:
     """Extract (or reuse) the activation store of ``sentences`` for ``model``.
 
     Running again with the same inputs reuses the finished store and does no forward pass; an
@@ -302,6 +304,7 @@ def extract(model, sentences: Sequence[Sentence], *, dataset: str = "custom", sp
         word_pooling: ``first`` / ``last`` / ``mean`` (default first for encoders, last for decoders).
         dtype: ``float16`` (default) or ``float32`` on disk.
         strict: a corrupt or foreign shard stops the run (StoreError) instead of being recomputed.
+        precision: ``auto`` (default), ``fp32``, ``bf16`` or ``fp16`` (autocast); see :func:`resolve_precision`.
     """
     from filelock import FileLock, Timeout
 
@@ -315,7 +318,7 @@ def extract(model, sentences: Sequence[Sentence], *, dataset: str = "custom", sp
         from probekit.errors import unknown_name
         raise unknown_name("store dtype", dtype, DTYPES)
     ex = Extractor(model, word_pooling=word_pooling, prepend_bos=prepend_bos, batch_tokens=batch_tokens,
-                   max_length=max_length)
+                   max_length=max_length, precision=precision)
     data_checksum = data_checksum or corpus_checksum(sentences)
     spec = {"model": model.identity, "data": {"dataset": dataset, "split": split, "checksum": data_checksum,
                                               "n_sentences": len(sentences)},

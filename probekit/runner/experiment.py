@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from probekit.activations.models import check_device
+from probekit.activations.precision import resolve_precision
 from probekit.config import ExperimentConfig
 from probekit.errors import ConfigError, TaskError
 from probekit.probing.linear import check_finite
@@ -113,6 +115,11 @@ def plan_units(cfg: ExperimentConfig, model: str, model_fp: dict, data_fp: dict,
     from probekit.activations.models import kind_of
 
     kind = kind_hint or kind_of(model)
+    # what changes the vectors besides the model files: the precision that will run here, and the weights dtype
+    # (each only when not the default, so that fp32 units keep their keys)
+    vectors = {"precision": resolve_precision(check_device(cfg.device), cfg.precision),
+               "weights_dtype": cfg.weights_dtype}
+    vectors = {k: v for k, v in vectors.items() if v not in ("fp32", "float32")}
     # content, not location: the same treebank found through a different directory keeps its results
     data_key = {role: {k: v for k, v in fp.items() if k != "file"} for role, fp in data_fp.items()}
     units = []
@@ -134,7 +141,7 @@ def plan_units(cfg: ExperimentConfig, model: str, model_fp: dict, data_fp: dict,
                             # control numbers depend on the seed list
                             "control_seeds": sorted(cfg.seeds) if cfg.control_tasks and probe == "linear" else None,
                             # the majority-class rows are written by the first probe's units only
-                            "majority": probe == cfg.probes[0]}
+                            "majority": probe == cfg.probes[0], **vectors}
                     units.append(Unit(model, task.name, pooling, probe, seed, key=_unit_key(spec)))
     return units
 
@@ -396,7 +403,8 @@ def extract_stores(cfg: ExperimentConfig, lm, data: dict, data_fp: dict, *, prog
     return {role: extract(lm, data[role], dataset=cfg.dataset, split=cfg.splits.get(role, role),
                           data_checksum=data_checksum(data_fp[role]),
                           store_root=cfg.store_dir, word_pooling=cfg.word_pooling, dtype=cfg.dtype,
-                          batch_tokens=cfg.batch_tokens, strict=cfg.strict, progress=progress)
+                          batch_tokens=cfg.batch_tokens, strict=cfg.strict, precision=cfg.precision,
+                          progress=progress)
             for role in ("train", "dev", "test")}
 
 
@@ -429,12 +437,14 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> Experimen
         models_info[m] = {"fingerprint": fp}
         if pending:
             log.info("%s: %d of %d units to compute", m, len(pending), len(units))
-            lm = load_model(m, device=cfg.device)
+            lm = load_model(m, device=cfg.device, dtype=cfg.weights_dtype)
             stores = extract_stores(cfg, lm, data, data_fp, progress=progress)
             forward_passes += sum(st.computed_shards for st in stores.values())
             info = {"name": m, "kind": lm.kind, "hash": lm.weights_hash}
             models_info[m].update({"kind": lm.kind, "weights_hash": lm.weights_hash, "num_layers": lm.num_layers,
-                                   "stores": {r: str(s.path) for r, s in stores.items()}})
+                                   "stores": {r: str(s.path) for r, s in stores.items()},
+                                   "precision": stores["train"].manifest["extraction"]["amp"] or "fp32",
+                                   "weights_dtype": cfg.weights_dtype})
             feature_cache: dict = {}
             for task in tasks:
                 tunits = [u for u in pending if u.task == task.name]

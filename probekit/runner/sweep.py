@@ -456,7 +456,7 @@ def extract_model(cfg_dict: dict, model: str, data_fp: dict) -> dict:
     cfg = ExperimentConfig.from_dict(cfg_dict)
     data = _check_data(cfg, data_fp)
     t0 = time.perf_counter()
-    lm = load_model(model, device=cfg.device)
+    lm = load_model(model, device=cfg.device, dtype=cfg.weights_dtype)
     written = extract_stores(cfg, lm, data, data_fp, progress=False)
     stores = {role: str(st.path) for role, st in written.items()}
     computed = sum(st.computed_shards for st in written.values())
