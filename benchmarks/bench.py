@@ -106,24 +106,23 @@ def per_sentence_loop(lm, sents) -> tuple[float, int]:
 
 
 def plain_batched(lm, sents, batch_tokens=4096) -> tuple[float, int]:
-    """A plain HF fp32 forward: sentences sorted by length, the tokenizer pads each batch (token budget as ours),
-    output_hidden_states; no alignment, pooling or store. Tokens counted without padding."""
+    """A plain HF fp32 forward: the tokenizer's ids sorted by length, batches grown under the same token budget as
+    ours and padded by the tokenizer, output_hidden_states; no alignment, pooling or store. Real tokens counted."""
     import torch
 
     tok = lm.tokenizer
-    texts = sorted((s.text for s in sents), key=len)
-    n_tok = 0
     t = time.perf_counter()
+    ids = sorted((tok(s.text, truncation=True, max_length=lm.max_length)["input_ids"] for s in sents), key=len)
     with torch.inference_mode():
         i = 0
-        while i < len(texts):
-            longest = len(tok(texts[min(len(texts) - 1, i + 1)])["input_ids"])
-            j = min(len(texts), i + max(1, batch_tokens // max(longest, 1)))
-            enc = tok(texts[i:j], return_tensors="pt", padding=True, truncation=True, max_length=lm.max_length)
+        while i < len(ids):
+            j = i + 1
+            while j < len(ids) and len(ids[j]) * (j - i + 1) <= batch_tokens:
+                j += 1
+            enc = tok.pad({"input_ids": ids[i:j]}, return_tensors="pt")
             lm.model(**enc, output_hidden_states=True)
-            n_tok += int(enc["attention_mask"].sum())
             i = j
-    return time.perf_counter() - t, n_tok
+    return time.perf_counter() - t, sum(len(x) for x in ids)
 
 
 def ours_extract(lm, sents, precision="fp32") -> tuple[float, int, int]:
