@@ -218,8 +218,8 @@ def probe_accuracy(model: str, folder: str, train: int, limit: int, **changes) -
                           "limit": {"dev": limit, "test": limit}, "seeds": [0], "control_tasks": False, "mdl": False,
                           "random_baseline": False, **changes})
     df = run_experiment(cfg, progress=False).table
-    df = df[(df["split"] == "test") & (df["metric"] == "accuracy") & (df["method"] == "probe")
-            & ~df["control"].fillna(False).astype(bool)]
+    df = df[(df["split"] == "test") & (df["metric"] == "accuracy") & (df["probe"] == "linear")
+            & df["layer"].notna() & ~df["control"].fillna(False).astype(bool)]
     return {(r.task, int(r.layer)): float(r.value) for r in df.itertuples()}
 
 

@@ -23,8 +23,8 @@ from probekit.data.conllu_io import Sentence
 def load_sentences(dataset: str = "ud_ewt", split: str = "train", *, limit: int | None = None,
                    data_dir: str | os.PathLike | None = None) -> list[Sentence]:
     """Sentences of a named dataset split (``ud_ewt`` train/dev/test, ``ud_pud`` test) or a CoNLL-U file."""
-    from probekit.data.conllu_io import read_conllu
     from probekit._io import cache_root
+    from probekit.data.conllu_io import read_conllu
     from probekit.data.datasets import load_split
 
     if Path(str(dataset)).suffix == ".conllu":
@@ -59,8 +59,8 @@ def probe(model, task, stores: dict, sentences: dict, *, probe: str = "linear", 
     """
     from probekit.config import ExperimentConfig
     from probekit.errors import ConfigError
-    from probekit.runner.experiment import Unit, probe_task
     from probekit.results.table import to_frames
+    from probekit.runner.experiment import Unit, probe_task
     from probekit.tasks import get_task
 
     for role in ("train", "dev", "test"):

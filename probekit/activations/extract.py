@@ -33,6 +33,7 @@ from probekit.activations.align import (
 from probekit.activations.precision import autocast, resolve_precision
 from probekit.activations.store import (
     DTYPES,
+    STORE_FORMAT,
     ActivationStore,
     plan_shards,
     read_json,
@@ -345,7 +346,7 @@ def extract(model, sentences: Sequence[Sentence], *, dataset: str = "custom", sp
                          "Wait for it to finish; if no other process runs, delete the lock file.") from None
     try:
         manifest_path = store_dir / "manifest.json"
-        manifest = {"format": 2, "key": key, **spec, "word_pooling": ex.word_pooling,
+        manifest = {"format": STORE_FORMAT, "key": key, **spec, "word_pooling": ex.word_pooling,
                     "sentence_poolings": ex.sentence_poolings, "n_layers": n_layers, "hidden_size": d,
                     "n_sentences": len(sentences), "n_words": sum(words_per), "n_shards": len(plans),
                     "shard_words": shard_words, "shards": [], "complete": False}

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from probekit.results.table import control_mask
+
 KEYS = ["experiment", "model", "model_kind", "task", "level", "method", "probe", "control", "pooling", "layer",
         "n_layers", "split", "metric"]
 
@@ -13,8 +15,8 @@ def _derived_rows(df):
 
     acc = df[(df["metric"] == "accuracy") & (df["split"] == "test") & (df["method"] == "probe")
              & df["layer"].notna()]
-    real = acc[acc["control"].astype(str) == "False"]
-    ctrl = acc[acc["control"].astype(str) == "True"]
+    real = acc[control_mask(acc, False)]
+    ctrl = acc[control_mask(acc, True)]
     if real.empty or ctrl.empty:
         return pd.DataFrame(columns=df.columns)
     on = ["model", "task", "probe", "pooling", "layer", "seed"]
@@ -43,7 +45,7 @@ def summarize(df, confidence: float = 0.95):
     # expected layer and centre of gravity from the mean test accuracy per layer
     extra = []
     acc = out[(out["metric"] == "accuracy") & (out["split"] == "test") & (out["method"] == "probe")
-              & (out["control"].astype(str) == "False") & (out["layer"] != "")]
+              & control_mask(out, False) & (out["layer"] != "")]
     maj = out[(out["probe"] == "majority") & (out["metric"] == "accuracy")]
     for (model, task, probe, pooling), part in acc.groupby(["model", "task", "probe", "pooling"]):
         part = part.sort_values("layer", key=lambda s: s.astype(int))
@@ -74,7 +76,7 @@ def best_layer_table(summary):
     import pandas as pd
 
     s = summary
-    probe_rows = s[(s["metric"] == "accuracy") & (s["method"] == "probe") & (s["control"].astype(str) == "False")
+    probe_rows = s[(s["metric"] == "accuracy") & (s["method"] == "probe") & control_mask(s, False)
                    & (s["layer"] != "")]
     acc = probe_rows[probe_rows["split"] == "test"]
     dev = probe_rows[probe_rows["split"] == "dev"]
@@ -134,7 +136,7 @@ def layer_table(summary, *, metric: str = "accuracy", probe: str = "linear", mod
     per pooling, ``task (pooling)``."""
     s = summary
     sel = s[(s["metric"] == metric) & (s["split"] == "test") & (s["probe"] == probe)
-            & (s["control"].astype(str) == "False") & (s["layer"] != "")]
+            & control_mask(s, False) & (s["layer"] != "")]
     if model is not None:
         sel = sel[sel["model"] == model]
     sel = task_row_labels(sel.assign(layer=sel["layer"].astype(int)))

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from probekit.activations.models import check_device
+from probekit.activations.models import ModelName, check_device
 from probekit.activations.precision import resolve_precision
 from probekit.config import ExperimentConfig
+from probekit.data.sampling import sample_sentences
 from probekit.errors import ConfigError, TaskError
 from probekit.probing.linear import check_finite
 from probekit.results.table import classification_metrics, load_unit, row, save_unit
@@ -43,9 +44,8 @@ TRAIN_SAMPLE_SEED = 0
 
 def load_data(cfg: ExperimentConfig) -> tuple[dict, dict]:
     """Sentences per split role and a fingerprint of the data: ({role: [Sentence]}, {role: {...}})."""
-    from probekit._io import sha256_file
+    from probekit._io import cache_root, sha256_file
     from probekit.data.conllu_io import read_conllu
-    from probekit._io import cache_root
     from probekit.data.datasets import locate
     from probekit.errors import DataError
 
@@ -62,11 +62,9 @@ def load_data(cfg: ExperimentConfig) -> tuple[dict, dict]:
         sents = read_conllu(path, cache_dir=cache_root(), limit=limit)
         if not sents:
             raise DataError(f"{path}: the {role} split is empty (limit={limit}). Give a file with sentences.")
-        sample = cfg.train_sentences if role == "train" and cfg.train_sentences and \
-            len(sents) > cfg.train_sentences else None
-        if sample:
-            keep = np.sort(np.random.default_rng(TRAIN_SAMPLE_SEED).choice(len(sents), sample, replace=False))
-            sents = [sents[i] for i in keep]
+        sampled = sample_sentences(sents, cfg.train_sentences if role == "train" else None, TRAIN_SAMPLE_SEED)
+        sample = cfg.train_sentences if len(sampled) < len(sents) else None
+        sents = sampled
         data[role] = sents
         fp[role] = {"file": str(path), "sha256": sha256_file(path), "limit": limit, "n_sentences": len(sents),
                     "n_words": sum(len(s) for s in sents)}
@@ -86,7 +84,7 @@ def data_checksum(fp: dict) -> str:
 def model_list(cfg: ExperimentConfig) -> list[str]:
     models = list(cfg.models)
     if cfg.random_baseline:
-        models += [f"{m}@random" for m in cfg.models if "@" not in m]
+        models += [ModelName.random_of(m) for m in cfg.models if not ModelName.parse(m).is_random]
     return models
 
 
@@ -110,9 +108,8 @@ def _unit_key(spec: dict) -> str:
 def plan_units(cfg: ExperimentConfig, model: str, model_fp: dict, data_fp: dict, kind_hint: str | None = None
                ) -> list[Unit]:
     """Every unit of work for one model (keys depend on everything that changes the rows)."""
-    from probekit.tasks import get_task
-
     from probekit.activations.models import kind_of
+    from probekit.tasks import get_task
 
     kind = kind_hint or kind_of(model)
     # what changes the vectors besides the model files: the precision that will run here, and the weights dtype
@@ -350,8 +347,8 @@ def _run_unit_group(u: Unit, X: dict, y: dict, group: list[int], C: int, control
             u.rows += _score_rows(common, u, pool_name, layer, True, scores, n_params, len(y["train"]), reg, secs)
     if cfg.mdl and u.probe == "linear" and u.seed == cfg.seeds[0]:
         # MDL is costly (11 trainings per layer); it is computed for the first seed only.
-        from probekit.probing.mdl import online_codelength_layers
         from probekit.probing.linear import small_problem_threads, torch_threads
+        from probekit.probing.mdl import online_codelength_layers
 
         t0 = time.perf_counter()
         n = len(y["train"])
@@ -512,7 +509,7 @@ def run_config_baselines(cfg: ExperimentConfig, data: dict) -> list[dict]:
     word_tasks = [t for t in cfg.tasks if get_task(t).level == "word"]  # baselines tag words only
     if not word_tasks:
         return []
-    return run_baselines(models=[m for m in cfg.models if "@" not in m], tasks=word_tasks, seeds=list(cfg.seeds),
+    return run_baselines(models=[m for m in cfg.models if not ModelName.parse(m).is_random], tasks=word_tasks, seeds=list(cfg.seeds),
                          config=bcfg, train=data["train"], dev=data["dev"], test=data["test"],
                          results_dir=Path(cfg.results_dir) / cfg.name / "baselines", device=cfg.device,
                          experiment=cfg.name)
