@@ -75,8 +75,8 @@ class ExperimentConfig:
                           "batch_size, tol, standardize.")
     dtype: str = _help("float16", "On-disk dtype of the activation store (float16 or float32).")
     precision: str = _help("auto", "Extraction precision: auto, fp32, bf16 or fp16 (autocast). auto = fp32 "
-                                   "(bf16 moved probe accuracies by more than 0.1 points; see the README's speed "
-                                   "section); the precision that runs is part of the store key.")
+                                   "on every device (see the README's speed section); the precision that runs is "
+                                   "part of the store key.")
     weights_dtype: str = _help("float32", "dtype the model weights are loaded in: float32, bfloat16 or float16 "
                                           "(GGUF files are de-quantised to it); not float32 is part of the keys.")
     batch_tokens: int | None = _help(None, "Token budget of one forward batch (default 4096 on CPU, 16384 on GPU).")
