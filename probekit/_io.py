@@ -1,11 +1,62 @@
 """Files: atomic writes, content hashes and probekit's cache folder, the helpers every stage shares."""
 from __future__ import annotations
 
+import errno
 import hashlib
+import logging
 import os
+import re
+import shutil
 import tempfile
 from functools import lru_cache
 from pathlib import Path
+
+from probekit.errors import ConfigError, ProbekitError
+
+log = logging.getLogger(__name__)
+
+#: A name that becomes one path component: letters, digits, '-', '_', '.', not only dots.
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def check_name(text, what: str) -> str:
+    """``text`` when it is one path component (letters, digits, ``-``, ``_``, ``.``; not ``.`` or ``..``), else a
+    ConfigError: user text that becomes a path (an experiment name, a split name) never leaves its folder."""
+    if not isinstance(text, str) or not _NAME.fullmatch(text) or set(text) == {"."}:
+        raise ConfigError(f"{what} must be one name of letters, digits, '-', '_' and '.' (no '/', no '..'); got "
+                          f"{text!r}.")
+    return text
+
+
+def acquire_lock(path: Path, what: str, error: type[ProbekitError]):
+    """Take the file lock ``path`` that guards ``what`` and return it (the caller releases it). While another
+    process holds it, wait (``PROBEKIT_LOCK_TIMEOUT`` seconds, default an hour), then raise ``error`` naming the lock
+    file."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+        return lock
+    except Timeout:
+        log.warning("%s is in use by another probekit process (lock file %s); waiting for it to finish", what, path)
+    try:
+        lock.acquire(timeout=int(os.environ.get("PROBEKIT_LOCK_TIMEOUT", "3600")))
+    except Timeout:
+        raise error(f"{what} is locked by another probekit process (lock file {path}). Wait for it to finish; if no "
+                    "other process runs, delete the lock file.") from None
+    return lock
+
+
+def disk_full_error(path: Path, nbytes: int, err: OSError) -> OSError:
+    """The OSError to raise when writing ``nbytes`` to ``path`` ran out of space: it names the path, the bytes needed
+    and the space free there (the bare ENOSPC names neither)."""
+    try:
+        free = f"{shutil.disk_usage(Path(path).parent).free} bytes free there"
+    except OSError:
+        free = "free space unknown"
+    return OSError(err.errno, f"No space left on device writing {path}: {nbytes} bytes needed, {free}. Free some "
+                              "space, or point the output elsewhere")
 
 
 def cache_root() -> Path:
@@ -40,14 +91,34 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file private (0600); give it the mode open() would (0644 under the usual umask 022), so
+        # that collaborators can read results, tables and saved probes
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise disk_full_error(path, len(data), e) from None
         raise
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux reports it (os.umask can only be read by setting it,
+    which would race with other threads creating files)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -66,6 +66,7 @@ def test_bad_device_is_a_model_error_before_loading(device, needle, monkeypatch)
 
 
 def test_gguf_conversion_removes_a_killed_conversion_and_runs_once(tmp_path, monkeypatch):
+    pytest.importorskip("gguf")  # the [gguf] extra
     import transformers
 
     from probekit.activations.models import convert_gguf

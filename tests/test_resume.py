@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tiny import small_conllu
 
 SHARD_WORDS = 120
 
@@ -116,8 +117,8 @@ def _child_experiment(cfg: dict, events: str) -> None:
     ev = Path(events)
     orig = exp.save_unit
 
-    def save_then_hang(path, rows):
-        orig(path, rows)
+    def save_then_hang(path, rows, **kw):
+        orig(path, rows, **kw)
         _hang(ev, "hung")
     exp.save_unit = save_then_hang
     exp.run_experiment(ExperimentConfig(**cfg), progress=False)
@@ -321,17 +322,6 @@ def no_figures(monkeypatch):
     import probekit.report.figures as figures
 
     monkeypatch.setattr(figures, "experiment_figures", lambda *a, **k: [])
-
-
-def small_conllu(ewt_dev, folder: Path) -> dict[str, str]:
-    """Small train/dev/test CoNLL-U files cut from EWT dev (30 / 12 / 12 sentences)."""
-    from probekit.data.conllu_io import write_conllu
-
-    folder.mkdir(parents=True, exist_ok=True)
-    cuts = {"train": ewt_dev[:30], "dev": ewt_dev[30:42], "test": ewt_dev[42:54]}
-    for role, sents in cuts.items():
-        write_conllu(sents, folder / f"{role}.conllu")
-    return {role: str(folder / f"{role}.conllu") for role in cuts}
 
 
 def test_killed_experiment_resumes_without_recomputing_finished_units(ctx, tiny_bert_dir, ewt_dev, tmp_path,

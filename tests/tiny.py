@@ -285,3 +285,14 @@ def check_alignment(tokenizer, sentence, aligned) -> None:
     assert removed_repair_spaces(sentence, aligned) == sentence.text
     for w, ((a0, b0), (a1, b1)) in enumerate(zip(sentence.spans, aligned.spans)):
         assert aligned.text[a1:b1] == sentence.text[a0:b0], f"word {w}: span text changed"
+
+
+def small_conllu(ewt_dev, folder: Path) -> dict[str, str]:
+    """Small train/dev/test CoNLL-U files cut from EWT dev (30 / 12 / 12 sentences): {role: path}."""
+    from probekit.data.conllu_io import write_conllu
+
+    folder.mkdir(parents=True, exist_ok=True)
+    cuts = {"train": ewt_dev[:30], "dev": ewt_dev[30:42], "test": ewt_dev[42:54]}
+    for role, sents in cuts.items():
+        write_conllu(sents, folder / f"{role}.conllu")
+    return {role: str(folder / f"{role}.conllu") for role in cuts}

@@ -21,7 +21,8 @@ from typing import Sequence
 
 import numpy as np
 
-from probekit._io import atomic_write_bytes
+from probekit._io import acquire_lock, atomic_write_bytes, check_name
+from probekit._progress import progress_bar
 from probekit.activations.align import (
     SENTENCE_POOLINGS,
     align_batch,
@@ -71,10 +72,6 @@ def corpus_checksum(sentences: Sequence[Sentence]) -> str:
     return h.hexdigest()
 
 
-def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="word", unit_scale=True, disable=not enabled, leave=False)
 
 
 class Extractor:
@@ -311,8 +308,6 @@ def extract(model, sentences: Sequence[Sentence], *, dataset: str = "custom", sp
         strict: a corrupt or foreign shard stops the run (StoreError) instead of being recomputed.
         precision: ``auto`` (default), ``fp32``, ``bf16`` or ``fp16`` (autocast); see :func:`resolve_precision`.
     """
-    from filelock import FileLock, Timeout
-
     if not sentences:
         raise StoreError(f"No sentences to extract for {dataset}/{split}: the split is empty.")
     empty = next((s for s in sentences if len(s) == 0), None)
@@ -329,6 +324,7 @@ def extract(model, sentences: Sequence[Sentence], *, dataset: str = "custom", sp
                                               "n_sentences": len(sentences)},
             "extraction": ex.settings(), "dtype": dtype}
     key = store_key(spec)
+    check_name(split, "The split name (part of the store's folder name)")
     root = Path(store_root) if store_root else default_store_root()
     store_dir = root / f"{Path(model.name).name.replace('@', '_')}-{split}-{key}"
     store_dir.mkdir(parents=True, exist_ok=True)
@@ -338,12 +334,7 @@ def extract(model, sentences: Sequence[Sentence], *, dataset: str = "custom", sp
         # about 64 MiB of float16 word vectors per shard
         shard_words = max(256, (64 << 20) // (2 * n_layers * d))
     plans = plan_shards(words_per, max_words=shard_words)
-    lock = FileLock(str(store_dir / ".lock"))
-    try:
-        lock.acquire(timeout=int(os.environ.get("PROBEKIT_LOCK_TIMEOUT", "3600")))
-    except Timeout:
-        raise StoreError(f"{store_dir} is locked by another probekit process (lock file {store_dir / '.lock'}). "
-                         "Wait for it to finish; if no other process runs, delete the lock file.") from None
+    lock = acquire_lock(store_dir / ".lock", str(store_dir), StoreError)
     try:
         manifest_path = store_dir / "manifest.json"
         manifest = {"format": STORE_FORMAT, "key": key, **spec, "word_pooling": ex.word_pooling,
@@ -360,13 +351,21 @@ def extract(model, sentences: Sequence[Sentence], *, dataset: str = "custom", sp
                                      f"{store_dir} or rerun without --strict to rebuild the manifest.")
                 log.warning("Activation store damaged: %s is not a JSON object; rebuilding the manifest from the "
                             "shard folders (each shard is verified against its meta.json).", manifest_path)
-            elif old.get("key") == key and old.get("shard_words", shard_words) != shard_words:
+            elif old.get("key") != key:
+                problem = (f"{manifest_path} belongs to another store (key {old.get('key')}, expected {key}; "
+                           "foreign manifest)")
+                if strict:
+                    raise StoreError(f"Activation store damaged: {problem}. Delete {store_dir} or rerun without "
+                                     "--strict to rebuild it.")
+                log.warning("Activation store damaged: %s; rebuilding the manifest from the shard folders (each shard "
+                            "is verified against its meta.json).", problem)
+            elif old.get("shard_words", shard_words) != shard_words:
                 # same vectors, cut into other shards: not damage, but none of the old shards can be reused
                 log.info("%s was written with shard_words=%s, now %s: extracting it again in the new shards",
                          store_dir, old.get("shard_words"), shard_words)
                 for d_old in store_dir.glob("shard-*"):
                     shutil_rmtree(d_old)
-            elif old.get("key") == key and old.get("n_shards") == len(plans):
+            elif old.get("n_shards") == len(plans):
                 for rec in old.get("shards") or []:
                     try:
                         done[int(rec["name"].split("-")[1])] = rec
@@ -376,13 +375,17 @@ def extract(model, sentences: Sequence[Sentence], *, dataset: str = "custom", sp
         # pick up shards committed after the last manifest write (killed between rename and manifest)
         for p in plans:
             meta_file = store_dir / f"shard-{p.index:05d}" / "meta.json"
-            if p.index not in done and meta_file.is_file():
-                meta = read_json(meta_file)
-                if meta is not None:
-                    done[p.index] = meta
-                else:
-                    log.warning("Activation store damaged: %s is not a JSON object. Recomputing that shard.",
-                                meta_file)
+            if p.index in done or not meta_file.parent.is_dir():
+                continue
+            meta = read_json(meta_file)
+            if meta is not None:
+                done[p.index] = meta
+                continue
+            problem = f"{meta_file} is {'not a JSON object' if meta_file.is_file() else 'missing'}"
+            if strict:
+                raise StoreError(f"Activation store damaged: {problem}. Delete {store_dir} or rerun without --strict "
+                                 "to recompute the shard.")
+            log.warning("Activation store damaged: %s. Recomputing that shard.", problem)
         for idx in sorted(done):
             meta = done[idx]
             p = plans[idx] if idx < len(plans) else None
@@ -409,7 +412,7 @@ def extract(model, sentences: Sequence[Sentence], *, dataset: str = "custom", sp
             total_words = sum(p.word_end - p.word_start for p in todo)
             log.info("Extracting %s/%s with %s: %d of %d shards to do (%d words)", dataset, split, model.name,
                      len(todo), len(plans), total_words)
-            bar = _progress(total_words, f"extract {Path(model.name).name} {split}", progress)
+            bar = progress_bar(total_words, f"extract {Path(model.name).name} {split}", unit="word", enabled=progress)
             np_dtype = DTYPES[dtype]
             for n_done, p in enumerate(todo):
                 if _stop_after_shards is not None and n_done >= _stop_after_shards:
@@ -436,6 +439,10 @@ def extract(model, sentences: Sequence[Sentence], *, dataset: str = "custom", sp
     if not manifest["complete"]:
         raise StoreError(f"Extraction of {store_dir} stopped after {len(done)} of {len(plans)} shards; "
                          "run it again to resume.")
+    borrowed = manifest.get("stats", {}).get("borrowed_words", 0)
+    if borrowed:  # every run that uses the store says it, not only the one that extracted it
+        log.warning("%s: %d word(s) have no subword of their own (e.g. a lone zero-width space or no-break space) and "
+                    "share a neighbour's vector (stats.borrowed_words in its manifest.json).", store_dir, borrowed)
     store = ActivationStore(store_dir)
     store.computed_shards = len(todo)  # shards computed by this call (0 = pure reuse, no forward pass)
     return store

@@ -19,6 +19,7 @@ checksum differs from the manifest (a file damaged or swapped after extraction) 
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -30,8 +31,9 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from probekit._io import atomic_write_bytes
+from probekit._io import atomic_write_bytes, disk_full_error
 from probekit.errors import ConfigError, StoreError
+from probekit.keys import content_key
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +42,8 @@ DTYPES = {"float16": np.float16, "float32": np.float32}
 
 
 def store_key(spec: dict) -> str:
-    """Content key of a store: sha256 of the canonical JSON of everything that determines its arrays."""
-    blob = json.dumps({"format": STORE_FORMAT, **spec}, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:20]
+    """Content key of a store: everything that determines its arrays, with the store format (see probekit.keys)."""
+    return content_key("store", {"format": STORE_FORMAT, **spec})
 
 
 def read_json(path: Path) -> dict | None:
@@ -99,10 +100,16 @@ def write_shard(store_dir: Path, index: int, arrays: dict[str, np.ndarray], meta
     files = {}
     for stem, arr in arrays.items():
         fname = f"{stem}.npy"
-        with open(tmp / fname, "wb") as fh:
-            np.save(fh, arr, allow_pickle=False)
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            with open(tmp / fname, "wb") as fh:
+                np.save(fh, arr, allow_pickle=False)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise disk_full_error(final, sum(a.nbytes for a in arrays.values()), e) from None
+            raise
         files[fname] = {"shape": list(arr.shape), "dtype": str(arr.dtype), "sha256": _layer_digests(arr)}
     meta = {**meta, "name": name, "files": files}
     if key is not None:

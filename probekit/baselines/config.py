@@ -15,12 +15,11 @@ In an experiment YAML everything under ``baselines:`` is passed to :meth:`Baseli
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from probekit.errors import ConfigError, unknown_name
+from probekit.keys import content_key
 
 
 @dataclass(frozen=True)
@@ -244,7 +243,7 @@ class BaselineConfig:
             owner = next((m for p, m in _METHOD_FIELD_PREFIXES.items() if key.startswith(p)), None)
             if owner is not None and owner != method:
                 del d[key]
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        return content_key("baseline", d)
 
     @classmethod
     def help(cls) -> str:

@@ -10,7 +10,7 @@ A record, ``<results_dir>/runs/baseline-<model>-<method>-<task>-seed<k>.json`` (
      "config": {the method's resolved settings}, "info": {epochs, history, parameter counts...}, "rows": [...]}
 
 A record is reused only when its ``identity`` (:func:`run_identity`: settings fingerprint, data checksums, model
-weights, task version and labels) equals the one the run would have now.
+weights, task version, task fingerprint and labels) equals the one the run would have now.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from typing import Iterator
 
 from probekit._io import atomic_write_bytes
 from probekit.activations.extract import corpus_checksum
+from probekit.keys import distrust, payload_digest
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,9 @@ def run_path(results_dir: str | Path, *, model: str, method: str, task: str, see
 def write_run(path: Path, run: BaselineRun) -> None:
     """Write ``run`` to ``path`` atomically (a reader sees the old record or the new one, never a part)."""
     payload = {"format": RUN_FORMAT, "key": list(run.key), "identity": run.identity, "n_sentences": run.n_sentences,
-               "config": run.config, "info": run.info, "rows": run.rows}
+               "config": run.config, "info": run.info, "rows": run.rows,
+               # the rows' checksum as read back (probekit.keys: a record carries a checksum of its payload)
+               "sha256": payload_digest(json.loads(json.dumps(run.rows, default=str)))}
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, json.dumps(payload, indent=1, default=str).encode())
 
@@ -81,6 +84,9 @@ def read_run(path: Path) -> BaselineRun | None:
         log.warning("cannot read %s (%s); the run is done again", path, e)
         return None
     if not isinstance(d, dict) or d.get("format") != RUN_FORMAT or not isinstance(d.get("rows"), list):
+        return None
+    if d.get("sha256") != payload_digest(d["rows"]):
+        distrust(path, "fails its checksum (or predates it)", what="baseline run")
         return None
     return BaselineRun(key=tuple(d.get("key") or ()), identity=d.get("identity"), rows=d["rows"],
                        n_sentences=d.get("n_sentences") or {}, config=d.get("config") or {}, info=d.get("info") or {})
@@ -110,4 +116,4 @@ def run_identity(fingerprint: str, data_id: dict, model_id: dict, task) -> dict:
     """What a stored run's rows were computed from (settings, sentences, weights, task rule): a record is reused only
     when its ``identity`` equals this (run_baselines, and the sweep's plan)."""
     return {"fingerprint": fingerprint, "data": data_id, "model": model_id, "task_version": task.version,
-            "labels": list(task.labels)}
+            "task_fp": task.fingerprint, "labels": list(task.labels)}

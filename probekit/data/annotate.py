@@ -48,10 +48,12 @@ from __future__ import annotations
 import logging
 import os
 import re
+import unicodedata
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
+from probekit._extras import require
 from probekit.data.conllu_io import Sentence, tree_error, write_conllu
 from probekit.errors import ConfigError, DataError, ModelError, unknown_name
 
@@ -123,6 +125,22 @@ _CLAUSAL_UPOS = {"VERB", "AUX"}
 _LINE_BREAKS = str.maketrans({c: " " for c in "\n\r\t\v\f\x1c\x1d\x1e\x85\u2028\u2029"})
 _BLANK_LINE = re.compile(r"\n[ \t\r\f\v]*\n")
 
+#: Pipeline languages written in the Latin script (for :func:`language_mismatch`).
+_LATIN_LANGS = {"en", "de", "fr", "es", "it", "nl", "pt", "ca", "da", "sv", "nb", "fi", "pl", "ro", "hr", "sl",
+                "lt", "xx"}
+
+
+def language_mismatch(text: str, lang: str) -> bool:
+    """True when most letters of ``text`` are outside the script of a Latin-script pipeline ``lang`` (Chinese or
+    Arabic text given to the English pipeline: it would tag every word, silently wrong). False when unsure."""
+    if lang not in _LATIN_LANGS:
+        return False
+    letters = [c for c in text if c.isalpha()]
+    if not letters:
+        return False
+    latin = sum(1 for c in letters if c.isascii() or unicodedata.name(c, "").startswith("LATIN"))
+    return latin < 0.5 * len(letters)
+
 
 # --------------------------------------------------------------------------------------------
 # spaCy pipeline
@@ -150,11 +168,7 @@ def load_spacy(model: "str | Language | None" = None) -> "Language":
     Raises:
         ModelError: spaCy or the model is missing, or the pipeline cannot tag and parse.
     """
-    try:
-        import spacy  # noqa: F401
-    except ImportError:
-        raise ModelError("Annotating text needs spaCy: `pip install spacy` and an English model "
-                         "(`python -m spacy download en_core_web_sm`).") from None
+    require("spacy", extra="annotate", purpose="Tokenising and annotating raw text")
     if model is None:
         import importlib.util
 
@@ -359,6 +373,10 @@ def annotate_text(text: str, *, model: "str | Language | None" = None, mode: str
         raise DataError(f"{source} has no sentences (it is empty or only whitespace). Give one sentence per "
                         "line (mode='lines') or running text (mode='paragraphs').")
     nlp = load_spacy(model)
+    if language_mismatch(text, nlp.lang):
+        log.warning("%s is mostly not in the script of the spaCy pipeline %s (language %r): its words, tags and "
+                    "trees will be wrong. Use a pipeline for the text's language.", source,
+                    nlp.meta.get("name", "?"), nlp.lang)
     too_long = [c for c in chunks if len(c) > nlp.max_length]
     if too_long:
         raise DataError(f"{source}: a {'line' if mode == 'lines' else 'paragraph'} has {len(too_long[0])} characters, "

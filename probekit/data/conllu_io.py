@@ -21,10 +21,12 @@ import conllu.parser
 
 from probekit._io import atomic_write_bytes, sha256_file
 from probekit.errors import DataError
+from probekit.keys import distrust, payload_digest
 
 log = logging.getLogger(__name__)
 
-PARSE_CACHE_VERSION = 5
+#: Part of every parse-cache key (6: the entry is a record holding its key and a payload checksum).
+PARSE_CACHE_VERSION = 6
 
 
 @dataclass
@@ -337,15 +339,40 @@ def _parse_file(path: Path) -> list[Sentence]:
     return sents
 
 
+def _load_parse_cache(cache_file: Path, key: dict, *, strict: bool) -> list[Sentence] | None:
+    """The sentences of a parsed-corpus cache entry, or None (after :func:`probekit.keys.distrust`) when the entry
+    is unreadable, was made from another file or by another parser version, or fails its payload checksum."""
+    try:
+        with open(cache_file, "rb") as fh:
+            record = pickle.load(fh)
+    except Exception:  # noqa: BLE001 - a damaged pickle fails in many ways
+        record = None
+    if not isinstance(record, dict) or not isinstance(record.get("payload"), bytes):
+        problem = "is unreadable or not a parse-cache record"
+    elif record.get("key") != key:
+        problem = (f"was made from another file or parser (key {record.get('key')}, expected {key})")
+    elif record.get("sha256") != payload_digest(record["payload"]):
+        problem = "fails its checksum (corrupted)"
+    else:
+        try:
+            return pickle.loads(record["payload"])
+        except Exception:  # noqa: BLE001
+            problem = "holds an unreadable payload"
+    distrust(cache_file, problem, strict=strict, what="parsed-corpus cache", error=DataError)
+    return None
+
+
 def read_conllu(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
-                limit: int | None = None) -> list[Sentence]:
+                limit: int | None = None, strict: bool = False) -> list[Sentence]:
     """Read a CoNLL-U file into sentences of syntactic words.
 
     Args:
         path: the ``.conllu`` file.
         cache_dir: where to keep a parsed copy keyed by the file's sha256 (parsing EWT train takes
-            seconds; loading the cached copy takes a fraction of that). ``None`` disables the cache.
+            seconds; loading the cached copy takes a fraction of that). The copy holds its key (the file's sha256
+            and the parser version) and a checksum of its payload, checked on load. ``None`` disables the cache.
         limit: keep only the first ``limit`` sentences.
+        strict: a cache entry that fails its key or checksum is an error (else it is re-parsed, with a warning).
 
     Raises:
         DataError: the file is missing, not UTF-8, or malformed; the message names the file and line.
@@ -357,19 +384,16 @@ def read_conllu(path: str | os.PathLike, *, cache_dir: str | os.PathLike | None 
     sents = None
     cache_file = None
     if cache_dir is not None:
-        digest = sha256_file(path)
-        cache_file = Path(cache_dir) / "parsed" / f"{digest}.v{PARSE_CACHE_VERSION}.pkl"
+        key = {"file_sha256": sha256_file(path), "parser": PARSE_CACHE_VERSION}
+        cache_file = Path(cache_dir) / "parsed" / f"{key['file_sha256']}.v{PARSE_CACHE_VERSION}.pkl"
         if cache_file.is_file():
-            try:
-                with open(cache_file, "rb") as fh:
-                    sents = pickle.load(fh)
-            except Exception:  # a damaged cache entry is recomputed, never trusted
-                log.warning("Parsed-corpus cache %s is unreadable; re-parsing %s", cache_file, path)
-                sents = None
+            sents = _load_parse_cache(cache_file, key, strict=strict)
     if sents is None:
         sents = _parse_file(path)
         if cache_file is not None:
-            atomic_write_bytes(cache_file, pickle.dumps(sents, protocol=pickle.HIGHEST_PROTOCOL))
+            payload = pickle.dumps(sents, protocol=pickle.HIGHEST_PROTOCOL)
+            record = {"key": key, "sha256": payload_digest(payload), "payload": payload}
+            atomic_write_bytes(cache_file, pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL))
     if limit is not None:
         sents = sents[:limit]
     return sents

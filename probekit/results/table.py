@@ -8,7 +8,11 @@ A results folder ``results/<experiment>/`` holds:
   sorted, so that the same config and seed give a byte-identical file;
 * ``summary.csv``       mean and 95% CI over seeds, selectivity, expected layer and centre of gravity;
 * ``timings.csv``       wall times (kept out of results.csv, which must be reproducible to the byte);
-* ``provenance.json``   config, package versions, git commit, data checksums, model weights hashes.
+* ``provenance.json``   config, package versions, git commit, data checksums, model weights hashes;
+* ``committed.json``    written last: the files above with their sha256. While a run rewrites the folder it is
+  replaced by ``.writing``, so a run killed half-way never leaves a new ``results.csv`` that passes for one result
+  with an old ``summary.csv`` and ``provenance.json``: :func:`load_results` trusts only what ``committed.json``
+  lists.
 """
 from __future__ import annotations
 
@@ -23,6 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from probekit._io import atomic_write_bytes
+from probekit.errors import DataError
+from probekit.keys import distrust, payload_digest
 
 COLUMNS = ["experiment", "model", "model_kind", "model_hash", "task", "task_version", "level", "method", "probe",
            "control", "pooling", "layer", "n_layers", "seed", "split", "metric", "value", "trainable_params",
@@ -67,20 +73,16 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: in
     return out
 
 
-UNIT_FORMAT = 2
+#: 3: a unit file holds its own key (the file name it was written under), so a file copied over another is refused.
+UNIT_FORMAT = 3
 
 
-def _rows_digest(rows: list[dict]) -> str:
-    """sha256 of the canonical JSON of a unit's rows (what load_unit checks)."""
-    import hashlib
-
-    return hashlib.sha256(json.dumps(rows, sort_keys=True, default=_json_default).encode()).hexdigest()
-
-
-def save_unit(path: Path, rows: list[dict]) -> None:
-    """Write a finished unit's rows atomically, with their count and checksum."""
+def save_unit(path: Path, rows: list[dict], *, key: str | None = None) -> None:
+    """Write a finished unit's rows atomically, with its key (default: the file's stem), row count and checksum."""
+    path = Path(path)
     rows = json.loads(json.dumps(rows, default=_json_default))  # plain JSON types, as load_unit will see them
-    blob = {"format": UNIT_FORMAT, "n_rows": len(rows), "sha256": _rows_digest(rows), "rows": rows}
+    blob = {"format": UNIT_FORMAT, "key": key or path.stem, "n_rows": len(rows), "sha256": payload_digest(rows),
+            "rows": rows}
     atomic_write_bytes(path, json.dumps(blob, indent=0).encode())
 
 
@@ -94,14 +96,14 @@ def _json_default(o):
     raise TypeError(type(o))
 
 
-def load_unit(path: Path) -> list[dict] | None:
-    """Rows of a finished unit, or None when the file is missing or damaged (then it is recomputed).
+def load_unit(path: Path, *, key: str | None = None, strict: bool = False) -> list[dict] | None:
+    """Rows of a finished unit, or None when the file is missing or is not that unit's record (then it is
+    recomputed).
 
-    A file that is unreadable, not UTF-8 or not JSON, has no rows, lacks result columns or fails
-    its checksum is damaged: a warning names it and the unit is recomputed, never trusted.
+    A file that is unreadable, not UTF-8 or not JSON, holds another key than ``key`` (default: the file's stem;
+    a unit file copied over another), has no rows, lacks result columns or fails its checksum is never trusted:
+    :func:`probekit.keys.distrust` warns naming it (or, with ``strict``, raises).
     """
-    import logging
-
     path = Path(path)
     if not path.is_file():
         return None
@@ -109,18 +111,21 @@ def load_unit(path: Path) -> list[dict] | None:
         blob = json.loads(path.read_bytes().decode("utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
         blob = None
-    if isinstance(blob, list):  # written before units carried a checksum: kept if well-formed
-        rows, blob = blob, {"n_rows": len(blob), "sha256": _rows_digest(blob)}
+    rows = blob.get("rows") if isinstance(blob, dict) else None
+    want = key or path.stem
+    if not isinstance(rows, list):
+        problem = "is unreadable or not a result unit"
+    elif blob.get("key") != want:
+        problem = (f"holds the rows of unit {blob.get('key')!r}, not {want!r} (copied over, or written by an older "
+                   "probekit)")
+    elif not (rows and blob.get("n_rows") == len(rows)
+              and all(isinstance(r, dict) and set(COLUMNS) <= set(r) for r in rows)
+              and blob.get("sha256") == payload_digest(rows)):
+        problem = "is incomplete or fails its checksum"
     else:
-        rows = blob.get("rows") if isinstance(blob, dict) else None
-    ok = (isinstance(rows, list) and bool(rows) and blob.get("n_rows") == len(rows)
-          and all(isinstance(r, dict) and set(COLUMNS) <= set(r) for r in rows)
-          and blob.get("sha256") == _rows_digest(rows))
-    if not ok:
-        logging.getLogger(__name__).warning("Result unit %s is damaged (unreadable, incomplete or failing its "
-                                            "checksum); recomputing it.", path)
-        return None
-    return rows
+        return rows
+    distrust(path, problem, strict=strict, what="result unit", error=DataError)
+    return None
 
 
 def to_frames(rows: list[dict]):
@@ -136,6 +141,9 @@ def to_frames(rows: list[dict]):
     keys = ["model", "task", "method", "probe", "control", "pooling", "layer", "seed", "split", "metric"]
     df = df.sort_values(keys, key=lambda s: s.astype(str).str.zfill(6) if s.name in ("layer", "seed") else s.astype(str),
                         kind="mergesort").reset_index(drop=True)
+    if df["layer"].dtype.kind == "f" and (df["layer"].dropna() % 1 == 0).all():
+        # rows without a layer (tuning baselines) made the column float: layer numbers are integers (empty = none)
+        df["layer"] = df["layer"].astype("Int64")
     return df, timings
 
 
@@ -156,17 +164,61 @@ def write_csv(df, path: Path) -> None:
     atomic_write_bytes(Path(path), data)
 
 
+COMMITTED = "committed.json"
+WRITING = ".writing"
+
+
+def begin_folder_write(folder: Path) -> None:
+    """Mark ``folder`` as being rewritten (its files no longer form one committed result until
+    :func:`commit_folder`)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(folder / WRITING, b"")
+    (folder / COMMITTED).unlink(missing_ok=True)
+
+
+def commit_folder(folder: Path, names: list[str]) -> None:
+    """Commit the folder's files ``names`` as one result: ``committed.json`` lists them with their sha256."""
+    from probekit._io import sha256_file
+
+    files = {n: sha256_file(folder / n) for n in names if (folder / n).is_file()}
+    atomic_write_bytes(folder / COMMITTED, json.dumps({"format": 1, "files": files}, indent=1).encode())
+    (folder / WRITING).unlink(missing_ok=True)
+
+
+def _check_committed(folder: Path) -> None:
+    """DataError when the folder's files are not the ones its last finished run committed (a run was killed while
+    rewriting them, or a file was changed or replaced). A folder written before commits existed (neither
+    ``committed.json`` nor ``.writing``) is read as it is."""
+    from probekit._io import sha256_file
+
+    redo = "Rerun `probekit run CONFIG` to rewrite it (finished units are reused)."
+    if (folder / WRITING).exists():
+        raise DataError(f"{folder} is not committed: a run rewriting it stopped before it finished, so its files may "
+                        f"come from two runs. {redo}")
+    if not (folder / COMMITTED).is_file():
+        return
+    try:
+        files = json.loads((folder / COMMITTED).read_bytes().decode("utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise DataError(f"{folder / COMMITTED} is damaged, so {folder} is not committed. {redo}") from None
+    for name, digest in files.items():
+        p = folder / name
+        if not p.is_file() or sha256_file(p) != digest:
+            raise DataError(f"{p} is not committed: it is not the file {folder / COMMITTED} lists (changed, "
+                            f"replaced or missing). {redo}")
+
+
 def load_results(folder: str | os.PathLike):
     """Load ``results/<experiment>/results.csv`` (or a CSV path) into a DataFrame."""
     import pandas as pd
-
-    from probekit.errors import DataError
 
     p = Path(folder)
     if p.is_dir():
         p = p / "results.csv"
     if not p.is_file():
         raise DataError(f"No results table at {p}. Run the experiment first (`probekit run CONFIG`).")
+    if p.name == "results.csv":
+        _check_committed(p.parent)
     redo = "Rerun `probekit run CONFIG` to rewrite it (finished units are reused)."
     with open(p, "rb") as fh:
         fh.seek(0, os.SEEK_END)
@@ -215,10 +267,15 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
-def provenance(config: dict, *, data: dict, models: dict) -> dict:
-    return {"config": config, "packages": package_versions(), "git_commit": git_commit(),
-            "python": sys.version.split()[0], "platform": platform.platform(), "data": data, "models": models,
-            "layer_convention": "layer 0 = embedding output; layer L = last transformer block"}
+def provenance(config: dict, *, data: dict, models: dict, tasks: dict | None = None) -> dict:
+    """What made a results folder; ``tasks``: per task its version, fingerprint (YAML and label-function code) and
+    file."""
+    out = {"config": config, "packages": package_versions(), "git_commit": git_commit(),
+           "python": sys.version.split()[0], "platform": platform.platform(), "data": data, "models": models,
+           "layer_convention": "layer 0 = embedding output; layer L = last transformer block"}
+    if tasks is not None:
+        out["tasks"] = tasks
+    return out
 
 
 def nan_to_none(x):

@@ -19,13 +19,23 @@ from pathlib import Path
 
 import numpy as np
 
+from probekit._io import acquire_lock, atomic_write_bytes
 from probekit.activations.models import ModelName, check_device
 from probekit.activations.precision import resolve_precision
 from probekit.config import ExperimentConfig
 from probekit.data.sampling import sample_sentences
-from probekit.errors import ConfigError, TaskError
+from probekit.errors import ConfigError, DataError, TaskError
+from probekit.keys import content_key
 from probekit.probing.linear import check_finite
-from probekit.results.table import classification_metrics, load_unit, row, save_unit
+from probekit.results.table import (
+    begin_folder_write,
+    classification_metrics,
+    commit_folder,
+    load_unit,
+    row,
+    save_unit,
+    write_csv,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +69,7 @@ def load_data(cfg: ExperimentConfig) -> tuple[dict, dict]:
         else:
             split = cfg.splits.get(role, role)
             path = locate(cfg.dataset, split, data_dir=cfg.data_dir)
-        sents = read_conllu(path, cache_dir=cache_root(), limit=limit)
+        sents = read_conllu(path, cache_dir=cache_root(), limit=limit, strict=cfg.strict)
         if not sents:
             raise DataError(f"{path}: the {role} split is empty (limit={limit}). Give a file with sentences.")
         sampled = sample_sentences(sents, cfg.train_sentences if role == "train" else None, TRAIN_SAMPLE_SEED)
@@ -102,7 +112,7 @@ class Unit:
 
 
 def _unit_key(spec: dict) -> str:
-    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return content_key("unit", spec)
 
 
 def plan_units(cfg: ExperimentConfig, model: str, model_fp: dict, data_fp: dict, kind_hint: str | None = None
@@ -129,7 +139,7 @@ def plan_units(cfg: ExperimentConfig, model: str, model_fp: dict, data_fp: dict,
             for probe in cfg.probes:
                 for seed in cfg.seeds:
                     spec = {"v": UNIT_VERSION, "model": model_fp, "data": data_key, "task": task.name,
-                            "task_version": task.version, "labels": task.labels, "pooling": pooling,
+                            "task_version": task.version, "task_fp": task.fingerprint, "labels": task.labels, "pooling": pooling,
                             "probe": probe, "seed": seed, "layers": cfg.layers, "Cs": cfg.Cs,
                             "control": cfg.control_tasks, "mdl": cfg.mdl and probe == "linear" and seed == cfg.seeds[0],
                             "mdl_max": cfg.mdl_max_examples, "max_train": cfg.max_train_items, "mlp": cfg.mlp if probe != "linear" else None,
@@ -406,9 +416,7 @@ def extract_stores(cfg: ExperimentConfig, lm, data: dict, data_fp: dict, *, prog
 
 
 def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> ExperimentResult:
-    """Run (or resume) an experiment end to end and write its results folder."""
-    from probekit.activations.models import fingerprint, load_model
-    from probekit.results.table import provenance, to_frames, write_csv
+    """Run (or resume) an experiment end to end and write its results folder (under the folder's lock)."""
     from probekit.tasks import get_task
 
     t_start = time.time()
@@ -418,6 +426,27 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> Experimen
     Path(cfg.results_dir).mkdir(parents=True, exist_ok=True)
     tasks = [get_task(t) for t in cfg.tasks]
     data, data_fp = load_data(cfg)
+    # a second run of the same experiment waits, then reuses the first one's units instead of computing them again
+    lock = acquire_lock(Path(cfg.results_dir) / f".{cfg.name}.lock", f"The results folder {folder}", DataError)
+    try:
+        _remove_temporaries(folder)
+        return _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress)
+    finally:
+        lock.release()
+
+
+def _remove_temporaries(folder: Path) -> None:
+    """Delete the half-written files (``.<name>.*.tmp``) that a killed run left in the results folder (called under
+    the folder's lock, so no other run of this experiment is writing them)."""
+    for sub in (folder, folder / "runs", folder / "baselines" / "runs"):
+        for tmp in sub.glob(".*.tmp") if sub.is_dir() else ():
+            tmp.unlink(missing_ok=True)
+
+
+def _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress) -> ExperimentResult:
+    from probekit.activations.models import fingerprint, load_model
+    from probekit.results.table import provenance, to_frames
+
     all_rows: list[dict] = []
     models_info = {}
     forward_passes = 0
@@ -426,7 +455,7 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> Experimen
         units = plan_units(cfg, m, fp, data_fp)
         pending = []
         for u in units:
-            rows = load_unit(runs / f"{u.key}.json")
+            rows = load_unit(runs / f"{u.key}.json", key=u.key, strict=cfg.strict)
             if rows is None:
                 pending.append(u)
             else:
@@ -451,38 +480,48 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> Experimen
                 probe_task(lm_info=info, stores=stores, data=data, task=task, cfg=cfg, units=tunits,
                            progress=progress, feature_cache=feature_cache)
                 for u in tunits:
-                    save_unit(runs / f"{u.key}.json", u.rows)
+                    save_unit(runs / f"{u.key}.json", u.rows, key=u.key)
                 log.info("%s %s: probed in %.1fs", m, task.name, time.perf_counter() - t0)
             del lm, feature_cache
         for u in units:
             all_rows.extend(u.rows)
     if cfg.baselines:
-        all_rows.extend(run_config_baselines(cfg, data))
+        all_rows.extend(run_config_baselines(cfg, data, progress=progress))
     df, timings = to_frames(all_rows)
+    # the folder's files are one commit: .writing marks it open until committed.json lists them (results/table.py)
+    begin_folder_write(folder)
     write_csv(df, folder / "results.csv")
     if timings is not None:
         write_csv(timings, folder / "timings.csv")
+    else:
+        (folder / "timings.csv").unlink(missing_ok=True)
     from probekit.report.tables import summarize
 
     summary = summarize(df)
     write_csv(summary, folder / "summary.csv")
-    prov = provenance(cfg.to_dict(), data=data_fp, models=models_info)
-    from probekit._io import atomic_write_bytes
-
+    prov = provenance(cfg.to_dict(), data=data_fp, models=models_info,
+                      tasks={t.name: {"version": t.version, "fingerprint": t.fingerprint, "file": t.source}
+                             for t in tasks})
     atomic_write_bytes(folder / "provenance.json", json.dumps(prov, indent=1, default=str).encode())
+    # the resolved config: `probekit run <folder>/config.yaml` runs this experiment again
+    atomic_write_bytes(folder / "config.yaml", cfg.to_yaml().encode())
     from probekit.report.figures import experiment_figures
 
     figs = experiment_figures(df, summary, folder, formats=cfg.figures)
+    commit_folder(folder, ["results.csv", "timings.csv", "summary.csv", "provenance.json"])
     _append_run_log(folder, {"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t_start)),
                              "seconds": round(time.time() - t_start, 2), "forward_passes": forward_passes})
-    return ExperimentResult(config=cfg, folder=folder, table=df, summary=summary, figures=figs,
-                            forward_passes=forward_passes)
+    result = ExperimentResult(config=cfg, folder=folder, table=df, summary=summary, figures=figs,
+                              forward_passes=forward_passes)
+    if cfg.track:
+        from probekit.tracking import log_experiment
+
+        log_experiment(result)
+    return result
 
 
 def _append_run_log(folder: Path, entry: dict) -> None:
     """Keep a log of runs (wall time, forward passes) beside the results (not part of results.csv)."""
-    from probekit._io import atomic_write_bytes
-
     path = folder / "run_log.json"
     try:
         runs = json.loads(path.read_bytes().decode("utf-8")) if path.is_file() else []
@@ -495,7 +534,7 @@ def _append_run_log(folder: Path, entry: dict) -> None:
     atomic_write_bytes(path, json.dumps(runs, indent=1).encode())
 
 
-def run_config_baselines(cfg: ExperimentConfig, data: dict) -> list[dict]:
+def run_config_baselines(cfg: ExperimentConfig, data: dict, *, progress: bool = False) -> list[dict]:
     """The config's fine-tuning / lightweight-tuning baselines, as rows of the same table.
 
     Each finished run is kept under ``results/<experiment>/baselines/runs`` and skipped on a rerun.
@@ -512,4 +551,4 @@ def run_config_baselines(cfg: ExperimentConfig, data: dict) -> list[dict]:
     return run_baselines(models=[m for m in cfg.models if not ModelName.parse(m).is_random], tasks=word_tasks, seeds=list(cfg.seeds),
                          config=bcfg, train=data["train"], dev=data["dev"], test=data["test"],
                          results_dir=Path(cfg.results_dir) / cfg.name / "baselines", device=cfg.device,
-                         experiment=cfg.name)
+                         experiment=cfg.name, progress=progress)

@@ -15,8 +15,10 @@ from typing import Callable, Sequence
 import numpy as np
 import yaml
 
+from probekit._io import check_name
 from probekit.data.conllu_io import Sentence
-from probekit.errors import TaskError, unknown_name
+from probekit.errors import ConfigError, TaskError, unknown_name
+from probekit.keys import code_version, content_key, payload_digest
 
 LabelFn = Callable[[Sentence], object]
 _LABEL_FNS: dict[str, LabelFn] = {}
@@ -98,9 +100,20 @@ class Task:
     rule: str = ""
     source: str = ""
     params: dict = field(default_factory=dict)
+    #: sha256 of the task's YAML file (set when loaded from one): part of :attr:`fingerprint`.
+    source_sha256: str = ""
 
     def __repr__(self) -> str:
         return f"Task({self.name!r}, level={self.level!r}, labels={self.labels})"
+
+    @property
+    def fingerprint(self) -> str:
+        """What makes this task's labels what they are, for result keys: the YAML file's content (or, for a task
+        built in code, its fields) and the code version of its label function. A rule changed without bumping
+        ``version`` gives another fingerprint, so results of the old rule are never reused."""
+        spec = self.source_sha256 or {"name": self.name, "level": self.level, "labels": self.labels,
+                                      "version": self.version, "params": self.params}
+        return content_key("task", {"spec": spec, "label_fn": code_version(self.label_fn)})
 
     def label(self, sentence: Sentence):
         """The label function's output for one sentence; TaskError when the sentence lacks an annotation the
@@ -150,7 +163,8 @@ def task_dirs() -> list[Path]:
 
 def load_task_file(path: Path) -> Task:
     try:
-        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
+        spec = yaml.safe_load(raw.decode("utf-8"))
     except yaml.YAMLError as e:
         raise TaskError(f"{path}: invalid YAML ({e}).") from None
     except UnicodeDecodeError as e:
@@ -184,10 +198,14 @@ def load_task_file(path: Path) -> Task:
                            "'module:function'"), ("params", dict, "a mapping of keyword arguments")):
         if spec.get(key) is not None and not isinstance(spec[key], typ):
             raise TaskError(f"{path}: {key!r} must be {what}; got {spec[key]!r}.")
+    try:  # a task's name becomes part of file names (baseline runs, saved probes)
+        check_name(spec["name"], f"{path}: 'name'")
+    except ConfigError as e:
+        raise TaskError(str(e)) from None
     return Task(name=spec["name"], level=spec["level"], labels=labels,
                 label_fn=_resolve_label_fn(spec["label_fn"], str(path)), description=spec.get("description", ""),
                 version=version, rule=spec.get("rule", ""), source=str(path),
-                params=dict(spec.get("params") or {}))
+                params=dict(spec.get("params") or {}), source_sha256=payload_digest(raw))
 
 
 @lru_cache(maxsize=None)
