@@ -1,9 +1,11 @@
 """`make bench`: probekit's speed and memory, measured side by side with the references in one run.
 
 Prints ratios (ours / reference) for:
-  1. extraction throughput in real (non-padding) subword tokens per second vs a per-sentence loop
-     (one sentence per forward pass with output_hidden_states, as NeuroX does), and vs the FLOP bound
-     (measured fp32 matmul GFLOP/s / (2 x non-embedding parameters));
+  1. extraction throughput in real (non-padding) subword tokens per second, side by side: a per-sentence fp32 loop
+     (one sentence per forward pass with output_hidden_states, as NeuroX does), a plain batched HF fp32 forward,
+     probekit extract in fp32 and in bf16; against the FLOP bound of each precision (measured matmul peak of the
+     dtype / (2 x non-embedding parameters)); padding as a share of computed tokens; the CPU and what torch
+     reports about it;
   2. probe training for all layers of `upos` vs scikit-learn LogisticRegression (lbfgs, default tol),
      fitted layer by layer on identical features, with the test accuracy gap per layer. Both solve the same
      objective: probekit standardises each layer's features (mean 0, variance 1 on train) and penalises the
@@ -13,7 +15,11 @@ Prints ratios (ours / reference) for:
      2b. the same for `aux_verb` (2 classes; no target): a guard for the few-class code paths, where BLAS picks
      other kernels;
   3. peak resident memory of extracting all of EWT train vs one eighth of it (separate processes);
-  4. a warm rerun of the quickstart vs its cold run (cold time read from results/quickstart/run_log.json).
+  4. a warm rerun of the quickstart vs its cold run (cold time read from results/quickstart/run_log.json);
+  5. per-layer relative error of bf16 autocast against fp32 word vectors;
+  6. the probe test-accuracy difference bf16 minus fp32 on the quickstart tasks (a slice: --precision-train,
+     --precision-limit), which decides what precision `auto` means (docs/design.md);
+  7. smollm2-135m with weights loaded in bfloat16 vs float32: fidelity and probe-accuracy difference per layer.
 Machines are noisy: timings are medians of repeats where affordable. Run: `make bench` (< 10 min on 2 cores).
 """
 from __future__ import annotations
@@ -28,7 +34,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -41,13 +46,43 @@ def median_time(fn, repeats=3):
     return statistics.median(ts)
 
 
-def matmul_gflops(n=1024, repeats=7) -> float:
+#: matmul shapes the peak is taken over: square, and MiniLM's feed-forward shapes at a 2,048-token batch
+MATMUL_SHAPES = ((1024, 1024, 1024), (2048, 384, 1536), (2048, 1536, 384))
+
+
+def matmul_gflops(dtype: str = "fp32", repeats=7) -> float:
+    """Measured matmul peak for a dtype: the best over :data:`MATMUL_SHAPES` of each shape's median GFLOP/s."""
     import torch
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    t = median_time(lambda: a @ b, repeats)
-    return 2 * n ** 3 / t / 1e9
+    dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    best = 0.0
+    for m, k, n in MATMUL_SHAPES:
+        a, b = torch.randn(m, k).to(dt), torch.randn(k, n).to(dt)
+        a @ b
+        best = max(best, 2 * m * k * n / median_time(lambda: a @ b, repeats) / 1e9)
+    return best
+
+
+def cpu_line() -> str:
+    """The CPU's name and the capabilities torch reports (what decides the bf16 path)."""
+    import platform
+
+    import torch
+
+    name = platform.processor() or "?"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        flags = []
+    wanted = [f for f in flags if f in ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")]
+    caps = {f: bool(getattr(torch.cpu, f"_is_{f}_supported", lambda: False)())
+            for f in ("avx512_bf16", "amx_tile", "amx_fp16")}
+    return (f"CPU {name}; flags {' '.join(wanted) or '-'}; torch capability {torch.backends.cpu.get_cpu_capability()}, "
+            + ", ".join(f"{k}={v}" for k, v in caps.items()))
 
 
 def non_embedding_params(model) -> int:
@@ -70,49 +105,148 @@ def per_sentence_loop(lm, sents) -> tuple[float, int]:
     return time.perf_counter() - t, n_tok
 
 
-def ours_extract(lm, sents) -> tuple[float, int, int]:
+def plain_batched(lm, sents, batch_tokens=4096) -> tuple[float, int]:
+    """A plain HF fp32 forward: the tokenizer's ids sorted by length, batches grown under the same token budget as
+    ours and padded by the tokenizer, output_hidden_states; no alignment, pooling or store. Real tokens counted."""
+    import torch
+
+    tok = lm.tokenizer
+    t = time.perf_counter()
+    ids = sorted((tok(s.text, truncation=True, max_length=lm.max_length)["input_ids"] for s in sents), key=len)
+    with torch.inference_mode():
+        i = 0
+        while i < len(ids):
+            j = i + 1
+            while j < len(ids) and len(ids[j]) * (j - i + 1) <= batch_tokens:
+                j += 1
+            enc = tok.pad({"input_ids": ids[i:j]}, return_tensors="pt")
+            lm.model(**enc, output_hidden_states=True)
+            i = j
+    return time.perf_counter() - t, sum(len(x) for x in ids)
+
+
+def ours_extract(lm, sents, precision="fp32") -> tuple[float, int, int]:
     from probekit.activations.extract import extract
 
     with tempfile.TemporaryDirectory() as d:
         t = time.perf_counter()
-        st = extract(lm, sents, store_root=d, progress=False)
+        st = extract(lm, sents, store_root=d, progress=False, precision=precision)
         dt = time.perf_counter() - t
         stats = st.manifest["stats"]
     return dt, stats["tokens"], stats["padded_tokens"]
 
 
-def bench_extraction(n_sent: int):
-    from probekit.data.datasets import load_split
+def bench_extraction(n_sent: int, repeats: int = 3):
     from probekit.activations.models import load_model
+    from probekit.activations.precision import resolve_precision
+    from probekit.data.datasets import load_split
 
     lm = load_model("minilm", device="cpu")
     sents = load_split("ud_ewt", "train", limit=n_sent)
-    # warm-up both paths once on a few sentences
-    per_sentence_loop(lm, sents[:20])
-    ours_extract(lm, sents[:20])
-    ref_t, ref_tok = per_sentence_loop(lm, sents)
-    runs = [ours_extract(lm, sents) for _ in range(2)]
-    our_t = statistics.median(r[0] for r in runs)
-    our_tok, padded = runs[0][1], runs[0][2]
-    gf = matmul_gflops()
-    bound = gf * 1e9 / (2 * non_embedding_params(lm.model))
-    ref_tps, our_tps = ref_tok / ref_t, our_tok / our_t
-    print(f"\n[1] Extraction, minilm, {n_sent} EWT train sentences ({our_tok:,} real subword tokens incl. specials)")
-    print(f"    per-sentence loop (reference): {ref_tps:8.0f} tok/s")
-    print(f"    probekit extract (to store)  : {our_tps:8.0f} tok/s   padding {1 - our_tok / padded:.1%} of computed tokens")
-    print(f"    matmul {gf:.0f} GFLOP/s, {non_embedding_params(lm.model) / 1e6:.1f}M non-embedding params "
-          f"-> FLOP bound {bound:.0f} tok/s")
-    print(f"    RATIO ours/per-sentence = {our_tps / ref_tps:.2f}x (target >= 3x);  "
-          f"ours/FLOP bound = {our_tps / bound:.0%} (target >= 50%)")
-    return {"ref_tps": ref_tps, "ours_tps": our_tps, "bound_tps": bound, "gflops": gf}
+    auto = resolve_precision("cpu", "auto")
+    paths = {"per-sentence loop fp32": lambda ss: per_sentence_loop(lm, ss),
+             "plain batched HF fp32": lambda ss: plain_batched(lm, ss),
+             "probekit extract fp32": lambda ss: ours_extract(lm, ss, "fp32"),
+             "probekit extract bf16": lambda ss: ours_extract(lm, ss, "bf16")}
+    for fn in paths.values():  # warm-up every path on a few sentences
+        fn(sents[:20])
+    runs = {k: [] for k in paths}
+    for _ in range(repeats):  # interleaved, so that load drifts hit every path alike
+        for name, fn in paths.items():
+            runs[name].append(fn(sents))
+    tps = {k: statistics.median(r[1] / r[0] for r in v) for k, v in runs.items()}
+    real, computed = runs["probekit extract fp32"][0][1], runs["probekit extract fp32"][0][2]
+    gf = {p: matmul_gflops(p) for p in ("fp32", "bf16")}
+    flops_per_tok = 2 * non_embedding_params(lm.model)
+    bound = {p: g * 1e9 / flops_per_tok for p, g in gf.items()}
+    ref = tps["per-sentence loop fp32"]
+    print(f"\n[1] Extraction, minilm, {n_sent} EWT train sentences ({real:,} real subword tokens incl. specials), "
+          f"medians of {repeats} interleaved runs; auto = {auto} here")
+    print(f"    {cpu_line()}")
+    print(f"    matmul peak fp32 {gf['fp32']:.0f} GFLOP/s, bf16 {gf['bf16']:.0f} GFLOP/s ({gf['bf16'] / gf['fp32']:.2f}x); "
+          f"{flops_per_tok / 2e6:.1f}M non-embedding params -> bound fp32 {bound['fp32']:.0f} tok/s, "
+          f"bf16 {bound['bf16']:.0f} tok/s")
+    for name, v in tps.items():
+        p = "bf16" if name.endswith("bf16") else "fp32"
+        print(f"    {name:24}: {v:8.0f} tok/s  {v / ref:5.2f}x per-sentence  {v / bound['fp32']:4.0%} of fp32 bound"
+              + (f"  {v / bound['bf16']:4.0%} of bf16 bound" if p == "bf16" else ""))
+    print(f"    padding {1 - real / computed:.1%} of computed tokens (target < 3%)")
+    print(f"    RATIO ours fp32/per-sentence = {tps['probekit extract fp32'] / ref:.2f}x;  bf16/fp32 = "
+          f"{tps['probekit extract bf16'] / tps['probekit extract fp32']:.2f}x;  ours fp32/fp32 bound = "
+          f"{tps['probekit extract fp32'] / bound['fp32']:.0%} (target >= 60%)")
+    return {"tok_s": tps, "bound_tok_s": bound, "gflops": gf, "padding": 1 - real / computed, "auto": auto,
+            "runs_s": {k: [r[0] for r in v] for k, v in runs.items()}}
+
+
+def bench_fidelity(n_sent: int, model: str = "minilm", **b_kw):
+    """Per-layer error of bf16 autocast (or of ``b_kw``'s other setting) against fp32: median over words of the
+    relative L2 error and of the cosine, on float32 word vectors of the same sentences."""
+    import numpy as np
+
+    from probekit.activations.extract import Extractor
+    from probekit.activations.models import load_model
+    from probekit.data.datasets import load_split
+
+    sents = load_split("ud_ewt", "dev", limit=n_sent)
+    lm = load_model(model, device="cpu")
+    a, _ = Extractor(lm, precision="fp32").encode_shard(sents)
+    if "weights_dtype" in b_kw:
+        lm = load_model(model, device="cpu", dtype=b_kw["weights_dtype"])
+        b, _ = Extractor(lm, precision="fp32").encode_shard(sents)
+    else:
+        b, _ = Extractor(lm, precision=b_kw.get("precision", "bf16")).encode_shard(sents)
+    rel = np.linalg.norm(a - b, axis=2) / np.maximum(np.linalg.norm(a, axis=2), 1e-12)
+    cos = (a * b).sum(2) / np.maximum(np.linalg.norm(a, axis=2) * np.linalg.norm(b, axis=2), 1e-12)
+    out = [(float(np.median(r)), float(np.max(r)), float(np.median(c))) for r, c in zip(rel, cos)]
+    what = ", ".join(f"{k}={v}" for k, v in b_kw.items()) or "precision=bf16"
+    print(f"\n[5] Fidelity of {what} vs fp32, {model}, {len(sents)} EWT dev sentences: per layer median (max) relative "
+          "L2 error of word vectors, median cosine")
+    for layer, (med, mx, c) in enumerate(out):
+        print(f"    layer {layer:2d}: {med:.3%} ({mx:.2%})  cos {c:.6f}")
+    return out
+
+
+def probe_accuracy(model: str, folder: str, train: int, limit: int, **changes) -> dict:
+    """Test accuracy per (task, layer) of the quickstart's tasks on a slice: linear probes, seed 0, no controls,
+    MDL or random-weights model. Returns {(task, layer): accuracy}."""
+    from probekit.config import resolve_config
+    from probekit.runner.experiment import run_experiment
+
+    name = "-".join(f"{v}" for v in changes.values()) or "default"
+    cfg = resolve_config(ROOT / "configs" / "quickstart.yaml",
+                         {"name": name, "models": [model], "results_dir": folder, "train_sentences": train,
+                          "limit": {"dev": limit, "test": limit}, "seeds": [0], "control_tasks": False, "mdl": False,
+                          "random_baseline": False, **changes})
+    df = run_experiment(cfg, progress=False).table
+    df = df[(df["split"] == "test") & (df["metric"] == "accuracy") & (df["probe"] == "linear")
+            & df["layer"].notna() & ~df["control"].fillna(False).astype(bool)]
+    return {(r.task, int(r.layer)): float(r.value) for r in df.itertuples()}
+
+
+def bench_accuracy(model: str, train: int, limit: int, a: dict, b: dict, label: str):
+    """Probe test accuracy with setting ``b`` minus setting ``a``, per task and layer (points)."""
+    with tempfile.TemporaryDirectory() as d:
+        acc_a = probe_accuracy(model, d, train, limit, **a)
+        acc_b = probe_accuracy(model, d, train, limit, **b)
+    diffs = {k: 100 * (acc_b[k] - acc_a[k]) for k in acc_a}
+    tasks = sorted({t for t, _ in diffs})
+    layers = sorted({lay for _, lay in diffs})
+    print(f"\n[{label}] Probe test accuracy, {model}, {b} minus {a} (points), quickstart tasks on a slice: "
+          f"train_sentences {train}, dev/test limit {limit}, seed 0, linear probes")
+    print("    layer " + " ".join(f"{t:>15}" for t in tasks))
+    for lay in layers:
+        print(f"    {lay:5d} " + " ".join(f"{diffs[(t, lay)]:+15.2f}" for t in tasks))
+    worst = max(abs(v) for v in diffs.values())
+    print(f"    max |difference| {worst:.2f} points (auto takes bf16 only if <= 0.1)")
+    return {"diff_points": {f"{t}:{lay}": v for (t, lay), v in diffs.items()}, "max_abs": worst}
 
 
 def bench_probes(n_sent: int, max_layers: int | None, task_name: str = "upos", label: str = "2"):
     from sklearn.linear_model import LogisticRegression
 
-    from probekit.data.datasets import load_split
     from probekit.activations.extract import extract
     from probekit.activations.models import load_model
+    from probekit.data.datasets import load_split
     from probekit.probing.linear import fit_layers
     from probekit.tasks import get_task
 
@@ -221,14 +355,17 @@ def main():
     ap.add_argument("--extract-sentences", type=int, default=1000)
     ap.add_argument("--probe-sentences", type=int, default=4000, help="~65k words of EWT train")
     ap.add_argument("--probe-layers", type=int, default=None)
-    ap.add_argument("--skip", nargs="*", default=[], choices=["extract", "probes", "memory", "cache"])
+    ap.add_argument("--precision-train", type=int, default=1000, help="train sentences of the accuracy slices")
+    ap.add_argument("--precision-limit", type=int, default=500, help="dev/test sentences of the accuracy slices")
+    ap.add_argument("--skip", nargs="*", default=[],
+                    choices=["extract", "probes", "memory", "cache", "fidelity", "accuracy", "weights"])
     args = ap.parse_args()
     os.environ.setdefault("PROBEKIT_DATA_DIR", str(ROOT.parent / "shared" / "data"))
     t0 = time.perf_counter()
     import torch
 
     print(f"probekit benchmark: torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"device cpu, {time.strftime('%Y-%m-%d %H:%M')}")
+          f"device cpu, {time.strftime('%Y-%m-%d %H:%M')}\n{cpu_line()}")
     res = {}
     if "extract" not in args.skip:
         res["extract"] = bench_extraction(args.extract_sentences)
@@ -240,6 +377,16 @@ def main():
         res["memory"] = bench_memory()
     if "cache" not in args.skip:
         res["cache"] = bench_cache()
+    if "fidelity" not in args.skip:
+        res["fidelity_bf16"] = bench_fidelity(500)
+    if "accuracy" not in args.skip:
+        res["accuracy_bf16"] = bench_accuracy("minilm", args.precision_train, args.precision_limit,
+                                              {"precision": "fp32"}, {"precision": "bf16"}, "6")
+    if "weights" not in args.skip:  # weights loaded in bfloat16 (the GGUF de-quantised to it) vs float32
+        res["fidelity_weights_bf16"] = bench_fidelity(200, "smollm2-135m", weights_dtype="bfloat16")
+        res["accuracy_weights_bf16"] = bench_accuracy("smollm2-135m", args.precision_train, args.precision_limit,
+                                                      {"weights_dtype": "float32"}, {"weights_dtype": "bfloat16"},
+                                                      "7")
     print(f"\nbenchmark wall time {time.perf_counter() - t0:.0f}s")
     out = ROOT / "results" / "bench.json"
     out.parent.mkdir(exist_ok=True)

@@ -40,11 +40,13 @@ def load_sentences(dataset: str = "ud_ewt", split: str = "train", *, limit: int 
     return load_split(dataset, split, data_dir=data_dir, limit=limit)
 
 
-def extract_store(model, sentences: Sequence[Sentence], *, split: str = "custom", dataset: str = "custom", **kw):
-    """Extract (or reuse) every layer's vectors; ``model`` is a name or a loaded model. See
-    :func:`probekit.activations.extract.extract` for the options."""
+def extract_store(model, sentences: Sequence[Sentence], *, split: str = "custom", dataset: str = "custom",
+                  precision: str = "auto", **kw):
+    """Extract (or reuse) every layer's vectors; ``model`` is a name or a loaded model. ``precision``: ``auto``
+    (fp32), ``fp32``, ``bf16`` or ``fp16`` autocast; the one that runs is part of the store key. See
+    :func:`probekit.activations.extract.extract` for the other options."""
     lm = load_model(model) if isinstance(model, str) else model
-    return _extract(lm, sentences, dataset=dataset, split=split, **kw)
+    return _extract(lm, sentences, dataset=dataset, split=split, precision=precision, **kw)
 
 
 def probe(model, task, stores: dict, sentences: dict, *, probe: str = "linear", seeds: Sequence[int] = (0,),

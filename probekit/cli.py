@@ -13,6 +13,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from probekit.activations.models import WEIGHT_DTYPES
+from probekit.activations.precision import PRECISIONS
 from probekit.errors import ConfigError
 from probekit.tracking import TRACKERS
 
@@ -30,7 +32,7 @@ def _overrides(args) -> dict:
     from probekit.config import parse_override
 
     out = dict(parse_override(s) for s in (args.set or []))
-    for k in ("device", "store_dir", "results_dir", "data_dir", "batch_tokens"):
+    for k in ("device", "store_dir", "results_dir", "data_dir", "batch_tokens", "precision", "weights_dtype"):
         v = getattr(args, k, None)
         if v is not None:
             out[k] = v
@@ -105,11 +107,11 @@ def cmd_extract(args) -> int:
     from probekit.activations.models import load_model
     from probekit.data.datasets import load_split
 
-    lm = load_model(args.model, device=args.device)
+    lm = load_model(args.model, device=args.device, dtype=args.weights_dtype)
     sents = load_split(args.dataset, args.split, data_dir=args.data_dir, limit=args.limit)
     st = extract(lm, sents, dataset=args.dataset, split=args.split, store_root=args.store_dir,
                  word_pooling=args.pooling, batch_tokens=args.batch_tokens, strict=args.strict,
-                 progress=not args.quiet)
+                 precision=args.precision, progress=not args.quiet)
     print(st)
     return 0
 
@@ -292,6 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--results-dir", dest="results_dir", help="Folder holding one sub-folder per experiment.")
     r.add_argument("--data-dir", dest="data_dir", help=DATA_HELP)
     r.add_argument("--batch-tokens", dest="batch_tokens", type=_count(1), help=BATCH_HELP)
+    r.add_argument("--precision", choices=PRECISIONS, help="Extraction precision (autocast); auto = fp32, see the "
+                   "README's speed section (config key precision).")
+    r.add_argument("--weights-dtype", dest="weights_dtype", choices=WEIGHT_DTYPES,
+                   help="dtype the model weights are loaded in (GGUF de-quantised to it) (config key weights_dtype).")
     r.add_argument("--strict", action="store_true", help="Stop on a damaged or foreign store file, parse-cache entry "
                    "or result unit instead of recomputing it.")
     r.add_argument("--track", action="append", choices=TRACKERS,
@@ -320,6 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--store-dir", dest="store_dir", help=STORE_HELP)
     e.add_argument("--data-dir", dest="data_dir", help=DATA_HELP)
     e.add_argument("--batch-tokens", dest="batch_tokens", type=_count(1), help=BATCH_HELP)
+    e.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="Extraction precision (autocast); auto = fp32, see the README's speed section.")
+    e.add_argument("--weights-dtype", dest="weights_dtype", choices=WEIGHT_DTYPES, default="float32",
+                   help="dtype the model weights are loaded in (GGUF de-quantised to it); default float32.")
     e.add_argument("--strict", action="store_true", help="Stop on a damaged store file instead of recomputing it.")
     e.set_defaults(fn=cmd_extract)
 

@@ -14,6 +14,8 @@ from typing import Any
 import yaml
 
 from probekit._io import check_name
+from probekit.activations.models import WEIGHT_DTYPES
+from probekit.activations.precision import PRECISIONS
 from probekit.errors import ConfigError, did_you_mean, unknown_name
 from probekit.probing.registry import get_probe
 from probekit.tracking import check_trackers
@@ -74,6 +76,11 @@ class ExperimentConfig:
     mlp: dict = _help({}, "MLP probe settings: hidden_size, dropout, weight_decay, lr, max_epochs, patience, "
                           "batch_size, tol, standardize.")
     dtype: str = _help("float16", "On-disk dtype of the activation store (float16 or float32).")
+    precision: str = _help("auto", "Extraction precision: auto, fp32, bf16 or fp16 (autocast). auto = fp32 "
+                                   "on every device (see the README's speed section); the precision that runs is "
+                                   "part of the store key.")
+    weights_dtype: str = _help("float32", "dtype the model weights are loaded in: float32, bfloat16 or float16 "
+                                          "(GGUF files are de-quantised to it); not float32 is part of the keys.")
     batch_tokens: int | None = _help(None, "Token budget of one forward batch (default 4096 on CPU, 16384 on GPU).")
     device: str | None = _help(None, "cpu, cuda, cuda:1 ... (default: CUDA when available).")
     store_dir: str | None = _help(None, "Where activation stores live (default $PROBEKIT_STORE_DIR or the cache).")
@@ -127,6 +134,10 @@ class ExperimentConfig:
                                     "test: PATH}.")
         if self.dtype not in ("float16", "float32"):
             raise unknown_name("store dtype", self.dtype, ("float16", "float32"))
+        if self.precision not in PRECISIONS:
+            raise unknown_name("precision", self.precision, PRECISIONS)
+        if self.weights_dtype not in WEIGHT_DTYPES:
+            raise unknown_name("weights dtype", self.weights_dtype, WEIGHT_DTYPES)
         if self.train_sentences is not None and (isinstance(self.train_sentences, bool)
                                                  or not isinstance(self.train_sentences, int)
                                                  or self.train_sentences < 1):

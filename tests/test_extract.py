@@ -69,3 +69,18 @@ def test_store_dtype_output_is_the_float32_output_rounded(tiny_gpt2_dir, ewt_dev
     assert set(s16) == set(s32) == {"mean", "last"}
     for k in s16:
         assert s16[k].dtype == np.float16 and np.array_equal(s16[k], s32[k].astype(np.float16)), k
+
+
+def test_batches_carry_at_most_max_padding_and_attention_is_sdpa(tiny_bert_dir, tiny_llama_dir, ewt_dev):
+    """Every batch is padded by at most MAX_PADDING of its real tokens (so the whole is too), and the models run
+    PyTorch's fused attention (SDPA), not the eager softmax(QK^T)V."""
+    from probekit.activations.extract import MAX_PADDING, Extractor
+    from probekit.activations.models import load_model
+
+    for folder in (tiny_bert_dir, tiny_llama_dir):
+        lm = load_model(str(folder), device="cpu")
+        assert lm.model.config._attn_implementation == "sdpa"
+        ex = Extractor(lm, batch_tokens=2048)
+        ex.encode_shard(ewt_dev[:150])
+        real, computed = ex.stats["tokens"], ex.stats["padded_tokens"]
+        assert real < computed <= (1 + MAX_PADDING) * real  # some padding (lengths vary), never more than the cap

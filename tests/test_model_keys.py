@@ -1,5 +1,5 @@
 """What a store or a result is keyed on, and the model-side checks: weights dtype, config and tokenizer files,
-devices, autocast precision, the GGUF conversion cache, shard size changes, and bad extraction arguments."""
+devices, the GGUF conversion cache, shard size changes, and bad extraction arguments (precision: tests/test_precision.py)."""
 from __future__ import annotations
 
 import json
@@ -65,20 +65,6 @@ def test_bad_device_is_a_model_error_before_loading(device, needle, monkeypatch)
     assert check_device(None) == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def test_store_key_records_the_precision_that_runs(monkeypatch):
-    import torch
-
-    from probekit.activations.extract import resolve_amp
-
-    assert resolve_amp("cpu", None) is None and resolve_amp("cuda", "none") is None
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert resolve_amp("cuda:0", None) == "bf16" and resolve_amp("cuda", "fp16") == "fp16"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert resolve_amp("cuda", None) == "fp16" and resolve_amp("cuda", "bf16") == "fp16"
-    with pytest.raises(ConfigError, match="'fp8'"):
-        resolve_amp("cuda", "fp8")
-
-
 def test_gguf_conversion_removes_a_killed_conversion_and_runs_once(tmp_path, monkeypatch):
     pytest.importorskip("gguf")  # the [gguf] extra
     import transformers
@@ -139,8 +125,8 @@ def test_another_shard_size_reshards_without_calling_it_damage(tiny_bert_dir, ew
 
 
 def test_bad_extraction_arguments(tiny_bert_dir, ewt_dev_small, tmp_path):
-    from probekit.data.conllu_io import Sentence
     from probekit.activations.models import load_model
+    from probekit.data.conllu_io import Sentence
 
     lm = load_model(str(tiny_bert_dir), device="cpu")
     with pytest.raises(DataError, match="'nothing' .* has no words"):

@@ -4,14 +4,14 @@
 * Sentences are tokenized once as natural text (:mod:`probekit.activations.align`); long sentences are cut
   into overlapping windows (never truncated).
 * Within a shard, windows are sorted by subword length and packed into batches under a token
-  budget, so almost no compute goes to padding.
+  budget, each batch padded by at most :data:`MAX_PADDING` of its tokens.
 * Each finished shard is committed atomically (:func:`probekit.activations.store.write_shard`); memory use is
   bounded by one shard, whatever the corpus size.
-* With CUDA, the forward pass runs under bf16 (or fp16) autocast; vectors are stored as float16.
+* The forward pass runs in fp32, or under bf16/fp16 autocast when asked (``precision``; ``auto`` is fp32, see
+  :data:`AUTO_BF16`); the precision that runs is part of the store key. Vectors are stored as float16 by default.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -21,18 +21,36 @@ from typing import Sequence
 
 import numpy as np
 
-from probekit.activations.align import (SENTENCE_POOLINGS, align_batch, check_pooling, plan_windows, pool_words,
-                            special_layout)
 from probekit._io import acquire_lock, atomic_write_bytes, check_name
 from probekit._progress import progress_bar
+from probekit.activations.align import (
+    SENTENCE_POOLINGS,
+    align_batch,
+    check_pooling,
+    plan_windows,
+    pool_words,
+    special_layout,
+)
+from probekit.activations.precision import autocast, resolve_precision
+from probekit.activations.store import (
+    DTYPES,
+    STORE_FORMAT,
+    ActivationStore,
+    plan_shards,
+    read_json,
+    store_key,
+    verify_shard,
+    write_shard,
+)
 from probekit.data.conllu_io import Sentence
 from probekit.errors import ConfigError, DataError, ModelError, StoreError
-from probekit.activations.store import (DTYPES, STORE_FORMAT, ActivationStore, plan_shards, read_json, store_key,
-                                        verify_shard, write_shard)
 
 log = logging.getLogger(__name__)
 
 ALIGN_VERSION = 1
+#: Most padding a batch may carry, as a share of its real tokens. At 3%, 1,000 EWT train sentences carry 0.9% padding
+#: in 48 batches (12%: 8.2% in 18). A row's vectors depend on its batch's shape in the last bits: docs/design.md 19.
+MAX_PADDING = 0.03
 
 
 def default_store_root() -> Path:
@@ -54,31 +72,13 @@ def corpus_checksum(sentences: Sequence[Sentence]) -> str:
     return h.hexdigest()
 
 
-def resolve_amp(device: str, amp: str | None) -> str | None:
-    """The autocast precision extraction really runs in: None on the CPU or with ``amp="none"``; on CUDA ``bf16``
-    (the default) where the GPU has it, else ``fp16``."""
-    if not device.startswith("cuda") or amp == "none":
-        return None
-    if amp not in (None, "bf16", "fp16"):
-        raise ConfigError(f"Unknown amp {amp!r}: use bf16, fp16 or none.")
-    import torch
-
-    return "bf16" if amp in (None, "bf16") and torch.cuda.is_bf16_supported() else "fp16"
-
-
-def _autocast(amp: str | None):
-    import torch
-
-    if amp is None:
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
 class Extractor:
     """Runs a frozen :class:`~probekit.activations.models.LoadedModel` over sentences, all layers at once."""
 
     def __init__(self, model, *, word_pooling: str | None = None, prepend_bos: bool | None = None,
-                 batch_tokens: int | None = None, max_length: int | None = None, amp: str | None = None):
+                 batch_tokens: int | None = None, max_length: int | None = None, precision: str | None = "auto"):
         self.lm = model
         self.word_pooling = check_pooling(word_pooling or model.default_word_pooling)
         # Decoders get a BOS first by default so that no word sits at position 0 (the attention sink).
@@ -90,11 +90,17 @@ class Extractor:
             raise ConfigError(f"max_length {max_length} leaves {self.max_content} subword(s) for the words after "
                               f"{len(self.prefix) + len(self.suffix)} special token(s); give at least "
                               f"{len(self.prefix) + len(self.suffix) + 2} (default: the model's {model.max_length}).")
+        import torch
+
         dev = str(next(model.model.parameters()).device)
         self.device = dev
         self.batch_tokens = batch_tokens or (16384 if dev.startswith("cuda") else 4096)
-        self.amp = resolve_amp(dev, amp)  # what the store key records is what runs (fp16 on a GPU without bf16)
-        self.max_padding = 0.12
+        self.precision = resolve_precision(dev, precision)  # what runs, and what the store key records
+        if self.precision == "fp16" and dev.startswith("cpu") and not getattr(torch.cpu, "_is_amx_fp16_supported",
+                                                                                     lambda: False)():
+            log.warning("precision fp16 on the CPU: correct, but this CPU's fp16 matmuls are emulated and far "
+                        "slower than fp32 (use bf16 or fp32).")
+        self.max_padding = MAX_PADDING
         self.causal = model.kind == "decoder"
         self.sentence_poolings = [p for p in SENTENCE_POOLINGS if p != "cls" or (self.prefix and not self.causal)]
         self.pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
@@ -106,7 +112,9 @@ class Extractor:
         return {"word_pooling": self.word_pooling, "prepend_bos": self.prepend_bos, "prefix": self.prefix,
                 "suffix": self.suffix, "max_length": self.max_length, "align_version": ALIGN_VERSION,
                 "sentence_poolings": self.sentence_poolings,
-                "amp": self.amp}
+                # the autocast precision; None = fp32. Named "amp" since GPU autocast was the only one, so that
+                # fp32 stores (and GPU bf16 ones) keep their keys
+                "amp": None if self.precision == "fp32" else self.precision}
 
     # -------------------------------------------------------------------------------- core
     def encode_shard(self, sentences: Sequence[Sentence], *, out_dtype=np.float32
@@ -154,12 +162,13 @@ class Extractor:
         model = self.lm.model
         p = len(self.prefix)
         i = 0
-        with torch.inference_mode(), _autocast(self.amp):
+        with torch.inference_mode(), autocast(self.device, self.precision):
             while i < len(pieces):
-                j = i + 1
+                j, real = i + 1, pieces[i][0]
                 # grow the batch while it fits the token budget and padding stays under max_padding
                 while (j < len(pieces) and pieces[j][0] * (j - i + 1) <= self.batch_tokens
-                       and pieces[j][0] * (j - i + 1) <= (1 + self.max_padding) * (sum(q[0] for q in pieces[i:j + 1]))):
+                       and pieces[j][0] * (j - i + 1) <= (1 + self.max_padding) * (real + pieces[j][0])):
+                    real += pieces[j][0]
                     j += 1
                 batch = pieces[i:j]
                 longest = batch[-1][0]
@@ -281,8 +290,8 @@ def extract(model, sentences: Sequence[Sentence], *, dataset: str = "custom", sp
             data_checksum: str | None = None, store_root: str | os.PathLike | None = None,
             word_pooling: str | None = None, dtype: str = "float16", prepend_bos: bool | None = None,
             batch_tokens: int | None = None, shard_words: int | None = None, strict: bool = False,
-            progress: bool = True, max_length: int | None = None, _stop_after_shards: int | None = None
-            ) -> ActivationStore:
+            progress: bool = True, max_length: int | None = None, precision: str | None = "auto",
+            _stop_after_shards: int | None = None) -> ActivationStore:
     """Extract (or reuse) the activation store of ``sentences`` for ``model``.
 
     Running again with the same inputs reuses the finished store and does no forward pass; an
@@ -297,6 +306,7 @@ def extract(model, sentences: Sequence[Sentence], *, dataset: str = "custom", sp
         word_pooling: ``first`` / ``last`` / ``mean`` (default first for encoders, last for decoders).
         dtype: ``float16`` (default) or ``float32`` on disk.
         strict: a corrupt or foreign shard stops the run (StoreError) instead of being recomputed.
+        precision: ``auto`` (default), ``fp32``, ``bf16`` or ``fp16`` (autocast); see :func:`resolve_precision`.
     """
     if not sentences:
         raise StoreError(f"No sentences to extract for {dataset}/{split}: the split is empty.")
@@ -308,7 +318,7 @@ def extract(model, sentences: Sequence[Sentence], *, dataset: str = "custom", sp
         from probekit.errors import unknown_name
         raise unknown_name("store dtype", dtype, DTYPES)
     ex = Extractor(model, word_pooling=word_pooling, prepend_bos=prepend_bos, batch_tokens=batch_tokens,
-                   max_length=max_length)
+                   max_length=max_length, precision=precision)
     data_checksum = data_checksum or corpus_checksum(sentences)
     spec = {"model": model.identity, "data": {"dataset": dataset, "split": split, "checksum": data_checksum,
                                               "n_sentences": len(sentences)},

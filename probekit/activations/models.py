@@ -49,6 +49,23 @@ ALIASES: dict[str, Alias] = {
 }
 
 
+#: dtypes the weights can be loaded in (``weights_dtype``); a GGUF file is de-quantised straight to the one asked for.
+WEIGHT_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def torch_dtype(dtype):
+    """A torch dtype from a :data:`WEIGHT_DTYPES` name or a torch dtype (None = float32)."""
+    import torch
+
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in WEIGHT_DTYPES:
+        raise unknown_name("weights dtype", dtype, WEIGHT_DTYPES, ModelError)
+    return getattr(torch, dtype)
+
+
 @dataclass(frozen=True)
 class ModelName:
     """A model as configs and result tables name it: ``BASE`` or ``BASE@random[:SEED]``, the random-weights control
@@ -164,8 +181,9 @@ def _write_memo(memo: Path, digest: str) -> None:
     atomic_write_bytes(memo, digest.encode())
 
 
-def convert_gguf(folder: Path, gguf_file: str, cache_dir: Path | None = None) -> Path:
-    """De-quantise a GGUF model once into an HF folder (safetensors + tokenizer) and cache it.
+def convert_gguf(folder: Path, gguf_file: str, cache_dir: Path | None = None, dtype=None) -> Path:
+    """De-quantise a GGUF model once into an HF folder (safetensors + tokenizer) in ``dtype`` (default float32) and
+    cache it. A half-precision conversion takes half the disk and memory of a float32 one.
 
     The cache entry is keyed by the GGUF file's content hash and written atomically (temporary
     folder, then rename), so an interrupted conversion is never mistaken for a finished one.
@@ -177,7 +195,9 @@ def convert_gguf(folder: Path, gguf_file: str, cache_dir: Path | None = None) ->
         raise ModelError(f"GGUF file not found: {src}.")
     digest = _memo_file_hash(src)
     root = Path(cache_dir) if cache_dir else cache_root() / "models"
-    dest = root / f"gguf-{src.stem}-{digest[:16]}"
+    dt = torch_dtype(dtype)
+    suffix = "" if str(dt) == "torch.float32" else "-" + str(dt).removeprefix("torch.")  # float32 keeps its name
+    dest = root / f"gguf-{src.stem}-{digest[:16]}{suffix}"
     if (dest / "config.json").is_file():
         return dest
     for module in ("gguf", "accelerate"):  # transformers reads GGUF with gguf and refuses it without accelerate
@@ -198,7 +218,7 @@ def convert_gguf(folder: Path, gguf_file: str, cache_dir: Path | None = None) ->
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{dest.name}."))
         try:
             tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
-            model = AutoModel.from_pretrained(folder, gguf_file=gguf_file)
+            model = AutoModel.from_pretrained(folder, gguf_file=gguf_file, dtype=dt)
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
             (tmp / "probekit_source.json").write_text(json.dumps({"gguf": str(src), "sha256": digest}))
@@ -327,7 +347,8 @@ def load_model(name: str, *, device: str | None = None, dtype=None, revision: st
         name: alias (``minilm``, ``smollm2-135m``), local folder, ``.gguf`` file or HF hub id,
             optionally with ``@random[:SEED]``.
         device: ``cpu``, ``cuda``, ``cuda:1``...; default: CUDA when available, else CPU.
-        dtype: torch dtype of the weights (default float32); a dtype other than float32 is part of the store key.
+        dtype: dtype of the weights, a :data:`WEIGHT_DTYPES` name or a torch dtype (default float32); GGUF weights
+            are de-quantised to it. A dtype other than float32 is part of the store key.
         revision: hub revision (branch, tag or commit) for hub ids.
     """
     import torch
@@ -336,19 +357,20 @@ def load_model(name: str, *, device: str | None = None, dtype=None, revision: st
     from probekit.activations.align import check_fast_tokenizer
 
     device = check_device(device)
+    dtype = torch_dtype(dtype)
     base, where, gguf, seed = resolve(name)
     if gguf:
-        where = convert_gguf(Path(where), gguf)
+        where = convert_gguf(Path(where), gguf, dtype=dtype)
     is_local = isinstance(where, Path)
     try:
         config = AutoConfig.from_pretrained(where, revision=revision)
         tokenizer = AutoTokenizer.from_pretrained(where, use_fast=True, revision=revision)
         if seed is None:
-            model = AutoModel.from_pretrained(where, revision=revision, dtype=dtype or torch.float32)
+            model = AutoModel.from_pretrained(where, revision=revision, dtype=dtype)
         else:
             torch.manual_seed(seed)
             model = AutoModel.from_config(config)
-            model.to(dtype or torch.float32)
+            model.to(dtype)
     except OSError as e:
         hint = ("" if is_local else " Without network access, download the model elsewhere and pass its local folder, "
                 "or use a packaged alias: " + ", ".join(ALIASES) + ".")

@@ -73,5 +73,6 @@ def extract_stores(cfg: ExperimentConfig, lm, data: dict, data_fp: dict, *, prog
     return {role: extract(lm, data[role], dataset=cfg.dataset, split=cfg.splits.get(role, role),
                           data_checksum=data_checksum(data_fp[role]),
                           store_root=cfg.store_dir, word_pooling=cfg.word_pooling, dtype=cfg.dtype,
-                          batch_tokens=cfg.batch_tokens, strict=cfg.strict, progress=progress)
+                          batch_tokens=cfg.batch_tokens, strict=cfg.strict, precision=cfg.precision,
+                          progress=progress)
             for role in ("train", "dev", "test")}

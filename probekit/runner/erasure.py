@@ -90,7 +90,7 @@ def run_erasure(cfg: ExperimentConfig, settings: ErasureSettings, *, data: dict 
     rows: list[dict] = []
     timings = []
     for model in cfg.models:
-        lm = load_model(model, device=cfg.device)
+        lm = load_model(model, device=cfg.device, dtype=cfg.weights_dtype)
         t0 = time.perf_counter()
         stores = extract_stores(cfg, lm, data, fp, progress=progress)
         timings.append({"model": model, "stage": "extract", "seconds": time.perf_counter() - t0})

@@ -118,12 +118,14 @@ def _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, eras
         models_info[m] = {"fingerprint": fp}
         if pending:
             log.info("%s: %d of %d units to compute", m, len(pending), len(units))
-            lm = load_model(m, device=cfg.device)
+            lm = load_model(m, device=cfg.device, dtype=cfg.weights_dtype)
             stores = extract_stores(cfg, lm, data, data_fp, progress=progress)
             forward_passes += sum(st.computed_shards for st in stores.values())
             info = {"name": m, "kind": lm.kind, "hash": lm.weights_hash}
             models_info[m].update({"kind": lm.kind, "weights_hash": lm.weights_hash, "num_layers": lm.num_layers,
-                                   "stores": {r: str(s.path) for r, s in stores.items()}})
+                                   "stores": {r: str(s.path) for r, s in stores.items()},
+                                   "precision": stores["train"].manifest["extraction"]["amp"] or "fp32",
+                                   "weights_dtype": cfg.weights_dtype})
             feature_cache = FeatureCache()
             for task in tasks:
                 tunits = [u for u in pending if u.task == task.name]

@@ -190,7 +190,7 @@ def run_structural(cfg: ExperimentConfig, scfg: StructuralConfig | None = None, 
                 for *_, key in plan}
         pending = [p for p in plan if done[p[3]][0] is None or done[p[3]][1] is None]
         if pending:
-            lm = load_model(m, device=cfg.device)
+            lm = load_model(m, device=cfg.device, dtype=cfg.weights_dtype)
             stores = extract_stores(cfg, lm, data, data_fp, progress=progress)
             info = {"model": m, "model_kind": lm.kind, "model_hash": lm.weights_hash[:16]}
             n_layers = stores["train"].n_layers

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from probekit.activations.models import kind_of
+from probekit.activations.models import check_device, kind_of
+from probekit.activations.precision import resolve_precision
 from probekit.config import ExperimentConfig
 from probekit.keys import content_key
 from probekit.probing.registry import FitSettings, ProbeFamily, get_probe
@@ -101,6 +102,11 @@ def plan_units(cfg: ExperimentConfig, model: str, model_fp: dict, data_fp: dict,
     """Every unit of work for one model (keys depend on everything that changes the rows)."""
     policy = ProbePolicy.from_config(cfg)
     kind = kind_hint or kind_of(model)
+    # what changes the vectors besides the model files: the precision that will run here, and the weights dtype
+    # (each only when not the default, so that fp32 units keep their keys)
+    vectors = {"precision": resolve_precision(check_device(cfg.device), cfg.precision),
+               "weights_dtype": cfg.weights_dtype}
+    vectors = {k: v for k, v in vectors.items() if v not in ("fp32", "float32")}
     # content, not location: the same treebank found through a different directory keeps its results
     data_key = {role: {k: v for k, v in fp.items() if k != "file"} for role, fp in data_fp.items()}
     units = []
@@ -121,6 +127,6 @@ def plan_units(cfg: ExperimentConfig, model: str, model_fp: dict, data_fp: dict,
                             "mlp": policy.family(probe).settings_key(policy.fit_settings),
                             "dtype": cfg.dtype, "experiment": cfg.name,
                             "control_seeds": policy.control_seeds(probe),
-                            "majority": policy.writes_majority(probe)}
+                            "majority": policy.writes_majority(probe), **vectors}
                     units.append(Unit(model, task.name, pooling, probe, seed, key=content_key("unit", spec)))
     return units

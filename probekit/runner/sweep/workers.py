@@ -62,7 +62,7 @@ def extract_model(spec: ExtractionSpec) -> Extracted:
     cfg = spec.config
     data = _check_data(cfg, spec.data_fp)
     t0 = time.perf_counter()
-    lm = load_model(spec.model, device=cfg.device)
+    lm = load_model(spec.model, device=cfg.device, dtype=cfg.weights_dtype)
     written = extract_stores(cfg, lm, data, spec.data_fp, progress=False)
     out = Extracted(model=spec.model, lm_info={"name": spec.model, "kind": lm.kind, "hash": lm.weights_hash},
                     num_layers=lm.num_layers, stores={role: str(st.path) for role, st in written.items()},

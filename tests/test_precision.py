@@ -1,0 +1,143 @@
+"""Extraction precision and weights dtype: what ``auto`` resolves to, the forced bf16 path on any CPU (autocast on a
+CPU without bf16 units is correct, only slow), the keys that record what ran, and the config, CLI and API ways in."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from probekit.errors import ConfigError, ModelError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _extract(lm, sents, root, **kw):
+    from probekit.activations.extract import extract
+
+    return extract(lm, sents, store_root=root, progress=False, dtype="float32", **kw)
+
+
+def test_bf16_autocast_on_the_cpu_has_its_own_key_and_close_vectors(tiny_bert_dir, ewt_dev_small, tmp_path):
+    from probekit.activations.models import load_model
+
+    lm = load_model(str(tiny_bert_dir), device="cpu")
+    sents = ewt_dev_small[:12]
+    fp32 = _extract(lm, sents, tmp_path, precision="fp32")
+    bf16 = _extract(lm, sents, tmp_path, precision="bf16")
+    assert bf16.path != fp32.path
+    assert fp32.manifest["extraction"]["amp"] is None and bf16.manifest["extraction"]["amp"] == "bf16"
+    a, b = fp32.layers(list(range(fp32.n_layers))), bf16.layers(list(range(bf16.n_layers)))
+    assert not np.array_equal(a[1:], b[1:])  # the bf16 path really ran ...
+    rel = np.linalg.norm(a - b, axis=2) / np.linalg.norm(a, axis=2)
+    assert np.median(rel) < 0.02 and rel.max() < 0.1  # ... and is close (bf16 keeps 8 bits of mantissa)
+    for k in fp32.sentence_poolings:
+        np.testing.assert_allclose(bf16.sentence_vectors(k, 2), fp32.sentence_vectors(k, 2), rtol=0.05, atol=0.05)
+
+
+def test_auto_is_fp32_with_fp32_keys_unless_chosen(tiny_bert_dir, ewt_dev_small, tmp_path, monkeypatch):
+    """``auto`` resolves on the machine that runs; while AUTO_BF16 is off it is fp32 everywhere, with the key an fp32
+    store has always had (``amp: null``); switched on, it follows the bf16 units torch reports."""
+    from probekit.activations import precision as P
+    from probekit.activations.models import load_model
+
+    lm = load_model(str(tiny_bert_dir), device="cpu")
+    sents = ewt_dev_small[:3]
+    assert _extract(lm, sents, tmp_path, precision="auto").path == _extract(lm, sents, tmp_path).path \
+        == _extract(lm, sents, tmp_path, precision="fp32").path
+    for units in (True, False):
+        monkeypatch.setattr(P, "bf16_matrix_units", lambda device, u=units: u)
+        monkeypatch.setattr(P, "AUTO_BF16", False)
+        assert P.resolve_precision("cpu", "auto") == "fp32"
+        monkeypatch.setattr(P, "AUTO_BF16", True)
+        assert P.resolve_precision("cpu", "auto") == ("bf16" if units else "fp32")
+        assert P.resolve_precision("cpu", None) == P.resolve_precision("cpu", "auto")
+        assert P.resolve_precision("cpu", "fp32") == "fp32" and P.resolve_precision("cpu", "bf16") == "bf16"
+
+
+def test_bf16_units_come_from_what_torch_reports(monkeypatch):
+    import torch
+
+    from probekit.activations.precision import bf16_matrix_units
+
+    for amx, avx in ((False, False), (True, False), (False, True)):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda a=amx: a, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda a=avx: a, raising=False)
+        assert bf16_matrix_units("cpu") is (amx or avx)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert not bf16_matrix_units("cuda:0") and not bf16_matrix_units("mps")
+
+
+def test_gpu_precision_is_what_was_asked_or_an_error(monkeypatch):
+    """No silent bf16 on a GPU (auto is fp32 unless chosen) and no silent fp16 for a bf16 request."""
+    import torch
+
+    from probekit.activations import precision as P
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert P.resolve_precision("cuda:0", "auto") == ("bf16" if P.AUTO_BF16 else "fp32")
+    assert P.resolve_precision("cuda", "bf16") == "bf16" and P.resolve_precision("cuda", "fp16") == "fp16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert P.resolve_precision("cuda", "auto") == "fp32"
+    with pytest.raises(ConfigError, match="no bf16: use fp16 or fp32"):
+        P.resolve_precision("cuda", "bf16")
+    with pytest.raises(ConfigError, match="'fp8'"):
+        P.resolve_precision("cuda", "fp8")
+    with pytest.raises(ConfigError, match="not on mps"):
+        P.resolve_precision("mps", "bf16")
+
+
+def test_config_cli_and_unit_keys_carry_precision_and_weights_dtype(data_dir):
+    from probekit.cli import _overrides, build_parser
+    from probekit.config import ExperimentConfig
+    from probekit.runner.experiment import load_data, plan_units
+
+    with pytest.raises(ConfigError, match="precision.*'fp64'"):
+        ExperimentConfig(precision="fp64")
+    with pytest.raises(ConfigError, match="weights dtype.*'int8'"):
+        ExperimentConfig(weights_dtype="int8")
+    args = build_parser().parse_args(["run", "x.yaml", "--precision", "bf16", "--weights-dtype", "bfloat16"])
+    assert _overrides(args) == {"precision": "bf16", "weights_dtype": "bfloat16"}
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["extract", "minilm", "--precision", "fp64"])
+    cfg = ExperimentConfig(tasks=["upos"], data_dir=str(data_dir), limit={"train": 5, "dev": 5, "test": 5})
+    _, data_fp = load_data(cfg)
+    fp = {"name": "m", "weights_hash": "h"}
+
+    def key(**kw):
+        return plan_units(cfg.replace(**kw), "m", fp, data_fp, kind_hint="encoder")[0].key
+
+    # fp32 / float32 keep the keys units always had; anything else gets its own
+    assert key() == key(precision="fp32") == key(precision="auto", weights_dtype="float32")
+    assert len({key(), key(precision="bf16"), key(precision="fp16"), key(weights_dtype="bfloat16")}) == 4
+
+
+def test_weights_dtype_by_name_and_gguf_dequantised_to_it(tiny_bert_dir, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    import torch
+    import transformers
+
+    from probekit.activations.models import convert_gguf, load_model
+
+    assert next(load_model(str(tiny_bert_dir), device="cpu", dtype="bfloat16").model.parameters()).dtype \
+        == torch.bfloat16
+    with pytest.raises(ModelError, match="weights dtype.*'half'"):
+        load_model(str(tiny_bert_dir), device="cpu", dtype="half")
+    asked = []
+
+    class Fake:
+        def save_pretrained(self, d):
+            (Path(d) / "config.json").write_text("{}")
+
+    def fake_model(*a, **k):
+        asked.append(k.get("dtype"))
+        return Fake()
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", fake_model)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: Fake())
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "m.gguf").write_bytes(b"GGUF fake")
+    f32 = convert_gguf(src, "m.gguf", cache_dir=tmp_path / "c")
+    b16 = convert_gguf(src, "m.gguf", cache_dir=tmp_path / "c", dtype="bfloat16")
+    assert asked == [torch.float32, torch.bfloat16]
+    assert b16 != f32 and b16.name == f32.name + "-bfloat16"  # float32 conversions keep their cache name
