@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from probekit.activations.align import align_batch, pool_words
-from probekit.activations.extract import Extractor, _autocast
+from probekit.activations.extract import Extractor
+from probekit.activations.precision import autocast
 from probekit.activations.sites import LAYOUTS
 from probekit.data.conllu_io import Sentence
 from probekit.errors import ConfigError, ModelError
@@ -190,7 +191,7 @@ def forward(lm, sentences: Sequence[Sentence], *, layer: int | None = None, edit
     order = sorted(fits, key=lambda i: (aligned[i].n_tokens, i))
     hook = LayerEdit(lm, layer, edit) if edit is not None else None
     results: dict[int, SentenceRun] = {}
-    with torch.inference_mode(), _autocast(ex.amp), (hook or _Nothing()):
+    with torch.inference_mode(), autocast(ex.device, ex.precision), (hook or _Nothing()):
         i = 0
         while i < len(order):
             j = i + 1
