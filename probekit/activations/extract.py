@@ -31,7 +31,9 @@ from probekit.activations.store import (DTYPES, ActivationStore, plan_shards, re
 
 log = logging.getLogger(__name__)
 
-ALIGN_VERSION = 1
+#: Part of every store key: bumped when alignment or word pooling changes what a store holds (2: a subword goes to the
+#: word it overlaps most, and `first` reads the first subword carrying a letter or digit, see align.py).
+ALIGN_VERSION = 2
 
 
 def default_store_root() -> Path:
@@ -201,7 +203,7 @@ class Extractor:
                         if n_windows[si] == 0:  # its last window: pool it and free its buffer
                             buf = pending.pop(si)
                             words[:, word_off[si]:word_off[si + 1]] = pool_words(buf, a.word_tokens,
-                                                                                 self.word_pooling)
+                                                                                 self.word_pooling, a.heads)
                             if "mean" in sents:
                                 sents["mean"][:, si] = buf.mean(axis=1)
                             if "last" in sents:
@@ -236,9 +238,9 @@ class Extractor:
         for k, (b, si) in enumerate(whole):
             a = aligned[si]
             base = b * longest + p
-            for toks in a.word_tokens:
+            for toks, head in zip(a.word_tokens, a.heads):
                 if self.word_pooling == "first":
-                    src.append(base + toks[0])
+                    src.append(base + head)
                 elif self.word_pooling == "last":
                     src.append(base + toks[-1])
                 else:

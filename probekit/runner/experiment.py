@@ -22,6 +22,7 @@ import numpy as np
 from probekit.config import ExperimentConfig
 from probekit.errors import ConfigError, TaskError
 from probekit.probing.linear import check_finite
+from probekit.results import predictions
 from probekit.results.table import classification_metrics, load_unit, row, save_unit
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,9 @@ log = logging.getLogger(__name__)
 #: Part of every unit's key: bumped when the code that fits probes changes the numbers it gives, so that cached rows
 #: of an older solver are recomputed, not mixed with new ones (2: the polish starts from the subsample's L-BFGS memory;
 #: 3: the preconditioner's covariance comes from BLAS syrk, and the gradient's matmul kernel depends on the number of
-#: classes; both round differently; 4: MDL solves each L2 value of its grid as its own problem, see mdl.MAX_JOINT_OUTPUTS).
-UNIT_VERSION = 4
+#: classes; both round differently; 4: MDL solves each L2 value of its grid as its own problem, see mdl.MAX_JOINT_OUTPUTS;
+#: 5: word pooling respects the word (extract.ALIGN_VERSION 2), control rows carry pos_f1, test predictions are saved).
+UNIT_VERSION = 5
 #: Largest float32 feature block (bytes) loaded for probe training at once; layers are grouped under it.
 MEMORY_BUDGET = 3 << 30
 #: Seed of the `train_sentences` sample (recorded with the sample in the data fingerprint).
@@ -196,6 +198,7 @@ def probe_task(*, lm_info: dict, stores: dict, data: dict, task, cfg: Experiment
         keep = np.random.default_rng(0).choice(len(masks["train"]), cfg.max_train_items, replace=False)
         masks["train"] = masks["train"][np.sort(keep)]
     y = {role: ys[role][masks[role]] for role in ys}
+    test_items = predictions.item_index(data["test"], masks["test"], level)
     n_layers = stores["train"].n_layers
     layers = cfg.layers if cfg.layers is not None else list(range(n_layers))
     for layer in layers:
@@ -252,7 +255,7 @@ def probe_task(*, lm_info: dict, stores: dict, data: dict, task, cfg: Experiment
                         check_finite(X[role][i], f"layer {layer} ({role})")
             shared: dict = {}
             for u in punits:
-                _run_unit_group(u, X, y, group, C, controls, cfg, common, pool_name, d, shared)
+                _run_unit_group(u, X, y, group, C, controls, cfg, common, pool_name, d, shared, test_items)
 
 
 def _score_rows(common, u, pool_name, layer, control, split_scores, n_params, train_size, reg, seconds):
@@ -265,8 +268,16 @@ def _score_rows(common, u, pool_name, layer, control, split_scores, n_params, tr
     return out
 
 
+def _predict_test(model, X_test):
+    """(class ids, probability of the predicted class) on the test items; the ids are ``model.predict``'s."""
+    if hasattr(model, "coef"):  # linear: one float64 scoring pass gives both
+        z = model.decision_function(X_test)
+        return z.argmax(1), 1.0 / np.exp(z - z.max(1, keepdims=True)).sum(1)
+    return model.predict(X_test), model.predict_proba(X_test).max(1)
+
+
 def _fit_predict(probe: str, X: dict, y: dict, C: int, cfg: ExperimentConfig, seed: int, fixed_C=None):
-    """Fit one probe type on a layer group; returns per layer (pred_dev, pred_test, n_params, reg)."""
+    """Fit one probe type on a layer group; returns per layer (pred_dev, pred_test, n_params, reg, proba_test)."""
     from probekit.probing.linear import fit_layers
 
     out = []
@@ -277,7 +288,8 @@ def _fit_predict(probe: str, X: dict, y: dict, C: int, cfg: ExperimentConfig, se
         else:
             fits = fit_layers(X["train"], y["train"], n_classes=C, fixed_C=fixed_C, device=cfg.device, seed=seed)
         for i, f in enumerate(fits):
-            out.append((f.predict(X["dev"][i]), f.predict(X["test"][i]), f.n_params, f.C))
+            ptest, proba = _predict_test(f, X["test"][i])
+            out.append((f.predict(X["dev"][i]), ptest, f.n_params, f.C, proba))
         return out
     from probekit.probing.mlp import MLPProbe
 
@@ -288,7 +300,8 @@ def _fit_predict(probe: str, X: dict, y: dict, C: int, cfg: ExperimentConfig, se
         m = MLPProbe(hidden_layers=1 if probe == "mlp1" else 2, seed=seed, device=cfg.device, **params)
         m.fit(X["train"][i], y["train"], X["dev"][i], y["dev"])
         n_params = sum(p.numel() for p in m.model_.parameters()) if hasattr(m, "model_") else None
-        out.append((m.predict(X["dev"][i]), m.predict(X["test"][i]), n_params, params.get("weight_decay")))
+        ptest, proba = _predict_test(m, X["test"][i])
+        out.append((m.predict(X["dev"][i]), ptest, n_params, params.get("weight_decay"), proba))
     return out
 
 
@@ -305,7 +318,8 @@ def _linear_controls(X: dict, controls: dict, C: int, cfg: ExperimentConfig, cho
 
 
 def _run_unit_group(u: Unit, X: dict, y: dict, group: list[int], C: int, controls: dict, cfg: ExperimentConfig,
-                    common, pool_name: str, d: int, shared: dict | None = None) -> None:
+                    common, pool_name: str, d: int, shared: dict | None = None, test_items: dict | None = None
+                    ) -> None:
     t0 = time.perf_counter()
     if u.probe == "linear" and shared is not None:
         # The linear probe is a convex problem solved to convergence: its fit does not depend on the seed
@@ -319,7 +333,10 @@ def _run_unit_group(u: Unit, X: dict, y: dict, group: list[int], C: int, control
         res = _fit_predict(u.probe, X, y, C, cfg, u.seed)
         secs = (time.perf_counter() - t0) / len(group)
     for i, layer in enumerate(group):
-        pdev, ptest, n_params, reg = res[i]
+        pdev, ptest, n_params, reg, proba = res[i]
+        if test_items is not None:  # the per-sentence scores of the bootstrap and the error analysis read these
+            predictions.save_layer(Path(cfg.results_dir) / cfg.name / "runs", u.key, layer, gold=y["test"],
+                                   pred=ptest, proba=proba, items=test_items)
         scores = {"dev": {"accuracy": float((pdev == y["dev"]).mean())},
                   "test": classification_metrics(y["test"], ptest, C)}
         u.rows += _score_rows(common, u, pool_name, layer, False, scores, n_params, len(y["train"]), reg, secs)
@@ -338,8 +355,10 @@ def _run_unit_group(u: Unit, X: dict, y: dict, group: list[int], C: int, control
             secs = time.perf_counter() - t0
         secs /= len(group)
         for i, layer in enumerate(group):
-            pdev, ptest, n_params, reg = cres[i]
-            scores = {"test": {"accuracy": float((ptest == control["test"]).mean())}}
+            pdev, ptest, n_params, reg = cres[i][:4]
+            # accuracy, and for a binary task the positive class's F1 (selectivity on F1, report.tables)
+            scores = {"test": {k: v for k, v in classification_metrics(control["test"], ptest, C).items()
+                               if k != "macro_f1"}}
             u.rows += _score_rows(common, u, pool_name, layer, True, scores, n_params, len(y["train"]), reg, secs)
     if cfg.mdl and u.probe == "linear" and u.seed == cfg.seeds[0]:
         # MDL is costly (11 trainings per layer); it is computed for the first seed only.

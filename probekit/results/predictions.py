@@ -1,0 +1,101 @@
+"""Per-item test predictions of every probe: kept beside the unit files, gathered into ``predictions.csv.gz``.
+
+The runner hands each layer's test predictions to :func:`save_layer` (one ``.npz`` per unit and layer under
+``runs/``, written atomically before the unit's row file, so a finished unit always has them).
+:func:`gather` collects the files of an experiment's units; :func:`write_predictions` writes the table a notebook
+reads (one row per test item, layer and seed: ``sentence_id, sentence, word_index, word, gold, predicted,
+probability, layer``, plus model, task, probe, pooling, seed); :func:`read_predictions` reads it back.
+``sentence`` is the sentence's position in the test split; ``word_index`` is 0-based (-1 for a sentence task).
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from probekit._io import atomic_write_bytes
+from probekit.errors import DataError
+
+__all__ = ["item_index", "save_layer", "gather", "write_predictions", "read_predictions", "FILE"]
+
+FILE = "predictions.csv.gz"
+_KEYS = ["model", "task", "probe", "pooling", "seed", "layer"]
+
+
+def item_index(sentences, mask: np.ndarray, level: str) -> dict:
+    """Sentence position and word index of each labelled item (``mask``: indices into the flat item list)."""
+    if level == "word":
+        lens = np.array([len(s) for s in sentences], dtype=np.int64)
+        sent = np.repeat(np.arange(len(sentences)), lens)
+        word = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
+    else:
+        sent = np.arange(len(sentences))
+        word = np.full(len(sentences), -1)
+    return {"sentence": sent[mask], "word_index": word[mask], "n_sentences": len(sentences)}
+
+
+def _path(runs: Path, unit_key: str, layer: int) -> Path:
+    return Path(runs) / f"{unit_key}.pred-L{int(layer)}.npz"
+
+
+def save_layer(runs: Path, unit_key: str, layer: int, *, gold, pred, proba, items: dict) -> None:
+    """Write one layer's test predictions of one unit (``proba``: the probability of the predicted class)."""
+    buf = io.BytesIO()
+    np.savez(buf, gold=np.asarray(gold, dtype=np.int16), pred=np.asarray(pred, dtype=np.int16),
+             proba=np.asarray(proba, dtype=np.float32), sentence=np.asarray(items["sentence"], dtype=np.int32),
+             word_index=np.asarray(items["word_index"], dtype=np.int32),
+             n_sentences=np.int64(items["n_sentences"]))
+    atomic_write_bytes(_path(runs, unit_key, layer), buf.getvalue())
+
+
+def gather(runs: Path, units, layers_of) -> list[dict]:
+    """The saved predictions of ``units`` (objects with model, task, pooling, probe, seed, key): one dict per unit
+    and layer with the arrays of :func:`save_layer` and the unit's keys. ``layers_of(unit)`` lists its layers;
+    a unit whose files are missing (computed before predictions were saved) is left out."""
+    out = []
+    for u in units:
+        for layer in layers_of(u):
+            p = _path(runs, u.key, layer)
+            if not p.is_file():
+                continue
+            with np.load(p) as z:
+                rec = {k: z[k] for k in z.files}
+            rec["n_sentences"] = int(rec["n_sentences"])
+            rec.update(model=u.model, task=u.task, probe=u.probe, pooling=u.pooling, seed=u.seed, layer=int(layer))
+            out.append(rec)
+    return out
+
+
+def write_predictions(path: Path, records: list[dict], test_sentences, labels_of) -> None:
+    """Write :func:`gather`'s records as one gzip CSV (``labels_of(task)`` gives the task's label names)."""
+    import pandas as pd
+
+    sent_ids = np.array([s.sent_id for s in test_sentences], dtype=object)
+    frames = []
+    for r in records:
+        labels = np.array(labels_of(r["task"]), dtype=object)
+        words = np.array([test_sentences[s].words[w] if w >= 0 else "" for s, w in
+                          zip(r["sentence"].tolist(), r["word_index"].tolist())], dtype=object)
+        frames.append(pd.DataFrame({
+            "model": r["model"], "task": r["task"], "probe": r["probe"], "pooling": r["pooling"], "seed": r["seed"],
+            "layer": r["layer"], "sentence_id": sent_ids[r["sentence"]], "sentence": r["sentence"],
+            "word_index": r["word_index"], "word": words, "gold": labels[r["gold"]],
+            "predicted": labels[r["pred"]], "probability": np.round(r["proba"].astype(np.float64), 5)}))
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=_KEYS + ["sentence_id", "sentence", "word_index", "word", "gold", "predicted", "probability"])
+    buf = io.BytesIO()
+    df.to_csv(buf, index=False, compression={"method": "gzip", "compresslevel": 1, "mtime": 0})
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def read_predictions(folder) -> "object":
+    """``<folder>/predictions.csv.gz`` as a DataFrame (a clear error when the experiment has none)."""
+    import pandas as pd
+
+    path = Path(folder) / FILE
+    if not path.is_file():
+        raise DataError(f"{path} does not exist: the experiment has no saved predictions. Rerun it with this version "
+                        "of probekit (`probekit run CONFIG`), which saves them.")
+    return pd.read_csv(path, keep_default_na=False, na_values=[], dtype={"sentence_id": str, "word": str,
+                                                                        "gold": str, "predicted": str})
