@@ -35,34 +35,31 @@ def item_index(sentences, mask: np.ndarray, level: str) -> dict:
     return {"sentence": sent[mask], "word_index": word[mask], "n_sentences": len(sentences)}
 
 
-def _path(runs: Path, unit_key: str, layer: int) -> Path:
-    return Path(runs) / f"{unit_key}.pred-L{int(layer)}.npz"
-
-
-def save_layer(runs: Path, unit_key: str, layer: int, *, gold, pred, proba, items: dict) -> None:
+def save_layer(runs: Path, unit_key: str, *, gold, pred, proba, items: dict, model: str, task: str, probe: str,
+               pooling: str, seed: int, layer: int) -> None:
     """Write one layer's test predictions of one unit (``proba``: the probability of the predicted class)."""
     buf = io.BytesIO()
-    np.savez(buf, gold=np.asarray(gold, dtype=np.int16), pred=np.asarray(pred, dtype=np.int16),
+    np.savez(buf, model=np.str_(model), task=np.str_(task), probe=np.str_(probe), pooling=np.str_(pooling),
+             seed=np.int64(seed), layer=np.int64(layer),
+             gold=np.asarray(gold, dtype=np.int16), pred=np.asarray(pred, dtype=np.int16),
              proba=np.asarray(proba, dtype=np.float32), sentence=np.asarray(items["sentence"], dtype=np.int32),
              word_index=np.asarray(items["word_index"], dtype=np.int32),
              n_sentences=np.int64(items["n_sentences"]))
-    atomic_write_bytes(_path(runs, unit_key, layer), buf.getvalue())
+    atomic_write_bytes(Path(runs) / f"{unit_key}.pred-L{int(layer)}.npz", buf.getvalue())
 
 
-def gather(runs: Path, units, layers_of) -> list[dict]:
-    """The saved predictions of ``units`` (objects with model, task, pooling, probe, seed, key): one dict per unit
-    and layer with the arrays of :func:`save_layer` and the unit's keys. ``layers_of(unit)`` lists its layers;
-    a unit whose files are missing (computed before predictions were saved) is left out."""
+def gather(runs: Path, unit_keys) -> list[dict]:
+    """The saved predictions of the units ``unit_keys``: one dict per unit and layer with the arrays and keys of
+    :func:`save_layer`. A unit without files (computed before predictions were saved) contributes nothing."""
     out = []
-    for u in units:
-        for layer in layers_of(u):
-            p = _path(runs, u.key, layer)
-            if not p.is_file():
-                continue
+    for key in unit_keys:
+        for p in sorted(Path(runs).glob(f"{key}.pred-L*.npz")):
             with np.load(p) as z:
                 rec = {k: z[k] for k in z.files}
-            rec["n_sentences"] = int(rec["n_sentences"])
-            rec.update(model=u.model, task=u.task, probe=u.probe, pooling=u.pooling, seed=u.seed, layer=int(layer))
+            for k in ("model", "task", "probe", "pooling"):
+                rec[k] = str(rec[k])
+            for k in ("seed", "layer", "n_sentences"):
+                rec[k] = int(rec[k])
             out.append(rec)
     return out
 

@@ -335,8 +335,9 @@ def _run_unit_group(u: Unit, X: dict, y: dict, group: list[int], C: int, control
     for i, layer in enumerate(group):
         pdev, ptest, n_params, reg, proba = res[i]
         if test_items is not None:  # the per-sentence scores of the bootstrap and the error analysis read these
-            predictions.save_layer(Path(cfg.results_dir) / cfg.name / "runs", u.key, layer, gold=y["test"],
-                                   pred=ptest, proba=proba, items=test_items)
+            predictions.save_layer(Path(cfg.results_dir) / cfg.name / "runs", u.key, gold=y["test"], pred=ptest,
+                                   proba=proba, items=test_items, model=common["model"], task=common["task"],
+                                   probe=u.probe, pooling=pool_name, seed=u.seed, layer=layer)
         scores = {"dev": {"accuracy": float((pdev == y["dev"]).mean())},
                   "test": classification_metrics(y["test"], ptest, C)}
         u.rows += _score_rows(common, u, pool_name, layer, False, scores, n_params, len(y["train"]), reg, secs)
@@ -433,6 +434,7 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> Experimen
     tasks = [get_task(t) for t in cfg.tasks]
     data, data_fp = load_data(cfg)
     all_rows: list[dict] = []
+    unit_keys: list[str] = []
     models_info = {}
     forward_passes = 0
     for m in model_list(cfg):
@@ -468,6 +470,7 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> Experimen
             del lm, feature_cache
         for u in units:
             all_rows.extend(u.rows)
+        unit_keys += [u.key for u in units]
     if cfg.baselines:
         all_rows.extend(run_config_baselines(cfg, data))
     df, timings = to_frames(all_rows)
@@ -477,6 +480,9 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> Experimen
     from probekit.report.tables import summarize
 
     summary = summarize(df)
+    from probekit.results.analysis import analyse
+
+    summary = analyse(folder, unit_keys, data, tasks, summary)  # sentence intervals, significance, error analysis
     write_csv(summary, folder / "summary.csv")
     prov = provenance(cfg.to_dict(), data=data_fp, models=models_info)
     from probekit._io import atomic_write_bytes

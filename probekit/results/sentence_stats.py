@@ -1,0 +1,188 @@
+"""An experiment's scores with their uncertainty over test sentences, and which differences are significant.
+
+Reads the per-item predictions (:mod:`probekit.results.predictions`) and applies :mod:`probekit.results.significance`:
+
+* :func:`add_intervals`: ``sent_lo`` / ``sent_hi`` columns of the summary: the 95% sentence-bootstrap interval of every
+  test score of a probe (accuracy, macro-F1, positive-class F1; the mean over seeds on each resample).
+* :func:`layer_tests`: per model x task x probe x pooling, each layer against the best layer (chosen on dev, as the
+  best-layer table does) and each layer against the next one; Holm-adjusted within each family.
+* :func:`model_tests`: two models on the same test words, layer by layer and best layer against best layer.
+* :func:`describe`: the significant and non-significant differences in words.
+
+One set of resampled sentences (seeded) serves every score of a test set, so all intervals are paired. The paired
+tests compare the predictions summed over seeds (for accuracy exactly the mean over seeds).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from probekit.errors import DataError
+from probekit.results.significance import (METRICS, bootstrap_interval, holm, paired_test, resample_weights,
+                                           sentence_counts)
+
+__all__ = ["N_RESAMPLES", "ALPHA", "counts_table", "add_intervals", "best_layers", "layer_tests", "model_tests",
+           "describe"]
+
+N_RESAMPLES = 1000
+ALPHA = 0.05
+GROUP = ["model", "task", "probe", "pooling"]
+
+
+def _metrics_for(n_classes: int) -> tuple[str, ...]:
+    return METRICS if n_classes == 2 else ("accuracy", "macro_f1")
+
+
+def counts_table(pred, labels_of) -> tuple[dict, int]:
+    """{(model, task, probe, pooling, layer): {metric: [seed, sentence, k] counts}} and the number of test sentences.
+
+    Args:
+        pred: the predictions DataFrame (:func:`probekit.results.predictions.read_predictions`).
+        labels_of: task name -> its label list (class ids are positions in it; class 1 is the positive class).
+    """
+    if pred.empty:
+        raise DataError("No test predictions: the experiment's tasks have no test words.")
+    n_sent = int(pred["sentence"].max()) + 1
+    out: dict = {}
+    for key, part in pred.groupby(GROUP + ["layer", "seed"], sort=True):
+        labels = list(labels_of(key[1]))
+        index = {lab: i for i, lab in enumerate(labels)}
+        gold = part["gold"].map(index).to_numpy()
+        guess = part["predicted"].map(index).to_numpy()
+        sent = part["sentence"].to_numpy()
+        slot = out.setdefault(key[:5], {})
+        for metric in _metrics_for(len(labels)):
+            slot.setdefault(metric, []).append(sentence_counts(metric, gold, guess, sent, n_sent, len(labels)))
+    return {k: {m: np.stack(v) for m, v in d.items()} for k, d in out.items()}, n_sent
+
+
+def add_intervals(summary, counts: dict, n_sentences: int, *, n_resamples: int = N_RESAMPLES, seed: int = 0,
+                  confidence: float = 0.95):
+    """``summary`` with ``sent_lo`` / ``sent_hi``: the sentence-bootstrap interval of each probe's test score."""
+    W = resample_weights(n_sentences, n_resamples, seed)
+    lo = np.full(len(summary), np.nan)
+    hi = np.full(len(summary), np.nan)
+    s = summary
+    is_test = ((s["split"] == "test") & (s["method"] == "probe") & (s["control"].astype(str) == "False")
+               & (s["layer"].astype(str) != "")).to_numpy()
+    for i in np.flatnonzero(is_test):
+        r = s.iloc[i]
+        c = counts.get((r["model"], r["task"], r["probe"], r["pooling"], _int(r["layer"])), {}).get(r["metric"])
+        if c is not None:
+            _, lo[i], hi[i] = bootstrap_interval(r["metric"], c, W, confidence)
+    return summary.assign(sent_lo=lo, sent_hi=hi)
+
+
+def _int(v) -> int:
+    return int(float(v))
+
+
+def best_layers(summary) -> dict:
+    """{(model, task, probe, pooling): layer with the highest mean dev accuracy} (test accuracy without dev rows)."""
+    s = summary
+    acc = s[(s["metric"] == "accuracy") & (s["method"] == "probe") & (s["control"].astype(str) == "False")
+            & (s["layer"].astype(str) != "")]
+    out = {}
+    for key, part in acc.groupby(GROUP):
+        on = part[part["split"] == "dev"]
+        on = on if len(on) else part[part["split"] == "test"]
+        out[key] = _int(on.loc[on["mean"].astype(float).idxmax(), "layer"])
+    return out
+
+
+def _test(metric, a, b, n_resamples, seed, W):
+    return paired_test(metric, a.sum(0), b.sum(0), n_resamples=n_resamples, seed=seed, weights=W)
+
+
+def _family(rows: list[dict]) -> list[dict]:
+    adj = holm([r["p"] for r in rows])
+    for r, p in zip(rows, adj):
+        r["p_holm"] = float(p)
+        r["significant"] = bool(p <= ALPHA)
+    return rows
+
+
+def layer_tests(summary, counts: dict, n_sentences: int, *, metrics=("accuracy", "pos_f1"),
+                n_resamples: int = N_RESAMPLES, seed: int = 0):
+    """Paired tests between layers (DataFrame: one row per comparison; ``comparison`` is ``vs_best`` or
+    ``adjacent``; ``diff`` = score(layer_a) - score(layer_b) with its sentence-bootstrap interval)."""
+    import pandas as pd
+
+    W = resample_weights(n_sentences, n_resamples, seed)
+    best = best_layers(summary)
+    rows: list[dict] = []
+    for key, b in sorted(best.items()):
+        layers = sorted(k[4] for k in counts if k[:4] == key)
+        for metric in metrics:
+            if b not in layers or metric not in counts[key + (b,)]:
+                continue
+            c = {layer: counts[key + (layer,)][metric] for layer in layers}
+            fam = [dict(zip(GROUP, key), metric=metric, comparison="vs_best", layer_a=layer, layer_b=b,
+                        **_test(metric, c[layer], c[b], n_resamples, seed, W)) for layer in layers if layer != b]
+            rows += _family(fam)
+            fam = [dict(zip(GROUP, key), metric=metric, comparison="adjacent", layer_a=hi, layer_b=lo,
+                        **_test(metric, c[hi], c[lo], n_resamples, seed, W)) for lo, hi in zip(layers, layers[1:])]
+            rows += _family(fam)
+    return pd.DataFrame(rows)
+
+
+def model_tests(counts_a: dict, counts_b: dict, best_a: dict, best_b: dict, n_sentences: int, *,
+                metrics=("accuracy", "pos_f1"), n_resamples: int = N_RESAMPLES, seed: int = 0, pairs=None):
+    """Paired tests of model A against model B on the same test words: at every layer both have, and best layer
+    against best layer (``comparison`` ``same_layer`` / ``best``; Holm within each model pair x task x metric).
+
+    ``pairs``: [(model_a, model_b)] to compare (default: every model of A against every other model of B).
+    """
+    import pandas as pd
+
+    W = resample_weights(n_sentences, n_resamples, seed)
+    groups_a = {k[:4] for k in counts_a}
+    groups_b = {k[:4] for k in counts_b}
+    rows: list[dict] = []
+    for ga in sorted(groups_a):
+        for gb in sorted(groups_b):
+            if ga[1:] != gb[1:] or ga[0] == gb[0] or (pairs is not None and (ga[0], gb[0]) not in pairs):
+                continue
+            for metric in metrics:
+                la = {k[4]: v[metric] for k, v in counts_a.items() if k[:4] == ga and metric in v}
+                lb = {k[4]: v[metric] for k, v in counts_b.items() if k[:4] == gb and metric in v}
+                if not la or not lb:
+                    continue
+                base = dict(model=ga[0], model_b=gb[0], task=ga[1], probe=ga[2], pooling=ga[3], metric=metric)
+                fam = [dict(base, comparison="same_layer", layer_a=layer, layer_b=layer,
+                            **_test(metric, la[layer], lb[layer], n_resamples, seed, W)) for layer in sorted(la)
+                       if layer in lb]
+                if ga in best_a and gb in best_b and best_a[ga] in la and best_b[gb] in lb:
+                    fam.append(dict(base, comparison="best", layer_a=best_a[ga], layer_b=best_b[gb],
+                                    **_test(metric, la[best_a[ga]], lb[best_b[gb]], n_resamples, seed, W)))
+                rows += _family(fam)
+    return pd.DataFrame(rows)
+
+
+def describe(tests) -> list[str]:
+    """One sentence per family of tests: which differences are significant after Holm's correction."""
+    if tests is None or len(tests) == 0:
+        return []
+    out = []
+    keys = [k for k in ("model", "model_b", "task", "probe", "pooling", "metric", "comparison") if k in tests]
+    for key, part in tests.groupby(keys, sort=True):
+        d = dict(zip(keys, key))
+        who = f"{d['model']} {d['task']} ({d['probe']}, {d['pooling']}) {d['metric']}"
+        sig = part[part["significant"]]
+        non = part[~part["significant"]]
+
+        def pairs(p):
+            return ", ".join(f"{a}-{b} {100 * x:+.2f} pts [{100 * lo:+.2f}, {100 * hi:+.2f}]"
+                             for a, b, x, lo, hi in zip(p["layer_a"], p["layer_b"], p["diff"], p["lo"], p["hi"]))
+        if d["comparison"] == "vs_best":
+            b = int(part["layer_b"].iloc[0])
+            tied = sorted(int(x) for x in non["layer_a"])
+            out.append(f"{who}: best layer {b} (on dev); " + (
+                f"not significantly different from layer(s) {tied} (Holm, alpha {ALPHA})" if tied else
+                "significantly better than every other layer (Holm, alpha 0.05)") + ".")
+        elif d["comparison"] == "adjacent":
+            out.append(f"{who}: adjacent layers significantly different: {pairs(sig) or 'none'}; "
+                       f"not significant: {pairs(non) or 'none'}.")
+        else:
+            out.append(f"{who} vs {d['model_b']} ({d['comparison']}): significant: {pairs(sig) or 'none'}; "
+                       f"not significant: {pairs(non) or 'none'}.")
+    return out
