@@ -109,3 +109,23 @@ def test_compare_refuses_different_test_sets(tmp_path):
             {"data": {"test": {"file": f"/x/{name}", "sha256": "abc", "limit": limit}}}))
     with pytest.raises(DataError, match="different test sets"):
         analysis.compare(tmp_path / "a", tmp_path / "b")
+
+
+def test_predictions_round_trip(tmp_path):
+    from probekit.data.conllu_io import Sentence
+    from probekit.results import predictions
+
+    sents = [Sentence.from_words(["I", "did", "n't"], sent_id="a"), Sentence.from_words(["Go", "."], sent_id="b")]
+    mask = np.array([0, 1, 2, 3])  # the first four words are labelled
+    items = predictions.item_index(sents, mask, "word")
+    assert items["sentence"].tolist() == [0, 0, 0, 1] and items["word_index"].tolist() == [0, 1, 2, 0]
+    predictions.save_layer(tmp_path, "k", gold=[0, 1, 1, 0], pred=[0, 1, 0, 0], proba=[0.9, 0.8, 0.6, 0.7],
+                           items=items, model="m", task="aux_verb", probe="linear", pooling="first", seed=0, layer=2)
+    recs = predictions.gather(tmp_path, ["k", "missing"])
+    assert len(recs) == 1 and recs[0]["layer"] == 2 and recs[0]["model"] == "m"
+    predictions.write_predictions(tmp_path / predictions.FILE, recs, sents, analysis.labels_of)
+    df = predictions.read_predictions(tmp_path)
+    assert df["word"].tolist() == ["I", "did", "n't", "Go"] and df["sentence_id"].tolist() == ["a", "a", "a", "b"]
+    assert df["predicted"].tolist() == ["not_aux", "aux", "not_aux", "not_aux"]
+    with pytest.raises(DataError, match="no saved predictions"):
+        predictions.read_predictions(tmp_path / "nowhere")

@@ -69,11 +69,12 @@ def write_predictions(path: Path, records: list[dict], test_sentences, labels_of
     import pandas as pd
 
     sent_ids = np.array([s.sent_id for s in test_sentences], dtype=object)
+    flat = np.array([w for s in test_sentences for w in s.words] + [""], dtype=object)  # last: sentence tasks
+    start = np.concatenate([[0], np.cumsum([len(s) for s in test_sentences])])
     frames = []
     for r in records:
         labels = np.array(labels_of(r["task"]), dtype=object)
-        words = np.array([test_sentences[s].words[w] if w >= 0 else "" for s, w in
-                          zip(r["sentence"].tolist(), r["word_index"].tolist())], dtype=object)
+        words = flat[np.where(r["word_index"] >= 0, start[r["sentence"]] + r["word_index"], -1)]
         frames.append(pd.DataFrame({
             "model": r["model"], "task": r["task"], "probe": r["probe"], "pooling": r["pooling"], "seed": r["seed"],
             "layer": r["layer"], "sentence_id": sent_ids[r["sentence"]], "sentence": r["sentence"],
