@@ -129,3 +129,17 @@ def test_predictions_round_trip(tmp_path):
     assert df["predicted"].tolist() == ["not_aux", "aux", "not_aux", "not_aux"]
     with pytest.raises(DataError, match="no saved predictions"):
         predictions.read_predictions(tmp_path / "nowhere")
+
+
+def test_band_and_confusion_figures(tmp_path):
+    from probekit.report.significance_figures import confusion_matrix, sentence_bands
+
+    pred = _pred({0: 0.6, 1: 0.9, 2: 0.9})
+    counts, n = sentence_stats.counts_table(pred, analysis.labels_of)
+    s = sentence_stats.add_intervals(_summary(pred, dev_best=1), counts, n)
+    tests = sentence_stats.layer_tests(s, counts, n, metrics=("accuracy",))
+    out = sentence_bands(s, tests, tmp_path / "bands", ("png",))
+    (key, m), = error_analysis.confusions(pred[pred["layer"] == 1]).items()
+    out += confusion_matrix(m, "m aux_verb, layer 1", tmp_path / "confusion", ("png",))
+    assert [p.name for p in out] == ["bands.png", "confusion.png"] and all(p.stat().st_size > 1000 for p in out)
+    assert sentence_bands(s.drop(columns=["sent_lo", "sent_hi"]), tests, tmp_path / "none", ("png",)) == []
