@@ -4,7 +4,8 @@ error analysis.
 :func:`analyse` (called by the runner) gathers the units' saved test predictions and writes, under
 ``results/<experiment>/``:
 
-* ``predictions.csv.gz``: every test item's gold and predicted label, per model, task, probe, pooling, layer, seed;
+* ``predictions.csv.gz``: every test item's gold and predicted label, per model, task, probe, pooling and layer, of
+  the first seed (the linear probe's seeds fit alike; 3 seeds would triple the file and the time to write it);
 * ``significance.csv`` / ``significance.md``: paired tests between layers and between each model and its
   random-weights twin (:mod:`probekit.results.sentence_stats`), and the same in words;
 * ``errors/per_label.csv``, ``errors/confusion/<model>__<task>__<probe>__<pooling>__L<layer>.csv``,
@@ -50,7 +51,10 @@ def analyse(folder: Path, unit_keys, data: dict, tasks, summary):
     if not records:
         log.info("%s: no saved test predictions; no sentence intervals or significance tests", folder)
         return summary
-    predictions.write_predictions(folder / predictions.FILE, records, data["test"], labels_of)
+    counts, n_sent = sentence_stats.counts_from_records(records, labels_of)
+    first = min(r["seed"] for r in records)  # the error analysis and the intervals read the first seed
+    predictions.write_predictions(folder / predictions.FILE, [r for r in records if r["seed"] == first], data["test"],
+                                  labels_of)
     pred = predictions.read_predictions(folder)
     errors = folder / "errors"
     write_csv(error_analysis.per_label(pred), errors / "per_label.csv")
@@ -65,13 +69,12 @@ def analyse(folder: Path, unit_keys, data: dict, tasks, summary):
             wm.append({"task": task.name, "metric": metric, "value": value})
     write_csv(error_analysis.by_word_type(pred, counts), errors / "by_word_type.csv")
     write_csv(pd.DataFrame(wm, columns=["task", "metric", "value"]), errors / "word_majority.csv")
-    return _summary_and_tests(folder, summary, pred)
+    return _summary_and_tests(folder, summary, counts, n_sent)
 
 
-def _summary_and_tests(folder: Path, summary, pred):
+def _summary_and_tests(folder: Path, summary, counts: dict, n_sent: int):
     import pandas as pd
 
-    counts, n_sent = sentence_stats.counts_table(pred, labels_of)
     summary = sentence_stats.add_intervals(summary, counts, n_sent)
     summary = _with_word_majority(folder, summary)
     best = sentence_stats.best_layers(summary)
@@ -111,7 +114,8 @@ def from_folder(folder, summary):
     folder = Path(folder)
     if not (folder / predictions.FILE).is_file():
         return summary
-    return _summary_and_tests(folder, summary, predictions.read_predictions(folder))
+    counts, n_sent = sentence_stats.counts_table(predictions.read_predictions(folder), labels_of)
+    return _summary_and_tests(folder, summary, counts, n_sent)
 
 
 def _test_set(folder: Path) -> dict:

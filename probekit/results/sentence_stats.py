@@ -3,24 +3,25 @@
 Reads the per-item predictions (:mod:`probekit.results.predictions`) and applies :mod:`probekit.results.significance`:
 
 * :func:`add_intervals`: ``sent_lo`` / ``sent_hi`` columns of the summary: the 95% sentence-bootstrap interval of every
-  test score of a probe (accuracy, macro-F1, positive-class F1; the mean over seeds on each resample).
+  test score of a probe (accuracy, macro-F1, positive-class F1) of the first seed (the linear probe's seeds fit
+  alike; the seeds' own spread is the summary's ``ci_lo`` / ``ci_hi``).
 * :func:`layer_tests`: per model x task x probe x pooling, each layer against the best layer (chosen on dev, as the
   best-layer table does) and each layer against the next one; Holm-adjusted within each family.
 * :func:`model_tests`: two models on the same test words, layer by layer and best layer against best layer.
 * :func:`describe`: the significant and non-significant differences in words.
 
-One set of resampled sentences (seeded) serves every score of a test set, so all intervals are paired. The paired
-tests compare the predictions summed over seeds (for accuracy exactly the mean over seeds).
+One set of resampled sentences (seeded) serves every score of a test set, so all intervals are paired; each
+prediction set's products with the resamples are computed once, however many tests it is in.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from probekit.errors import DataError
-from probekit.results.significance import (METRICS, bootstrap_interval, holm, paired_test, resample_weights,
-                                           sentence_counts)
+from probekit.results.significance import (METRICS, Products, bootstrap_interval, holm, paired_from_products,
+                                           resample_weights, sentence_counts, swap_matrix)
 
-__all__ = ["N_RESAMPLES", "ALPHA", "counts_table", "add_intervals", "best_layers", "layer_tests", "model_tests",
+__all__ = ["N_RESAMPLES", "ALPHA", "counts_table", "counts_from_records", "add_intervals", "best_layers", "layer_tests", "model_tests",
            "describe"]
 
 N_RESAMPLES = 1000
@@ -32,8 +33,13 @@ def _metrics_for(n_classes: int) -> tuple[str, ...]:
     return METRICS if n_classes == 2 else ("accuracy", "macro_f1")
 
 
+def _add(out: dict, key: tuple, gold, guess, sent, n_sent: int, n_classes: int) -> None:
+    out[key] = {m: sentence_counts(m, gold, guess, sent, n_sent, n_classes) for m in _metrics_for(n_classes)}
+
+
 def counts_table(pred, labels_of) -> tuple[dict, int]:
-    """{(model, task, probe, pooling, layer): {metric: [seed, sentence, k] counts}} and the number of test sentences.
+    """{(model, task, probe, pooling, layer): {metric: [sentence, k] counts}} of the first seed, and the number of
+    test sentences.
 
     Args:
         pred: the predictions DataFrame (:func:`probekit.results.predictions.read_predictions`).
@@ -43,16 +49,31 @@ def counts_table(pred, labels_of) -> tuple[dict, int]:
         raise DataError("No test predictions: the experiment's tasks have no test words.")
     n_sent = int(pred["sentence"].max()) + 1
     out: dict = {}
-    for key, part in pred.groupby(GROUP + ["layer", "seed"], sort=True):
-        labels = list(labels_of(key[1]))
+    for task, tpart in pred.groupby("task", sort=True):
+        labels = list(labels_of(task))
         index = {lab: i for i, lab in enumerate(labels)}
-        gold = part["gold"].map(index).to_numpy()
-        guess = part["predicted"].map(index).to_numpy()
-        sent = part["sentence"].to_numpy()
-        slot = out.setdefault(key[:5], {})
-        for metric in _metrics_for(len(labels)):
-            slot.setdefault(metric, []).append(sentence_counts(metric, gold, guess, sent, n_sent, len(labels)))
-    return {k: {m: np.stack(v) for m, v in d.items()} for k, d in out.items()}, n_sent
+        tpart = tpart.assign(_g=tpart["gold"].map(index), _p=tpart["predicted"].map(index))
+        for key, part in tpart.groupby(GROUP + ["layer"], sort=True):
+            part = part[part["seed"] == part["seed"].min()]
+            _add(out, key[:4] + (int(key[4]),), part["_g"].to_numpy(), part["_p"].to_numpy(),
+                 part["sentence"].to_numpy(), n_sent, len(labels))
+    return out, n_sent
+
+
+def counts_from_records(records: list[dict], labels_of) -> tuple[dict, int]:
+    """:func:`counts_table` from :func:`probekit.results.predictions.gather`'s records (no DataFrame)."""
+    if not records:
+        raise DataError("No test predictions: the experiment's tasks have no test words.")
+    first: dict = {}
+    for r in records:
+        key = tuple(r[k] for k in GROUP) + (r["layer"],)
+        if key not in first or r["seed"] < first[key]["seed"]:
+            first[key] = r
+    out: dict = {}
+    n_sent = max(r["n_sentences"] for r in records)
+    for key, r in sorted(first.items()):
+        _add(out, key, r["gold"], r["pred"], r["sentence"], n_sent, len(labels_of(key[1])))
+    return out, n_sent
 
 
 def add_intervals(summary, counts: dict, n_sentences: int, *, n_resamples: int = N_RESAMPLES, seed: int = 0,
@@ -89,8 +110,22 @@ def best_layers(summary) -> dict:
     return out
 
 
-def _test(metric, a, b, n_resamples, seed, W):
-    return paired_test(metric, a.sum(0), b.sum(0), n_resamples=n_resamples, seed=seed, weights=W)
+class _Tests:
+    """The swap matrix and resample weights of one test set, and each prediction set's products with them."""
+
+    def __init__(self, n_sentences: int, n_resamples: int, seed: int):
+        self.Z = swap_matrix(n_sentences, n_resamples, seed)
+        self.W = resample_weights(n_sentences, n_resamples, seed)
+        self.cache: dict = {}
+
+    def __call__(self, metric: str, a, b) -> dict:
+        return paired_from_products(metric, self._products(a), self._products(b))
+
+    def _products(self, counts):
+        hit = self.cache.get(id(counts))
+        if hit is None:
+            hit = self.cache[id(counts)] = (Products(counts, self.Z, self.W), counts)  # keeps counts alive
+        return hit[0]
 
 
 def _family(rows: list[dict]) -> list[dict]:
@@ -107,7 +142,7 @@ def layer_tests(summary, counts: dict, n_sentences: int, *, metrics=("accuracy",
     ``adjacent``; ``diff`` = score(layer_a) - score(layer_b) with its sentence-bootstrap interval)."""
     import pandas as pd
 
-    W = resample_weights(n_sentences, n_resamples, seed)
+    test = _Tests(n_sentences, n_resamples, seed)
     best = best_layers(summary)
     rows: list[dict] = []
     for key, b in sorted(best.items()):
@@ -117,10 +152,10 @@ def layer_tests(summary, counts: dict, n_sentences: int, *, metrics=("accuracy",
                 continue
             c = {layer: counts[key + (layer,)][metric] for layer in layers}
             fam = [dict(zip(GROUP, key), metric=metric, comparison="vs_best", layer_a=layer, layer_b=b,
-                        **_test(metric, c[layer], c[b], n_resamples, seed, W)) for layer in layers if layer != b]
+                        **test(metric, c[layer], c[b])) for layer in layers if layer != b]
             rows += _family(fam)
             fam = [dict(zip(GROUP, key), metric=metric, comparison="adjacent", layer_a=hi, layer_b=lo,
-                        **_test(metric, c[hi], c[lo], n_resamples, seed, W)) for lo, hi in zip(layers, layers[1:])]
+                        **test(metric, c[hi], c[lo])) for lo, hi in zip(layers, layers[1:])]
             rows += _family(fam)
     return pd.DataFrame(rows)
 
@@ -134,7 +169,7 @@ def model_tests(counts_a: dict, counts_b: dict, best_a: dict, best_b: dict, n_se
     """
     import pandas as pd
 
-    W = resample_weights(n_sentences, n_resamples, seed)
+    test = _Tests(n_sentences, n_resamples, seed)
     groups_a = {k[:4] for k in counts_a}
     groups_b = {k[:4] for k in counts_b}
     rows: list[dict] = []
@@ -149,11 +184,11 @@ def model_tests(counts_a: dict, counts_b: dict, best_a: dict, best_b: dict, n_se
                     continue
                 base = dict(model=ga[0], model_b=gb[0], task=ga[1], probe=ga[2], pooling=ga[3], metric=metric)
                 fam = [dict(base, comparison="same_layer", layer_a=layer, layer_b=layer,
-                            **_test(metric, la[layer], lb[layer], n_resamples, seed, W)) for layer in sorted(la)
+                            **test(metric, la[layer], lb[layer])) for layer in sorted(la)
                        if layer in lb]
                 if ga in best_a and gb in best_b and best_a[ga] in la and best_b[gb] in lb:
                     fam.append(dict(base, comparison="best", layer_a=best_a[ga], layer_b=best_b[gb],
-                                    **_test(metric, la[best_a[ga]], lb[best_b[gb]], n_resamples, seed, W)))
+                                    **test(metric, la[best_a[ga]], lb[best_b[gb]])))
                 rows += _family(fam)
     return pd.DataFrame(rows)
 

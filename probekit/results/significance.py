@@ -24,7 +24,7 @@ import numpy as np
 from probekit.errors import ConfigError, DataError
 
 __all__ = ["METRICS", "MIN_RESAMPLES", "sentence_counts", "score", "resample_weights", "bootstrap_interval",
-           "paired_test", "holm"]
+           "swap_matrix", "paired_test", "Products", "paired_from_products", "holm"]
 
 METRICS = ("accuracy", "macro_f1", "pos_f1")
 #: Fewer resamples give percentile intervals whose ends move by more than their own width between seeds.
@@ -114,9 +114,17 @@ def bootstrap_interval(metric: str, counts: np.ndarray, weights: np.ndarray, con
     if counts.shape[1] != weights.shape[1]:
         raise DataError(f"counts cover {counts.shape[1]} sentences but the resample weights {weights.shape[1]}.")
     point = float(score(metric, counts.sum(1)).mean())
-    boot = score(metric, np.einsum("bs,psk->pbk", weights, counts)).mean(0)
+    if all(np.array_equal(counts[0], c) for c in counts[1:]):
+        counts = counts[:1]  # seeds that predict alike (the linear probe): one product
+    boot = np.mean([score(metric, weights @ c) for c in counts], axis=0)
     lo, hi = np.quantile(boot, [(1 - confidence) / 2, (1 + confidence) / 2])
     return point, float(lo), float(hi)
+
+
+def swap_matrix(n_sentences: int, n_resamples: int = 1000, seed: int = 0) -> np.ndarray:
+    """``[n_resamples, n_sentences]`` 0/1: which sentences a permutation of :func:`paired_test` swaps."""
+    n_resamples = _check_resamples(n_resamples)
+    return np.random.default_rng(seed).integers(0, 2, size=(n_resamples, n_sentences)).astype(np.float64)
 
 
 def paired_test(metric: str, a: np.ndarray, b: np.ndarray, *, n_resamples: int = 1000, seed: int = 0,
@@ -132,23 +140,38 @@ def paired_test(metric: str, a: np.ndarray, b: np.ndarray, *, n_resamples: int =
         bootstrap, "p": two-sided permutation p-value}``. The p-value is scipy's randomised two-sided definition
         ``min(1, 2 * min(P(null >= obs), P(null <= obs)))`` with ``P = (hits + 1) / (n_resamples + 1)``.
     """
-    n_resamples = _check_resamples(n_resamples)
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
         raise DataError(f"A paired test needs the same test sentences on both sides, got counts {a.shape} and "
                         f"{b.shape}.")
-    obs = float(score(metric, a.sum(0)) - score(metric, b.sum(0)))
-    rng = np.random.default_rng(seed)
-    swap = rng.integers(0, 2, size=(n_resamples, a.shape[0])).astype(np.float64)
-    delta = b - a
-    ta, tb = a.sum(0) + swap @ delta, b.sum(0) - swap @ delta
+    Z = swap_matrix(a.shape[0], n_resamples, seed)
+    W = resample_weights(a.shape[0], n_resamples, seed) if weights is None else weights
+    return paired_from_products(metric, Products(a, Z, W), Products(b, Z, W), confidence)
+
+
+class Products:
+    """A prediction set's summed counts and their products with a swap matrix and resample weights, computed once
+    and shared by every test the set is in (a layer is compared with the best and with both neighbours)."""
+
+    def __init__(self, counts: np.ndarray, swap: np.ndarray, weights: np.ndarray):
+        counts = np.asarray(counts, dtype=np.float64)
+        self.total = counts.sum(0)
+        self.swapped = swap @ counts  # [resample, k]
+        self.boot = weights @ counts  # [resample, k]
+
+
+def paired_from_products(metric: str, a: Products, b: Products, confidence: float = 0.95) -> dict:
+    """:func:`paired_test` from precomputed :class:`Products` (same swap matrix and weights on both sides)."""
+    obs = float(score(metric, a.total) - score(metric, b.total))
+    # a permutation gives A's counts of the swapped sentences to B and B's to A
+    ta = a.total - a.swapped + b.swapped
+    tb = b.total - b.swapped + a.swapped
     null = score(metric, ta) - score(metric, tb)
+    n = null.shape[0]
     eps = 1e-12 * max(1.0, abs(obs))  # scipy's tolerance for ties with the observed statistic
-    greater = (np.count_nonzero(null >= obs - eps) + 1) / (n_resamples + 1)
-    less = (np.count_nonzero(null <= obs + eps) + 1) / (n_resamples + 1)
-    if weights is None:
-        weights = resample_weights(a.shape[0], n_resamples, seed)
-    boot = score(metric, weights @ a) - score(metric, weights @ b)
+    greater = (np.count_nonzero(null >= obs - eps) + 1) / (n + 1)
+    less = (np.count_nonzero(null <= obs + eps) + 1) / (n + 1)
+    boot = score(metric, a.boot) - score(metric, b.boot)
     lo, hi = np.quantile(boot, [(1 - confidence) / 2, (1 + confidence) / 2])
     return {"diff": obs, "lo": float(lo), "hi": float(hi), "p": float(min(1.0, 2 * min(greater, less)))}
 
