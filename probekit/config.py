@@ -64,7 +64,8 @@ class ExperimentConfig:
                                               "evaluation always use the whole splits.")
     train_sentences: int | None = _help(None, "Use a fixed random sample (seed 0) of this many train sentences: "
                                               "only they are extracted and probed, which cuts the cost of a study "
-                                              "that trains on part of train; null = all.")
+                                              "that trains on part of train; null = all. (baselines.train_sentences "
+                                              "draws with the same rule, seeded per run.)")
     mdl_max_examples: int | None = _help(10000, "MDL uses at most this many training items (seeded sample); "
                                                 "null = all.")
     random_baseline: bool = _help(True, "Also probe each model with re-initialised weights (NAME@random).")

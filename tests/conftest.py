@@ -33,6 +33,19 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+#: A hand-written CoNLL-U fixture (16 sentences, 121 words; not treebank data): tests that need gold-style
+#: sentences but not the treebank itself read it, so that they run without ``shared/data``.
+MINI_CONLLU = Path(__file__).resolve().parent / "data" / "mini.conllu"
+
+
+@pytest.fixture(scope="session")
+def mini_sents():
+    """The 16 sentences of ``tests/data/mini.conllu`` as ``Sentence`` records."""
+    from probekit.data.conllu_io import read_conllu
+
+    return read_conllu(MINI_CONLLU)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The folder holding ``ud/UD_English-EWT/*.conllu`` (fails clearly when it is missing)."""

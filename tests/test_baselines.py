@@ -362,6 +362,27 @@ def test_train_subsample_and_non_binary_task(tiny_bert):
     assert {r["metric"] for r in rows} == {"accuracy", "macro_f1"}  # no pos_f1 for 17 classes
 
 
+def test_one_sampling_rule_for_the_experiment_and_the_baselines(tmp_path, data_dir):
+    """train_sentences is drawn by data.sampling.sample_sentences for both: the experiment's fixed sample (seed
+    TRAIN_SAMPLE_SEED) and the baselines' per-seed sample are the very samples the two older copies drew."""
+    from probekit.config import ExperimentConfig
+    from probekit.data.sampling import sample_sentences
+    from probekit.runner.experiment import TRAIN_SAMPLE_SEED, load_data
+
+    def old_draw(n_total, n, seed):  # the formula both copies used before they were merged
+        return list(np.sort(np.random.default_rng(seed).choice(n_total, n, replace=False)))
+
+    cfg = ExperimentConfig(name="s", models=["minilm"], tasks=["aux_verb"], data_dir=str(data_dir),
+                           limit={"train": 60, "dev": 5, "test": 5}, results_dir=str(tmp_path))
+    full = load_data(cfg)[0]["train"]
+    sampled = load_data(cfg.replace(train_sentences=25))[0]["train"]
+    assert sampled == sample_sentences(full, 25, TRAIN_SAMPLE_SEED)
+    assert [s.sent_id for s in sampled] == [full[i].sent_id for i in old_draw(len(full), 25, TRAIN_SAMPLE_SEED)]
+    for seed in (0, 3):
+        assert btrain.subsample(full, 25, seed) == [full[i] for i in old_draw(len(full), 25, [seed, 7919])]
+    assert sample_sentences(full, None, 0) == full and sample_sentences(full, 60, 0) == full
+
+
 def test_lightweight_training_changes_only_the_method_weights(tiny_bert):
     cfg = quick_config(epochs=2, lr=5e-2).resolved("lora")
     model = copy.deepcopy(tiny_bert.model)

@@ -412,10 +412,10 @@ def test_damaged_run_log_does_not_fail_a_finished_run(garbage, tmp_path):
 
 
 def test_damaged_baseline_run_file_is_redone(tmp_path):
-    from probekit.baselines.train import _read_run
+    from probekit.baselines.records import read_run
 
     (tmp_path / "run.json").write_bytes(b"\xff\xfe garbage")
-    assert _read_run(tmp_path / "run.json") is None
+    assert read_run(tmp_path / "run.json") is None
 
 
 def test_unit_keys_follow_content_not_location(tiny_bert_dir, ewt_dev, tmp_path):

@@ -52,7 +52,7 @@ def local_run(models, tmp_path_factory):
 
 
 def test_plan_before_running(models, tmp_path):
-    from probekit.runner.sweep import plan_sweep
+    from probekit.runner.sweep import describe_plan, plan_sweep
 
     cfg = _cfg(models, tmp_path / "results", tmp_path / "stores")
     plan = plan_sweep(cfg)
@@ -60,12 +60,12 @@ def test_plan_before_running(models, tmp_path):
     assert {(c.model, c.task, tuple(c.seeds)) for c in plan.cells} == {(str(m), t, tuple(SEEDS)) for m in models
                                                                       for t in TASKS}
     assert all(not c.done and len(c.units) == len(SEEDS) for c in plan.cells)
-    text = plan.describe(workers=2)
+    text = describe_plan(plan, workers=2)
     assert f"probe cells: {N_CELLS} total, 0 finished (skipped), {N_CELLS} to run" in text
     assert "time estimate: unknown" in text  # nothing measured in a fresh results folder
     # MLP probes: one cell per seed; unit keys are the runner's
-    from probekit.runner.experiment import plan_units
     from probekit.activations.models import fingerprint
+    from probekit.runner.experiment import plan_units
 
     plan2 = plan_sweep(cfg.replace(probes=["linear", "mlp1"]))
     mlp = [c for c in plan2.cells if c.method == "mlp1"]
@@ -86,21 +86,21 @@ def test_local_sweep_matches_runner_units(local_run):
     assert sorted(df["seed"].dropna().astype(int).unique()) == SEEDS
     assert (Path(res.folder) / "results.csv").is_file() and (Path(res.folder) / "summary.csv").is_file()
     # a second sweep computes nothing
-    from probekit.runner.sweep import plan_sweep
+    from probekit.runner.sweep import describe_plan, plan_sweep
 
     again = plan_sweep(cfg)
     assert all(c.done for c in again.cells)
-    assert "nothing to run" in again.describe()
+    assert "nothing to run" in describe_plan(again)
 
 
 def test_estimate_from_measured_runs(local_run, models):
     """A new experiment in the same results folder gets a time estimate from the finished units."""
-    from probekit.runner.sweep import plan_sweep
+    from probekit.runner.sweep import describe_plan, plan_sweep
 
     cfg, _, _ = local_run
     plan = plan_sweep(cfg.replace(name="sw_more", seeds=[0, 1, 2, 3]))
     assert all(c.estimate_s is not None and c.estimate_s > 0 for c in plan.cells)
-    text = plan.describe(workers=2)
+    text = describe_plan(plan, workers=2)
     assert "time estimate: ~" in text and "unknown" not in text
     assert "stores already extracted" in text
 
@@ -136,7 +136,6 @@ def test_ray_sweep_identical_to_local(local_run, models, tmp_path):
     assert a == b, "Ray and local sweeps gave different results tables"
 
 
-@pytest.mark.slow
 def _cli_sweep(models, cfg_local, tmp_path, *, workers: int, **popen):
     """`probekit sweep` in a subprocess: same stores as the local run (content-addressed: pure reuse), a fresh
     results folder. Returns (config, its runs folder, the process)."""
@@ -214,9 +213,54 @@ def test_baseline_cells_word_tasks_only_and_done_when_their_run_file_matches(mod
     monkeypatch.setattr(btrain, "run_baseline", fake_run)
     cfg = _cfg(models[:1], tmp_path / "results", tmp_path / "stores").replace(
         tasks=["aux_verb", "tense"], seeds=[0], baselines={"methods": ["lora"], "epochs": 1})
-    cells = [c for c in plan_sweep(cfg).cells if c.kind == "baseline"]
+    plan = plan_sweep(cfg)
+    cells = [c for c in plan.cells if c.kind == "baseline"]
     assert [(c.task, c.method, c.done) for c in cells] == [("aux_verb", "lora", False)]
-    cell = {"kind": "baseline", "model": cells[0].model, "task": "aux_verb", "method": "lora", "seeds": [0]}
-    assert run_baseline_cell(cfg.to_dict(), cell)["computed_units"] == 1
+    spec = plan.cell_spec(cells[0])
+    assert run_baseline_cell(spec).computed_units == 1
     assert [c.done for c in plan_sweep(cfg).cells if c.kind == "baseline"] == [True]
-    assert run_baseline_cell(cfg.to_dict(), cell)["computed_units"] == 0
+    assert run_baseline_cell(spec).computed_units == 0
+
+
+def test_cell_spec_is_frozen_and_survives_pickle(models, tmp_path):
+    """A worker gets a frozen CellSpec (as the process pool and Ray send it: pickled) holding the config object, not
+    a dict to rebuild; after the round trip it plans exactly the driver's unit keys."""
+    import dataclasses
+    import pickle
+
+    from probekit.runner.experiment import plan_units
+    from probekit.runner.sweep import CellSpec, ExtractionSpec, plan_sweep
+
+    plan = plan_sweep(_cfg(models, tmp_path / "results", tmp_path / "stores").replace(probes=["linear", "mlp1"]))
+    for cell in (plan.cells[0], next(c for c in plan.cells if c.method == "mlp1")):
+        spec = plan.cell_spec(cell)
+        back = pickle.loads(pickle.dumps(spec))
+        assert isinstance(back, CellSpec) and back == spec and back.config == plan.config
+        assert back.seeds == tuple(cell.seeds) and back.units == tuple(cell.units)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            back.seeds = (9,)
+        keys = {u.key for u in plan_units(back.config, back.model, back.model_fp, back.data_fp)
+                if (u.task, u.probe) == (back.task, back.method) and u.seed in back.seeds}
+        assert keys == set(cell.units)
+    ext = plan.extraction_spec(plan.models[0])
+    assert pickle.loads(pickle.dumps(ext)) == ext and isinstance(ext, ExtractionSpec)
+
+
+def test_model_names_and_control_cells_are_parsed_in_one_place():
+    """The typed helpers that replace `"@" in name` and `control.astype(str) == "True"`."""
+    import pandas as pd
+
+    from probekit.activations.models import ModelName
+    from probekit.errors import ModelError
+    from probekit.results.table import control_mask, is_control
+
+    m = ModelName.parse("minilm@random:3")
+    assert (m.base, m.random_seed, m.is_random, str(m)) == ("minilm", 3, True, "minilm@random:3")
+    assert ModelName.parse("minilm@random").random_seed == 0 and not ModelName.parse("org/name").is_random
+    assert ModelName.parse(ModelName.random_of("minilm")).base == "minilm"
+    with pytest.raises(ModelError, match="variant"):
+        ModelName.parse("minilm@randm")
+    df = pd.DataFrame({"control": [True, False, "True", "False", None]})
+    assert control_mask(df).tolist() == [True, False, True, False, False]
+    assert control_mask(df, False).tolist() == [False, True, False, True, False]
+    assert [is_control(v) for v in df["control"]] == control_mask(df).tolist()

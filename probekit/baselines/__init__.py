@@ -13,7 +13,10 @@ _LAZY = {
     "METHODS": "probekit.baselines.config",
     "run_baseline": "probekit.baselines.train",
     "run_baselines": "probekit.baselines.train",
-    "run_path": "probekit.baselines.train",
+    "run_path": "probekit.baselines.records",
+    "read_run": "probekit.baselines.records",
+    "write_run": "probekit.baselines.records",
+    "BaselineRun": "probekit.baselines.records",
     "word_metrics": "probekit.baselines.train",
     "run_config": "probekit.baselines.runner",
 }

@@ -8,10 +8,8 @@ positive class (label index 1).
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
-import re
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -19,8 +17,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 from probekit.baselines.config import BaselineConfig, check_method
-from probekit._io import atomic_write_bytes
+from probekit.baselines.records import BaselineRun, data_identity, finished_run, run_identity, run_path, write_run
 from probekit.data.conllu_io import Sentence
+from probekit.data.sampling import sample_sentences
 from probekit.errors import ConfigError, TaskError
 
 log = logging.getLogger(__name__)
@@ -33,8 +32,6 @@ def _row_keys() -> tuple[str, ...]:
 
 #: The columns of a result row: the shared schema of :mod:`probekit.results.table` plus ``train_seconds``.
 ROW_KEYS = _row_keys()
-
-RUN_FORMAT = 1
 
 
 # ----------------------------------------------------------------------------------------- metrics
@@ -65,11 +62,7 @@ def _device(device: str | None) -> str:
 
 def subsample(train: Sequence[Sentence], n: int | None, seed: int) -> list[Sentence]:
     """A seeded random subset of ``n`` sentences, kept in corpus order (the same for every method)."""
-    if n is None or n >= len(train):
-        return list(train)
-    rng = np.random.default_rng([seed, 7919])
-    idx = np.sort(rng.choice(len(train), size=n, replace=False))
-    return [train[i] for i in idx]
+    return sample_sentences(train, n, [seed, 7919])
 
 
 def predict(tagger, encoded, *, batch_size: int, pad_id: int, device: str) -> tuple[np.ndarray, np.ndarray,
@@ -215,9 +208,9 @@ def run_baseline(*, method: str, model_name: str, task, train: Sequence[Sentence
     """
     import torch
 
+    from probekit.activations.models import load_model
     from probekit.baselines.encode import encode_split
     from probekit.baselines.methods import build_method
-    from probekit.activations.models import load_model
     from probekit.tasks.base import get_task
 
     check_method(method)
@@ -294,15 +287,6 @@ def run_baseline(*, method: str, model_name: str, task, train: Sequence[Sentence
 
 # ----------------------------------------------------------------------------------------- many runs
 
-def _slug(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.@:-]+", "_", s).replace(":", "_").strip("_") or "model"
-
-
-def run_path(results_dir: str | Path, *, model: str, method: str, task: str, seed: int) -> Path:
-    """``results_dir/runs/baseline-<model>-<method>-<task>-seed<k>.json``."""
-    return Path(results_dir) / "runs" / f"baseline-{_slug(model)}-{method}-{task}-seed{seed}.json"
-
-
 def run_baselines(*, models: Sequence[str], tasks: Sequence[str], seeds: Sequence[int],
                   config: BaselineConfig | None = None, methods: Sequence[str] | None = None,
                   train: Sequence[Sentence] | None = None, dev: Sequence[Sentence] | None = None,
@@ -316,14 +300,14 @@ def run_baselines(*, models: Sequence[str], tasks: Sequence[str], seeds: Sequenc
     Splits not given are loaded with :func:`probekit.data.datasets.load_split` (``limit`` = max
     sentences per split, e.g. ``{"train": None, "dev": 500, "test": None}``).
 
-    Resuming: with ``results_dir`` each finished run is written atomically to
-    :func:`run_path`; a run whose file exists with the same settings is not run again (its rows
-    are read back). A file written with other settings is re-run and overwritten (logged).
+    Resuming: with ``results_dir`` each finished run is written atomically to its record
+    (:mod:`probekit.baselines.records`); a run whose record exists with the same settings is not run again (its
+    rows are read back). A record written with other settings is re-run and overwritten (logged).
     Keys ``(model, method, task, seed)`` in ``done`` are skipped without rows. ``on_rows`` is called
     with each run's key and rows as soon as it finishes.
     """
-    from probekit.data.datasets import load_split
     from probekit.activations.models import fingerprint, load_model
+    from probekit.data.datasets import load_split
     from probekit.tasks.base import get_task
 
     config = config or BaselineConfig()
@@ -354,12 +338,12 @@ def run_baselines(*, models: Sequence[str], tasks: Sequence[str], seeds: Sequenc
                     path = run_path(results_dir, model=model_name, method=method, task=task.name, seed=seed) \
                         if results_dir is not None else None
                     if path is not None and path.is_file():
-                        stored = _read_run(path)
-                        if stored is not None and stored.get("identity") == identity:
+                        stored = finished_run(path, identity)
+                        if stored is not None:
                             log.info("skip %s (finished: %s)", key, path.name)
-                            rows.extend(stored["rows"])
+                            rows.extend(stored.rows)
                             if on_rows:
-                                on_rows(key, stored["rows"])
+                                on_rows(key, stored.rows)
                             continue
                         log.warning("%s was written with other settings, data, weights or task version; running %s "
                                     "again", path, key)
@@ -372,41 +356,10 @@ def run_baselines(*, models: Sequence[str], tasks: Sequence[str], seeds: Sequenc
                                             dev=splits["dev"], test=splits["test"], seed=seed, config=config,
                                             device=device, experiment=experiment, loaded=loaded, info=info)
                     if path is not None:
-                        payload = {"format": RUN_FORMAT, "key": list(key), "identity": identity,
-                                   "n_sentences": _n_sentences(splits), "config": config.resolved(method).to_dict(),
-                                   "info": info, "rows": run_rows}
-                        path.parent.mkdir(parents=True, exist_ok=True)
-                        atomic_write_bytes(path, json.dumps(payload, indent=1, default=str).encode())
+                        write_run(path, BaselineRun(key=key, identity=identity, rows=run_rows,
+                                                    n_sentences={k: len(v) for k, v in splits.items()},
+                                                    config=config.resolved(method).to_dict(), info=info))
                     rows.extend(run_rows)
                     if on_rows:
                         on_rows(key, run_rows)
     return rows
-
-
-def data_identity(splits: dict) -> dict:
-    """The sentences a run is computed from: the corpus checksum of each split."""
-    from probekit.activations.extract import corpus_checksum
-
-    return {role: corpus_checksum(sents) for role, sents in splits.items()}
-
-
-def run_identity(fingerprint: str, data_id: dict, model_id: dict, task) -> dict:
-    """What a stored run's rows were computed from (settings, sentences, weights, task rule): a run file is reused only
-    when its ``identity`` equals this (run_baselines, and the sweep's plan)."""
-    return {"fingerprint": fingerprint, "data": data_id, "model": model_id, "task_version": task.version,
-            "labels": list(task.labels)}
-
-
-def _n_sentences(splits: dict) -> dict:
-    return {k: len(v) for k, v in splits.items()}
-
-
-def _read_run(path: Path) -> dict | None:
-    try:
-        d = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, ValueError) as e:  # ValueError covers JSONDecodeError and UnicodeDecodeError
-        log.warning("cannot read %s (%s); the run is done again", path, e)
-        return None
-    if not isinstance(d, dict) or d.get("format") != RUN_FORMAT or not isinstance(d.get("rows"), list):
-        return None
-    return d

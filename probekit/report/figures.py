@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from probekit.activations.models import ModelName
 from probekit.report.style import ONE_COLUMN, TWO_COLUMN, color, paper_style, save
+from probekit.results.table import control_mask
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,7 @@ def _majority(s, model, task):
 
 
 def _models(s):
-    models = sorted({m for m in s["model"].unique() if "@random" not in m})
+    models = sorted({m for m in s["model"].unique() if not ModelName.parse(m).is_random})
     return models or sorted(s["model"].unique())
 
 
@@ -80,7 +82,7 @@ def accuracy_by_layer(summary, stem: Path, formats=("pdf", "png"), *, probe="lin
                 x, m, lo, hi = c
                 ax.plot(x, m, marker="o", color=color(i), label=task)
                 ax.fill_between(x, lo, hi, color=color(i), alpha=0.2, linewidth=0)
-                r = _curve(s, model=f"{model}@random", task=task, probe=probe)
+                r = _curve(s, model=ModelName.random_of(model), task=task, probe=probe)
                 if r is not None:
                     ax.plot(r[0], r[1], linestyle=":", color=color(i), linewidth=1)
                 maj = _majority(s, model, task)
@@ -123,7 +125,7 @@ def task_report(summary, task: str, stem: Path, formats=("pdf", "png"), *, probe
     relative = len(set(depths.values())) > 1 and len(depths) == len(models)
 
     def xs(model, layers):
-        base = model.replace("@random", "")
+        base = ModelName.parse(model).base
         return layers / depths[base] if relative and base in depths else layers
 
     with paper_style() as plt:
@@ -141,9 +143,9 @@ def task_report(summary, task: str, stem: Path, formats=("pdf", "png"), *, probe
             if cc is not None:
                 ax.plot(xs(model, cc[0]), cc[1], color=col, linestyle="-.", label=f"{model} control task")
                 ax.fill_between(xs(model, cc[0]), cc[2], cc[3], color=col, alpha=0.12, linewidth=0)
-            r = _curve(s, model=f"{model}@random", task=task, probe=probe)
+            r = _curve(s, model=ModelName.random_of(model), task=task, probe=probe)
             if r is not None:
-                ax.plot(xs(model, r[0]), r[1], color=col, linestyle=":", label=f"{model}@random")
+                ax.plot(xs(model, r[0]), r[1], color=col, linestyle=":", label=ModelName.random_of(model))
             maj = _majority(s, model, task)
             if maj is not None and mi == 0:
                 ax.axhline(maj, color="grey", linestyle="--", linewidth=0.8, label="majority class")
@@ -158,7 +160,7 @@ def task_report(summary, task: str, stem: Path, formats=("pdf", "png"), *, probe
             if sel is not None:
                 axes[1].plot(xs(model, sel[0]), sel[1], marker="o", color=col)
                 axes[1].fill_between(xs(model, sel[0]), sel[2], sel[3], color=col, alpha=0.2, linewidth=0)
-            for mname, ls in ((model, "-"), (f"{model}@random", ":")):
+            for mname, ls in ((model, "-"), (ModelName.random_of(model), ":")):
                 md = _curve(s, model=mname, task=task, metric="mdl_codelength_kbits", probe=probe, split="train")
                 if md is not None:
                     axes[2].plot(xs(model, md[0]), md[1], marker="o" if ls == "-" else None, linestyle=ls, color=col)
@@ -268,14 +270,14 @@ def heatmap(summary, stem: Path, formats=("pdf", "png"), *, metric: str = "accur
 
     s = summary
     sel = s[(s["metric"] == metric) & (s["split"] == "test") & (s["probe"].astype(str) == probe)
-            & (s["control"].astype(str) == "False") & (s["method"].astype(str) == "probe")]
+            & control_mask(s, False) & (s["method"].astype(str) == "probe")]
     sel = sel[sel["layer"].astype(str) != ""]
     sel = sel[sel["layer"].notna()]
     if sel.empty:
         return []
     sel = sel.assign(layer=sel["layer"].astype(float).astype(int), mean=sel["mean"].astype(float))
     if models is None:
-        models = _models(sel) + sorted(m for m in sel["model"].unique() if "@random" in m and m not in _models(sel))
+        models = _models(sel) + sorted(m for m in set(sel["model"]) - set(_models(sel)) if ModelName.parse(m).is_random)
     models = [m for m in models if m in set(sel["model"])]
     if not models:
         return []
@@ -395,7 +397,7 @@ def baselines_vs_params(data, stem: Path, formats=("pdf", "png"), *, metric: str
                         "(results.csv plus the baselines' rows), not the summary.")
     d = d[(d["metric"] == metric) & (d["split"] == split)]
     if "control" in d:
-        d = d[d["control"].astype(str) != "True"]
+        d = d[~control_mask(d, True)]
     layer = pd.to_numeric(d["layer"], errors="coerce")
     tuning = d[d["method"].isin(TUNING_METHODS) & (layer.isna() | (layer < 0))]
     if tuning.empty:

@@ -11,19 +11,21 @@ from pathlib import Path
 
 import numpy as np
 
+from probekit.activations.models import ModelName
 from probekit.report.style import ONE_COLUMN, TWO_COLUMN, color, paper_style, save
 from probekit.results.analysis import confusion_file
 from probekit.results.sentence_stats import best_layers
+from probekit.results.table import control_mask
 
 __all__ = ["sentence_bands", "confusion_matrix", "significance_figures"]
 
 
 def sentence_bands(summary, tests, stem: Path, formats=("pdf", "png"), *, probe: str = "linear") -> list[Path]:
     s = summary[(summary["metric"] == "accuracy") & (summary["split"] == "test") & (summary["probe"] == probe)
-                & (summary["control"].astype(str) == "False") & (summary["layer"].astype(str) != "")]
+                & control_mask(summary, False) & (summary["layer"].astype(str) != "")]
     if "sent_lo" not in s or s["sent_lo"].isna().all():
         return []
-    models = sorted({m for m in s["model"].unique() if "@random" not in m}) or sorted(s["model"].unique())
+    models = sorted({m for m in s["model"].unique() if not ModelName.parse(m).is_random}) or sorted(s["model"].unique())
     vs_best = tests[(tests["comparison"] == "vs_best") & (tests["metric"] == "accuracy")] if len(tests) else tests
     with paper_style() as plt:
         fig, axes = plt.subplots(1, len(models), figsize=(ONE_COLUMN if len(models) == 1 else TWO_COLUMN, 2.4),
@@ -102,7 +104,7 @@ def significance_figures(folder: Path, summary, formats=("pdf", "png")) -> list[
         out += sentence_bands(summary, tests, folder / "figures" / "sentence_bands", formats)
     for (model, task, probe, pooling), layer in sorted(best_layers(summary).items()):
         path = folder / "errors" / "confusion" / confusion_file(model, task, probe, pooling, layer)
-        if probe == "linear" and "@random" not in model and path.is_file():
+        if probe == "linear" and not ModelName.parse(model).is_random and path.is_file():
             m = pd.read_csv(path, index_col=0)
             out += confusion_matrix(m, f"{model} {task}, layer {layer}",
                                     folder / "figures" / f"confusion_{model}_{task}", formats)

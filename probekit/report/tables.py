@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from probekit.results.table import control_mask
+
 KEYS = ["experiment", "model", "model_kind", "task", "level", "method", "probe", "control", "pooling", "layer",
         "n_layers", "split", "metric"]
 
@@ -16,8 +18,8 @@ def _derived_rows(df):
     parts = []
     for metric, name in (("accuracy", "selectivity"), ("pos_f1", "selectivity_f1")):
         sc = df[(df["metric"] == metric) & (df["split"] == "test") & (df["method"] == "probe") & df["layer"].notna()]
-        real = sc[sc["control"].astype(str) == "False"]
-        ctrl = sc[sc["control"].astype(str) == "True"]
+        real = sc[control_mask(sc, False)]
+        ctrl = sc[control_mask(sc, True)]
         if real.empty or ctrl.empty:
             continue
         on = ["model", "task", "probe", "pooling", "layer", "seed"]
@@ -47,7 +49,7 @@ def summarize(df, confidence: float = 0.95):
     # expected layer and centre of gravity from the mean test accuracy per layer
     extra = []
     acc = out[(out["metric"] == "accuracy") & (out["split"] == "test") & (out["method"] == "probe")
-              & (out["control"].astype(str) == "False") & (out["layer"] != "")]
+              & control_mask(out, False) & (out["layer"] != "")]
     maj = out[(out["probe"] == "majority") & (out["metric"] == "accuracy")]
     for (model, task, probe, pooling), part in acc.groupby(["model", "task", "probe", "pooling"]):
         part = part.sort_values("layer", key=lambda s: s.astype(int))
@@ -78,7 +80,7 @@ def best_layer_table(summary):
     import pandas as pd
 
     s = summary
-    probe_rows = s[(s["metric"] == "accuracy") & (s["method"] == "probe") & (s["control"].astype(str) == "False")
+    probe_rows = s[(s["metric"] == "accuracy") & (s["method"] == "probe") & control_mask(s, False)
                    & (s["layer"] != "")]
     acc = probe_rows[probe_rows["split"] == "test"]
     dev = probe_rows[probe_rows["split"] == "dev"]
@@ -144,7 +146,7 @@ def layer_table(summary, *, metric: str = "accuracy", probe: str = "linear", mod
     per pooling, ``task (pooling)``."""
     s = summary
     sel = s[(s["metric"] == metric) & (s["split"] == "test") & (s["probe"] == probe)
-            & (s["control"].astype(str) == "False") & (s["layer"] != "")]
+            & control_mask(s, False) & (s["layer"] != "")]
     if model is not None:
         sel = sel[sel["model"] == model]
     sel = task_row_labels(sel.assign(layer=sel["layer"].astype(int)))

@@ -21,6 +21,7 @@ import re
 from pathlib import Path
 
 from probekit._io import atomic_write_bytes
+from probekit.activations.models import ModelName
 from probekit.results import error_analysis, predictions, sentence_stats
 from probekit.results.table import write_csv
 
@@ -79,7 +80,7 @@ def _summary_and_tests(folder: Path, summary, counts: dict, n_sent: int):
     summary = _with_word_majority(folder, summary)
     best = sentence_stats.best_layers(summary)
     models = {k[0] for k in counts}
-    twins = [(m, f"{m}@random") for m in sorted(models) if f"{m}@random" in models]
+    twins = [(m, ModelName.random_of(m)) for m in sorted(models) if ModelName.random_of(m) in models]
     tests = pd.concat([sentence_stats.layer_tests(summary, counts, n_sent),
                        sentence_stats.model_tests(counts, counts, best, best, n_sent, pairs=twins)],
                       ignore_index=True)

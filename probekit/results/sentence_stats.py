@@ -20,6 +20,7 @@ import numpy as np
 from probekit.errors import DataError
 from probekit.results.significance import (METRICS, Products, bootstrap_interval, holm, paired_from_products,
                                            resample_weights, sentence_counts, swap_matrix)
+from probekit.results.table import control_mask
 
 __all__ = ["N_RESAMPLES", "ALPHA", "counts_table", "counts_from_records", "add_intervals", "best_layers", "layer_tests", "model_tests",
            "describe"]
@@ -83,7 +84,7 @@ def add_intervals(summary, counts: dict, n_sentences: int, *, n_resamples: int =
     lo = np.full(len(summary), np.nan)
     hi = np.full(len(summary), np.nan)
     s = summary
-    is_test = ((s["split"] == "test") & (s["method"] == "probe") & (s["control"].astype(str) == "False")
+    is_test = ((s["split"] == "test") & (s["method"] == "probe") & control_mask(s, False)
                & (s["layer"].astype(str) != "")).to_numpy()
     for i in np.flatnonzero(is_test):
         r = s.iloc[i]
@@ -100,7 +101,7 @@ def _int(v) -> int:
 def best_layers(summary) -> dict:
     """{(model, task, probe, pooling): layer with the highest mean dev accuracy} (test accuracy without dev rows)."""
     s = summary
-    acc = s[(s["metric"] == "accuracy") & (s["method"] == "probe") & (s["control"].astype(str) == "False")
+    acc = s[(s["metric"] == "accuracy") & (s["method"] == "probe") & control_mask(s, False)
             & (s["layer"].astype(str) != "")]
     out = {}
     for key, part in acc.groupby(GROUP):

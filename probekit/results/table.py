@@ -41,6 +41,18 @@ def row(**kw) -> dict:
     return out
 
 
+def is_control(value) -> bool:
+    """Whether a row's ``control`` cell marks a control-task row. The runner writes booleans; a table read back from
+    CSV may hold them as the text ``True``/``False`` (a column with empty cells), so the cell is compared as text."""
+    return str(value) == "True"
+
+
+def control_mask(frame, control: bool = True):
+    """Boolean Series: the rows of ``frame`` whose ``control`` cell is ``control`` (see :func:`is_control`; an empty
+    cell is neither)."""
+    return frame["control"].astype(str) == str(bool(control))
+
+
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict[str, float]:
     """accuracy, macro-F1 (over the classes present in gold or prediction) and, for binary tasks,
     the F1 of the positive class (class id 1)."""

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from probekit.activations.models import ModelName
 from probekit.config import ExperimentConfig
+from probekit.data.sampling import sample_sentences
 from probekit.errors import ConfigError, TaskError
 from probekit.probing.linear import check_finite
 from probekit.results import predictions
@@ -62,11 +64,9 @@ def load_data(cfg: ExperimentConfig) -> tuple[dict, dict]:
         sents = read_conllu(path, cache_dir=cache_root(), limit=limit)
         if not sents:
             raise DataError(f"{path}: the {role} split is empty (limit={limit}). Give a file with sentences.")
-        sample = cfg.train_sentences if role == "train" and cfg.train_sentences and \
-            len(sents) > cfg.train_sentences else None
-        if sample:
-            keep = np.sort(np.random.default_rng(TRAIN_SAMPLE_SEED).choice(len(sents), sample, replace=False))
-            sents = [sents[i] for i in keep]
+        sampled = sample_sentences(sents, cfg.train_sentences if role == "train" else None, TRAIN_SAMPLE_SEED)
+        sample = cfg.train_sentences if len(sampled) < len(sents) else None
+        sents = sampled
         data[role] = sents
         fp[role] = {"file": str(path), "sha256": sha256_file(path), "limit": limit, "n_sentences": len(sents),
                     "n_words": sum(len(s) for s in sents)}
@@ -86,7 +86,7 @@ def data_checksum(fp: dict) -> str:
 def model_list(cfg: ExperimentConfig) -> list[str]:
     models = list(cfg.models)
     if cfg.random_baseline:
-        models += [f"{m}@random" for m in cfg.models if "@" not in m]
+        models += [ModelName.random_of(m) for m in cfg.models if not ModelName.parse(m).is_random]
     return models
 
 
@@ -527,7 +527,7 @@ def run_config_baselines(cfg: ExperimentConfig, data: dict) -> list[dict]:
     word_tasks = [t for t in cfg.tasks if get_task(t).level == "word"]  # baselines tag words only
     if not word_tasks:
         return []
-    return run_baselines(models=[m for m in cfg.models if "@" not in m], tasks=word_tasks, seeds=list(cfg.seeds),
+    return run_baselines(models=[m for m in cfg.models if not ModelName.parse(m).is_random], tasks=word_tasks, seeds=list(cfg.seeds),
                          config=bcfg, train=data["train"], dev=data["dev"], test=data["test"],
                          results_dir=Path(cfg.results_dir) / cfg.name / "baselines", device=cfg.device,
                          experiment=cfg.name)
