@@ -143,3 +143,34 @@ def test_band_and_confusion_figures(tmp_path):
     out += confusion_matrix(m, "m aux_verb, layer 1", tmp_path / "confusion", ("png",))
     assert [p.name for p in out] == ["bands.png", "confusion.png"] and all(p.stat().st_size > 1000 for p in out)
     assert sentence_bands(s.drop(columns=["sent_lo", "sent_hi"]), tests, tmp_path / "none", ("png",)) == []
+
+
+def test_experiment_writes_the_rigour_files_and_compare_runs(tmp_path, tiny_bert_dir, data_dir, capsys):
+    """A tiny run writes predictions, intervals, significance and error files; `probekit compare` reads two runs."""
+    from probekit.cli import main
+    from probekit.config import ExperimentConfig
+    from probekit.report.build import build_report
+    from probekit.runner.experiment import run_experiment
+
+    cfg = dict(models=[str(tiny_bert_dir)], dataset="ud_ewt", data_dir=str(data_dir),
+               limit={"train": 40, "dev": 15, "test": 15}, tasks=["aux_verb", "upos"], seeds=[0], mdl=False,
+               random_baseline=False, store_dir=str(tmp_path / "stores"), results_dir=str(tmp_path / "results"),
+               figures=["png"])
+    res = run_experiment(ExperimentConfig(name="a", **cfg), progress=False)
+    f = res.folder
+    for name in ("predictions.csv.gz", "significance.csv", "significance.md", "errors/per_label.csv",
+                 "errors/by_word_type.csv", "errors/word_majority.csv", "figures/sentence_bands.png"):
+        assert (f / name).is_file(), name
+    s = pd.read_csv(f / "summary.csv")
+    acc = s[(s.metric == "accuracy") & (s.split == "test") & (s.probe == "linear") & ~s.control.astype(bool)]
+    assert acc.sent_lo.notna().all() and (acc.sent_lo <= acc["mean"] + 1e-12).all()
+    assert set(s[s.probe == "word_majority"].task) == {"aux_verb", "upos"}
+    assert "best layer" in (f / "significance.md").read_text()
+    assert "95% CI (sent.)" in "".join(p.read_text() for p in build_report(f, ("png",)) if p.suffix == ".md")
+    run_experiment(ExperimentConfig(name="b", **{**cfg, "seeds": [1]}), progress=False)
+    assert main(["compare", str(f), str(f.parent / "b")]) == 0
+    assert "vs" in capsys.readouterr().out
+    other = dict(cfg, limit={"train": 40, "dev": 15, "test": 16})
+    run_experiment(ExperimentConfig(name="c", **other), progress=False)
+    with pytest.raises(DataError, match="different test sets"):
+        analysis.compare(f, f.parent / "c")

@@ -3,7 +3,8 @@
 * ``sentence_bands``: test accuracy by layer, one panel per model, each task with its 95% sentence-bootstrap band;
   the best layer (chosen on dev) is a star, the layers *not* significantly worse than it (paired permutation test,
   Holm, alpha 0.05) are filled circles, the significantly worse ones hollow.
-* ``confusion_<model>_<task>``: the row-normalised confusion matrix of the best layer (the linear probe).
+* ``confusion_<model>__<task>__<probe>__<pooling>__L<layer>``: the row-normalised confusion matrix of the best
+  layer (linear probes of pretrained models).
 """
 from __future__ import annotations
 
@@ -107,5 +108,6 @@ def significance_figures(folder: Path, summary, formats=("pdf", "png")) -> list[
         if probe == "linear" and not ModelName.parse(model).is_random and path.is_file():
             m = pd.read_csv(path, index_col=0)
             out += confusion_matrix(m, f"{model} {task}, layer {layer}",
-                                    folder / "figures" / f"confusion_{model}_{task}", formats)
+                                    folder / "figures" / ("confusion_" + confusion_file(model, task, probe, pooling,
+                                                                                          layer)[:-4]), formats)
     return out

@@ -61,14 +61,14 @@ def analyse(folder: Path, unit_keys, data: dict, tasks, summary):
     write_csv(error_analysis.per_label(pred), errors / "per_label.csv")
     for key, m in error_analysis.confusions(pred).items():
         atomic_write_bytes(errors / "confusion" / confusion_file(*key), m.to_csv().encode())
-    counts, wm = {}, []
+    type_counts, wm = {}, []
     for task in tasks:
         if task.level != "word":
             continue
-        counts[task.name], best, majority = error_analysis.train_word_stats(data["train"], task)
+        type_counts[task.name], best, majority = error_analysis.train_word_stats(data["train"], task)
         for metric, value in error_analysis.word_majority(data["test"], task, best, majority).items():
             wm.append({"task": task.name, "metric": metric, "value": value})
-    write_csv(error_analysis.by_word_type(pred, counts), errors / "by_word_type.csv")
+    write_csv(error_analysis.by_word_type(pred, type_counts), errors / "by_word_type.csv")
     write_csv(pd.DataFrame(wm, columns=["task", "metric", "value"]), errors / "word_majority.csv")
     return _summary_and_tests(folder, summary, counts, n_sent)
 

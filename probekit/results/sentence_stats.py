@@ -163,10 +163,12 @@ def layer_tests(summary, counts: dict, n_sentences: int, *, metrics=("accuracy",
 
 def model_tests(counts_a: dict, counts_b: dict, best_a: dict, best_b: dict, n_sentences: int, *,
                 metrics=("accuracy", "pos_f1"), n_resamples: int = N_RESAMPLES, seed: int = 0, pairs=None):
-    """Paired tests of model A against model B on the same test words: at every layer both have, and best layer
-    against best layer (``comparison`` ``same_layer`` / ``best``; Holm within each model pair x task x metric).
+    """Paired tests of A's probes against B's on the same test words: at every layer both have, and best layer
+    against best layer (``comparison`` ``same_layer`` / ``best``; Holm within each pair x task x metric).
 
-    ``pairs``: [(model_a, model_b)] to compare (default: every model of A against every other model of B).
+    Two experiments (``counts_a`` is not ``counts_b``): every probe of A against every probe of B on the same task
+    (also the same model name: the experiments differ in something else). One experiment: different models with the
+    same probe and pooling. ``pairs``: [(model_a, model_b)] to keep (default: all).
     """
     import pandas as pd
 
@@ -176,14 +178,17 @@ def model_tests(counts_a: dict, counts_b: dict, best_a: dict, best_b: dict, n_se
     rows: list[dict] = []
     for ga in sorted(groups_a):
         for gb in sorted(groups_b):
-            if ga[1:] != gb[1:] or ga[0] == gb[0] or (pairs is not None and (ga[0], gb[0]) not in pairs):
+            if ga[1] != gb[1] or (pairs is not None and (ga[0], gb[0]) not in pairs):
+                continue
+            if counts_a is counts_b and (ga == gb or ga[2:] != gb[2:]):  # one experiment: model against model
                 continue
             for metric in metrics:
                 la = {k[4]: v[metric] for k, v in counts_a.items() if k[:4] == ga and metric in v}
                 lb = {k[4]: v[metric] for k, v in counts_b.items() if k[:4] == gb and metric in v}
                 if not la or not lb:
                     continue
-                base = dict(model=ga[0], model_b=gb[0], task=ga[1], probe=ga[2], pooling=ga[3], metric=metric)
+                base = dict(model=ga[0], model_b=gb[0], task=ga[1], probe=ga[2], pooling=ga[3], probe_b=gb[2],
+                            pooling_b=gb[3], metric=metric)
                 fam = [dict(base, comparison="same_layer", layer_a=layer, layer_b=layer,
                             **test(metric, la[layer], lb[layer])) for layer in sorted(la)
                        if layer in lb]
@@ -199,7 +204,8 @@ def describe(tests) -> list[str]:
     if tests is None or len(tests) == 0:
         return []
     out = []
-    keys = [k for k in ("model", "model_b", "task", "probe", "pooling", "metric", "comparison") if k in tests]
+    keys = [k for k in ("model", "model_b", "task", "probe", "pooling", "probe_b", "pooling_b", "metric", "comparison")
+            if k in tests]
     for key, part in tests.groupby(keys, sort=True):
         d = dict(zip(keys, key))
         who = f"{d['model']} {d['task']} ({d['probe']}, {d['pooling']}) {d['metric']}"
@@ -219,6 +225,7 @@ def describe(tests) -> list[str]:
             out.append(f"{who}: adjacent layers significantly different: {pairs(sig) or 'none'}; "
                        f"not significant: {pairs(non) or 'none'}.")
         else:
-            out.append(f"{who} vs {d['model_b']} ({d['comparison']}): significant: {pairs(sig) or 'none'}; "
+            other = f"{d['model_b']} ({d['probe_b']}, {d['pooling_b']})"
+            out.append(f"{who} vs {other} ({d['comparison']}): significant: {pairs(sig) or 'none'}; "
                        f"not significant: {pairs(non) or 'none'}.")
     return out
