@@ -23,8 +23,8 @@ from probekit.data.conllu_io import Sentence
 def load_sentences(dataset: str = "ud_ewt", split: str = "train", *, limit: int | None = None,
                    data_dir: str | os.PathLike | None = None) -> list[Sentence]:
     """Sentences of a named dataset split (``ud_ewt`` train/dev/test, ``ud_pud`` test) or a CoNLL-U file."""
-    from probekit.data.conllu_io import read_conllu
     from probekit._io import cache_root
+    from probekit.data.conllu_io import read_conllu
     from probekit.data.datasets import load_split
 
     if Path(str(dataset)).suffix == ".conllu":
@@ -57,10 +57,13 @@ def probe(model, task, stores: dict, sentences: dict, *, probe: str = "linear", 
     """
     from probekit.config import ExperimentConfig
     from probekit.errors import ConfigError
-    from probekit.runner.experiment import Unit, probe_task
     from probekit.results.table import to_frames
+    from probekit.runner.experiment import Unit, probe_task
     from probekit.tasks import get_task
 
+    if not hasattr(model, "weights_hash"):
+        raise ConfigError(f"probe() needs the loaded model the stores were extracted with (pk.load_model(...)), not "
+                          f"{model!r}: model = pk.load_model({model!r}) once, then pass it to extract_store and probe.")
     for role in ("train", "dev", "test"):
         if role not in stores or role not in sentences:
             raise ConfigError(f"probe() needs stores and sentences for train, dev and test; {role!r} is missing.")
@@ -96,21 +99,11 @@ def summarize(table):
     return _summarize(table)
 
 
-def plot_layers(summary, path: str | os.PathLike | None = None, *, formats=("pdf", "png")):
-    """Accuracy by layer (CI bands, majority dashed). Saves to ``path`` (a stem) when given; returns the figure paths
-    or shows the figure inline in Jupyter."""
+def plot_layers(summary, path: str | os.PathLike | None = None, *, formats=("pdf", "png"), ax=None,
+                model: str | None = None):
+    """Accuracy by layer (CI bands, majority dashed) as a matplotlib Figure: a notebook shows it as the cell's value.
+    Saved to ``path`` (a stem: ``path.pdf``, ``path.png``) only when given; ``ax=`` draws one ``model`` into your own
+    axes. See :func:`probekit.report.figures.accuracy_by_layer`."""
     from probekit.report.figures import accuracy_by_layer
 
-    if path is None:
-        import tempfile
-
-        path = Path(tempfile.mkdtemp()) / "accuracy_by_layer"
-        out = accuracy_by_layer(summary, path, ("png",))
-        try:
-            from IPython.display import Image, display
-
-            display(Image(filename=str(out[0])))
-        except ImportError:
-            pass
-        return out
-    return accuracy_by_layer(summary, Path(path), formats)
+    return accuracy_by_layer(summary, path, formats, ax=ax, model=model)

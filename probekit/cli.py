@@ -1,7 +1,8 @@
 """The ``probekit`` command line: a thin shell over the Python API.
 
 Heavy libraries are imported inside the subcommands, so ``probekit --help`` answers at once.
-Every probekit error ends the process with exit status 2 and a one-paragraph message on stderr.
+Exit status: 0 done, 1 the command failed (a one-paragraph message on stderr), 2 the command line could not be
+parsed (argparse's usage error), 130 interrupted.
 """
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ import os
 import sys
 import textwrap
 from pathlib import Path
+
+from probekit.errors import ConfigError
+from probekit.tracking import TRACKERS
 
 log = logging.getLogger("probekit")
 
@@ -34,13 +38,15 @@ def _overrides(args) -> dict:
         out["strict"] = True
     if getattr(args, "name", None):
         out["name"] = args.name
+    if getattr(args, "track", None):
+        out["track"] = args.track
     return out
 
 
 def cmd_run(args) -> int:
     from probekit.config import resolve_config
-    from probekit.runner.experiment import run_experiment
     from probekit.report.tables import best_layer_table
+    from probekit.runner.experiment import run_experiment
 
     cfg = resolve_config(args.config, _overrides(args))
     if args.dry_run:
@@ -95,9 +101,9 @@ def cmd_models(args) -> int:
 
 
 def cmd_extract(args) -> int:
-    from probekit.data.datasets import load_split
     from probekit.activations.extract import extract
     from probekit.activations.models import load_model
+    from probekit.data.datasets import load_split
 
     lm = load_model(args.model, device=args.device)
     sents = load_split(args.dataset, args.split, data_dir=args.data_dir, limit=args.limit)
@@ -117,8 +123,8 @@ def cmd_annotate(args) -> int:
 
 
 def cmd_train_probe(args) -> int:
-    from probekit.data.datasets import load_split
     from probekit.bundle import train_probe_bundle
+    from probekit.data.datasets import load_split
 
     train = load_split(args.dataset, "train", data_dir=args.data_dir, limit=args.limit)
     dev = load_split(args.dataset, "dev", data_dir=args.data_dir, limit=args.dev_limit)
@@ -133,7 +139,6 @@ def cmd_train_probe(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from probekit.errors import ConfigError
     from probekit.bundle import load_probe_bundle
 
     bundle = load_probe_bundle(args.probe)
@@ -150,7 +155,20 @@ def cmd_predict(args) -> int:
             raise ConfigError(f"--layer {args.layer!r}: give 'best', 'all' or layer numbers like 3 or 2,4.") from None
     df = bundle.predict(sents, device=args.device, layers=layers,
                         tokenize="whitespace" if args.whitespace else "spacy")
-    print(df.to_string(index=False))
+    if args.format == "csv":
+        text = df.to_csv(index=False, lineterminator="\n")
+    elif args.format == "jsonl":
+        text = df.to_json(orient="records", lines=True, force_ascii=False)
+        text = text if text.endswith("\n") else text + "\n"
+    else:
+        text = df.to_string(index=False) + "\n"
+    if args.output:
+        from probekit._io import atomic_write_bytes
+
+        atomic_write_bytes(Path(args.output), text.encode("utf-8"))
+        print(f"{len(df)} rows -> {args.output}")
+    else:
+        sys.stdout.write(text)
     return 0
 
 
@@ -184,7 +202,38 @@ def cmd_compare(args) -> int:
 def cmd_sweep(args) -> int:
     from probekit.runner.sweep import run_sweep_cli
 
+    args.overrides = _overrides(args)
     return run_sweep_cli(args)
+
+
+def cmd_cache(args) -> int:
+    from probekit.activations.cache import clean_stores, list_stores
+
+    if args.action == "list":
+        if args.older_than is not None or args.model or args.dry_run:
+            raise ConfigError("--older-than, --model and --dry-run select what `probekit cache clean` deletes; "
+                              "`cache list` lists every store.")
+        entries = list_stores(args.store_dir)
+    else:
+        entries = clean_stores(args.store_dir, older_than_days=args.older_than, model=args.model,
+                               dry_run=args.dry_run)
+    print(f"{'size':>9}  {'age':>6}  {'model':28} {'split':16} store")
+    for e in entries:
+        print(f"{_fmt_size(e.size):>9}  {e.age_days:5.1f}d  {e.model:28} {e.dataset + ' ' + e.split:16} {e.path}")
+    total = _fmt_size(sum(e.size for e in entries))
+    if args.action == "list":
+        print(f"{len(entries)} store(s), {total}")
+    else:
+        print(f"{'would delete' if args.dry_run else 'deleted'} {len(entries)} store(s), {total}")
+    return 0
+
+
+def _fmt_size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
 
 
 def cmd_config_help(args) -> int:
@@ -209,84 +258,129 @@ def _count(minimum: int):
     return parse
 
 
+SET_HELP = ("Override a config key with a YAML value; repeatable. Dotted keys set one entry of a mapping "
+            "(limit.train=50); a mapping value merges into the file's (limit={train: 50} keeps dev and test).")
+STORE_HELP = "Where activation stores live (default $PROBEKIT_STORE_DIR or the user cache)."
+DATA_HELP = "Folder holding the treebanks (default $PROBEKIT_DATA_DIR, then the cache, then download)."
+DEVICE_HELP = "cpu, cuda, cuda:1 ... (default: CUDA when available)."
+BATCH_HELP = "Token budget of one forward batch (default 4096 on CPU, 16384 on GPU)."
+POOLING_HELP = "Subword pooling into words (default: first for encoders, last for decoders)."
+MODEL_HELP = "A model alias (see `probekit models`), local HF folder, .gguf file or HF hub id."
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from probekit._extras import DISTRIBUTION
+
+    try:
+        return version(DISTRIBUTION)
+    except PackageNotFoundError:
+        return "unknown (not installed; a source tree)"
+
+
+def _with_parents(*parents: argparse.ArgumentParser):
+    """A subparser class that adds ``parents``' options to every subcommand."""
+    class Sub(argparse.ArgumentParser):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, parents=list(parents), **kw)
+
+    return Sub
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="probekit", description="Layer-wise probing of pretrained language models.")
-    p.add_argument("-v", "--verbose", action="count", default=1)
-    p.add_argument("-q", "--quiet", action="store_true", help="Only warnings and results.")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    p.add_argument("-v", "--verbose", action="count", default=1, help="More log lines (-vv: debug, tracebacks).")
+    p.add_argument("-q", "--quiet", action="store_true", help="Only warnings and results; no progress bars.")
+    # the same two options after the subcommand (`probekit run c.yaml -q`), added to the ones given before it
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", dest="verbose_after", action="count", default=0,
+                        help="More log lines (-vv: debug, tracebacks).")
+    common.add_argument("-q", "--quiet", dest="quiet_after", action="store_true",
+                        help="Only warnings and results; no progress bars.")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_with_parents(common))
 
     r = sub.add_parser("run", help="Run an experiment config end to end (resumes, reuses stores).")
-    r.add_argument("config")
-    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="Override a config key (YAML value).")
-    r.add_argument("--name")
+    r.add_argument("config", help="A YAML config file, results/<name>/config.yaml of an earlier run, or the name of a "
+                   "shipped config (quickstart, smoke, ...).")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE", help=SET_HELP)
+    r.add_argument("--name", help="Experiment name (results go to <results-dir>/<name>/).")
     r.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when available)")
-    r.add_argument("--store-dir", dest="store_dir")
-    r.add_argument("--results-dir", dest="results_dir")
-    r.add_argument("--data-dir", dest="data_dir")
-    r.add_argument("--batch-tokens", dest="batch_tokens", type=_count(1))
+    r.add_argument("--store-dir", dest="store_dir", help=STORE_HELP)
+    r.add_argument("--results-dir", dest="results_dir", help="Folder holding one sub-folder per experiment.")
+    r.add_argument("--data-dir", dest="data_dir", help=DATA_HELP)
+    r.add_argument("--batch-tokens", dest="batch_tokens", type=_count(1), help=BATCH_HELP)
     r.add_argument("--strict", action="store_true", help="Stop on a damaged store file instead of recomputing it.")
+    r.add_argument("--track", action="append", choices=TRACKERS,
+                   help="Log the run to this tracker (repeatable; replaces the config's track list).")
     r.add_argument("--dry-run", action="store_true", help="Print the resolved config and stop.")
     r.set_defaults(fn=cmd_run)
 
     t = sub.add_parser("tasks", help="List the tasks with their label sets and sizes on a split (--no-sizes: without sizes).")
     t.add_argument("--no-sizes", dest="sizes", action="store_false",
                    help="Do not count labelled items on a split (which reads the data).")
-    t.add_argument("--dataset", default="ud_ewt")
-    t.add_argument("--split", default="train")
-    t.add_argument("--data-dir", dest="data_dir")
+    t.add_argument("--dataset", default="ud_ewt", help="Dataset to count on (default ud_ewt).")
+    t.add_argument("--split", default="train", help="Split to count on (default train).")
+    t.add_argument("--data-dir", dest="data_dir", help=DATA_HELP)
     t.set_defaults(fn=cmd_tasks)
 
     m = sub.add_parser("models", help="List the model aliases.")
     m.set_defaults(fn=cmd_models)
 
     e = sub.add_parser("extract", help="Extract (or reuse) the activation store of one model and split.")
-    e.add_argument("model")
-    e.add_argument("--dataset", default="ud_ewt")
-    e.add_argument("--split", default="dev")
-    e.add_argument("--limit", type=_count(1))
-    e.add_argument("--pooling", choices=["first", "last", "mean"])
-    e.add_argument("--device")
-    e.add_argument("--store-dir", dest="store_dir")
-    e.add_argument("--data-dir", dest="data_dir")
-    e.add_argument("--batch-tokens", dest="batch_tokens", type=_count(1))
-    e.add_argument("--strict", action="store_true")
+    e.add_argument("model", help=MODEL_HELP)
+    e.add_argument("--dataset", default="ud_ewt", help="Dataset (default ud_ewt).")
+    e.add_argument("--split", default="dev", help="Split (default dev).")
+    e.add_argument("--limit", type=_count(1), help="First N sentences only (default all).")
+    e.add_argument("--pooling", choices=["first", "last", "mean"], help=POOLING_HELP)
+    e.add_argument("--device", help=DEVICE_HELP)
+    e.add_argument("--store-dir", dest="store_dir", help=STORE_HELP)
+    e.add_argument("--data-dir", dest="data_dir", help=DATA_HELP)
+    e.add_argument("--batch-tokens", dest="batch_tokens", type=_count(1), help=BATCH_HELP)
+    e.add_argument("--strict", action="store_true", help="Stop on a damaged store file instead of recomputing it.")
     e.set_defaults(fn=cmd_extract)
 
     a = sub.add_parser("annotate", help="Raw text -> CoNLL-U with spaCy (silver labels for every task).")
-    a.add_argument("input")
-    a.add_argument("-o", "--output")
-    a.add_argument("--mode", default="lines", choices=["lines", "paragraphs"])
-    a.add_argument("--spacy-model", dest="spacy_model")
+    a.add_argument("input", help="A UTF-8 text file.")
+    a.add_argument("-o", "--output", help="CoNLL-U file to write (default: only count).")
+    a.add_argument("--mode", default="lines", choices=["lines", "paragraphs"],
+                   help="lines: one sentence per line (default); paragraphs: spaCy splits sentences.")
+    a.add_argument("--spacy-model", dest="spacy_model", help="spaCy pipeline (default: the first installed English "
+                   "one).")
     a.set_defaults(fn=cmd_annotate)
 
     pr = sub.add_parser("predict", help="Apply a saved probe to new sentences.")
     pr.add_argument("probe", help="A saved probe file (.probe) made with ProbeBundle.save / `probekit train-probe`.")
-    pr.add_argument("sentence", nargs="*")
+    pr.add_argument("sentence", nargs="*", help="Sentences to label (or --input FILE).")
     pr.add_argument("--input", help="A UTF-8 text file, one sentence per line.")
     pr.add_argument("--layer", default="best", help="'best' (best dev layer, default), 'all', or layer numbers "
                     "(3 or 2,4).")
     pr.add_argument("--whitespace", action="store_true", help="Split sentences on whitespace (default: spaCy words).")
-    pr.add_argument("--device")
+    pr.add_argument("--format", default="table", choices=["table", "csv", "jsonl"],
+                    help="Output: an aligned table (default), CSV, or JSON lines (one object per word).")
+    pr.add_argument("-o", "--output", help="Write to this file (default: standard output).")
+    pr.add_argument("--device", help=DEVICE_HELP)
     pr.set_defaults(fn=cmd_predict)
 
     tp = sub.add_parser("train-probe", help="Train linear probes on every layer for one model and task on a "
                         "treebank; save them to one .probe file for `probekit predict`.")
-    tp.add_argument("model")
-    tp.add_argument("task")
+    tp.add_argument("model", help=MODEL_HELP)
+    tp.add_argument("task", help="A task name (see `probekit tasks`).")
     tp.add_argument("-o", "--output", help="Where to save (default <model>-<task>.probe).")
-    tp.add_argument("--dataset", default="ud_ewt")
+    tp.add_argument("--dataset", default="ud_ewt", help="Treebank (default ud_ewt).")
     tp.add_argument("--limit", type=_count(1), help="Train sentences (default all).")
     tp.add_argument("--dev-limit", dest="dev_limit", type=_count(1), default=500, help="Dev sentences (default 500).")
     tp.add_argument("--layers", type=int, nargs="+", help="Layers to probe (default all; 0 = embeddings).")
-    tp.add_argument("--pooling", choices=["first", "last", "mean"])
-    tp.add_argument("--device")
-    tp.add_argument("--store-dir", dest="store_dir")
-    tp.add_argument("--data-dir", dest="data_dir")
+    tp.add_argument("--pooling", choices=["first", "last", "mean"], help=POOLING_HELP)
+    tp.add_argument("--device", help=DEVICE_HELP)
+    tp.add_argument("--store-dir", dest="store_dir", help=STORE_HELP)
+    tp.add_argument("--data-dir", dest="data_dir", help=DATA_HELP)
     tp.set_defaults(fn=cmd_train_probe)
 
     rep = sub.add_parser("report", help="Tables (LaTeX, Markdown) and figures from a results folder.")
-    rep.add_argument("folder")
-    rep.add_argument("--formats", nargs="+", default=["pdf", "png"])
+    rep.add_argument("folder", help="A results folder (results/<name>).")
+    rep.add_argument("--formats", nargs="+", default=["pdf", "png"], help="Figure formats (default pdf png).")
     rep.set_defaults(fn=cmd_report)
 
     cp = sub.add_parser("compare", help="Paired significance tests of the models of two experiments on the same "
@@ -298,8 +392,11 @@ def build_parser() -> argparse.ArgumentParser:
     cp.set_defaults(fn=cmd_compare)
 
     sw = sub.add_parser("sweep", help="Run the cross product of a sweep config (local processes or Ray).")
-    sw.add_argument("config")
-    sw.add_argument("--executor", default="local", choices=["local", "ray"])
+    sw.add_argument("config", help="A sweep config (an experiment config) or a shipped config name.")
+    sw.add_argument("--set", action="append", metavar="KEY=VALUE", help=SET_HELP)
+    sw.add_argument("--name", help="Experiment name (results go to <results-dir>/<name>/).")
+    sw.add_argument("--results-dir", dest="results_dir", help="Folder holding one sub-folder per experiment.")
+    sw.add_argument("--executor", default="local", choices=["local", "ray"], help="local processes (default) or Ray.")
     sw.add_argument("--address", help="Ray cluster address (default: start a local Ray instance).")
     sw.add_argument("--workers", type=_count(1), help="Local worker processes (default: 1).")
     sw.add_argument("--dry-run", action="store_true", help="Print the plan and stop.")
@@ -307,12 +404,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     ch = sub.add_parser("config-help", help="Every config key with its default and meaning.")
     ch.set_defaults(fn=cmd_config_help)
+
+    ca = sub.add_parser("cache", help="List or clean the activation stores in the cache.")
+    ca.add_argument("action", choices=["list", "clean"], help="list: every store with its size, model and split; "
+                    "clean: delete the stores selected by --older-than / --model.")
+    ca.add_argument("--store-dir", dest="store_dir", help=STORE_HELP)
+    ca.add_argument("--older-than", dest="older_than", type=float, metavar="DAYS",
+                    help="clean: stores not written for more than DAYS days.")
+    ca.add_argument("--model", help="clean: stores of this model name (as listed).")
+    ca.add_argument("--dry-run", action="store_true", help="clean: list what would be deleted, delete nothing.")
+    ca.set_defaults(fn=cmd_cache)
     return p
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.verbose += getattr(args, "verbose_after", 0)
+    args.quiet = args.quiet or getattr(args, "quiet_after", False)
     _setup_logging(args.verbose, args.quiet)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from probekit.errors import ProbekitError
@@ -334,13 +443,13 @@ def main(argv=None) -> int:
         what = getattr(e, "strerror", None) or str(e) or type(e).__name__
         _print_error(f"{where}{what} ({type(e).__name__}). Check the path, its permissions and the free disk space "
                      "or memory, then rerun: finished shards and result units are kept. (-v shows the traceback.)")
-        return 2
+        return 1
     except RuntimeError as e:
         if "out of memory" not in str(e).lower() or args.verbose > 1:
             raise
         _print_error(f"Out of memory: {str(e).splitlines()[0]} Lower --batch-tokens, probe fewer layers at once, or "
                      "use a smaller model. (-v shows the traceback.)")
-        return 2
+        return 1
 
 
 def _print_error(text: str) -> None:

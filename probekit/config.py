@@ -13,7 +13,8 @@ from typing import Any
 
 import yaml
 
-from probekit.errors import ConfigError, unknown_name
+from probekit.errors import ConfigError, did_you_mean, unknown_name
+from probekit.tracking import check_trackers
 
 PROBES = ("linear", "mlp1", "mlp2")
 _TYPE_NAMES = {"list": list, "dict": dict, "str": str, "bool": bool, "int": int, "float": float, "None": type(None)}
@@ -21,7 +22,7 @@ _TYPE_NAMES = {"list": list, "dict": dict, "str": str, "bool": bool, "int": int,
 _LIST_ITEMS = {"models": (str, "model names"), "tasks": (str, "task names"), "probes": (str, "probe names"),
                "seeds": (int, "integers"), "layers": (int, "layer numbers"),
                "sentence_poolings": (str, "pooling names"), "Cs": ((int, float), "positive numbers"),
-               "figures": (str, "formats")}
+               "figures": (str, "formats"), "track": (str, "tracker names")}
 SPLIT_NAMES = ("train", "dev", "test")
 #: Keys of the ``mlp`` setting: MLPProbe's keyword arguments but those the experiment sets itself (hidden_layers
 #: from the probe name, seed, device); tests/test_errors.py keeps the two in step.
@@ -79,6 +80,8 @@ class ExperimentConfig:
     strict: bool = _help(False, "Stop on a damaged store file instead of recomputing it.")
     baselines: dict | None = _help(None, "Fine-tuning / lightweight-tuning baselines (see docs/baselines.md).")
     figures: list = _help(["pdf", "png"], "Figure formats (pdf, png, svg).")
+    track: list = _help([], "Experiment trackers to log the finished run to: mlflow, tensorboard, wandb (extra "
+                            "[track]; see probekit/tracking.py for where each writes).")
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -126,6 +129,7 @@ class ExperimentConfig:
         for f in self.figures:
             if f not in ("pdf", "png", "svg"):
                 raise unknown_name("figure format", f, ("pdf", "png", "svg"))
+        check_trackers(self.track)
         from probekit.activations.align import SENTENCE_POOLINGS, check_pooling
         if self.word_pooling is not None:
             check_pooling(self.word_pooling)
@@ -205,9 +209,8 @@ class ExperimentConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "ExperimentConfig":
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"Config file not found: {path}. Shipped configs are in configs/.")
+        """Read a config file, or a shipped config by name (``quickstart``: see :func:`find_config`)."""
+        path = find_config(path)
         try:
             d = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
@@ -228,6 +231,28 @@ class ExperimentConfig:
         return dataclasses.replace(self, **changes)
 
 
+def shipped_configs() -> dict[str, Path]:
+    """The configs that ship with probekit, by name: the repository's ``configs/`` in a clone, the package's
+    ``probekit/configs/`` in an installed wheel."""
+    here = Path(__file__).resolve().parent
+    for folder in (here.parent / "configs", here / "configs"):
+        if folder.is_dir():
+            return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+    return {}
+
+
+def find_config(path: str | os.PathLike) -> Path:
+    """``path`` when it is a file, else the shipped config of that name (``quickstart`` or ``quickstart.yaml``)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    shipped = shipped_configs()
+    if len(p.parts) == 1 and p.suffix in ("", ".yaml") and p.stem in shipped:
+        return shipped[p.stem]
+    raise ConfigError(f"Config file not found: {p}. Give a path to a YAML config or the name of a shipped config "
+                      f"({', '.join(shipped) or 'none found'}).{did_you_mean(p.stem, shipped)}")
+
+
 def help_table() -> list[tuple[str, str, str]]:
     return [(f.name, repr(f.default if f.default is not dataclasses.MISSING else f.default_factory()),
              f.metadata.get("help", "")) for f in fields(ExperimentConfig)]
@@ -244,23 +269,63 @@ def parse_override(item: str) -> tuple[str, Any]:
         raise ConfigError(f"Override {item!r}: value is not valid YAML ({e}).") from None
 
 
+#: config keys whose value is a mapping: ``--set KEY.SUB=VALUE`` sets one entry, ``--set KEY={...}`` merges
+MAPPING_KEYS = ("splits", "files", "limit", "mlp", "baselines")
+
+
+def apply_overrides(base: dict, overrides: dict) -> dict:
+    """``base`` with the ``--set`` overrides applied in order; returns a new dict.
+
+    ``limit.train=50`` sets one entry of a mapping key (``baselines.lr=1e-4``: any depth). A mapping given to a
+    mapping key is merged into the file's mapping, entry by entry, so ``limit={train: 50}`` keeps the file's dev and
+    test limits; ``KEY=null`` resets the key to its default (``limit=null``: no limits).
+    """
+    names = {f.name for f in fields(ExperimentConfig)}
+    out = dict(base)
+    for key, value in overrides.items():
+        top, *path = key.split(".")
+        if top not in names:
+            raise unknown_name("config key", top, names, ConfigError, hint="(in --set)")
+        if path and top not in MAPPING_KEYS:
+            raise ConfigError(f"--set {key}=...: {top!r} is not a mapping, so it has no entry {'.'.join(path)!r}; "
+                              f"dotted keys work for {', '.join(MAPPING_KEYS)}.")
+        if not path:
+            if top in MAPPING_KEYS and isinstance(value, dict) and isinstance(out.get(top), dict):
+                out[top] = _merged(out[top], value)
+            else:
+                out[top] = value
+            continue
+        node = out[top] = _merged(out.get(top) or {}, {})
+        for i, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is not None and not isinstance(child, dict):
+                raise ConfigError(f"--set {key}=...: {top}.{'.'.join(path[:i + 1])} is {child!r}, not a mapping.")
+            node[part] = node = dict(child or {})
+        node[path[-1]] = value
+    return out
+
+
+def _merged(a: dict, b: dict) -> dict:
+    """A copy of ``a`` with ``b``'s entries merged in (mappings in both are merged, recursively)."""
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def resolve_config(path: str | Path | None = None, overrides: dict | None = None) -> ExperimentConfig:
-    """CLI overrides > YAML file > defaults, merged here and nowhere else.
+    """CLI overrides > YAML file (or shipped config name) > defaults, merged here and nowhere else.
 
     Every override is applied, ``null`` included (``--set layers=null`` means all layers); an unknown override key
-    is an error that says it came from the command line.
+    is an error that says it came from the command line. See :func:`apply_overrides` for dotted keys and mappings.
     """
     base = {}
     source = "defaults"
     if path is not None:
-        cfg = ExperimentConfig.from_yaml(path)
-        base = cfg.to_dict()
-        source = str(path)
-    names = {f.name for f in fields(ExperimentConfig)}
-    for k, v in (overrides or {}).items():
-        if k not in names:
-            raise unknown_name("config key", k, names, ConfigError, hint="(in --set)")
-        base[k] = v
+        found = find_config(path)
+        base = ExperimentConfig.from_yaml(found).to_dict()
+        source = str(found)
+    base = apply_overrides(base, overrides or {})
     if overrides:
         source += " with --set " + ", ".join(f"{k}={v!r}" for k, v in overrides.items())
     return ExperimentConfig.from_dict(base, source=source)

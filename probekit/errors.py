@@ -13,7 +13,7 @@ from typing import Iterable
 class ProbekitError(Exception):
     """Base class for every error probekit raises on bad input or a bad environment."""
 
-    exit_code = 2
+    exit_code = 1  # 2 is argparse's: the command line itself could not be parsed
 
 
 class ConfigError(ProbekitError):

@@ -141,7 +141,8 @@ def test_slow_tokenizer_is_a_model_error(ewt_dev_small):
     from transformers import BertTokenizer
 
     slow = BertTokenizer.from_pretrained(tiny.minilm_dir())
-    assert not slow.is_fast
+    if slow.is_fast:
+        pytest.skip("transformers 5: BertTokenizer is backed by `tokenizers`; there is no slow one to refuse")
     with pytest.raises(ModelError, match="slow"):
         check_fast_tokenizer(slow)
     with pytest.raises(ModelError, match="fast"):

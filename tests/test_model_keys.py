@@ -80,6 +80,7 @@ def test_store_key_records_the_precision_that_runs(monkeypatch):
 
 
 def test_gguf_conversion_removes_a_killed_conversion_and_runs_once(tmp_path, monkeypatch):
+    pytest.importorskip("gguf")  # the [gguf] extra
     import transformers
 
     from probekit.activations.models import convert_gguf

@@ -168,8 +168,8 @@ def test_notebook_api_steps(tmp_path, tiny_bert_dir, data_dir):
     table = pk.probe(lm, "aux_verb", stores, sents, seeds=[0])
     assert set(table.layer.dropna().astype(int)) == {0, 1, 2}
     summary = pk.summarize(table)
-    out = pk.plot_layers(summary, tmp_path / "fig", formats=("png",))
-    assert out[0].is_file() and out[0].stat().st_size > 1000
+    fig = pk.plot_layers(summary, tmp_path / "fig", formats=("png",))  # the Figure, saved as asked
+    assert fig.axes and (tmp_path / "fig.png").stat().st_size > 1000
     # the notebook trap: sentences reloaded with another limit, stores not re-extracted
     fewer = {**sents, "test": sents["test"][:20]}
     with pytest.raises(ConfigError, match=r"stores\['test'\] holds 25 sentences .* sentences\['test'\] has 20"):

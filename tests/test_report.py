@@ -127,15 +127,16 @@ def test_report_tables_and_figures(results_folder: Path, capsys):
 
 def test_pdf_embeds_truetype_fonts(results_folder: Path):
     from probekit.report.build import load_tables
-    from probekit.report.figures import heatmap
+    from probekit.report.figures import figure_paths, heatmap
 
     _, summary = load_tables(results_folder)
-    out = heatmap(summary, results_folder / "figures" / "hm", formats=("pdf", "svg"))
+    heatmap(summary, results_folder / "figures" / "hm", formats=("pdf", "svg"))
+    out = figure_paths(results_folder / "figures" / "hm", ("pdf", "svg"))
     pdf = out[0].read_bytes()
     assert pdf.startswith(b"%PDF") and b"/FontFile2" in pdf and b"/Type3" not in pdf
     assert out[1].read_text().lstrip().startswith("<?xml")
-    again = heatmap(summary, results_folder / "figures" / "hm2", formats=("pdf",))
-    assert again[0].read_bytes() == pdf  # no creation date: byte-reproducible
+    heatmap(summary, results_folder / "figures" / "hm2", formats=("pdf",))
+    assert (results_folder / "figures" / "hm2.pdf").read_bytes() == pdf  # no creation date: byte-reproducible
 
 
 def test_baselines_vs_params_needs_tuning_rows(tmp_path: Path):
@@ -143,10 +144,11 @@ def test_baselines_vs_params_needs_tuning_rows(tmp_path: Path):
     from probekit.results.table import to_frames
 
     df, _ = to_frames(synthetic_rows(with_baselines=False))
-    assert baselines_vs_params(df, tmp_path / "b", formats=("png",)) == []
+    assert baselines_vs_params(df, tmp_path / "b", formats=("png",)) is None
+    assert not list(tmp_path.iterdir())
     df2, _ = to_frames(synthetic_rows())
-    out = baselines_vs_params(df2, tmp_path / "b", formats=("png",))
-    assert [p.suffix for p in out] == [".png"] and out[0].stat().st_size > 5000
+    baselines_vs_params(df2, tmp_path / "b", formats=("png",))
+    assert [p.name for p in tmp_path.iterdir()] == ["b.png"] and (tmp_path / "b.png").stat().st_size > 5000
 
 
 def test_derived_probe_fraction(tmp_path: Path, monkeypatch):
@@ -324,3 +326,92 @@ def test_tables_show_sentence_interval_and_f1_selectivity():
     md = best_layer_markdown(t)
     assert "95% CI (sent.)" in md and "[90.6, 91.6]" in md and "Sel. F1 (pts)" in md and "| 30.0 |" in md
     assert r"95\% CI (sent.)" in best_layer_latex(t)
+
+
+# ------------------------------------------------------------------------------------------- figures as objects
+
+def _summary():
+    from probekit.report.tables import summarize
+    from probekit.results.table import to_frames
+
+    return summarize(to_frames(synthetic_rows(with_baselines=False))[0])
+
+
+def test_figures_return_figures_and_save_only_when_asked(tmp_path: Path):
+    from matplotlib.figure import Figure
+
+    from probekit.report import figures as f
+
+    summary = _summary()
+    accuracy_by_layer = f.accuracy_by_layer
+    for fig in (accuracy_by_layer(summary), f.heatmap(summary), f.relative_depth(summary),
+                f.task_report(summary, "upos")):
+        assert isinstance(fig, Figure)
+    assert not list(tmp_path.iterdir())
+    fig = accuracy_by_layer(summary, tmp_path / "acc", ("png",))
+    assert isinstance(fig, Figure) and [p.name for p in tmp_path.iterdir()] == ["acc.png"]
+
+
+def test_draw_into_your_own_axes():
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    from probekit.errors import ConfigError
+    from probekit.report.figures import accuracy_by_layer, heatmap
+
+    summary = _summary()
+    mine = Figure(figsize=(6, 3))
+    left, right = mine.subplots(1, 2)
+    right.plot([0, 1], [0, 1], label="my line")
+    assert accuracy_by_layer(summary, ax=left, model="enc") is mine
+    assert {ln.get_label() for ln in left.get_lines()} >= set(TASKS)  # one line per task, in my axes
+    assert [ln.get_label() for ln in right.get_lines()] == ["my line"]  # the other axes untouched
+    assert not mine.legends  # the legend went into `left`, not over my figure
+    assert left.get_legend() is not None
+    with pytest.raises(ConfigError, match="model=NAME"):
+        accuracy_by_layer(summary, ax=right)  # two models, one axes
+    hm = Figure()
+    ax = hm.subplots()
+    assert heatmap(summary, models=["dec"], ax=ax) is hm
+    assert isinstance(ax.images[0], matplotlib.image.AxesImage)
+
+
+def test_legend_lists_only_what_is_drawn():
+    from probekit.report.figures import accuracy_by_layer
+
+    summary = _summary()
+    texts = {t.get_text() for t in accuracy_by_layer(summary).legends[0].get_texts()}
+    assert "majority class" in texts and "random weights" not in texts  # no @random model in this table
+    no_majority = summary[summary["probe"] != "majority"]
+    texts = {t.get_text() for t in accuracy_by_layer(no_majority).legends[0].get_texts()}
+    assert texts == set(TASKS)
+
+
+def test_heatmap_boxes_the_dev_chosen_layer():
+    from matplotlib.patches import Rectangle
+
+    from probekit.report.figures import heatmap
+
+    summary = _summary()
+    # dev says layer 5 for enc/upos, test peaks at layer 2
+    dev = (summary["model"] == "enc") & (summary["task"] == "upos") & (summary["split"] == "dev") \
+        & (summary["probe"] == "linear") & (summary["metric"] == "accuracy") & (summary["control"].astype(str) == "False")
+    summary.loc[dev, "mean"] = 0.5
+    summary.loc[dev & (summary["layer"].astype(str) == "5"), "mean"] = 0.99
+    fig = heatmap(summary, models=["enc"])
+    ax = fig.axes[0]
+    rows = [t.get_text() for t in ax.get_yticklabels()]
+    boxes = {rows[round(r.get_y() + 0.5)]: round(r.get_x() + 0.5) for r in ax.patches if isinstance(r, Rectangle)}
+    assert boxes == {"upos": 5, "aux_verb": PEAK[("enc", "aux_verb")]}
+
+
+def test_one_column_figure_is_3_25_inches_wide(tmp_path: Path):
+    from probekit.report.figures import accuracy_by_layer
+
+    summary = _summary()
+    one = summary[summary["model"] == "enc"]
+    accuracy_by_layer(one, tmp_path / "acc", ("pdf",))
+    box = re.search(rb"/MediaBox \[\s*([\d.]+) ([\d.]+) ([\d.]+) ([\d.]+)", (tmp_path / "acc.pdf").read_bytes())
+    width_in = (float(box.group(3)) - float(box.group(1))) / 72
+    assert width_in == pytest.approx(3.25, abs=0.01)
+

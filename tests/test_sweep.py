@@ -111,14 +111,14 @@ def test_ray_missing_gives_clear_error(monkeypatch, local_run):
 
     monkeypatch.setitem(sys.modules, "ray", None)  # "import ray" raises ImportError
     cfg, _, _ = local_run
-    with pytest.raises(ConfigError, match=r"probekit\[ray\]"):
+    with pytest.raises(ConfigError, match=r"probekit-nlp\[ray\]"):
         run_sweep(cfg, executor="ray")
 
 
 @pytest.mark.slow
 @pytest.mark.ray
 def test_ray_sweep_identical_to_local(local_run, models, tmp_path):
-    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'probekit[ray]')")
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'probekit-nlp[ray]')")
     from probekit.runner.sweep import run_sweep
 
     cfg_local, _, res_local = local_run

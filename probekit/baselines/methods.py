@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from probekit._extras import require
 from probekit.baselines.config import BaselineConfig, check_method
 from probekit.errors import ModelError
 
@@ -129,7 +130,7 @@ class BuiltMethod:
 
 def adapters_config(method: str, cfg: BaselineConfig, *, combine: str = "prefix"):
     """The ``adapters`` config object for a lightweight method."""
-    import adapters
+    adapters = require("adapters", extra="baselines", purpose="Lightweight tuning baselines")
 
     if method == "adapter":
         return adapters.DoubleSeqBnConfig(reduction_factor=cfg.adapter_reduction_factor,
@@ -154,7 +155,7 @@ def supports_adapters_prompt_tuning(model) -> bool:
     """
     import copy
 
-    import adapters
+    adapters = require("adapters", extra="baselines", purpose="Lightweight tuning baselines")
 
     probe = copy.deepcopy(model)
     adapters.init(probe)
@@ -194,8 +195,7 @@ def build_method(method: str, model, *, hidden_size: int, n_labels: int, cfg: Ba
         notes["why"] = (f"adapters 1.3.0 has no prompt tuning for model type "
                         f"{getattr(model.config, 'model_type', '?')!r}")
     else:
-        import adapters
-
+        adapters = require("adapters", extra="baselines", purpose="Lightweight tuning baselines")
         backend = f"adapters {adapters.__version__}"
         combine = "prefix"
         if method == "prompt_tuning":

@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from probekit._progress import progress_bar
 from probekit.baselines.config import BaselineConfig, check_method
 from probekit.baselines.records import BaselineRun, data_identity, finished_run, run_identity, run_path, write_run
 from probekit.data.conllu_io import Sentence
@@ -294,8 +295,8 @@ def run_baselines(*, models: Sequence[str], tasks: Sequence[str], seeds: Sequenc
                   limit: dict | None = None, results_dir: str | Path | None = None, device: str | None = None,
                   experiment: str = "", done: set[tuple] | None = None,
                   on_rows: Callable[[tuple, list[dict]], None] | None = None,
-                  counts: dict | None = None) -> list[dict]:
-    """Run every model x method x task x seed and return all rows.
+                  counts: dict | None = None, progress: bool = False) -> list[dict]:
+    """Run every model x method x task x seed and return all rows (``progress``: a bar over the runs, with an ETA).
 
     Splits not given are loaded with :func:`probekit.data.datasets.load_split` (``limit`` = max
     sentences per split, e.g. ``{"train": None, "dev": 500, "test": None}``).
@@ -324,6 +325,8 @@ def run_baselines(*, models: Sequence[str], tasks: Sequence[str], seeds: Sequenc
     rows: list[dict] = []
     device = _device(device)
     data_id = data_identity(splits)
+    bar = progress_bar(len(models) * len(methods) * len(tasks_obj) * len(seeds), "tuning baselines", unit="run",
+                       enabled=progress)
     for model_name in models:
         loaded = None
         model_id = fingerprint(model_name)
@@ -332,7 +335,9 @@ def run_baselines(*, models: Sequence[str], tasks: Sequence[str], seeds: Sequenc
             for task in tasks_obj:
                 for seed in seeds:
                     key = (model_name, method, task.name, seed)
+                    bar.set_postfix_str(f"{Path(model_name).name} {method} {task.name} seed {seed}", refresh=False)
                     if key in done:
+                        bar.update(1)
                         continue
                     identity = run_identity(fp, data_id, model_id, task)
                     path = run_path(results_dir, model=model_name, method=method, task=task.name, seed=seed) \
@@ -344,6 +349,7 @@ def run_baselines(*, models: Sequence[str], tasks: Sequence[str], seeds: Sequenc
                             rows.extend(stored.rows)
                             if on_rows:
                                 on_rows(key, stored.rows)
+                            bar.update(1)
                             continue
                         log.warning("%s was written with other settings, data, weights or task version; running %s "
                                     "again", path, key)
@@ -362,4 +368,6 @@ def run_baselines(*, models: Sequence[str], tasks: Sequence[str], seeds: Sequenc
                     rows.extend(run_rows)
                     if on_rows:
                         on_rows(key, run_rows)
+                    bar.update(1)
+    bar.close()
     return rows

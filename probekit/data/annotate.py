@@ -52,6 +52,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
+from probekit._extras import require
 from probekit.data.conllu_io import Sentence, tree_error, write_conllu
 from probekit.errors import ConfigError, DataError, ModelError, unknown_name
 
@@ -150,11 +151,7 @@ def load_spacy(model: "str | Language | None" = None) -> "Language":
     Raises:
         ModelError: spaCy or the model is missing, or the pipeline cannot tag and parse.
     """
-    try:
-        import spacy  # noqa: F401
-    except ImportError:
-        raise ModelError("Annotating text needs spaCy: `pip install spacy` and an English model "
-                         "(`python -m spacy download en_core_web_sm`).") from None
+    require("spacy", extra="annotate", purpose="Tokenising and annotating raw text")
     if model is None:
         import importlib.util
 

@@ -7,9 +7,16 @@
 * ``sentence_poolings``: per sentence task, accuracy by layer for each pooling (cls/mean/last).
 * ``relative_depth``: models of different depth on one axis (layer / number of layers).
 * ``heatmap``: tasks × layers, one panel per model, every cell annotated, each task's best layer boxed.
-* ``baselines_vs_params``: test accuracy against the trainable-parameter fraction (log x): each
+* ``baselines_vs_params`` (in :mod:`probekit.report.baselines_figure`): test accuracy against the trainable-parameter
+  fraction (log x): each
   tuning method (fine-tuning, prompt / prefix tuning, adapters, LoRA) a marker, the linear probes
   of every layer a connected series at the probe's own (tiny) fraction.
+
+Every function returns the matplotlib ``Figure`` (``None`` when there is nothing to draw) and writes files only when
+given a ``stem`` (``stem.pdf``, ``stem.png``...). Figures are made without pyplot, so a notebook shows the returned
+figure once and nothing stays open. Those that draw one axes take ``ax=`` to draw into an axes of your own figure
+(then the figure returned is that axes' figure). Legends list only what was drawn. Figures are exactly their
+documented width (3.25 in one column, 6.75 in two): constrained layout keeps labels and legends inside.
 """
 from __future__ import annotations
 
@@ -19,17 +26,22 @@ from pathlib import Path
 import numpy as np
 
 from probekit.activations.models import ModelName
-from probekit.report.style import ONE_COLUMN, TWO_COLUMN, color, paper_style, save
+from probekit.report.baselines_figure import TUNING_METHODS, baselines_vs_params
+from probekit.report.style import (
+    ONE_COLUMN,
+    TWO_COLUMN,
+    color,
+    figure_paths,
+    finish,
+    new_figure,
+    only_model,
+    paper_style,
+)
 from probekit.results.table import control_mask
 
 log = logging.getLogger(__name__)
 
 CAUSAL_NOTE = "decoder: a word's state sees only its left context"
-#: Tuning baselines (``method`` column) and their markers in :func:`baselines_vs_params`.
-TUNING_METHODS = {"finetune": ("o", "full fine-tuning"), "prompt_tuning": ("^", "prompt tuning"),
-                  "prefix_tuning": ("v", "prefix tuning"), "adapter": ("s", "adapters"), "lora": ("D", "LoRA")}
-
-
 def _sel(s, **kw):
     m = np.ones(len(s), dtype=bool)
     for k, v in kw.items():
@@ -65,16 +77,27 @@ def _kind(s, model):
     return str(k.iloc[0]) if len(k) else ""
 
 
-def accuracy_by_layer(summary, stem: Path, formats=("pdf", "png"), *, probe="linear") -> list[Path]:
+def accuracy_by_layer(summary, stem: Path | None = None, formats=("pdf", "png"), *, probe="linear", ax=None,
+                      model: str | None = None):
+    """Test accuracy by layer, one line per task with its CI band; one panel per model (3.25 in wide for one model,
+    6.75 in for more), or the one ``model`` into ``ax``."""
     s = summary[summary["level"] == "word"] if "level" in summary else summary
     models = _models(s)
     tasks = sorted(s["task"].unique())
     if not models or not tasks:
-        return []
-    with paper_style() as plt:
+        return None
+    if ax is not None or model is not None:
+        models = only_model(models, model, "accuracy_by_layer")
+    own = ax is None
+    with paper_style():
         width = ONE_COLUMN if len(models) == 1 else TWO_COLUMN
-        fig, axes = plt.subplots(1, len(models), figsize=(width, 2.4), squeeze=False, sharey=True)
-        for ax, model in zip(axes[0], models):
+        if own:
+            fig, axes = new_figure((width, 2.6), 1, len(models), sharey=True)
+        else:
+            fig, axes = ax.figure, [[ax]]
+        drew_majority = drew_random = False
+        for ax_, model in zip(axes[0], models):
+            ax = ax_
             for i, task in enumerate(tasks):
                 c = _curve(s, model=model, task=task, probe=probe)
                 if c is None:
@@ -85,21 +108,26 @@ def accuracy_by_layer(summary, stem: Path, formats=("pdf", "png"), *, probe="lin
                 r = _curve(s, model=ModelName.random_of(model), task=task, probe=probe)
                 if r is not None:
                     ax.plot(r[0], r[1], linestyle=":", color=color(i), linewidth=1)
+                    drew_random = True
                 maj = _majority(s, model, task)
                 if maj is not None:
                     ax.axhline(maj, linestyle="--", color=color(i), linewidth=0.8, alpha=0.8)
+                    drew_majority = True
             kind = _kind(s, model)
             ax.set_title(f"{model} ({kind})" + ("\n" + CAUSAL_NOTE if kind == "decoder" else ""))
             ax.set_xlabel("layer (0 = embeddings)")
         axes[0][0].set_ylabel("test accuracy")
         handles, labels = axes[0][0].get_legend_handles_labels()
         from matplotlib.lines import Line2D
-        handles += [Line2D([], [], color="grey", linestyle="--"), Line2D([], [], color="grey", linestyle=":")]
-        labels += ["majority class", "random weights"]
-        fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(labels), 4))
-        out = save(fig, stem, formats)
-        plt.close(fig)
-    return out
+        for drawn, style, label in ((drew_majority, "--", "majority class"), (drew_random, ":", "random weights")):
+            if drawn:  # only what is drawn
+                handles.append(Line2D([], [], color="grey", linestyle=style))
+                labels.append(label)
+        if own:
+            fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 3))
+        else:  # the caller's figure may hold other axes: the legend goes into this one
+            ax.legend(handles, labels)
+        return finish(fig, stem, formats)
 
 
 def _depths(s, models) -> dict[str, float]:
@@ -113,7 +141,7 @@ def _depths(s, models) -> dict[str, float]:
     return out
 
 
-def task_report(summary, task: str, stem: Path, formats=("pdf", "png"), *, probe="linear") -> list[Path]:
+def task_report(summary, task: str, stem: Path | None = None, formats=("pdf", "png"), *, probe="linear"):
     """(a) accuracy + control + random weights + majority + expected layer, (b) selectivity, (c) MDL.
 
     Models of different depth are drawn on relative depth (layer / number of blocks) so that they
@@ -128,8 +156,11 @@ def task_report(summary, task: str, stem: Path, formats=("pdf", "png"), *, probe
         base = ModelName.parse(model).base
         return layers / depths[base] if relative and base in depths else layers
 
-    with paper_style() as plt:
-        fig, axes = plt.subplots(1, 3, figsize=(TWO_COLUMN, 2.5), layout="constrained")
+    if not models:
+        return None
+    with paper_style():
+        fig, axes = new_figure((TWO_COLUMN, 2.7), 1, 3)
+        axes = axes[0]
         for mi, model in enumerate(models):
             col = color(mi)
             c = _curve(s, model=model, task=task, probe=probe)
@@ -175,19 +206,18 @@ def task_report(summary, task: str, stem: Path, formats=("pdf", "png"), *, probe
         handles, labels = axes[0].get_legend_handles_labels()
         if handles:
             fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)))
-        out = save(fig, stem, formats)
-        plt.close(fig)
-    return out
+        return finish(fig, stem, formats)
 
 
-def sentence_poolings(summary, stem: Path, formats=("pdf", "png"), *, probe="linear") -> list[Path]:
+def sentence_poolings(summary, stem: Path | None = None, formats=("pdf", "png"), *, probe="linear"):
+    """Sentence-level tasks: accuracy by layer per sentence pooling, one panel per model x task."""
     s = summary[summary["level"] == "sentence"] if "level" in summary else summary.iloc[:0]
     if s.empty:
-        return []
+        return None
     tasks = sorted(s["task"].unique())
     models = _models(s)
-    with paper_style() as plt:
-        fig, axes = plt.subplots(len(models), len(tasks), figsize=(TWO_COLUMN, 1.9 * len(models)), squeeze=False)
+    with paper_style():
+        fig, axes = new_figure((TWO_COLUMN, 1.9 * len(models)), len(models), len(tasks))
         for r, model in enumerate(models):
             for c, task in enumerate(tasks):
                 ax = axes[r][c]
@@ -207,13 +237,10 @@ def sentence_poolings(summary, stem: Path, formats=("pdf", "png"), *, probe="lin
                     ax.set_ylabel("test accuracy")
                 if r == 0 and c == 0:
                     ax.legend(title="pooling")
-        fig.tight_layout()
-        out = save(fig, stem, formats)
-        plt.close(fig)
-    return out
+        return finish(fig, stem, formats)
 
 
-def relative_depth(summary, stem: Path, formats=("pdf", "png"), *, probe="linear", models=None) -> list[Path]:
+def relative_depth(summary, stem: Path | None = None, formats=("pdf", "png"), *, probe="linear", models=None):
     """Models of different depth side by side on relative depth (layer / number of blocks), one panel per task.
 
     Encoders solid, decoders dashed (a decoder's word state has seen only its left context).
@@ -222,9 +249,10 @@ def relative_depth(summary, stem: Path, formats=("pdf", "png"), *, probe="linear
     models = models or _models(s)
     tasks = sorted(s["task"].unique())
     depths = _depths(s, models)
-    with paper_style() as plt:
-        fig, axes = plt.subplots(1, len(tasks), figsize=(TWO_COLUMN, 2.2), squeeze=False, sharex=True,
-                                 layout="constrained")
+    if not tasks:
+        return None
+    with paper_style():
+        fig, axes = new_figure((TWO_COLUMN, 2.4), 1, len(tasks), sharex=True)
         for t, task in enumerate(tasks):
             ax = axes[0][t]
             for i, model in enumerate(models):
@@ -249,54 +277,66 @@ def relative_depth(summary, stem: Path, formats=("pdf", "png"), *, probe="linear
                     labels.append(lab)
         if handles:
             fig.legend(handles, labels, loc="outside upper center", ncol=min(3, len(labels)))
-        out = save(fig, stem, formats)
-        plt.close(fig)
-    return out
+        return finish(fig, stem, formats)
 
 
-def heatmap(summary, stem: Path, formats=("pdf", "png"), *, metric: str = "accuracy", probe: str = "linear",
-            models: list[str] | None = None, normalize: bool = False, annotate: bool = True) -> list[Path]:
+def heatmap(summary, stem: Path | None = None, formats=("pdf", "png"), *, metric: str = "accuracy",
+            probe: str = "linear", models: list[str] | None = None, normalize: bool = False, annotate: bool = True,
+            ax=None):
     """Annotated heatmap of the mean test ``metric``: tasks (rows) × layers (columns), one panel per model.
 
-    Each task's best layer is boxed. ``normalize=True`` colours each row by its own min–max range
-    (where in depth a task peaks) while the annotations keep the raw values.
+    Each task's best layer **on dev** is boxed (the layer the tables report; no box without dev rows).
+    ``normalize=True`` colours each row by its own min–max range (where in depth a task peaks) while the annotations
+    keep the raw values.
 
     Args:
         summary: the summary table (:func:`probekit.report.tables.summarize`).
-        stem: output path without suffix.
+        stem: output path without suffix (files are written only when given).
         models: models to draw (default every real model, then the random-weights ones).
+        ax: draw the one model (``models=[NAME]`` or the only one) into this axes.
     """
     from matplotlib.patches import Rectangle
 
     s = summary
-    sel = s[(s["metric"] == metric) & (s["split"] == "test") & (s["probe"].astype(str) == probe)
-            & control_mask(s, False) & (s["method"].astype(str) == "probe")]
-    sel = sel[sel["layer"].astype(str) != ""]
-    sel = sel[sel["layer"].notna()]
+
+    def rows(split):
+        sel = s[(s["metric"] == metric) & (s["split"] == split) & (s["probe"].astype(str) == probe)
+                & control_mask(s, False) & (s["method"].astype(str) == "probe")]
+        sel = sel[(sel["layer"].astype(str) != "") & sel["layer"].notna()]
+        return sel.assign(layer=sel["layer"].astype(float).astype(int), mean=sel["mean"].astype(float))
+
+    sel, dev = rows("test"), rows("dev")
     if sel.empty:
-        return []
-    sel = sel.assign(layer=sel["layer"].astype(float).astype(int), mean=sel["mean"].astype(float))
+        return None
     if models is None:
         models = _models(sel) + sorted(m for m in set(sel["model"]) - set(_models(sel)) if ModelName.parse(m).is_random)
     models = [m for m in models if m in set(sel["model"])]
     if not models:
-        return []
+        return None
+    if ax is not None:
+        models = only_model(models, models[0] if len(models) == 1 else None, "heatmap")
     from probekit.report.tables import task_row_labels, unique_pivot
 
-    sel = task_row_labels(sel)
-    mats = []
+    sel, dev = task_row_labels(sel), (task_row_labels(dev) if len(dev) else dev)
+    mats, best = [], []
     for m in models:
-        t = unique_pivot(sel[sel["model"] == m], ["task"], "heatmap")
-        mats.append(t.sort_index())
+        t = unique_pivot(sel[sel["model"] == m], ["task"], "heatmap").sort_index()
+        mats.append(t)
+        d = dev[dev["model"] == m] if len(dev) else dev
+        d = unique_pivot(d, ["task"], "heatmap").reindex(index=t.index, columns=t.columns) if len(d) else None
+        best.append(d)
     pct = metric in ("accuracy", "macro_f1", "pos_f1", "selectivity")
-    with paper_style() as plt:
+    with paper_style():
         heights = [0.28 * len(t) + 0.55 for t in mats]
-        fig, axes = plt.subplots(len(models), 1, figsize=(TWO_COLUMN, sum(heights) + 0.35 * len(models)),
-                                 squeeze=False, gridspec_kw={"height_ratios": heights}, layout="constrained")
+        if ax is None:
+            fig, axes = new_figure((TWO_COLUMN, sum(heights) + 0.35 * len(models)), len(models), 1,
+                                gridspec_kw={"height_ratios": heights})
+        else:
+            fig, axes = ax.figure, np.array([[ax]])
         vmin = float(np.nanmin([np.nanmin(t.to_numpy()) for t in mats]))
         vmax = float(np.nanmax([np.nanmax(t.to_numpy()) for t in mats]))
         im = None
-        for ax, m, t in zip(axes[:, 0], models, mats):
+        for ax, m, t, d in zip(axes[:, 0], models, mats, best):
             vals = t.to_numpy(dtype=float)  # [task, layer]
             shown = vals
             if normalize:
@@ -326,13 +366,14 @@ def heatmap(summary, stem: Path, formats=("pdf", "png"), *, metric: str = "accur
                         light = shown[i, j] < (0.55 if normalize else vmin + 0.55 * (vmax - vmin))
                         ax.text(j, i, txt, ha="center", va="center", fontsize=size,
                                 color="white" if light else "black")
+            dev_vals = d.to_numpy(dtype=float) if d is not None else np.full_like(vals, np.nan)
             for i in range(vals.shape[0]):
-                row = vals[i]
+                row = dev_vals[i]
                 if np.isfinite(row).any():
-                    j = int(np.nanargmax(row))
+                    j = int(np.nanargmax(row))  # the first of equal maxima, as the tables' idxmax
                     ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor=PALETTE_HIGHLIGHT,
                                            linewidth=1.2))
-        axes[-1, 0].set_xlabel("layer (0 = embeddings); box = best layer per task")
+        axes[-1, 0].set_xlabel("layer (0 = embeddings); box = best layer on dev per task")
         label = f"test {metric}" + (" (%)" if pct else "")
         if normalize:
             label = f"{label}, scaled per task"
@@ -342,145 +383,10 @@ def heatmap(summary, stem: Path, formats=("pdf", "png"), *, metric: str = "accur
 
             cb.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{100 * v:.0f}"))
         cb.set_label(label)
-        out = save(fig, stem, formats)
-        plt.close(fig)
-    return out
+        return finish(fig, stem, formats)
 
 
 PALETTE_HIGHLIGHT = "#D55E00"  # Okabe-Ito vermillion: the best-layer boxes
-
-
-def _agg(df, keys: list[str], col: str = "value"):
-    """Mean and 95% CI over seeds of ``col`` per ``keys`` group (tidy table -> summary-like frame)."""
-    import pandas as pd
-
-    from probekit.results.stats import mean_ci
-
-    recs = []
-    for key, part in df.groupby(keys, dropna=False, sort=True):
-        mean, lo, hi = mean_ci(part[col].astype(float).to_numpy())
-        rec = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
-        rec.update(mean=mean, ci_lo=lo, ci_hi=hi)
-        for extra in ("trainable_fraction", "trainable_params"):
-            if extra in part:
-                rec[extra] = pd.to_numeric(part[extra], errors="coerce").median()
-        recs.append(rec)
-    return pd.DataFrame(recs)
-
-
-def baselines_vs_params(data, stem: Path, formats=("pdf", "png"), *, metric: str = "accuracy",
-                        split: str = "test", probe: str = "linear", models: list[str] | None = None,
-                        tasks: list[str] | None = None) -> list[Path]:
-    """Test ``metric`` against the fraction of trainable parameters (log x), one panel per model × task.
-
-    Tuning baselines (``method`` in finetune / prompt_tuning / prefix_tuning / adapter / lora, layer -1
-    or empty) are one marker each with a 95% CI bar over seeds; the ``probe`` probes of every layer form a
-    connected series at the probe's fraction (darker = deeper layer; the best layer is labelled), and the
-    majority class is dashed.
-
-    Args:
-        data: the tidy results table (``value`` and ``trainable_fraction`` columns; probes and tuning rows
-            together), or a summary-like table with ``mean``/``ci_lo``/``ci_hi`` and ``trainable_fraction``.
-    Returns:
-        The written paths; ``[]`` when the table has no tuning-baseline rows.
-
-    A probe row without ``trainable_fraction`` gets ``trainable_params`` / (the model's total parameters,
-    derived from its tuning rows as ``trainable_params / trainable_fraction``).
-    """
-    import pandas as pd
-
-    from probekit.errors import DataError
-
-    d = data.copy()
-    if "trainable_fraction" not in d:
-        raise DataError("baselines_vs_params needs a trainable_fraction column: pass the tidy results table "
-                        "(results.csv plus the baselines' rows), not the summary.")
-    d = d[(d["metric"] == metric) & (d["split"] == split)]
-    if "control" in d:
-        d = d[~control_mask(d, True)]
-    layer = pd.to_numeric(d["layer"], errors="coerce")
-    tuning = d[d["method"].isin(TUNING_METHODS) & (layer.isna() | (layer < 0))]
-    if tuning.empty:
-        log.info("baselines_vs_params: no tuning-baseline rows (%s); nothing drawn", ", ".join(TUNING_METHODS))
-        return []
-    probes = d[(d["method"] == "probe") & (d["probe"].astype(str) == probe) & layer.notna() & (layer >= 0)]
-    majority = d[(d["method"] == "probe") & (d["probe"].astype(str) == "majority")]
-    summarised = "mean" in d and "value" not in d
-    if summarised:
-        t_agg, p_agg = tuning, probes.assign(layer=pd.to_numeric(probes["layer"]).astype(int))
-        m_agg = majority
-    else:
-        t_agg = _agg(tuning, ["model", "task", "method"])
-        p_agg = _agg(probes.assign(layer=pd.to_numeric(probes["layer"]).astype(int)), ["model", "task", "layer"])
-        m_agg = _agg(majority, ["model", "task"])
-    for c in ("trainable_fraction", "trainable_params"):
-        for frame in (t_agg, p_agg):
-            if c in frame:
-                frame[c] = pd.to_numeric(frame[c], errors="coerce")
-    totals = {}
-    for m, part in t_agg.groupby("model"):
-        ok = part[(part["trainable_fraction"] > 0) & part["trainable_params"].notna()]
-        if len(ok):
-            totals[m] = float((ok["trainable_params"] / ok["trainable_fraction"]).median())
-    if len(p_agg):
-        frac = p_agg["trainable_fraction"] if "trainable_fraction" in p_agg else pd.Series(np.nan, index=p_agg.index)
-        derived = p_agg["trainable_params"] / p_agg["model"].map(totals) if "trainable_params" in p_agg else np.nan
-        p_agg = p_agg.assign(trainable_fraction=frac.where(frac.notna(), derived))
-    models = models or sorted(t_agg["model"].unique())
-    tasks = tasks or sorted(t_agg["task"].unique())
-    with paper_style() as plt:
-        fig, axes = plt.subplots(len(models), len(tasks), figsize=(TWO_COLUMN, 2.1 * len(models) + 0.3),
-                                 squeeze=False, sharex=True)
-        from matplotlib import cm
-
-        for r, model in enumerate(models):
-            for c, task in enumerate(tasks):
-                ax = axes[r][c]
-                tt = t_agg[(t_agg["model"] == model) & (t_agg["task"] == task)]
-                for i, (method, (marker, label)) in enumerate(TUNING_METHODS.items()):
-                    row = tt[tt["method"] == method]
-                    if row.empty or not np.isfinite(float(row["trainable_fraction"].iloc[0])):
-                        continue
-                    x, y = float(row["trainable_fraction"].iloc[0]), float(row["mean"].iloc[0])
-                    err = [[y - float(row["ci_lo"].iloc[0])], [float(row["ci_hi"].iloc[0]) - y]]
-                    ax.errorbar([x], [y], yerr=err, marker=marker, color=color(i), linestyle="none",
-                                markersize=5, capsize=2, label=label)
-                pp = p_agg[(p_agg["model"] == model) & (p_agg["task"] == task)].sort_values("layer")
-                pp = pp[np.isfinite(pp["trainable_fraction"].astype(float))]
-                if len(pp):
-                    x = pp["trainable_fraction"].astype(float).to_numpy()
-                    y = pp["mean"].astype(float).to_numpy()
-                    layers = pp["layer"].to_numpy()
-                    ax.plot(x, y, color="0.55", linewidth=0.8, zorder=1)
-                    shades = cm.Greys(np.linspace(0.35, 1.0, len(layers)))
-                    ax.scatter(x, y, c=shades, s=9, zorder=2, label=f"{probe} probe per layer (darker = deeper)")
-                    b = int(np.nanargmax(y))
-                    ax.annotate(f"layer {layers[b]}", (x[b], y[b]), xytext=(4, 0), textcoords="offset points",
-                                fontsize=6, va="center")
-                elif len(probes):
-                    log.warning("baselines_vs_params: no trainable fraction for the %s probes of %s (no tuning rows "
-                                "to derive the model size from); probes not drawn", probe, model)
-                mm = m_agg[(m_agg["model"] == model) & (m_agg["task"] == task)]
-                if len(mm):
-                    ax.axhline(float(mm["mean"].iloc[0]), color="grey", linestyle="--", linewidth=0.8,
-                               label="majority class")
-                ax.set_xscale("log")
-                ax.set_title(f"{model}: {task}")
-                if r == len(models) - 1:
-                    ax.set_xlabel("trainable parameters / model parameters")
-                if c == 0:
-                    ax.set_ylabel(f"{split} {metric}")
-        handles, labels = [], []
-        for ax in axes.ravel():
-            for h, lab in zip(*ax.get_legend_handles_labels()):
-                if lab not in labels:
-                    handles.append(h)
-                    labels.append(lab)
-        fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(4, len(labels)))
-        fig.tight_layout()
-        out = save(fig, stem, formats)
-        plt.close(fig)
-    return out
 
 
 def experiment_figures(df, summary, folder: Path, formats=("pdf", "png")) -> list[Path]:
@@ -490,16 +396,21 @@ def experiment_figures(df, summary, folder: Path, formats=("pdf", "png")) -> lis
     """
     folder = Path(folder) / "figures"
     out = []
+
+    def add(stem: str, fig) -> None:
+        if fig is not None:
+            out.extend(figure_paths(folder / stem, formats))
+
     word = summary[summary["level"] == "word"] if "level" in summary else summary
-    out += accuracy_by_layer(summary, folder / "accuracy_by_layer", formats)
+    add("accuracy_by_layer", accuracy_by_layer(summary, folder / "accuracy_by_layer", formats))
     for task in sorted(word["task"].unique()) if "level" in summary else []:
-        out += task_report(summary, task, folder / f"report_{task}", formats)
-    out += sentence_poolings(summary, folder / "sentence_poolings", formats)
+        add(f"report_{task}", task_report(summary, task, folder / f"report_{task}", formats))
+    add("sentence_poolings", sentence_poolings(summary, folder / "sentence_poolings", formats))
     if len(_models(word)) > 1:
-        out += relative_depth(summary, folder / "relative_depth", formats)
-    out += heatmap(summary, folder / "heatmap", formats)
+        add("relative_depth", relative_depth(summary, folder / "relative_depth", formats))
+    add("heatmap", heatmap(summary, folder / "heatmap", formats))
     if df is not None and "method" in df and df["method"].isin(TUNING_METHODS).any():
-        out += baselines_vs_params(df, folder / "baselines_vs_params", formats)
+        add("baselines_vs_params", baselines_vs_params(df, folder / "baselines_vs_params", formats))
     from probekit.report.significance_figures import significance_figures
 
     out += significance_figures(folder.parent, summary, formats)  # sentence bands, best-layer confusion matrices

@@ -9,6 +9,8 @@ from __future__ import annotations
 from contextlib import contextmanager
 from pathlib import Path
 
+from probekit.errors import ConfigError
+
 ONE_COLUMN = 3.25
 TWO_COLUMN = 6.75
 #: Okabe & Ito (2008) colourblind-safe palette.
@@ -20,7 +22,8 @@ RC = {
     "xtick.labelsize": 7, "ytick.labelsize": 7, "lines.linewidth": 1.2, "lines.markersize": 3,
     "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3,
     "grid.linewidth": 0.5, "legend.frameon": False, "figure.dpi": 150, "savefig.dpi": 300,
-    "savefig.bbox": "tight", "savefig.pad_inches": 0.02,
+    # "standard": a figure is exactly its size (3.25 in one column); constrained layout keeps every label inside
+    "savefig.bbox": "standard",
 }
 
 
@@ -77,3 +80,36 @@ def save(fig, stem: Path, formats=("pdf", "png")) -> list[Path]:
         tmp.replace(p)
         out.append(p)
     return out
+
+
+def new_figure(figsize, nrows=1, ncols=1, **kw):
+    """A new Figure (not registered with pyplot) with constrained layout, and its axes grid (always 2-D)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, layout="constrained")
+    return fig, fig.subplots(nrows, ncols, squeeze=False, **kw)
+
+
+def finish(fig, stem, formats):
+    """Save ``fig`` when a ``stem`` is given (call it inside :func:`paper_style`: saving reads its settings); return
+    the figure."""
+    if stem is not None:
+        save(fig, Path(stem), formats)
+    return fig
+
+
+def figure_paths(stem: Path, formats) -> list[Path]:
+    """The files :func:`probekit.report.style.save` writes for ``stem`` and ``formats``."""
+    return [Path(stem).with_name(f"{Path(stem).name}.{fmt}") for fmt in formats]
+
+
+def only_model(models: list[str], model: str | None, what: str) -> list[str]:
+    """With ``ax=`` one axes is drawn: the one model asked for, or the only one."""
+    if model is not None:
+        if model not in models:
+            raise ConfigError(f"{what}: no rows for model {model!r}; the table has {', '.join(models)}.")
+        return [model]
+    if len(models) > 1:
+        raise ConfigError(f"{what}(ax=...) draws one model, and the table has {len(models)} "
+                          f"({', '.join(models)}): pass model=NAME, or no ax for one panel per model.")
+    return models

@@ -136,6 +136,9 @@ def to_frames(rows: list[dict]):
     keys = ["model", "task", "method", "probe", "control", "pooling", "layer", "seed", "split", "metric"]
     df = df.sort_values(keys, key=lambda s: s.astype(str).str.zfill(6) if s.name in ("layer", "seed") else s.astype(str),
                         kind="mergesort").reset_index(drop=True)
+    if df["layer"].dtype.kind == "f" and (df["layer"].dropna() % 1 == 0).all():
+        # rows without a layer (tuning baselines) made the column float: layer numbers are integers (empty = none)
+        df["layer"] = df["layer"].astype("Int64")
     return df, timings
 
 

@@ -472,7 +472,7 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> Experimen
             all_rows.extend(u.rows)
         unit_keys += [u.key for u in units]
     if cfg.baselines:
-        all_rows.extend(run_config_baselines(cfg, data))
+        all_rows.extend(run_config_baselines(cfg, data, progress=progress))
     df, timings = to_frames(all_rows)
     write_csv(df, folder / "results.csv")
     if timings is not None:
@@ -488,13 +488,20 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> Experimen
     from probekit._io import atomic_write_bytes
 
     atomic_write_bytes(folder / "provenance.json", json.dumps(prov, indent=1, default=str).encode())
+    # the resolved config: `probekit run <folder>/config.yaml` runs this experiment again
+    atomic_write_bytes(folder / "config.yaml", cfg.to_yaml().encode())
     from probekit.report.figures import experiment_figures
 
     figs = experiment_figures(df, summary, folder, formats=cfg.figures)
     _append_run_log(folder, {"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t_start)),
                              "seconds": round(time.time() - t_start, 2), "forward_passes": forward_passes})
-    return ExperimentResult(config=cfg, folder=folder, table=df, summary=summary, figures=figs,
-                            forward_passes=forward_passes)
+    result = ExperimentResult(config=cfg, folder=folder, table=df, summary=summary, figures=figs,
+                              forward_passes=forward_passes)
+    if cfg.track:
+        from probekit.tracking import log_experiment
+
+        log_experiment(result)
+    return result
 
 
 def _append_run_log(folder: Path, entry: dict) -> None:
@@ -513,7 +520,7 @@ def _append_run_log(folder: Path, entry: dict) -> None:
     atomic_write_bytes(path, json.dumps(runs, indent=1).encode())
 
 
-def run_config_baselines(cfg: ExperimentConfig, data: dict) -> list[dict]:
+def run_config_baselines(cfg: ExperimentConfig, data: dict, *, progress: bool = False) -> list[dict]:
     """The config's fine-tuning / lightweight-tuning baselines, as rows of the same table.
 
     Each finished run is kept under ``results/<experiment>/baselines/runs`` and skipped on a rerun.
@@ -530,4 +537,4 @@ def run_config_baselines(cfg: ExperimentConfig, data: dict) -> list[dict]:
     return run_baselines(models=[m for m in cfg.models if not ModelName.parse(m).is_random], tasks=word_tasks, seeds=list(cfg.seeds),
                          config=bcfg, train=data["train"], dev=data["dev"], test=data["test"],
                          results_dir=Path(cfg.results_dir) / cfg.name / "baselines", device=cfg.device,
-                         experiment=cfg.name)
+                         experiment=cfg.name, progress=progress)

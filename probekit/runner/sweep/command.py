@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import math
 
+from probekit.config import resolve_config
 from probekit.errors import ConfigError
 from probekit.runner.sweep.plan import SweepPlan, baseline_methods, plan_sweep
-from probekit.runner.sweep.run import load_sweep_config, run_sweep
+from probekit.runner.sweep.run import run_sweep
 
 
 def fmt_s(s: float | None) -> str:
@@ -64,8 +65,9 @@ def describe_plan(plan: SweepPlan, *, workers: int = 1) -> str:
 
 
 def run_sweep_cli(args) -> int:
-    """``probekit sweep CONFIG [--executor local|ray] [--address A] [--workers N] [--dry-run]``."""
-    cfg = load_sweep_config(args.config)
+    """``probekit sweep CONFIG [--set K=V] [--name N] [--results-dir D] [--executor local|ray] [--address A]
+    [--workers N] [--dry-run]``; ``args.overrides`` holds the --set, --name and --results-dir overrides."""
+    cfg = resolve_config(args.config, getattr(args, "overrides", None))
     if args.address and args.executor != "ray":
         raise ConfigError(f"--address {args.address} is for --executor ray; the {args.executor} executor has no "
                           "address.")

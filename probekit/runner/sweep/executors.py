@@ -15,7 +15,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-from probekit.errors import ConfigError, ProbekitError
+from probekit._extras import require
+from probekit.errors import ProbekitError
 from probekit.runner.sweep.cells import CellDone, Extracted, seeds_text
 from probekit.runner.sweep.plan import SweepPlan
 from probekit.runner.sweep.workers import extract_model, init_worker, run_baseline_cell, run_probe_cell
@@ -30,11 +31,12 @@ class SweepLog:
     """Append-only JSON-lines records of the sweep: ``extract.jsonl`` (one line per model extraction) and
     ``cells.jsonl`` (one line per finished cell). Written by the driver only (no concurrent writers)."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, bar=None):
         self.dir = folder / SWEEP_DIR
         self.dir.mkdir(parents=True, exist_ok=True)
         self.units = 0  # unit files (and baseline runs) computed by the cells of this run
         self.cells = 0
+        self.bar = bar  # a progress bar over the pending cells (probekit._progress), advanced per finished cell
 
     def _write(self, name: str, rec: dict) -> None:
         with open(self.dir / name, "a", encoding="utf-8") as fh:
@@ -49,6 +51,8 @@ class SweepLog:
         self.units += res.computed_units
         self.cells += 1
         self._write("cells.jsonl", res.record())
+        if self.bar is not None:
+            self.bar.update(1)
         log.info("[%d/%d] %s %s / %s / %s / %s: %d unit(s) in %.1f s", self.cells, n, res.kind, res.model, res.task,
                  res.method, seeds_text(res.seeds), res.computed_units, res.seconds)
 
@@ -144,12 +148,7 @@ def _submit_all(pool: ProcessPoolExecutor, plan: SweepPlan, rec: SweepLog, failu
 
 def import_ray():
     """``import ray`` with a clear error when the optional extra is missing."""
-    try:
-        import ray
-    except ImportError:
-        raise ConfigError("The Ray executor needs Ray: pip install 'probekit[ray]' (or pip install "
-                          "'ray[default]>=2.9'), or use --executor local.") from None
-    return ray
+    return require("ray", extra="ray", purpose="The Ray executor (or use --executor local)")
 
 
 def run_ray(plan: SweepPlan, address: str | None, rec: SweepLog) -> int:

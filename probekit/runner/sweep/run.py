@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from probekit._progress import progress_bar
 from probekit.config import ExperimentConfig
 from probekit.errors import ConfigError, unknown_name
 from probekit.runner.experiment import ExperimentResult, run_experiment
@@ -40,7 +41,7 @@ def run_sweep(cfg: ExperimentConfig, *, executor: str = "local", workers: int = 
         workers: local worker processes.
         address: Ray cluster address (``auto``, ``ray://host:10001``); default: the running Ray
             instance of this process, else a new local one.
-        progress: progress bars in the aggregation step.
+        progress: a progress bar over the cells (with an ETA), and the aggregation step's bars.
         plan: a plan made by :func:`plan_sweep` just before (else it is made here).
     """
     if executor not in EXECUTORS:
@@ -51,15 +52,16 @@ def run_sweep(cfg: ExperimentConfig, *, executor: str = "local", workers: int = 
         import_ray()  # fail before any work
     t0 = time.perf_counter()
     plan = plan if plan is not None else plan_sweep(cfg)
-    rec = SweepLog(plan.folder)
     n = 0
-    if plan.pending:
-        if executor == "ray":
-            n = run_ray(plan, address, rec)
-        elif workers > 1:
-            n = run_pool(plan, workers, rec)
-        else:
-            n = run_serial(plan, rec)
+    with progress_bar(len(plan.pending), "sweep", unit="cell", enabled=progress and bool(plan.pending)) as bar:
+        rec = SweepLog(plan.folder, bar)
+        if plan.pending:
+            if executor == "ray":
+                n = run_ray(plan, address, rec)
+            elif workers > 1:
+                n = run_pool(plan, workers, rec)
+            else:
+                n = run_serial(plan, rec)
     # every unit and baseline run is finished: the runner only reads them back and writes the tables
     result = run_experiment(plan.config, progress=progress)
     return SweepResult(plan=plan, computed_cells=n, result=result, seconds=time.perf_counter() - t0,

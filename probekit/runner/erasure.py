@@ -1,0 +1,148 @@
+"""The erasure study of a config: for every model x task, erasers per layer, the sanity probes, and the effects of
+erasing on the model, as rows of the results table.
+
+A config is an experiment config (``probekit.config.ExperimentConfig``: models, tasks, layers, data...) with one
+more section, ``erasure:`` (:class:`ErasureSettings`). The stores are the experiment's (:func:`~probekit.runner.
+experiment.extract_stores`), so a probing run and an erasure run of the same config extract once. Erasers are saved
+to ``<results_dir>/<name>/erasers/`` and reused when the model, task, data and settings are the same.
+
+Rows (``method`` column): ``erasure:<method>`` for the sanity probes (:mod:`probekit.causal.sanity`),
+``intervention:<method>`` for the effects (:mod:`probekit.causal.effects`; ``control`` = True for the
+random-subspace control).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from probekit.causal.effects import intervention_effects
+from probekit.causal.erasure import (
+    METHODS,
+    fit_erasers,
+    labelled_rows,
+    layer_features,
+    load_erasers,
+)
+from probekit.causal.sanity import sanity_scores
+from probekit.config import ExperimentConfig
+from probekit.errors import ConfigError, unknown_name
+from probekit.results.table import to_frames, write_csv
+from probekit.runner.experiment import data_checksum, extract_stores, load_data
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ErasureSettings:
+    """The ``erasure:`` section of a config."""
+
+    method: str = field(default="leace", metadata={"help": "leace (default) or inlp."})
+    effect_sentences: int | None = field(default=200, metadata={
+        "help": "How many test sentences (the first ones) the model is run on with each layer erased; null = all."})
+    later: list = field(default_factory=lambda: [1, 2], metadata={
+        "help": "Offsets k: the other tasks' probes are scored at layer l + k after erasing at layer l."})
+    sanity_mlp: bool = field(default=True, metadata={"help": "Also train an MLP probe on the erased features."})
+    control_seed: int = field(default=0, metadata={"help": "Seed of the random-subspace control."})
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise unknown_name("erasure method", self.method, METHODS, hint="(config key 'erasure.method')")
+        if self.effect_sentences is not None and int(self.effect_sentences) < 1:
+            raise ConfigError(f"erasure.effect_sentences must be >= 1 or null, got {self.effect_sentences}.")
+        if any(not isinstance(k, int) or k < 1 for k in self.later):
+            raise ConfigError(f"erasure.later must list positive layer offsets, got {self.later}.")
+
+
+def load_erasure_config(path: str | Path) -> tuple[ExperimentConfig, ErasureSettings]:
+    """(experiment config, erasure settings) from a YAML file with an ``erasure:`` section."""
+    raw = yaml.safe_load(Path(path).read_text()) or {}
+    section = raw.pop("erasure", None) or {}
+    names = [f.name for f in fields(ErasureSettings)]
+    for k in section:
+        if k not in names:
+            raise unknown_name("erasure setting", k, names, ConfigError, hint=f"(in {path}, section 'erasure')")
+    return ExperimentConfig.from_dict(raw, source=str(path)), ErasureSettings(**section)
+
+
+def run_erasure(cfg: ExperimentConfig, settings: ErasureSettings, *, progress: bool = True) -> list[dict]:
+    """Every row of the erasure study (models x tasks x layers); also written to ``<results>/<name>/erasure.csv``."""
+    from probekit.activations.models import load_model
+    from probekit.tasks import get_task
+
+    data, fp = load_data(cfg)
+    folder = Path(cfg.results_dir) / cfg.name
+    rows: list[dict] = []
+    timings = []
+    for model in cfg.models:
+        lm = load_model(model, device=cfg.device)
+        t0 = time.perf_counter()
+        stores = extract_stores(cfg, lm, data, fp, progress=progress)
+        timings.append({"model": model, "stage": "extract", "seconds": time.perf_counter() - t0})
+        tasks = [get_task(t) for t in cfg.tasks]
+        for task in tasks:
+            t0 = time.perf_counter()
+            rows += erase_task(cfg, settings, lm, stores, data, fp, task, [t for t in tasks if t is not task], folder)
+            timings.append({"model": model, "stage": f"erasure:{task.name}", "seconds": time.perf_counter() - t0})
+    df, _ = to_frames(rows)
+    write_csv(df, folder / "erasure.csv")
+    log.info("erasure study %s: %d rows in %s; times %s", cfg.name, len(rows), folder, json.dumps(timings))
+    return rows
+
+
+def erase_task(cfg: ExperimentConfig, settings: ErasureSettings, lm, stores: dict, data: dict, fp: dict, task,
+               others: list, folder: Path) -> list[dict]:
+    """Rows of one model x task: fit (or reuse) the erasers, the sanity probes, the intervention effects."""
+    from probekit.causal.intervene import lm_head_weight
+    from probekit.probing.linear import fit_layers
+
+    layers = [stores["train"]._check_layer(k) for k in (cfg.layers or range(stores["train"].n_layers))]
+    pooling = "mean" if task.level == "sentence" else None
+    key = hashlib.sha256(json.dumps([lm.identity, {r: data_checksum(fp[r]) for r in fp}, task.name, task.version,
+                                     layers, settings.method, pooling], sort_keys=True, default=str).encode()
+                         ).hexdigest()[:16]
+    path = folder / "erasers" / f"{Path(lm.name).name}-{task.name}-{settings.method}-{key}.erasers"
+    if path.is_file():
+        erasers = load_erasers(path, weights_hash=lm.weights_hash, task=task.name)
+    else:
+        erasers = fit_erasers(stores["train"], task, data["train"], layers=layers, method=settings.method,
+                              pooling=pooling, dev_store=stores["dev"], dev_sentences=data["dev"],
+                              weights_hash=lm.weights_hash, device=cfg.device)
+        erasers.save(path)
+    common = dict(experiment=cfg.name, model=lm.name, model_kind=lm.kind, model_hash=lm.weights_hash[:16],
+                  task=task.name, task_version=task.version, level=task.level, pooling=erasers.pooling,
+                  n_layers=lm.num_layers, seed=0)
+    out: list[dict] = []
+    for s in sanity_scores(erasers, stores, data, task, mlp=settings.sanity_mlp, Cs=cfg.Cs, device=cfg.device,
+                           mlp_params=cfg.mlp):
+        out += s.rows(**common)
+    if task.level != "word":  # the intervention edits word positions; a sentence task has none to edit
+        return out
+    sents = data["test"][:settings.effect_sentences] if settings.effect_sentences else data["test"]
+    y_train = labelled_rows(task, data["train"])[1]
+    majority = int(np.bincount(y_train, minlength=len(task.labels)).argmax())
+    probes = {}
+    wanted = sorted({k + o for k in layers for o in settings.later if k + o <= lm.num_layers})
+    for other in (t for t in others if t.level == "word"):
+        rows_tr, y_tr = labelled_rows(other, data["train"])
+        rows_dev, y_dev = labelled_rows(other, data["dev"])
+        fits = {}
+        for k in wanted:  # one layer's features in memory at a time
+            f = fit_layers(layer_features(stores["train"], k, rows_tr, "word", None)[None], y_tr,
+                           n_classes=len(other.labels), Cs=tuple(cfg.Cs),
+                           X_dev=layer_features(stores["dev"], k, rows_dev, "word", None)[None], y_dev=y_dev,
+                           device=cfg.device)[0]
+            fits[k] = f
+        probes[other.name] = (other.encode(sents), fits)
+    head = lm_head_weight(lm) if lm.kind == "decoder" else None
+    effects = intervention_effects(lm, sents, task.encode(sents), erasers.erasers, majority=majority, head=head,
+                                   probes=probes, control_seed=settings.control_seed, batch_tokens=cfg.batch_tokens)
+    for e in effects:
+        out += e.rows(**common, method=f"intervention:{erasers.method}")
+    return out
