@@ -182,6 +182,24 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from probekit.results.analysis import compare
+    from probekit.results.sentence_stats import describe
+
+    tests = compare(args.a, args.b, n_resamples=args.resamples)
+    if tests.empty:
+        print("No model of the one experiment was probed on a task of the other: nothing to compare.")
+        return 0
+    for line in describe(tests):
+        print(line)
+    if args.csv:
+        from probekit.results.table import write_csv
+
+        write_csv(tests, args.csv)
+        print(args.csv)
+    return 0
+
+
 def cmd_sweep(args) -> int:
     from probekit.runner.sweep import run_sweep_cli
 
@@ -374,6 +392,14 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("folder", help="A results folder (results/<name>).")
     rep.add_argument("--formats", nargs="+", default=["pdf", "png"], help="Figure formats (default pdf png).")
     rep.set_defaults(fn=cmd_report)
+
+    cp = sub.add_parser("compare", help="Paired significance tests of the models of two experiments on the same "
+                        "test words (refuses two experiments with different test sets).")
+    cp.add_argument("a", help="results/<experiment A>")
+    cp.add_argument("b", help="results/<experiment B>")
+    cp.add_argument("--resamples", type=int, default=1000, help="Permutation and bootstrap resamples (>= 100).")
+    cp.add_argument("--csv", help="Also write every test to this CSV file.")
+    cp.set_defaults(fn=cmd_compare)
 
     sw = sub.add_parser("sweep", help="Run the cross product of a sweep config (local processes or Ray).")
     sw.add_argument("config", help="A sweep config (an experiment config) or a shipped config name.")

@@ -249,3 +249,31 @@ def test_unknown_pooling_is_a_config_error():
         check_pooling("cls")
     assert check_pooling("cls", sentence=True) == "cls"
     assert check_pooling("mean") == "mean"
+
+
+# ------------------------------------------------------------------------------ pooling that respects the word
+
+def test_contractions_read_a_subword_with_their_letters(minilm_tokenizer):
+    """`first` pooling of n't / 's reads the subword with their letters, not the apostrophe; `didn` goes to `did`."""
+    s = Sentence.from_words(["I", "did", "n't", "see", "it", "'s", "end", "--"],
+                            space_after=[True, False, True, True, False, True, True, False])
+    a = align_sentence(minilm_tokenizer, s)
+    piece = {w: [a.text[slice(*a.offsets[t])] for t in a.word_tokens[w]] for w in range(len(s))}
+    head = [a.text[slice(*a.offsets[h])] for h in a.heads]
+    assert piece[1] == ["didn"] and piece[2] == ["'", "t"]  # straddling `didn`: 3 of 4 characters in `did`
+    assert head[2] == "t" and piece[5][0] == "'" and head[5] == "s"
+    assert head[7] == piece[7][0]  # no letter at all: the first subword
+    hidden = np.arange(a.n_tokens, dtype=np.float32)[None, :, None]
+    first = pool_words(hidden, a.word_tokens, "first", a.heads)[0, :, 0]
+    assert first.tolist() == [float(h) for h in a.heads]
+
+
+def test_straddling_subword_moves_to_the_word_it_overlaps_most():
+    from probekit.activations.align import _by_overlap
+
+    word_tokens = [[0, 1], [2]]
+    _by_overlap("abcde", [(0, 2), (2, 5)], [(0, 1), (1, 4), (4, 5)], word_tokens)
+    assert word_tokens == [[0], [1, 2]]  # "bcd": 1 character in word 0, 2 in word 1
+    word_tokens = [[0], [1]]
+    _by_overlap("abcde", [(0, 2), (2, 5)], [(0, 4), (4, 5)], word_tokens)
+    assert word_tokens == [[0], [1]]  # moving it would leave word 0 without a subword

@@ -27,7 +27,7 @@ def _reference(lm, ex, sentences):
             buf[:, s:e][:, own] = hs[:, p:p + e - s][:, own]
             if wi == 0 and "cls" in sents:
                 sents["cls"].append(hs[:, 0])
-        words.append(pool_words(buf, a.word_tokens, ex.word_pooling))
+        words.append(pool_words(buf, a.word_tokens, ex.word_pooling, a.heads))
         if "mean" in sents:
             sents["mean"].append(buf.mean(axis=1))
         if "last" in sents:

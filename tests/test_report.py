@@ -298,6 +298,36 @@ def test_large_counts_are_written_whole(tmp_path: Path):
     assert pd.isna(back["layer"]).sum() == 1
 
 
+def test_tables_show_sentence_interval_and_f1_selectivity():
+    """The sentence-bootstrap interval and the F1 selectivity reach the best-layer table, LaTeX and Markdown."""
+    import pandas as pd
+
+    from probekit.report.latex import best_layer_latex, best_layer_markdown
+    from probekit.report.tables import best_layer_table, summarize
+
+    rows = []
+    for layer in range(3):
+        for control in (False, True):
+            for metric, v in (("accuracy", 0.9 + 0.01 * layer - 0.2 * control), ("pos_f1", 0.6 - 0.3 * control)):
+                rows.append(row(experiment="e", model="enc", model_kind="encoder", task="aux_verb", level="word",
+                                method="probe", probe="linear", control=control, pooling="first", layer=layer,
+                                n_layers=2, seed=0, split="test", metric=metric, value=v))
+        rows.append(row(experiment="e", model="enc", model_kind="encoder", task="aux_verb", level="word",
+                        method="probe", probe="linear", control=False, pooling="first", layer=layer, n_layers=2,
+                        seed=0, split="dev", metric="accuracy", value=0.5 + 0.1 * (layer == 1)))
+    s = summarize(pd.DataFrame(rows))
+    sel = s[s["metric"] == "selectivity_f1"]
+    assert sel["mean"].to_numpy() == pytest.approx([0.3, 0.3, 0.3])
+    test_acc = (s["metric"] == "accuracy") & (s["split"] == "test") & (s["control"].astype(str) == "False")
+    s = s.assign(sent_lo=np.where(test_acc, s["mean"] - 0.004, np.nan), sent_hi=np.where(test_acc, s["mean"] + 0.006,
+                                                                                         np.nan))
+    t = best_layer_table(s)
+    assert str(t["best_layer"].iloc[0]) == "1" and t["sent_lo"].iloc[0] == pytest.approx(0.906)
+    md = best_layer_markdown(t)
+    assert "95% CI (sent.)" in md and "[90.6, 91.6]" in md and "Sel. F1 (pts)" in md and "| 30.0 |" in md
+    assert r"95\% CI (sent.)" in best_layer_latex(t)
+
+
 # ------------------------------------------------------------------------------------------- figures as objects
 
 def _summary():

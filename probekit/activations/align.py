@@ -2,13 +2,20 @@
 
 The model sees each sentence as natural text (UD's ``# text`` line). The fast tokenizer is run
 once on that text with ``return_offsets_mapping=True`` and every subword is given to the word
-whose character span contains the subword's first non-space character. Words are never
+whose character span contains the subword's first non-space character. A subword can straddle a
+word boundary (WordPiece splits "didn't" into ``didn ' t`` while UD's words are ``did`` + ``n't``);
+such a subword then goes to the word it shares the most characters with (``didn`` to ``did``, 3 of
+its 4 characters), unless that would leave the other word without any subword. Words are never
 tokenized one by one: for byte-level BPE (GPT-2, Llama-3, SmolLM2) that would produce tokens
 the model never saw in pretraining (no leading-space ``Ġ`` variants).
 
 Guarantees (tested, including property-based tests):
 
 * every word gets at least one subword;
+* ``first`` pooling reads the word's first subword that carries one of its letters or digits
+  (:attr:`AlignedSentence.heads`), not a leading punctuation-only subword: the contractions ``'s``,
+  ``n't``, ``'m``, ``'ve``, ``'ll``, ``'re``, ``'d`` would otherwise all take the vector of one
+  apostrophe token. A word with no letter or digit (``--``) reads its first subword;
 * no subword belongs to two words, so no two words merge. Where a tokenizer would put the
   end of one syntactic word and the start of the next in one subword (multiword tokens such as
   ``cannot`` = ``can`` + ``not`` in a BPE vocabulary), a single space is inserted at that word
@@ -40,7 +47,7 @@ class AlignedSentence:
     """A sentence tokenized once, with each word's subwords.
 
     ``token_ids`` are the content subwords (no special tokens); ``word_tokens[i]`` lists indices
-    into ``token_ids`` for word ``i``, in order.
+    into ``token_ids`` for word ``i``, in order; ``heads[i]`` is the one ``first`` pooling reads.
     """
 
     text: str
@@ -50,6 +57,7 @@ class AlignedSentence:
     repaired: int = 0
     borrowed: int = 0
     spans: list[tuple[int, int]] = field(default_factory=list)
+    heads: list[int] = field(default_factory=list)
 
     @property
     def n_tokens(self) -> int:
@@ -131,6 +139,7 @@ def align_sentence(tokenizer, sentence: Sentence, *, _pre=None, max_repairs: int
             repaired += 1
         ids_l, off_l = _tokenize(tokenizer, [text])
         ids, offs = ids_l[0], off_l[0]
+    _by_overlap(text, spans, offs, word_tokens)
     borrowed = 0
     for w, t in orphans:
         if t < 0:
@@ -143,7 +152,41 @@ def align_sentence(tokenizer, sentence: Sentence, *, _pre=None, max_repairs: int
         word_tokens[w] = [t]
         borrowed += 1
     return AlignedSentence(text=text, token_ids=list(ids), offsets=[tuple(o) for o in offs], word_tokens=word_tokens,
-                           repaired=repaired, borrowed=borrowed, spans=spans)
+                           repaired=repaired, borrowed=borrowed, spans=spans,
+                           heads=_heads(text, spans, offs, word_tokens))
+
+
+def _by_overlap(text: str, spans, offsets, word_tokens) -> None:
+    """Move each subword that straddles a word boundary to the word it shares the most characters with (ties: the
+    word it starts in), in place, where the word it leaves keeps another subword."""
+    owner = {t: w for w, toks in enumerate(word_tokens) for t in toks}
+    for t, w in owner.items():
+        x, y = offsets[t]
+        if y - x < 2:
+            continue
+        share = [(min(b, y) - max(a, x), -v) for v, (a, b) in enumerate(spans) if a < y and b > x and v != w]
+        if not share or len(word_tokens[w]) < 2:
+            continue
+        a, b = spans[w]
+        n, v = max(share)
+        if n > min(b, y) - max(a, x):
+            word_tokens[w].remove(t)
+            word_tokens[-v].append(t)
+            word_tokens[-v].sort()
+
+
+def _heads(text: str, spans, offsets, word_tokens) -> list[int]:
+    """Per word, its first subword whose characters inside the word include a letter or digit (else its first)."""
+    heads = []
+    for (a, b), toks in zip(spans, word_tokens):
+        head = toks[0]
+        for t in toks:
+            x, y = offsets[t]
+            if any(c.isalnum() for c in text[max(a, x):min(b, y)]):
+                head = t
+                break
+        heads.append(head)
+    return heads
 
 
 def align_batch(tokenizer, sentences: Sequence[Sentence], *, chunk: int = 2048) -> list[AlignedSentence]:
@@ -222,18 +265,20 @@ def check_pooling(how: str, *, sentence: bool = False) -> str:
     return how
 
 
-def pool_words(hidden: np.ndarray, word_tokens: Sequence[Sequence[int]], how: str) -> np.ndarray:
+def pool_words(hidden: np.ndarray, word_tokens: Sequence[Sequence[int]], how: str,
+               heads: Sequence[int] | None = None) -> np.ndarray:
     """Pool token vectors into word vectors.
 
     Args:
         hidden: ``[layer, token, d_model]`` vectors of one sentence's content tokens.
         word_tokens: token indices per word.
         how: ``first``, ``last`` or ``mean``.
+        heads: the token ``first`` reads per word (:attr:`AlignedSentence.heads`); None: each word's first token.
     Returns:
         ``[layer, word, d_model]``.
     """
     if how == "first":
-        return hidden[:, [t[0] for t in word_tokens]]
+        return hidden[:, list(heads) if heads is not None else [t[0] for t in word_tokens]]
     if how == "last":
         return hidden[:, [t[-1] for t in word_tokens]]
     if how == "mean":

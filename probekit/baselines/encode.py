@@ -106,7 +106,7 @@ def encode_split(sentences: Sequence[Sentence], task, tokenizer, *, pooling: str
         labs = labels[pos:pos + len(sent)]
         pos += len(sent)
         # the labelled subword of every labelled word
-        targets = [(wi, (al.word_tokens[wi][0] if pooling == "first" else al.word_tokens[wi][-1]), int(lab))
+        targets = [(wi, (al.heads[wi] if pooling == "first" else al.word_tokens[wi][-1]), int(lab))
                    for wi, lab in enumerate(labs) if lab >= 0]
         n_words += len(targets)
         if not targets:

@@ -341,8 +341,11 @@ class LinearFamily(ProbeFamily):
         else:
             fits = fit_layers(X["train"], y["train"], n_classes=n_classes, fixed_C=reg, device=settings.device,
                               seed=seed)
-        return [LayerResult(f.predict(X["dev"][i]), f.predict(X["test"][i]), f.n_params, f.C)
-                for i, f in enumerate(fits)]
+        out = []
+        for i, f in enumerate(fits):
+            proba = f.predict_proba(X["test"][i])  # one float64 scoring pass: its argmax is f.predict's
+            out.append(LayerResult(f.predict(X["dev"][i]), proba.argmax(1), f.n_params, f.C, proba.max(1)))
+        return out
 
     def fit_controls(self, X, controls, *, seeds, n_classes, settings: FitSettings, chosen):
         every = sorted(controls)

@@ -324,5 +324,5 @@ class MLPFamily(ProbeFamily):
             m.fit(X["train"][i], y["train"], X["dev"][i], y["dev"])
             n_params = sum(p.numel() for p in m.model_.parameters()) if hasattr(m, "model_") else None
             out.append(LayerResult(m.predict(X["dev"][i]), m.predict(X["test"][i]), n_params,
-                                   params.get("weight_decay")))
+                                   params.get("weight_decay"), m.predict_proba(X["test"][i]).max(1)))
         return out

@@ -49,6 +49,8 @@ class LayerResult:
     pred_test: np.ndarray
     n_params: int | None
     reg: float | None
+    #: the probability the probe gives its predicted class on each test item (the per-word predictions file)
+    proba_test: np.ndarray | None = None
 
 
 class ProbeFamily:

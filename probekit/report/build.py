@@ -46,7 +46,9 @@ def load_tables(folder: str | os.PathLike):
             df = pd.concat([df, b], ignore_index=True)
     if df.empty:
         raise DataError(f"{folder / 'results.csv'} has no rows. Run the experiment again.")
-    return df, summarize(df)
+    from probekit.results.analysis import from_folder
+
+    return df, from_folder(folder, summarize(df))
 
 
 def build_report(folder: str | os.PathLike, formats: Sequence[str] = ("pdf", "png"), *, figures: bool = True

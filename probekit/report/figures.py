@@ -411,4 +411,7 @@ def experiment_figures(df, summary, folder: Path, formats=("pdf", "png")) -> lis
     add("heatmap", heatmap(summary, folder / "heatmap", formats))
     if df is not None and "method" in df and df["method"].isin(TUNING_METHODS).any():
         add("baselines_vs_params", baselines_vs_params(df, folder / "baselines_vs_params", formats))
+    from probekit.report.significance_figures import significance_figures
+
+    out += significance_figures(folder.parent, summary, formats)  # sentence bands, best-layer confusion matrices
     return out

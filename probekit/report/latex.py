@@ -22,8 +22,11 @@ COLUMNS = [
     ("pooling", "Pooling", "Pooling"),
     ("best_layer", "Best layer", "Best layer"),
     ("test_acc", r"Acc. (\%)", "Acc. (%)"),
+    ("sent_ci", r"95\% CI (sent.)", "95% CI (sent.)"),
     ("majority", r"Maj. (\%)", "Maj. (%)"),
+    ("word_majority", r"W.-maj. (\%)", "W.-maj. (%)"),
     ("selectivity", "Sel. (pts)", "Sel. (pts)"),
+    ("selectivity_f1", r"Sel.\ F1 (pts)", "Sel. F1 (pts)"),
     ("expected_layer", r"$\mathrm{E}[\ell]$", "E[layer]"),
     ("mdl_best_layer", "MDL layer", "MDL layer"),
 ]
@@ -72,10 +75,15 @@ def format_best_layer_table(table, *, drop_constant: bool = True):
         # "± x" when the CI rounds to at least 0.1 points (one seed, or seeds that agree, show the bare mean)
         acc_s = _pct(acc) + (f" ± {100 * ci:.1f}" if ci is not None and 100 * ci >= 0.05 else "")
         sel = _num(r.get("selectivity"))
+        sel_f1 = _num(r.get("selectivity_f1"))
+        lo, hi = _num(r.get("sent_lo")), _num(r.get("sent_hi"))
         el = _num(r.get("expected_layer"))
         recs.append({"model": str(r["model"]), "task": str(r["task"]), "probe": str(r.get("probe", "")),
                      "pooling": str(r.get("pooling", "")), "best_layer": _layer(r.get("best_layer")),
                      "test_acc": acc_s, "majority": _pct(r.get("majority")),
+                     "word_majority": _pct(r.get("word_majority")),
+                     "sent_ci": "--" if lo is None or hi is None else f"[{_pct(lo)}, {_pct(hi)}]",
+                     "selectivity_f1": "--" if sel_f1 is None else f"{100 * sel_f1:.1f}",
                      "selectivity": "--" if sel is None else f"{100 * sel:.1f}",
                      "expected_layer": "--" if el is None else f"{el:.2f}",
                      "mdl_best_layer": _layer(r.get("mdl_best_layer")), "_acc": acc if acc is not None else -1.0})
@@ -91,6 +99,9 @@ def format_best_layer_table(table, *, drop_constant: bool = True):
         for c in ("probe", "pooling"):
             if out[c].nunique() <= 1:
                 out = out.drop(columns=c)
+        for c in ("sent_ci", "selectivity_f1", "word_majority"):  # not computed (no saved predictions; no binary task with controls)
+            if (out[c] == "--").all():
+                out = out.drop(columns=c)
     return out
 
 
@@ -104,8 +115,11 @@ def best_layer_latex(table, *, caption: str | None = None, label: str = "tab:bes
     cols = [(k, tex) for k, tex, _ in COLUMNS if k in f]
     align = "".join("l" if k in ("model", "task", "probe", "pooling") else "r" for k, _ in cols)
     caption = caption or ("Best layer per model and task (layer 0 = embeddings). Acc.: test accuracy at the best "
-                          r"layer, mean $\pm$ 95\% CI half-width over seeds; Maj.: majority-class accuracy; "
-                          "Sel.: selectivity (task $-$ control-task accuracy) at that layer; "
+                          r"layer, mean $\pm$ 95\% CI half-width over seeds; 95\% CI (sent.): percentile interval "
+                          "of a bootstrap over test sentences; Maj.: majority-class accuracy; W.-maj.: each test word gets its "
+                          "type's most frequent train label (unseen types: the majority label); "
+                          "Sel.: selectivity (task $-$ control-task accuracy) at that layer; Sel.\\ F1: the same "
+                          "on the positive class's F1 (binary tasks); "
                           r"$\mathrm{E}[\ell]$: expected layer (Tenney et al., 2019); MDL layer: layer with the "
                           "shortest online codelength (Voita \\& Titov, 2020).")
     lines = [r"\begin{table}[t]", r"\centering", r"\small", rf"\begin{{tabular}}{{{align}}}", r"\toprule",

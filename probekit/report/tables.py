@@ -10,20 +10,24 @@ KEYS = ["experiment", "model", "model_kind", "task", "level", "method", "probe",
 
 
 def _derived_rows(df):
-    """Selectivity rows (task acc − control acc, per layer and seed) from the tidy table."""
+    """Selectivity rows (task score − control score, per layer and seed) from the tidy table: ``selectivity`` on
+    accuracy and, for a binary task, ``selectivity_f1`` on the positive class's F1 (on a task with a 0.94 majority
+    accuracy selectivity is squeezed into a few points; F1 is not)."""
     import pandas as pd
 
-    acc = df[(df["metric"] == "accuracy") & (df["split"] == "test") & (df["method"] == "probe")
-             & df["layer"].notna()]
-    real = acc[control_mask(acc, False)]
-    ctrl = acc[control_mask(acc, True)]
-    if real.empty or ctrl.empty:
-        return pd.DataFrame(columns=df.columns)
-    on = ["model", "task", "probe", "pooling", "layer", "seed"]
-    m = real.merge(ctrl[on + ["value"]], on=on, suffixes=("", "_ctrl"))
-    m["value"] = m["value"] - m["value_ctrl"]
-    m["metric"] = "selectivity"
-    return m[df.columns]
+    parts = []
+    for metric, name in (("accuracy", "selectivity"), ("pos_f1", "selectivity_f1")):
+        sc = df[(df["metric"] == metric) & (df["split"] == "test") & (df["method"] == "probe") & df["layer"].notna()]
+        real = sc[control_mask(sc, False)]
+        ctrl = sc[control_mask(sc, True)]
+        if real.empty or ctrl.empty:
+            continue
+        on = ["model", "task", "probe", "pooling", "layer", "seed"]
+        m = real.merge(ctrl[on + ["value"]], on=on, suffixes=("", "_ctrl"))
+        m["value"] = m["value"] - m["value_ctrl"]
+        m["metric"] = name
+        parts.append(m[df.columns])
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=df.columns)
 
 
 def summarize(df, confidence: float = 0.95):
@@ -100,11 +104,17 @@ def best_layer_table(summary):
         mdl = sel[sel["metric"] == "mdl_codelength_kbits"]
         mdl_best = mdl.loc[mdl["mean"].astype(float).idxmin(), "layer"] if len(mdl) else ""
         maj = s[(s["model"] == model) & (s["task"] == task) & (s["probe"] == "majority") & (s["metric"] == "accuracy")]
+        wmaj = s[(s["model"] == model) & (s["task"] == task) & (s["probe"] == "word_majority")
+                 & (s["metric"] == "accuracy")]
         recs.append({"model": model, "task": task, "probe": probe, "pooling": pooling, "best_layer": best["layer"],
                      "chosen_on": chosen_on,
                      "test_acc": float(best["mean"]), "ci": float(best["ci_hi"]) - float(best["mean"]),
+                     # 95% interval over test sentences (results.sentence_stats), when predictions were saved
+                     "sent_lo": float(best.get("sent_lo", np.nan)), "sent_hi": float(best.get("sent_hi", np.nan)),
                      "majority": float(maj["mean"].iloc[0]) if len(maj) else np.nan,
-                     "selectivity": one("selectivity", best["layer"]), "expected_layer": one("expected_layer"),
+                     "word_majority": float(wmaj["mean"].iloc[0]) if len(wmaj) else np.nan,
+                     "selectivity": one("selectivity", best["layer"]),
+                     "selectivity_f1": one("selectivity_f1", best["layer"]), "expected_layer": one("expected_layer"),
                      "mdl_best_layer": mdl_best,
                      "mdl_kbits_at_best": one("mdl_codelength_kbits", mdl_best) if mdl_best != "" else np.nan})
     return pd.DataFrame(recs)

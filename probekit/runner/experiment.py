@@ -28,6 +28,7 @@ from probekit.probing.features import FeatureCache
 from probekit.report import figures
 from probekit.report.structural_figures import structural_figures
 from probekit.report.tables import best_layer_table, summarize
+from probekit.results.analysis import analyse
 from probekit.results.table import (
     begin_folder_write,
     commit_folder,
@@ -101,6 +102,7 @@ def _remove_temporaries(folder: Path) -> None:
 
 def _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, erasure, structural) -> ExperimentResult:
     all_rows: list[dict] = []
+    unit_keys: list[str] = []
     models_info = {}
     forward_passes = 0
     policy = ProbePolicy.from_config(cfg)
@@ -133,7 +135,7 @@ def _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, eras
                     continue
                 t0 = time.perf_counter()
                 done = probe_task(lm_info=info, stores=stores, data=data, task=task, policy=policy, units=tunits,
-                                  feature_cache=feature_cache)
+                                  feature_cache=feature_cache, predictions_dir=runs)
                 for u in tunits:
                     save_unit(runs / f"{u.key}.json", done[u])
                 unit_rows.update(done)
@@ -141,6 +143,7 @@ def _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, eras
             del lm, feature_cache
         for u in units:
             all_rows.extend(unit_rows[u])
+        unit_keys += [u.key for u in units]
     if cfg.baselines:
         all_rows.extend(run_config_baselines(cfg, data, progress=progress))
     if erasure is not None:
@@ -157,7 +160,8 @@ def _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, eras
         write_csv(timings, folder / "timings.csv")
     else:
         (folder / "timings.csv").unlink(missing_ok=True)
-    summary = summarize(df)
+    # sentence-level intervals, significance between layers and models, error analysis (results/analysis.py)
+    summary = analyse(folder, unit_keys, data, tasks, summarize(df))
     write_csv(summary, folder / "summary.csv")
     prov = provenance(cfg.to_dict(), data=data_fp, models=models_info,
                       tasks={t.name: {"version": t.version, "fingerprint": t.fingerprint, "file": t.source}

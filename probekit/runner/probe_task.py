@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -24,6 +25,7 @@ from probekit.probing.features import (
     labelled,
 )
 from probekit.probing.registry import LayerResult
+from probekit.results import predictions
 from probekit.results.table import classification_metrics, row
 from probekit.runner.units import ProbePolicy, Unit
 
@@ -81,12 +83,15 @@ def _control_labels(task, data: dict, items: dict[str, Labelled], seeds: list[in
 
 
 def probe_task(*, lm_info: dict, stores: dict, data: dict, task, policy: ProbePolicy, units: list[Unit],
-               feature_cache: FeatureCache | None = None) -> dict[Unit, list[dict]]:
+               feature_cache: FeatureCache | None = None, predictions_dir: Path | None = None
+               ) -> dict[Unit, list[dict]]:
     """Train and score every unit of ``units`` (one task, one model): ``{unit: rows}``.
 
     ``lm_info``: ``{"name", "kind", "hash"}`` of the model; ``stores`` and ``data``: ``{role: store}`` and
     ``{role: [Sentence]}`` for train, dev and test. ``feature_cache``: kept by the caller across the tasks of one
     model, so that the next task reading the same rows reuses the last layer group's features.
+    ``predictions_dir``: where each unit's per-layer test predictions are written (the sentence bootstrap, the
+    significance tests and the error analysis read them: :mod:`probekit.results.predictions`); None writes none.
     """
     level = task.level
     for u in units:
@@ -110,6 +115,7 @@ def probe_task(*, lm_info: dict, stores: dict, data: dict, task, policy: ProbePo
     # and a unit's numbers must not depend on which other units happen to be pending
     seeds = sorted(set(policy.seeds) | {u.seed for u in units})
     controls = _control_labels(task, data, items, seeds, n_classes) if policy.control_tasks else {}
+    test_items = predictions.item_index(data["test"], items["test"].rows, level) if predictions_dir else None
     t = _Task(items, n_classes, common, controls)
     out: dict[Unit, list[dict]] = {u: [] for u in units}
     by_pool: dict[str, list[Unit]] = {}
@@ -132,6 +138,13 @@ def probe_task(*, lm_info: dict, stores: dict, data: dict, task, policy: ProbePo
             shared: dict = {}
             for u in punits:
                 out[u] += _unit_group_rows(u, t, X, group, policy, pool_name, shared)
+                if test_items is not None:
+                    for i, layer in enumerate(group):
+                        res = shared[(u.probe, "fit", u.seed)][i]
+                        predictions.save_layer(predictions_dir, u.key, gold=t.y["test"], pred=res.pred_test,
+                                               proba=res.proba_test, items=test_items, model=common["model"],
+                                               task=common["task"], probe=u.probe, pooling=pool_name, seed=u.seed,
+                                               layer=layer)
             t0 = time.perf_counter()
     return out
 
@@ -174,6 +187,7 @@ def _unit_group_rows(u: Unit, t: _Task, X: dict, group: list[int], policy: Probe
     else:
         res = family.fit(X, y, n_classes=t.n_classes, settings=settings, seed=u.seed)
         secs = time.perf_counter() - t0
+    shared[(u.probe, "fit", u.seed)] = res  # the unit's fit, for its predictions file
     secs /= len(group)
     for i, layer in enumerate(group):
         scores = {"dev": {"accuracy": float(np.mean(res[i].pred_dev == y["dev"]))},
@@ -196,7 +210,9 @@ def _unit_group_rows(u: Unit, t: _Task, X: dict, group: list[int], policy: Probe
             secs = time.perf_counter() - t0
         secs /= len(group)
         for i, layer in enumerate(group):
-            scores = {"test": {"accuracy": float((cres[i].pred_test == control["test"]).mean())}}
+            # accuracy, and for a binary task the positive class's F1 (selectivity on F1, report.tables)
+            scores = {"test": {k: v for k, v in classification_metrics(control["test"], cres[i].pred_test,
+                                                                       t.n_classes).items() if k != "macro_f1"}}
             rows += _score_rows(t, u, pool_name, layer, True, scores, cres[i], secs)
     if policy.runs_mdl(u.probe, u.seed):
         t0 = time.perf_counter()

@@ -1,0 +1,157 @@
+"""The rigour files of an experiment, written after its probes: predictions, sentence intervals, significance,
+error analysis.
+
+:func:`analyse` (called by the runner) gathers the units' saved test predictions and writes, under
+``results/<experiment>/``:
+
+* ``predictions.csv.gz``: every test item's gold and predicted label, per model, task, probe, pooling and layer, of
+  the first seed (the linear probe's seeds fit alike; 3 seeds would triple the file and the time to write it);
+* ``significance.csv`` / ``significance.md``: paired tests between layers and between each model and its
+  random-weights twin (:mod:`probekit.results.sentence_stats`), and the same in words;
+* ``errors/per_label.csv``, ``errors/confusion/<model>__<task>__<probe>__<pooling>__L<layer>.csv``,
+  ``errors/by_word_type.csv`` (seen / unseen types, frequency bands), ``errors/word_majority.csv``.
+
+:func:`from_folder` redoes the summary-level part from a finished folder (``probekit report``): the summary's
+``sent_lo`` / ``sent_hi`` columns and the word-majority rows.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from probekit._io import atomic_write_bytes
+from probekit.activations.models import ModelName
+from probekit.results import error_analysis, predictions, sentence_stats
+from probekit.results.table import write_csv
+
+log = logging.getLogger(__name__)
+
+__all__ = ["analyse", "from_folder", "compare", "labels_of", "confusion_file"]
+
+
+def labels_of(task: str) -> list:
+    from probekit.tasks import get_task
+
+    return list(get_task(task).labels)
+
+
+def confusion_file(model, task, probe, pooling, layer) -> str:
+    """File name of one layer's confusion matrix under ``errors/confusion/``."""
+    return "__".join(re.sub(r"[^A-Za-z0-9_.@-]+", "-", str(p)) for p in (model, task, probe, pooling, f"L{layer}")) \
+        + ".csv"
+
+
+def analyse(folder: Path, unit_keys, data: dict, tasks, summary):
+    """Write the files of the module doc for the units ``unit_keys``; returns ``summary`` with the sentence
+    intervals and word-majority rows (unchanged when no unit saved predictions)."""
+    import pandas as pd
+
+    folder = Path(folder)
+    records = predictions.gather(folder / "runs", unit_keys)
+    if not records:
+        log.info("%s: no saved test predictions; no sentence intervals or significance tests", folder)
+        return summary
+    counts, n_sent = sentence_stats.counts_from_records(records, labels_of)
+    first = min(r["seed"] for r in records)  # the error analysis and the intervals read the first seed
+    predictions.write_predictions(folder / predictions.FILE, [r for r in records if r["seed"] == first], data["test"],
+                                  labels_of)
+    pred = predictions.read_predictions(folder)
+    errors = folder / "errors"
+    write_csv(error_analysis.per_label(pred), errors / "per_label.csv")
+    for key, m in error_analysis.confusions(pred).items():
+        atomic_write_bytes(errors / "confusion" / confusion_file(*key), m.to_csv().encode())
+    type_counts, wm = {}, []
+    for task in tasks:
+        if task.level != "word":
+            continue
+        type_counts[task.name], best, majority = error_analysis.train_word_stats(data["train"], task)
+        for metric, value in error_analysis.word_majority(data["test"], task, best, majority).items():
+            wm.append({"task": task.name, "metric": metric, "value": value})
+    write_csv(error_analysis.by_word_type(pred, type_counts), errors / "by_word_type.csv")
+    write_csv(pd.DataFrame(wm, columns=["task", "metric", "value"]), errors / "word_majority.csv")
+    return _summary_and_tests(folder, summary, counts, n_sent)
+
+
+def _summary_and_tests(folder: Path, summary, counts: dict, n_sent: int):
+    import pandas as pd
+
+    summary = sentence_stats.add_intervals(summary, counts, n_sent)
+    summary = _with_word_majority(folder, summary)
+    best = sentence_stats.best_layers(summary)
+    models = {k[0] for k in counts}
+    twins = [(m, ModelName.random_of(m)) for m in sorted(models) if ModelName.random_of(m) in models]
+    tests = pd.concat([sentence_stats.layer_tests(summary, counts, n_sent),
+                       sentence_stats.model_tests(counts, counts, best, best, n_sent, pairs=twins)],
+                      ignore_index=True)
+    write_csv(tests, folder / "significance.csv")
+    text = ["Paired permutation tests over test sentences (1000 resamples, Holm-corrected, alpha 0.05); "
+            "brackets: 95% sentence-bootstrap interval of the difference.", ""]
+    atomic_write_bytes(folder / "significance.md",
+                       "\n".join(text + [f"- {s}" for s in sentence_stats.describe(tests)]).encode("utf-8") + b"\n")
+    return summary
+
+
+def _with_word_majority(folder: Path, summary):
+    """``summary`` plus one ``probe = word_majority`` row per word task and metric (from errors/word_majority.csv)."""
+    import pandas as pd
+
+    path = Path(folder) / "errors" / "word_majority.csv"
+    if not path.is_file() or summary.empty:
+        return summary
+    wm = pd.read_csv(path)
+    maj = summary[summary["probe"] == "majority"]
+    rows = []
+    for r in wm.itertuples():
+        for _, base in maj[(maj["task"] == r.task) & (maj["metric"] == r.metric)].iterrows():
+            rows.append({**base.to_dict(), "probe": "word_majority", "mean": r.value, "ci_lo": r.value,
+                         "ci_hi": r.value})
+    return pd.concat([summary, pd.DataFrame(rows)], ignore_index=True) if rows else summary
+
+
+def from_folder(folder, summary):
+    """``summary`` with the sentence intervals and word-majority rows of a finished results folder (rewrites its
+    ``significance.*``); unchanged when the folder has no ``predictions.csv.gz``."""
+    folder = Path(folder)
+    if not (folder / predictions.FILE).is_file():
+        return summary
+    counts, n_sent = sentence_stats.counts_table(predictions.read_predictions(folder), labels_of)
+    return _summary_and_tests(folder, summary, counts, n_sent)
+
+
+def _test_set(folder: Path) -> dict:
+    import json
+
+    from probekit.errors import DataError
+
+    path = folder / "provenance.json"
+    if not path.is_file():
+        raise DataError(f"{path} does not exist: give results/<experiment> of a finished run.")
+    test = json.loads(path.read_text())["data"]["test"]
+    return {k: v for k, v in test.items() if k != "file"}
+
+
+def compare(folder_a, folder_b, *, n_resamples: int = sentence_stats.N_RESAMPLES, seed: int = 0):
+    """Paired tests of every model of experiment A against every model of experiment B on the tasks both probed
+    (layer by layer and best layer against best layer). Refuses experiments whose test sets differ."""
+    from probekit.errors import DataError
+    from probekit.report.build import load_tables
+
+    folder_a, folder_b = Path(folder_a), Path(folder_b)
+    ta, tb = _test_set(folder_a), _test_set(folder_b)
+    if ta != tb:
+        raise DataError(f"{folder_a} and {folder_b} were tested on different test sets ({ta} vs {tb}); a paired "
+                        "comparison needs the same test words. Run both configs on the same dataset, split and limit.")
+    pa, pb = predictions.read_predictions(folder_a), predictions.read_predictions(folder_b)
+    for task in sorted(set(pa["task"]) & set(pb["task"])):
+        ia = pa[pa["task"] == task].drop_duplicates(["sentence", "word_index"])[["sentence", "word_index"]]
+        ib = pb[pb["task"] == task].drop_duplicates(["sentence", "word_index"])[["sentence", "word_index"]]
+        if not ia.sort_values(list(ia.columns)).to_numpy().tolist() == \
+                ib.sort_values(list(ib.columns)).to_numpy().tolist():
+            raise DataError(f"Task {task!r} labels different test words in {folder_a} and {folder_b} (another task "
+                            "version?); rerun one of them with the other's task definition.")
+    ca, n_sent = sentence_stats.counts_table(pa, labels_of)
+    cb, _ = sentence_stats.counts_table(pb, labels_of)
+    best_a = sentence_stats.best_layers(load_tables(folder_a)[1])
+    best_b = sentence_stats.best_layers(load_tables(folder_b)[1])
+    return sentence_stats.model_tests(ca, cb, best_a, best_b, n_sent, n_resamples=n_resamples, seed=seed)

@@ -1,0 +1,118 @@
+"""What a probe gets wrong, from its saved test predictions (:mod:`probekit.results.predictions`).
+
+* :func:`per_label`: precision, recall, F1 and support of every label, per layer;
+* :func:`confusions`: gold x predicted counts, per layer;
+* :func:`by_word_type`: accuracy of test words whose type (exact word form) was seen / not seen in the probe's train
+  split, and by frequency band of the type in train (a memorisation diagnostic);
+* :func:`word_majority`: the word-conditional majority baseline: each test word gets the label its type carries most
+  often in train; a type not in train gets the train majority label.
+
+Seeds: the first seed's predictions (the tables' other numbers average seeds; these look at individual errors).
+"""
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+import numpy as np
+
+#: Frequency bands of a word type in the train split: (name, lowest count, highest count).
+BANDS = (("unseen", 0, 0), ("1-9", 1, 9), ("10-99", 10, 99), ("100-999", 100, 999), (">=1000", 1000, None))
+GROUP = ["model", "task", "probe", "pooling", "layer"]
+
+__all__ = ["BANDS", "per_label", "confusions", "train_word_stats", "by_word_type", "word_majority"]
+
+
+def _first_seed(pred):
+    return pred[pred["seed"] == pred["seed"].min()]
+
+
+def per_label(pred):
+    """DataFrame: model, task, probe, pooling, layer, label, precision, recall, f1, support (gold count)."""
+    import pandas as pd
+
+    recs = []
+    for key, part in _first_seed(pred).groupby(GROUP, sort=True):
+        gold, guess = part["gold"].to_numpy(), part["predicted"].to_numpy()
+        for lab in sorted(set(gold) | set(guess)):
+            tp = int(((gold == lab) & (guess == lab)).sum())
+            n_pred, n_gold = int((guess == lab).sum()), int((gold == lab).sum())
+            p = tp / n_pred if n_pred else 0.0
+            r = tp / n_gold if n_gold else 0.0
+            recs.append({**dict(zip(GROUP, key)), "label": lab, "precision": p, "recall": r,
+                         "f1": 2 * p * r / (p + r) if p + r else 0.0, "support": n_gold})
+    return pd.DataFrame(recs)
+
+
+def confusions(pred) -> dict:
+    """{(model, task, probe, pooling, layer): gold x predicted count DataFrame (rows: gold labels)}."""
+    import pandas as pd
+
+    out = {}
+    for key, part in _first_seed(pred).groupby(GROUP, sort=True):
+        labels = sorted(set(part["gold"]) | set(part["predicted"]))
+        m = pd.crosstab(pd.Categorical(part["gold"], labels), pd.Categorical(part["predicted"], labels),
+                        dropna=False)
+        m.index.name, m.columns.name = "gold", "predicted"
+        out[key] = m
+    return out
+
+
+def train_word_stats(train_sentences, task) -> tuple[Counter, dict, str]:
+    """(type counts, {type: most frequent label}, train majority label) of a word task's labelled train words."""
+    ids = task.encode(train_sentences)
+    words = [w for s in train_sentences for w in s.words]
+    counts: Counter = Counter()
+    by_type: dict = defaultdict(Counter)
+    for w, c in zip(words, ids.tolist()):
+        if c >= 0:
+            counts[w] += 1
+            by_type[w][c] += 1
+    total = Counter(c for c in ids.tolist() if c >= 0)
+    majority = task.labels[max(sorted(total), key=lambda c: total[c])]
+    # ties between labels: the lower class id (max over sorted ids keeps the first maximum)
+    best = {w: task.labels[max(sorted(c), key=lambda k: c[k])] for w, c in by_type.items()}
+    return counts, best, majority
+
+
+def _band(n: int) -> str:
+    for name, lo, hi in BANDS:
+        if n >= lo and (hi is None or n <= hi):
+            return name
+    raise AssertionError(n)
+
+
+def by_word_type(pred, train_counts: dict):
+    """DataFrame: model, task, probe, pooling, layer, split_by (``seen`` / ``band``), group, n, accuracy.
+
+    ``train_counts``: task -> Counter of its labelled train word types (:func:`train_word_stats`)."""
+    import pandas as pd
+
+    recs = []
+    p = _first_seed(pred)
+    p = p[p["word_index"] >= 0]
+    for key, part in p.groupby(GROUP, sort=True):
+        counts = train_counts.get(key[1])
+        if counts is None:
+            continue
+        n = np.array([counts.get(w, 0) for w in part["word"]])
+        right = (part["gold"].to_numpy() == part["predicted"].to_numpy())
+        for split_by, groups in (("seen", (("seen", n > 0), ("unseen", n == 0))),
+                                 ("band", tuple((b, np.array([_band(x) == b for x in n], dtype=bool))
+                                                for b, _, _ in BANDS))):
+            for name, mask in groups:
+                if mask.any():
+                    recs.append({**dict(zip(GROUP, key)), "split_by": split_by, "group": name,
+                                 "n": int(mask.sum()), "accuracy": float(right[mask].mean())})
+    return pd.DataFrame(recs)
+
+
+def word_majority(test_sentences, task, best: dict, majority: str) -> dict:
+    """Accuracy, macro-F1 (and positive-class F1 for a binary task) of the word-conditional majority baseline."""
+    from probekit.results.table import classification_metrics
+
+    ids = task.encode(test_sentences)
+    words = [w for s in test_sentences for w in s.words]
+    index = {lab: i for i, lab in enumerate(task.labels)}
+    keep = ids >= 0
+    guess = np.array([index[best.get(w, majority)] for w in words])[keep]
+    return classification_metrics(ids[keep], guess, len(task.labels))
