@@ -220,7 +220,7 @@ def forward(lm, sentences: Sequence[Sentence], *, layer: int | None = None, edit
                 run = SentenceRun(si, content.mean(0).cpu().numpy(), a.word_tokens)
                 if keep:
                     hs = torch.stack([out.hidden_states[k][b, p:p + a.n_tokens].float() for k in keep]).cpu().numpy()
-                    pooled = pool_words(hs, a.word_tokens, ex.word_pooling)
+                    pooled = pool_words(hs, a.word_tokens, ex.word_pooling, a.heads)
                     run.words = {k: pooled[n] for n, k in enumerate(keep)}
                 if head is not None:
                     run.nll = _next_token_nll(last[b], head, ids[b], p, a.n_tokens)
