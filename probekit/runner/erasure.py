@@ -12,7 +12,6 @@ random-subspace control).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -31,6 +30,7 @@ from probekit.causal.erasure import (
 )
 from probekit.causal.sanity import sanity_scores
 from probekit.config import ExperimentConfig
+from probekit.keys import content_key
 from probekit.errors import ConfigError, unknown_name
 from probekit.results.table import to_frames, write_csv
 from probekit.runner.data import data_checksum, extract_stores, load_data
@@ -113,9 +113,8 @@ def erase_task(cfg: ExperimentConfig, settings: ErasureSettings, lm, stores: dic
 
     layers = [stores["train"]._check_layer(k) for k in (cfg.layers or range(stores["train"].n_layers))]
     pooling = "mean" if task.level == "sentence" else None
-    key = hashlib.sha256(json.dumps([lm.identity, {r: data_checksum(fp[r]) for r in fp}, task.name, task.version,
-                                     layers, settings.method, pooling], sort_keys=True, default=str).encode()
-                         ).hexdigest()[:16]
+    key = content_key("eraser", [lm.identity, {r: data_checksum(fp[r]) for r in fp}, task.name, task.version,
+                                 task.fingerprint, layers, settings.method, pooling])
     path = folder / "erasers" / f"{Path(lm.name).name}-{task.name}-{settings.method}-{key}.erasers"
     if path.is_file():
         erasers = load_erasers(path, weights_hash=lm.weights_hash, task=task.name)
