@@ -11,7 +11,7 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-from probekit.errors import ConfigError, ProbekitError
+from probekit.errors import ConfigError, DataError, ProbekitError
 
 log = logging.getLogger(__name__)
 
@@ -122,3 +122,22 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def read_input_lines(path: str | Path) -> list[str]:
+    """The non-empty lines of a UTF-8 text file, stripped (``probekit predict --input``); DataError naming the file
+    and line when a line is not UTF-8."""
+    path = Path(path)
+    out = []
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid UTF-8 ({e.reason} at byte {e.start} of the line). Save "
+                                "the file as UTF-8, e.g. with `iconv -f latin1 -t utf-8`.") from None
+            if lineno == 1:
+                line = line.removeprefix("\ufeff")
+            if line.strip():
+                out.append(line.strip())
+    return out

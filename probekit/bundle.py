@@ -391,27 +391,6 @@ def load_probe_bundle(path: str | Path) -> ProbeBundle:
         raise DataError(f"{damaged} (metadata: {type(e).__name__}: {e})") from None
 
 
-# ----------------------------------------------------------------------------------------------- input
-
-def read_input_lines(path: str | Path) -> list[str]:
-    """The non-empty lines of a UTF-8 text file, stripped (``probekit predict --input``); DataError naming the file
-    and line when a line is not UTF-8."""
-    path = Path(path)
-    out = []
-    with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid UTF-8 ({e.reason} at byte {e.start} of the line). Save "
-                                "the file as UTF-8, e.g. with `iconv -f latin1 -t utf-8`.") from None
-            if lineno == 1:
-                line = line.removeprefix("\ufeff")
-            if line.strip():
-                out.append(line.strip())
-    return out
-
-
 # ----------------------------------------------------------------------------------------------- training
 
 def train_probe_bundle(model: "str | LoadedModel", task: "str | Task", *, train: Sequence[Sentence],

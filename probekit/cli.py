@@ -13,6 +13,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+from probekit._io import read_input_lines
 from probekit.activations.models import WEIGHT_DTYPES
 from probekit.activations.precision import PRECISIONS
 from probekit.errors import ConfigError
@@ -144,7 +145,7 @@ def cmd_predict(args) -> int:
     from probekit import bundle as bundles
 
     bundle = bundles.load_probe_bundle(args.probe)
-    sents = bundles.read_input_lines(args.input) if args.input else args.sentence
+    sents = read_input_lines(args.input) if args.input else args.sentence
     if not sents:
         raise ConfigError("Give sentences as arguments or --input FILE (one sentence per line).")
     if args.layer in ("best", "all"):
@@ -183,7 +184,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from probekit.results.analysis import compare
+    from probekit.report.compare import compare
     from probekit.results.sentence_stats import describe
 
     tests = compare(args.a, args.b, n_resamples=args.resamples)

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from probekit.errors import DataError
+from probekit.report import compare as report_compare
 from probekit.results import analysis, error_analysis, sentence_stats
 
 
@@ -108,7 +109,7 @@ def test_compare_refuses_different_test_sets(tmp_path):
         (tmp_path / name / "provenance.json").write_text(json.dumps(
             {"data": {"test": {"file": f"/x/{name}", "sha256": "abc", "limit": limit}}}))
     with pytest.raises(DataError, match="different test sets"):
-        analysis.compare(tmp_path / "a", tmp_path / "b")
+        report_compare.compare(tmp_path / "a", tmp_path / "b")
 
 
 def test_predictions_round_trip(tmp_path):
@@ -173,4 +174,4 @@ def test_experiment_writes_the_rigour_files_and_compare_runs(tmp_path, tiny_bert
     other = dict(cfg, limit={"train": 40, "dev": 15, "test": 16})
     run_experiment(ExperimentConfig(name="c", **other), progress=False)
     with pytest.raises(DataError, match="different test sets"):
-        analysis.compare(f, f.parent / "c")
+        report_compare.compare(f, f.parent / "c")

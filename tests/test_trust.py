@@ -323,7 +323,7 @@ def test_disk_full_names_the_path_and_the_bytes(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------- 8. predict --input, not UTF-8
 
 def test_predict_input_not_utf8_names_file_and_line(tmp_path, capsys):
-    from probekit.bundle import read_input_lines
+    from probekit._io import read_input_lines
     from probekit.errors import DataError
 
     p = tmp_path / "in.txt"

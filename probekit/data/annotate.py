@@ -470,9 +470,7 @@ def to_sentences(sentences: "str | Sentence | Iterable[str | Sentence]", *, toke
     """
     if tokenize not in TOKENIZE:
         raise unknown_name("tokenize mode", tokenize, TOKENIZE)
-    if isinstance(sentences, (str, Sentence)):
-        sentences = [sentences]
-    items = list(sentences)
+    items = [sentences] if isinstance(sentences, (str, Sentence)) else list(sentences)
     if not items:
         raise DataError("No sentences to predict on: give at least one sentence.")
     texts = {}
