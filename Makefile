@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export PROBEKIT_DATA_DIR ?= $(abspath ../shared/data)
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup quickstart quickstart-decoder baselines test test-fast bench clean-results
+.PHONY: setup quickstart quickstart-decoder baselines lint test test-fast bench clean-results
 
 $(BIN)/.probekit-setup: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,12 @@ quickstart-decoder: setup
 baselines: setup
 	$(BIN)/probekit run configs/baselines.yaml
 
-test: setup
+# house rules: ruff (pyflakes, import order) over the code and tests; mypy on the probing engine and the store
+lint: setup
+	$(BIN)/ruff check probekit tests benchmarks
+	$(BIN)/mypy probekit/probing probekit/activations/store.py
+
+test: setup lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout=1800
 
 test-fast: setup

@@ -1,10 +1,12 @@
 """How many EWT words `first` pooling reads from another subword since it skips punctuation-only subwords, and how
 many subwords straddle a word boundary (minilm tokenizer). Run: ``python benchmarks/pooling_heads.py``."""
 from transformers import AutoTokenizer
-from probekit.activations.models import resolve
-from probekit.data.datasets import locate
-from probekit.data.conllu_io import read_conllu
+
 from probekit.activations.align import align_batch
+from probekit.activations.models import resolve
+from probekit.data.conllu_io import read_conllu
+from probekit.data.datasets import locate
+
 _, path, _, _ = resolve("minilm")
 tok = AutoTokenizer.from_pretrained(str(path))
 for split in ("dev", "test"):

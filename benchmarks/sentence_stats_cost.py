@@ -20,6 +20,7 @@ import numpy as np
 from probekit.data.conllu_io import Sentence
 from probekit.results import predictions, sentence_stats
 
+
 def _clock():
     """Wall and CPU seconds (on a loaded machine the CPU seconds are the fairer measure of the work done)."""
     return np.array([time.perf_counter(), time.process_time()])

@@ -4,11 +4,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import tiny
-from probekit.activations.align import (align_batch, align_sentence, check_fast_tokenizer, check_pooling, plan_windows,
-                            pool_words, special_layout)
+from probekit.activations.align import (
+    align_batch,
+    align_sentence,
+    check_fast_tokenizer,
+    check_pooling,
+    plan_windows,
+    pool_words,
+    special_layout,
+)
 from probekit.data.conllu_io import Sentence, read_conllu
 from probekit.errors import ConfigError, ModelError, ProbekitError
+
+import tiny
 
 # ------------------------------------------------------------------------------ real EWT sentences
 

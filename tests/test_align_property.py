@@ -15,10 +15,11 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-import tiny
 from probekit.activations.align import align_batch, align_sentence
 from probekit.data.conllu_io import Sentence
 from probekit.errors import ModelError
+
+import tiny
 
 COMBINING = ["\u0301", "\u0308", "\u0323", "\u0327", "\u20dd", "\u064e", "\u05b8"]
 ZERO_WIDTH = ["\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u200e", "\u200f", "\u00ad"]

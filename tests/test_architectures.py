@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_extract import _reference
-from test_tokenizer_fidelity import _check_same_ids, odd_sentences
 
-import archs
-import tiny
 from probekit.activations.align import align_batch
 from probekit.activations.extract import Extractor, extract
 from probekit.activations.models import load_model
 from probekit.data.conllu_io import Sentence
 from probekit.probing.linear import fit_layers
+
+import archs
+import tiny
+from test_extract import _reference
+from test_tokenizer_fidelity import _check_same_ids, odd_sentences
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

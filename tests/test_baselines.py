@@ -12,15 +12,14 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 adapters = pytest.importorskip("adapters")
 
+from probekit.activations.models import LoadedModel  # noqa: E402
 from probekit.baselines import METHODS, BaselineConfig, run_baseline, run_baselines  # noqa: E402
 from probekit.baselines import train as btrain  # noqa: E402
-from probekit.baselines.encode import (IGNORE, collate, drop_virtual, encode_split, insert_virtual,  # noqa: E402
-                                       length_batches)
+from probekit.baselines.encode import IGNORE, collate, drop_virtual, encode_split, insert_virtual, length_batches  # noqa: E402
 from probekit.baselines.methods import ADAPTER_NAME, SoftPrompt, build_method  # noqa: E402
 from probekit.baselines.train import ROW_KEYS, fit, word_metrics  # noqa: E402
 from probekit.data.conllu_io import Sentence  # noqa: E402
 from probekit.errors import ConfigError, ProbekitError  # noqa: E402
-from probekit.activations.models import LoadedModel  # noqa: E402
 from probekit.tasks.base import get_task  # noqa: E402
 
 torch.set_num_threads(1)

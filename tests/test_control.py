@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from probekit.probing.control import control_sentence_labels, control_word_labels, selectivity, type_uniform
 from probekit.errors import ConfigError, DataError, ProbekitError, TaskError
+from probekit.probing.control import control_sentence_labels, control_word_labels, selectivity, type_uniform
 
 
 def _corpus(seed=0, n=4000, vocab=300, k=5):

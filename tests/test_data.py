@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from probekit._io import cache_root, sha256_file
 from probekit.data import datasets
-from probekit._io import sha256_file
 from probekit.data.conllu_io import Sentence, read_conllu, write_conllu
-from probekit._io import cache_root
 from probekit.data.datasets import load_split, locate
 from probekit.errors import DataError
 

@@ -40,8 +40,8 @@ def _probe_rows(df, **kw):
 
 @pytest.mark.parametrize("which", DECODERS)
 def test_runner_end_to_end_on_tiny_decoder(which, request, data_dir, tmp_path):
-    from probekit.runner.experiment import run_experiment
     from probekit.activations.models import load_model
+    from probekit.runner.experiment import run_experiment
 
     folder = _model_dir(request, which)
     lm = load_model(str(folder), device="cpu")
@@ -130,9 +130,9 @@ def test_encoder_vectors_change_with_right_context(tiny_bert_dir):
 
 
 def test_decoder_sentence_poolings_have_no_cls(tiny_llama_dir):
-    from probekit.data.conllu_io import Sentence
     from probekit.activations.extract import Extractor
     from probekit.activations.models import load_model
+    from probekit.data.conllu_io import Sentence
 
     lm = load_model(str(tiny_llama_dir), device="cpu")
     ex = Extractor(lm)

@@ -368,9 +368,9 @@ def test_out_of_memory_during_extraction_suggests_smaller_batch(tiny_bert_dir, e
                                                                 monkeypatch, capsys):
     import transformers
 
-    from probekit.cli import main
     from probekit.activations.extract import extract
     from probekit.activations.models import load_model
+    from probekit.cli import main
 
     def oom(self, *a, **kw):
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.11 GiB total capacity)")

@@ -9,9 +9,14 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from probekit.errors import ConfigError, DataError  # noqa: E402
-from probekit.probing.mdl import (PAPER_PORTIONS, MDLResult, block_ends, logreg_fit_predict_proba,  # noqa: E402
-                          online_codelength, online_codelength_layers)
-
+from probekit.probing.mdl import (  # noqa: E402
+    PAPER_PORTIONS,
+    MDLResult,
+    block_ends,
+    logreg_fit_predict_proba,
+    online_codelength,
+    online_codelength_layers,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -226,8 +226,8 @@ def test_checksum_catches_rewritten_arrays(bundle, tmp_path):
 
 
 def test_training_errors(tiny_bert, ewt_dev, tmp_path):
-    from probekit.errors import TaskError
     from probekit.bundle import train_probe_bundle
+    from probekit.errors import TaskError
 
     with pytest.raises(ConfigError, match="out of range"):
         train_probe_bundle(tiny_bert, "aux_verb", train=ewt_dev[:5], layers=[9], store_root=tmp_path)
@@ -265,8 +265,8 @@ def test_minilm_aux_probe_labels_have(data_dir, tmp_path):
     Two candidate layers and one C keep it short (45 s measured on the 2-core CPU, dominated by
     the forward passes over ~45k subwords); the best of the two on dev is used.
     """
-    from probekit.data.datasets import load_split
     from probekit.bundle import load_probe_bundle, train_probe_bundle
+    from probekit.data.datasets import load_split
 
     train = load_split("ud_ewt", "train", data_dir=data_dir, limit=1500)
     dev = load_split("ud_ewt", "dev", data_dir=data_dir, limit=200)

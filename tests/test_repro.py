@@ -36,11 +36,11 @@ def no_figures(monkeypatch):
 # ------------------------------------------------------------------------------------------- reproducibility
 
 def test_same_config_and_seed_give_byte_identical_results(tiny_bert_dir, ewt_dev, tmp_path, no_figures):
-    from probekit.config import ExperimentConfig
     from probekit._io import sha256_file
+    from probekit.activations.models import load_model
+    from probekit.config import ExperimentConfig
     from probekit.data.conllu_io import write_conllu
     from probekit.runner.experiment import run_experiment
-    from probekit.activations.models import load_model
 
     cuts = {"train": ewt_dev[:30], "dev": ewt_dev[30:40], "test": ewt_dev[40:50]}
     files = {}

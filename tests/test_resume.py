@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from tiny import small_conllu
 
 SHARD_WORDS = 120
@@ -410,10 +411,10 @@ def test_damaged_baseline_run_file_is_redone(tmp_path):
 
 def test_unit_keys_follow_content_not_location(tiny_bert_dir, ewt_dev, tmp_path):
     """The same treebank found through another directory keeps its finished units; changed content does not."""
+    from probekit.activations.models import fingerprint
     from probekit.config import ExperimentConfig
     from probekit.runner.data import load_data
     from probekit.runner.units import plan_units
-    from probekit.activations.models import fingerprint
 
     def keys(folder, files=None, **over):
         cfg = ExperimentConfig(name="k", models=[str(tiny_bert_dir)], dataset="conllu", tasks=["aux_verb"],

@@ -4,8 +4,14 @@ import pytest
 from scipy import stats as sps
 
 from probekit.errors import ConfigError, DataError
-from probekit.results.significance import (bootstrap_interval, holm, paired_test, resample_weights, score,
-                                           sentence_counts)
+from probekit.results.significance import (
+    bootstrap_interval,
+    holm,
+    paired_test,
+    resample_weights,
+    score,
+    sentence_counts,
+)
 
 
 def _synthetic(n_sent=60, seed=0, p_a=0.8, p_b=0.7):

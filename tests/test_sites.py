@@ -11,9 +11,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-import archs
 from probekit.activations.sites import SITES, check_sites, layout_for, record_sites
 from probekit.errors import ConfigError, ModelError
+
+import archs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -12,9 +12,9 @@ test copies it, damages one file, and checks the three ways the store is used:
 from __future__ import annotations
 
 import hashlib
-import re
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -23,8 +23,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from probekit.errors import ConfigError, StoreError
 from probekit.activations.store import ActivationStore, plan_shards, read_json, verify_shard, write_shard
+from probekit.errors import ConfigError, StoreError
 
 SHARD_WORDS = 120
 DAMAGED_SHARD = "shard-00003"

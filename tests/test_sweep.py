@@ -228,8 +228,8 @@ def test_cell_spec_is_frozen_and_survives_pickle(models, tmp_path):
     import dataclasses
     import pickle
 
-    from probekit.runner.units import plan_units
     from probekit.runner.sweep import CellSpec, ExtractionSpec, plan_sweep
+    from probekit.runner.units import plan_units
 
     plan = plan_sweep(_cfg(models, tmp_path / "results", tmp_path / "stores").replace(probes=["linear", "mlp1"]))
     for cell in (plan.cells[0], next(c for c in plan.cells if c.method == "mlp1")):

@@ -13,7 +13,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import tiny
 from probekit.activations.align import align_batch, special_layout
 from probekit.data.conllu_io import Sentence
 

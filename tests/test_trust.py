@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from tiny import small_conllu
 
 pytestmark = pytest.mark.usefixtures("one_thread")

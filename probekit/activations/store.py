@@ -191,7 +191,8 @@ class ShardPlan:
 
 def plan_shards(words_per_sentence: list[int], *, max_words: int) -> list[ShardPlan]:
     """Cut the corpus into consecutive sentence ranges of at most ``max_words`` words (>= 1 sentence)."""
-    plans, start, wstart, acc = [], 0, 0, 0
+    plans: list[ShardPlan] = []
+    start, wstart, acc = 0, 0, 0
     for i, n in enumerate(words_per_sentence):
         if acc and acc + n > max_words:
             plans.append(ShardPlan(len(plans), start, i, wstart, wstart + acc))

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from probekit._io import cache_root, sha256_file
-
 from probekit.data.conllu_io import Sentence, read_conllu
 from probekit.errors import DataError, unknown_name
 

@@ -138,7 +138,8 @@ def _fit_layers(X_train: np.ndarray, y_train: np.ndarray, *, n_classes: int, Cs=
     if S > 1 and X_dev is not None:
         raise ValueError("Dev scoring of several label sets (heads) at once is not supported: score each head's fits.")
     K = S * n_classes
-    Xd = yd = None
+    Xd: torch.Tensor | None = None
+    yd = torch.empty(0, dtype=torch.long)  # read only where Xd is set
     if X_dev is not None and y_dev is not None:
         Xd = torch.tensor(X_dev, dtype=torch.float32, device=dev).sub_(mean).div_(scale)
         yd = torch.as_tensor(y_dev, dtype=torch.long, device=dev)

@@ -258,7 +258,7 @@ def _result(costs: list[float], ends: list[int], n_classes: int, seed: int, port
 
 
 def _l2_grid(l2: float | Sequence[float]) -> tuple[float, ...]:
-    grid = (float(l2),) if np.isscalar(l2) else tuple(float(v) for v in l2)
+    grid = (float(l2),) if isinstance(l2, (int, float, np.number)) else tuple(float(v) for v in l2)
     if not grid or any(not (v >= 0 and math.isfinite(v)) for v in grid):
         raise ConfigError(f"l2 must be a finite number >= 0 or a non-empty list of them, got {l2!r}.")
     return grid

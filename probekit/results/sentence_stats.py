@@ -18,8 +18,16 @@ from __future__ import annotations
 import numpy as np
 
 from probekit.errors import DataError
-from probekit.results.significance import (METRICS, Products, bootstrap_interval, holm, paired_from_products,
-                                           resample_weights, sentence_counts, swap_matrix)
+from probekit.results.significance import (
+    METRICS,
+    Products,
+    bootstrap_interval,
+    holm,
+    paired_from_products,
+    resample_weights,
+    sentence_counts,
+    swap_matrix,
+)
 from probekit.results.table import control_mask
 
 __all__ = ["N_RESAMPLES", "ALPHA", "counts_table", "counts_from_records", "add_intervals", "best_layers", "layer_tests", "model_tests",

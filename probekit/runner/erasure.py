@@ -30,8 +30,8 @@ from probekit.causal.erasure import (
 )
 from probekit.causal.sanity import sanity_scores
 from probekit.config import ExperimentConfig
-from probekit.keys import content_key
 from probekit.errors import ConfigError, unknown_name
+from probekit.keys import content_key
 from probekit.results.table import to_frames, write_csv
 from probekit.runner.data import data_checksum, extract_stores, load_data
 

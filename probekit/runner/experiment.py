@@ -17,7 +17,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from probekit._io import acquire_lock, atomic_write_bytes
 from probekit.activations.models import ModelName, fingerprint, load_model
 from probekit.baselines.config import BaselineConfig

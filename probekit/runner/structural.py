@@ -24,8 +24,8 @@ import numpy as np
 
 from probekit._io import atomic_write_bytes
 from probekit.config import ExperimentConfig
-from probekit.keys import content_key
 from probekit.errors import ConfigError, unknown_name
+from probekit.keys import content_key
 from probekit.probing.structural import (
     KINDS,
     METRICS,

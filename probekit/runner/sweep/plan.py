@@ -15,10 +15,10 @@ from probekit.baselines.records import data_identity, finished_run, run_identity
 from probekit.config import ExperimentConfig
 from probekit.results.table import load_unit
 from probekit.runner.data import model_list
-from probekit.runner.units import plan_units
 from probekit.runner.sweep.cells import Cell, CellSpec, ExtractionSpec, seeds_share_a_fit
 from probekit.runner.sweep.estimate import estimate_cells
 from probekit.runner.sweep.workers import load_data_cached
+from probekit.runner.units import plan_units
 from probekit.tasks import get_task
 
 
