@@ -14,10 +14,13 @@ from typing import Any
 import yaml
 
 from probekit._io import check_name
+from probekit.activations.align import SENTENCE_POOLINGS, check_pooling
 from probekit.activations.models import WEIGHT_DTYPES
 from probekit.activations.precision import PRECISIONS
-from probekit.errors import ConfigError, did_you_mean, unknown_name
+from probekit.data.datasets import DATASETS
+from probekit.errors import ConfigError, TaskError, did_you_mean, unknown_name
 from probekit.probing.registry import get_probe
+from probekit.tasks import get_task
 from probekit.tracking import check_trackers
 
 _TYPE_NAMES = {"list": list, "dict": dict, "str": str, "bool": bool, "int": int, "float": float, "None": type(None)}
@@ -127,7 +130,6 @@ class ExperimentConfig:
         for k in self.mlp:
             if k not in MLP_SETTINGS:
                 raise unknown_name("MLP setting", k, MLP_SETTINGS, ConfigError, hint="(config key 'mlp')")
-        from probekit.data.datasets import DATASETS
         if self.dataset not in (*DATASETS, "conllu"):
             raise unknown_name("dataset", self.dataset, (*DATASETS, "conllu"), ConfigError,
                                hint="For your own CoNLL-U files: dataset: conllu, with files: {train: PATH, dev: PATH, "
@@ -149,7 +151,6 @@ class ExperimentConfig:
             if f not in ("pdf", "png", "svg"):
                 raise unknown_name("figure format", f, ("pdf", "png", "svg"))
         check_trackers(self.track)
-        from probekit.activations.align import SENTENCE_POOLINGS, check_pooling
         if self.word_pooling is not None:
             check_pooling(self.word_pooling)
         for sp in self.sentence_poolings:
@@ -210,8 +211,6 @@ class ExperimentConfig:
         for k in d:
             if k not in names:
                 raise unknown_name("config key", k, names, ConfigError, hint=f"(in {source})")
-        from probekit.errors import TaskError
-        from probekit.tasks import get_task
 
         try:
             cfg = cls(**d)

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from probekit._io import acquire_lock, atomic_write_bytes, check_name
+from probekit._io import acquire_lock, atomic_write_bytes, cache_root, check_name
 from probekit._progress import progress_bar
 from probekit.activations.align import (
     SENTENCE_POOLINGS,
@@ -43,7 +43,7 @@ from probekit.activations.store import (
     write_shard,
 )
 from probekit.data.conllu_io import Sentence
-from probekit.errors import ConfigError, DataError, ModelError, StoreError
+from probekit.errors import ConfigError, DataError, ModelError, StoreError, unknown_name
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,6 @@ MAX_PADDING = 0.03
 
 
 def default_store_root() -> Path:
-    from probekit._io import cache_root
-
     return Path(os.environ.get("PROBEKIT_STORE_DIR") or cache_root() / "stores")
 
 
@@ -317,7 +315,6 @@ def extract(model, sentences: Sequence[Sentence], *, dataset: str = "custom", sp
         raise DataError(f"Sentence {empty.sent_id!r} of {dataset}/{split} has no words; leave it out before "
                         "extracting (CoNLL-U files never give one; Sentence.from_words([]) does).")
     if dtype not in DTYPES:
-        from probekit.errors import unknown_name
         raise unknown_name("store dtype", dtype, DTYPES)
     ex = Extractor(model, word_pooling=word_pooling, prepend_bos=prepend_bos, batch_tokens=batch_tokens,
                    max_length=max_length, precision=precision)

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from probekit._extras import require
+from probekit._io import atomic_write_bytes, cache_root
+from probekit.activations.align import check_fast_tokenizer
 from probekit.errors import ModelError, did_you_mean, unknown_name
 
 log = logging.getLogger(__name__)
@@ -143,7 +145,6 @@ def weights_hash(folder: Path) -> str:
 
     Cached beside the file by (path, size, mtime) so that a warm run does not re-read the weights.
     """
-    from probekit._io import cache_root
 
     files = sorted(p for p in Path(folder).iterdir()
                    if p.suffix in {".safetensors", ".bin", ".gguf", ".pt"} and p.is_file())
@@ -176,8 +177,6 @@ def _read_memo(memo: Path) -> str | None:
 
 
 def _write_memo(memo: Path, digest: str) -> None:
-    from probekit._io import atomic_write_bytes
-
     atomic_write_bytes(memo, digest.encode())
 
 
@@ -188,7 +187,6 @@ def convert_gguf(folder: Path, gguf_file: str, cache_dir: Path | None = None, dt
     The cache entry is keyed by the GGUF file's content hash and written atomically (temporary
     folder, then rename), so an interrupted conversion is never mistaken for a finished one.
     """
-    from probekit._io import cache_root
 
     src = Path(folder) / gguf_file
     if not src.is_file():
@@ -354,7 +352,6 @@ def load_model(name: str, *, device: str | None = None, dtype=None, revision: st
     import torch
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    from probekit.activations.align import check_fast_tokenizer
 
     device = check_device(device)
     dtype = torch_dtype(dtype)
@@ -442,8 +439,6 @@ def fingerprint(name: str) -> dict:
 
 
 def _memo_file_hash(path: Path) -> str:
-    from probekit._io import cache_root
-
     st = path.stat()
     key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:24]
     memo = cache_root() / "weights_hash" / key

@@ -32,7 +32,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from probekit._io import atomic_write_bytes, disk_full_error
-from probekit.errors import ConfigError, StoreError
+from probekit.errors import ConfigError, StoreError, unknown_name
 from probekit.keys import content_key
 
 log = logging.getLogger(__name__)
@@ -382,7 +382,6 @@ class ActivationStore:
     def sentence_vectors(self, pooling: str, layer: int, *, dtype=np.float32) -> np.ndarray:
         """Sentence vectors ``[sentence, d_model]`` for one pooling (``cls``, ``mean``, ``last``) and layer."""
         if pooling not in self.sentence_poolings:
-            from probekit.errors import unknown_name
             raise unknown_name("sentence pooling", pooling, self.sentence_poolings, ConfigError,
                                hint=f"(this store, for a {self.manifest['model'].get('kind', '?')} model, has these)")
         layer = self._check_layer(layer)

@@ -30,6 +30,7 @@ from torch import nn
 
 from probekit._extras import require
 from probekit.baselines.config import BaselineConfig, check_method
+from probekit.baselines.encode import insert_virtual
 from probekit.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,6 @@ class SoftPrompt(nn.Module):
         self.prompt = torch.nn.Parameter(vecs)
 
     def forward(self, input_ids, attention_mask):
-        from probekit.baselines.encode import insert_virtual
-
         embeds = self.model.get_input_embeddings()(input_ids)
         batch = embeds.shape[0]
         prompt = self.prompt.unsqueeze(0).expand(batch, -1, -1).to(embeds.dtype)

@@ -17,7 +17,11 @@ import time
 from pathlib import Path
 
 from probekit.baselines.config import BaselineConfig
+from probekit.baselines.train import run_baselines
+from probekit.config import ExperimentConfig
 from probekit.errors import ConfigError, ProbekitError
+from probekit.results.table import write_csv
+from probekit.runner.data import load_data as _load
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +32,6 @@ def run_config(path_or_dict, *, results_dir: str | Path | None = None, device: s
     Data are loaded like the probes' (dataset, splits, files, limit: :func:`load_data`). Rows are returned and written to ``<results_dir>/baseline_rows.csv``; the
     default ``results_dir`` is ``<config.results_dir>/<config.name>/baselines``.
     """
-    from probekit.baselines.train import run_baselines
-    from probekit.config import ExperimentConfig
 
     if isinstance(path_or_dict, ExperimentConfig):
         exp = path_or_dict
@@ -51,7 +53,6 @@ def run_config(path_or_dict, *, results_dir: str | Path | None = None, device: s
     import pandas as pd
 
     out.mkdir(parents=True, exist_ok=True)
-    from probekit.results.table import write_csv
 
     write_csv(pd.DataFrame(rows), out / "baseline_rows.csv")
     return rows
@@ -60,7 +61,6 @@ def run_config(path_or_dict, *, results_dir: str | Path | None = None, device: s
 def load_data(exp) -> dict:
     """Sentences per split role (train/dev/test) of an ``ExperimentConfig``, loaded exactly as the
     probes load them (:func:`probekit.runner.data.load_data`)."""
-    from probekit.runner.data import load_data as _load
 
     return _load(exp)[0]
 

@@ -17,17 +17,22 @@ from typing import Callable, Sequence
 import numpy as np
 
 from probekit._progress import progress_bar
+from probekit.activations.align import special_layout
+from probekit.activations.models import fingerprint, load_model
 from probekit.baselines.config import BaselineConfig, check_method
+from probekit.baselines.encode import collate, drop_virtual, encode_split, insert_virtual, length_batches
+from probekit.baselines.methods import build_method
 from probekit.baselines.records import BaselineRun, data_identity, finished_run, run_identity, run_path, write_run
 from probekit.data.conllu_io import Sentence
+from probekit.data.datasets import load_split
 from probekit.data.sampling import sample_sentences
 from probekit.errors import ConfigError, TaskError
+from probekit.results.table import COLUMNS, classification_metrics, row
+from probekit.tasks.base import get_task
 
 log = logging.getLogger(__name__)
 
 def _row_keys() -> tuple[str, ...]:
-    from probekit.results.table import COLUMNS
-
     return tuple(COLUMNS) + (() if "train_seconds" in COLUMNS else ("train_seconds",))
 
 
@@ -46,7 +51,6 @@ def word_metrics(gold: np.ndarray, pred: np.ndarray, n_labels: int) -> dict[str,
         gold: ``[word]`` class ids.
         pred: ``[word]`` predicted class ids.
     """
-    from probekit.results.table import classification_metrics
 
     if len(gold) == 0:
         raise TaskError("No labelled words to score.")
@@ -74,7 +78,6 @@ def predict(tagger, encoded, *, batch_size: int, pad_id: int, device: str) -> tu
     """
     import torch
 
-    from probekit.baselines.encode import collate, drop_virtual, length_batches
 
     tagger.eval()
     gold, pred, where = [], [], []
@@ -111,7 +114,6 @@ def fit(tagger, train_enc, dev_enc, *, cfg: BaselineConfig, n_labels: int, pad_i
     """
     import torch
 
-    from probekit.baselines.encode import collate, insert_virtual, length_batches
 
     rng = np.random.default_rng([seed, 17])
     params = [p for n, p in tagger.named_parameters() if p.requires_grad and not n.startswith("head.")]
@@ -209,10 +211,6 @@ def run_baseline(*, method: str, model_name: str, task, train: Sequence[Sentence
     """
     import torch
 
-    from probekit.activations.models import load_model
-    from probekit.baselines.encode import encode_split
-    from probekit.baselines.methods import build_method
-    from probekit.tasks.base import get_task
 
     check_method(method)
     config = config or BaselineConfig()
@@ -231,7 +229,6 @@ def run_baseline(*, method: str, model_name: str, task, train: Sequence[Sentence
 
     torch.manual_seed(seed)
     np.random.seed(seed % (2 ** 32))
-    from probekit.activations.align import special_layout
 
     n_prefix = len(special_layout(tok, prepend_bos=prepend_bos)[0])
     built = build_method(method, base, hidden_size=loaded.hidden_size, n_labels=n_labels, cfg=cfg,
@@ -264,7 +261,6 @@ def run_baseline(*, method: str, model_name: str, task, train: Sequence[Sentence
         "trainable_params": built.trainable_params, "trainable_fraction": built.trainable_fraction,
         "train_size": train_enc.n_words, "train_seconds": result["train_seconds"],
     }
-    from probekit.results.table import row
 
     rows = []
     for split, metrics in (("test", test_m), ("dev", result["dev"])):
@@ -307,9 +303,6 @@ def run_baselines(*, models: Sequence[str], tasks: Sequence[str], seeds: Sequenc
     Keys ``(model, method, task, seed)`` in ``done`` are skipped without rows. ``on_rows`` is called
     with each run's key and rows as soon as it finishes.
     """
-    from probekit.activations.models import fingerprint, load_model
-    from probekit.data.datasets import load_split
-    from probekit.tasks.base import get_task
 
     config = config or BaselineConfig()
     methods = [check_method(m) for m in (methods or config.methods)]

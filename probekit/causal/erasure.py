@@ -34,7 +34,7 @@ import numpy as np
 from probekit._extras import require
 from probekit._io import atomic_write_bytes
 from probekit.errors import ConfigError, DataError, ModelError, TaskError, unknown_name
-from probekit.probing.linear import check_finite
+from probekit.probing.linear import check_finite, fit_layers
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,6 @@ def fit_inlp(X: np.ndarray, y: np.ndarray, *, n_classes: int, layers: list[int],
     A layer stops when a probe trained on its projected features is within one point of the majority baseline on
     ``X_dev`` (without dev data: after ``max_iter`` rounds).
     """
-    from probekit.probing.linear import fit_layers
 
     G, _, d = X.shape
     bases = [np.zeros((d, 0), dtype=np.float64) for _ in range(G)]

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from probekit.causal.erasure import EraserSet, labelled_rows, layer_features
+from probekit.probing.linear import fit_layers
+from probekit.probing.mlp import MLPProbe
 from probekit.results.table import row
 
 
@@ -53,8 +55,6 @@ def sanity_scores(erasers: EraserSet, stores: dict, data: dict, task, *, mlp: bo
         stores, data: ``{"train", "dev", "test"}`` -> activation store / its sentences.
         mlp: also train a one-hidden-layer :class:`~probekit.probing.mlp.MLPProbe` on the erased features.
     """
-    from probekit.probing.linear import fit_layers
-    from probekit.probing.mlp import MLPProbe
 
     C = len(task.labels)
     lab = {r: labelled_rows(task, data[r]) for r in ("train", "dev", "test")}

@@ -26,7 +26,9 @@ import numpy as np
 
 from probekit._device import small_problem_threads, torch_threads
 from probekit.errors import DataError
+from probekit.probing.linear import fit_layers
 from probekit.probing.structural import StructuralSettings, _as_tensor, _device
+from probekit.results.table import classification_metrics
 from probekit.tasks.relations import check_tree
 
 
@@ -183,8 +185,6 @@ def fit_label_layers(X: dict, sentences: dict, *, Cs: Sequence[float] = (0.01, 0
     """``dep_label`` on every layer of ``X`` (``{role: [L, words, d]}``): per layer test accuracy and macro-F1.
 
     The L2 strength is chosen per layer on dev, as for the word probes."""
-    from probekit.probing.linear import fit_layers
-    from probekit.results.table import classification_metrics
 
     dep, head, y, labels = label_pairs(sentences["train"])
     F, Y = {"train": pair_features(X["train"], dep, head)}, {"train": y}

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from probekit.errors import DataError
 from probekit.report.style import TWO_COLUMN, color, finish, new_figure, paper_style
+from probekit.results.stats import mean_ci
 from probekit.results.table import control_mask
 
 log = logging.getLogger(__name__)
@@ -23,7 +25,6 @@ def _agg(df, keys: list[str], col: str = "value"):
     """Mean and 95% CI over seeds of ``col`` per ``keys`` group (tidy table -> summary-like frame)."""
     import pandas as pd
 
-    from probekit.results.stats import mean_ci
 
     recs = []
     for key, part in df.groupby(keys, dropna=False, sort=True):
@@ -58,7 +59,6 @@ def baselines_vs_params(data, stem: Path | None = None, formats=("pdf", "png"), 
     """
     import pandas as pd
 
-    from probekit.errors import DataError
 
     d = data.copy()
     if "trainable_fraction" not in d:

@@ -18,7 +18,13 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from probekit._io import atomic_write_bytes
 from probekit.errors import DataError, unknown_name
+from probekit.report.figures import experiment_figures
+from probekit.report.latex import best_layer_latex, best_layer_markdown, layer_markdown
+from probekit.report.tables import best_layer_table, layer_table, summarize
+from probekit.results.analysis import from_folder
+from probekit.results.table import COLUMNS, load_results, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +36,6 @@ def load_tables(folder: str | os.PathLike):
     and their summary (:func:`probekit.report.tables.summarize`)."""
     import pandas as pd
 
-    from probekit.report.tables import summarize
-    from probekit.results.table import COLUMNS, load_results
 
     folder = Path(folder)
     df = load_results(folder)
@@ -46,7 +50,6 @@ def load_tables(folder: str | os.PathLike):
             df = pd.concat([df, b], ignore_index=True)
     if df.empty:
         raise DataError(f"{folder / 'results.csv'} has no rows. Run the experiment again.")
-    from probekit.results.analysis import from_folder
 
     return df, from_folder(folder, summarize(df))
 
@@ -62,10 +65,6 @@ def build_report(folder: str | os.PathLike, formats: Sequence[str] = ("pdf", "pn
     Returns:
         The paths written, tables first.
     """
-    from probekit._io import atomic_write_bytes
-    from probekit.report.latex import best_layer_latex, best_layer_markdown, layer_markdown
-    from probekit.report.tables import best_layer_table, layer_table
-    from probekit.results.table import write_csv
 
     for f in formats:
         if f not in FORMATS:
@@ -94,8 +93,6 @@ def build_report(folder: str | os.PathLike, formats: Sequence[str] = ("pdf", "pn
                                                   "mean over seeds.\n\n" + layer_markdown(matrix)).encode("utf-8"))
         out.append(tables / "layers.md")
     if figures:
-        from probekit.report.figures import experiment_figures
-
         out += experiment_figures(df, summary, folder, formats=tuple(formats))
     log.info("report of %s: %d files", folder, len(out))
     return out

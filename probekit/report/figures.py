@@ -27,6 +27,7 @@ import numpy as np
 
 from probekit.activations.models import ModelName
 from probekit.report.baselines_figure import TUNING_METHODS, baselines_vs_params
+from probekit.report.significance_figures import significance_figures
 from probekit.report.style import (
     ONE_COLUMN,
     TWO_COLUMN,
@@ -37,6 +38,7 @@ from probekit.report.style import (
     only_model,
     paper_style,
 )
+from probekit.report.tables import task_row_labels, unique_pivot
 from probekit.results.table import control_mask
 
 log = logging.getLogger(__name__)
@@ -315,7 +317,6 @@ def heatmap(summary, stem: Path | None = None, formats=("pdf", "png"), *, metric
         return None
     if ax is not None:
         models = only_model(models, models[0] if len(models) == 1 else None, "heatmap")
-    from probekit.report.tables import task_row_labels, unique_pivot
 
     sel, dev = task_row_labels(sel), (task_row_labels(dev) if len(dev) else dev)
     mats, best = [], []
@@ -411,7 +412,6 @@ def experiment_figures(df, summary, folder: Path, formats=("pdf", "png")) -> lis
     add("heatmap", heatmap(summary, folder / "heatmap", formats))
     if df is not None and "method" in df and df["method"].isin(TUNING_METHODS).any():
         add("baselines_vs_params", baselines_vs_params(df, folder / "baselines_vs_params", formats))
-    from probekit.report.significance_figures import significance_figures
 
     out += significance_figures(folder.parent, summary, formats)  # sentence bands, best-layer confusion matrices
     return out

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from probekit.probing.structural import mst_edges
+from probekit.probing.structural import mst_edges, split_targets
 from probekit.report.style import ONE_COLUMN, TWO_COLUMN, color, paper_style, save
 
 RIGHT, WRONG, MISSING = color(0), color(3), color(3)
@@ -125,7 +125,6 @@ def structural_figures(result, folder: Path, formats=("pdf", "png")) -> list[Pat
     """Every figure of a :class:`~probekit.runner.structural.StructuralResult` into ``folder``: the layer curves
     per task, and for each model's best distance layer (by UUAS) a test sentence of 8-15 words drawn as a tree
     and as distance matrices."""
-    from probekit.probing.structural import split_targets
 
     df = result.table()
     folder = Path(folder)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from pathlib import Path
 
-from probekit.errors import ConfigError
+from probekit.errors import ConfigError, unknown_name
 
 ONE_COLUMN = 3.25
 TWO_COLUMN = 6.75
@@ -65,7 +65,6 @@ def save(fig, stem: Path, formats=("pdf", "png")) -> list[Path]:
     """
     import logging
 
-    from probekit.errors import unknown_name
 
     logging.getLogger("fontTools").setLevel(logging.WARNING)  # PDF font subsetting logs every table at INFO
     stem = Path(stem)

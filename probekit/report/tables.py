@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from probekit.errors import DataError
+from probekit.results.stats import center_of_gravity, expected_layer, mean_ci
 from probekit.results.table import control_mask
 
 KEYS = ["experiment", "model", "model_kind", "task", "level", "method", "probe", "control", "pooling", "layer",
@@ -35,7 +37,6 @@ def summarize(df, confidence: float = 0.95):
     centre of gravity (Tenney et al. 2019; layer 0 = embeddings) per model × task × probe × pooling."""
     import pandas as pd
 
-    from probekit.results.stats import center_of_gravity, expected_layer, mean_ci
 
     full = pd.concat([df, _derived_rows(df)], ignore_index=True)
     keys = [k for k in KEYS if k in full]
@@ -130,7 +131,6 @@ def task_row_labels(sel):
 
 def unique_pivot(sel, index: list[str], what: str):
     """``sel`` pivoted to index × layer of ``mean``; a cell with more than one row is an error, not an average."""
-    from probekit.errors import DataError
 
     dup = sel.duplicated(index + ["layer"], keep=False)
     if dup.any():

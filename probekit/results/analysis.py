@@ -24,6 +24,7 @@ from probekit._io import atomic_write_bytes
 from probekit.activations.models import ModelName
 from probekit.results import error_analysis, predictions, sentence_stats
 from probekit.results.table import write_csv
+from probekit.tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,6 @@ __all__ = ["analyse", "from_folder", "labels_of", "confusion_file"]
 
 
 def labels_of(task: str) -> list:
-    from probekit.tasks import get_task
-
     return list(get_task(task).labels)
 
 

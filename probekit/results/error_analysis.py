@@ -15,6 +15,8 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
+from probekit.results.table import classification_metrics
+
 #: Frequency bands of a word type in the train split: (name, lowest count, highest count).
 BANDS = (("unseen", 0, 0), ("1-9", 1, 9), ("10-99", 10, 99), ("100-999", 100, 999), (">=1000", 1000, None))
 GROUP = ["model", "task", "probe", "pooling", "layer"]
@@ -108,7 +110,6 @@ def by_word_type(pred, train_counts: dict):
 
 def word_majority(test_sentences, task, best: dict, majority: str) -> dict:
     """Accuracy, macro-F1 (and positive-class F1 for a binary task) of the word-conditional majority baseline."""
-    from probekit.results.table import classification_metrics
 
     ids = task.encode(test_sentences)
     words = [w for s in test_sentences for w in s.words]

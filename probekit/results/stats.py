@@ -15,7 +15,7 @@ from typing import Mapping, Sequence, Union
 
 import numpy as np
 
-from probekit.errors import ConfigError, DataError
+from probekit.errors import ConfigError, DataError, unknown_name
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,6 @@ def expected_layer(scores_by_layer: Scores, *, negative: str = "keep") -> float:
     Returns:
         float; ``nan`` (with a warning) when the deltas sum to ``<= 0`` (no layer adds anything).
     """
-    from probekit.errors import unknown_name
 
     modes = ("keep", "clip", "cummax")
     if negative not in modes:

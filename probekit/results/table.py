@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from probekit._io import atomic_write_bytes
+from probekit._io import atomic_write_bytes, sha256_file
 from probekit.errors import DataError
 from probekit.keys import distrust, payload_digest
 
@@ -178,7 +178,6 @@ def begin_folder_write(folder: Path) -> None:
 
 def commit_folder(folder: Path, names: list[str]) -> None:
     """Commit the folder's files ``names`` as one result: ``committed.json`` lists them with their sha256."""
-    from probekit._io import sha256_file
 
     files = {n: sha256_file(folder / n) for n in names if (folder / n).is_file()}
     atomic_write_bytes(folder / COMMITTED, json.dumps({"format": 1, "files": files}, indent=1).encode())
@@ -189,7 +188,6 @@ def _check_committed(folder: Path) -> None:
     """DataError when the folder's files are not the ones its last finished run committed (a run was killed while
     rewriting them, or a file was changed or replaced). A folder written before commits existed (neither
     ``committed.json`` nor ``.writing``) is read as it is."""
-    from probekit._io import sha256_file
 
     redo = "Rerun `probekit run CONFIG` to rewrite it (finished units are reused)."
     if (folder / WRITING).exists():

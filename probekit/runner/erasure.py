@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from probekit.activations.models import load_model
 from probekit.causal.effects import intervention_effects
 from probekit.causal.erasure import (
     METHODS,
@@ -28,12 +29,15 @@ from probekit.causal.erasure import (
     layer_features,
     load_erasers,
 )
+from probekit.causal.intervene import lm_head_weight
 from probekit.causal.sanity import sanity_scores
 from probekit.config import ExperimentConfig
 from probekit.errors import ConfigError, unknown_name
 from probekit.keys import content_key
+from probekit.probing.linear import fit_layers
 from probekit.results.table import to_frames, write_csv
 from probekit.runner.data import data_checksum, extract_stores, load_data
+from probekit.tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +85,6 @@ def run_erasure(cfg: ExperimentConfig, settings: ErasureSettings, *, data: dict 
 
     ``probekit run`` calls it for a config with an ``erasure:`` section, with the data it has loaded.
     """
-    from probekit.activations.models import load_model
-    from probekit.tasks import get_task
 
     if data is None or fp is None:
         data, fp = load_data(cfg)
@@ -108,8 +110,6 @@ def run_erasure(cfg: ExperimentConfig, settings: ErasureSettings, *, data: dict 
 def erase_task(cfg: ExperimentConfig, settings: ErasureSettings, lm, stores: dict, data: dict, fp: dict, task,
                others: list, folder: Path) -> list[dict]:
     """Rows of one model x task: fit (or reuse) the erasers, the sanity probes, the intervention effects."""
-    from probekit.causal.intervene import lm_head_weight
-    from probekit.probing.linear import fit_layers
 
     layers = [stores["train"]._check_layer(k) for k in (cfg.layers or range(stores["train"].n_layers))]
     pooling = "mean" if task.level == "sentence" else None

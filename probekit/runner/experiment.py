@@ -43,6 +43,7 @@ from probekit.runner.probe_task import probe_task
 from probekit.runner.structural import StructuralConfig, run_structural
 from probekit.runner.units import ProbePolicy, Unit, plan_units
 from probekit.tasks import get_task
+from probekit.tracking import log_experiment
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +178,6 @@ def _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, eras
     result = ExperimentResult(config=cfg, folder=folder, table=df, summary=summary, figures=figs,
                               forward_passes=forward_passes)
     if cfg.track:
-        from probekit.tracking import log_experiment
-
         log_experiment(result)
     return result
 

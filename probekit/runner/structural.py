@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from probekit._io import atomic_write_bytes
+from probekit.activations.models import fingerprint, load_model
 from probekit.config import ExperimentConfig
 from probekit.errors import ConfigError, unknown_name
 from probekit.keys import content_key
@@ -36,7 +37,8 @@ from probekit.probing.structural import (
     linear_distances,
     split_targets,
 )
-from probekit.results.table import load_unit, row, save_unit
+from probekit.report.structural_figures import structural_figures
+from probekit.results.table import load_unit, row, save_unit, to_frames, write_csv
 from probekit.runner.data import extract_stores, load_data, model_list
 
 log = logging.getLogger(__name__)
@@ -119,8 +121,6 @@ class StructuralResult:
     test_sentences: list = field(default_factory=list, repr=False)  # the test split (the order of the records)
 
     def table(self):
-        from probekit.results.table import to_frames
-
         return to_frames(self.rows)[0]
 
 
@@ -164,7 +164,6 @@ def run_structural(cfg: ExperimentConfig, scfg: StructuralConfig | None = None, 
                    data_fp: dict | None = None, progress: bool = True) -> StructuralResult:
     """Structural probes (and baselines) for every model of ``cfg``; see the module docstring. ``probekit run``
     calls it for a config with a ``structural:`` section, with the data it has loaded."""
-    from probekit.activations.models import fingerprint, load_model
 
     scfg = scfg or StructuralConfig()
     folder = Path(cfg.results_dir) / cfg.name / "structural" / "runs"
@@ -246,7 +245,6 @@ def baseline_rows(test, scfg: StructuralConfig, common: dict) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m probekit.runner.structural CONFIG``: run and write ``results/<name>/structural/results.csv``."""
-    from probekit.results.table import to_frames, write_csv
 
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
@@ -258,7 +256,6 @@ def main(argv: list[str] | None = None) -> int:
     df, _ = to_frames(res.rows)
     out = Path(cfg.results_dir) / cfg.name / "structural" / "results.csv"
     write_csv(df, out)
-    from probekit.report.structural_figures import structural_figures
 
     figs = structural_figures(res, out.parent / "figures", formats=cfg.figures)
     print(f"wrote {out} ({len(df)} rows) and {len(figs)} figure files")
