@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from probekit.activations.models import ModelName
-from probekit.report.style import ONE_COLUMN, TWO_COLUMN, color, paper_style, save
+from probekit.report.style import ONE_COLUMN, TWO_COLUMN, color, new_figure, paper_style, save
 from probekit.results.analysis import confusion_file
 from probekit.results.sentence_stats import best_layers
 from probekit.results.table import control_mask
@@ -28,9 +28,9 @@ def sentence_bands(summary, tests, stem: Path, formats=("pdf", "png"), *, probe:
         return []
     models = sorted({m for m in s["model"].unique() if not ModelName.parse(m).is_random}) or sorted(s["model"].unique())
     vs_best = tests[(tests["comparison"] == "vs_best") & (tests["metric"] == "accuracy")] if len(tests) else tests
-    with paper_style() as plt:
-        fig, axes = plt.subplots(1, len(models), figsize=(ONE_COLUMN if len(models) == 1 else TWO_COLUMN, 2.4),
-                                 squeeze=False, sharey=True)
+    with paper_style():
+        # constrained layout with the legend outside below: nothing is clipped at the documented width
+        fig, axes = new_figure((ONE_COLUMN if len(models) == 1 else TWO_COLUMN, 3.0), 1, len(models), sharey=True)
         for ax, model in zip(axes[0], models):
             for i, (task, part) in enumerate(s[s["model"] == model].groupby("task", sort=True)):
                 part = part.assign(layer=part["layer"].astype(float).astype(int)).sort_values("layer")
@@ -59,9 +59,8 @@ def sentence_bands(summary, tests, stem: Path, formats=("pdf", "png"), *, probe:
                     Line2D([], [], marker="o", color="grey", linestyle=""),
                     Line2D([], [], marker="o", color="grey", markerfacecolor="white", linestyle="")]
         labels += ["best (dev)", "not sig. worse", "sig. worse"]
-        fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(labels), 4))
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 3), fontsize=6)
         out = save(fig, stem, formats)
-        plt.close(fig)
     return out
 
 
