@@ -135,7 +135,8 @@ def _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, eras
                     continue
                 t0 = time.perf_counter()
                 done = probe_task(lm_info=info, stores=stores, data=data, task=task, policy=policy, units=tunits,
-                                  feature_cache=feature_cache, predictions_dir=runs)
+                                  feature_cache=feature_cache, predictions_dir=runs,
+                                  progress=progress)
                 for u in tunits:
                     save_unit(runs / f"{u.key}.json", done[u])
                 unit_rows.update(done)

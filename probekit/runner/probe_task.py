@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from probekit._progress import progress_bar
 from probekit.errors import ConfigError, TaskError
 from probekit.probing.control import control_sentence_labels, control_word_labels
 from probekit.probing.features import (
@@ -83,8 +84,8 @@ def _control_labels(task, data: dict, items: dict[str, Labelled], seeds: list[in
 
 
 def probe_task(*, lm_info: dict, stores: dict, data: dict, task, policy: ProbePolicy, units: list[Unit],
-               feature_cache: FeatureCache | None = None, predictions_dir: Path | None = None
-               ) -> dict[Unit, list[dict]]:
+               feature_cache: FeatureCache | None = None, predictions_dir: Path | None = None,
+               progress: bool = False) -> dict[Unit, list[dict]]:
     """Train and score every unit of ``units`` (one task, one model): ``{unit: rows}``.
 
     ``lm_info``: ``{"name", "kind", "hash"}`` of the model; ``stores`` and ``data``: ``{role: store}`` and
@@ -92,6 +93,7 @@ def probe_task(*, lm_info: dict, stores: dict, data: dict, task, policy: ProbePo
     model, so that the next task reading the same rows reuses the last layer group's features.
     ``predictions_dir``: where each unit's per-layer test predictions are written (the sentence bootstrap, the
     significance tests and the error analysis read them: :mod:`probekit.results.predictions`); None writes none.
+    ``progress``: a bar over the units' layers (tqdm.auto: widgets in Jupyter, text on stderr) with the time left.
     """
     level = task.level
     for u in units:
@@ -121,32 +123,43 @@ def probe_task(*, lm_info: dict, stores: dict, data: dict, task, policy: ProbePo
     by_pool: dict[str, list[Unit]] = {}
     for u in units:
         by_pool.setdefault(u.pooling, []).append(u)
-    for pooling, punits in by_pool.items():
-        pool_name = pooling if level == "sentence" else stores["train"].manifest["word_pooling"]
-        for u in punits:
-            out[u] += _fixed_rows(t, u, pool_name, policy)
-        rows = {role: items[role].rows for role in ROLES}
-        t0 = time.perf_counter()
-        for group, X in feature_groups(stores, rows, layers, level=level, pooling=pooling, cache=feature_cache):
-            log.info("%s %s %s: layers %s loaded (%.1fs)", lm_info["name"], task.name, pool_name, group,
-                     time.perf_counter() - t0)
-            if any(not policy.family(u.probe).checks_own_inputs for u in punits):
-                # once per loaded group, naming the layer (a probe's own check would say neither layer nor cause)
-                for role in ROLES:
-                    for i, layer in enumerate(group):
-                        check_finite(X[role][i], f"layer {layer} ({role})")
-            shared: dict = {}
-            for u in punits:
-                out[u] += _unit_group_rows(u, t, X, group, policy, pool_name, shared)
-                if test_items is not None:
-                    for i, layer in enumerate(group):
-                        res = shared[(u.probe, "fit", u.seed)][i]
-                        predictions.save_layer(predictions_dir, u.key, gold=t.y["test"], pred=res.pred_test,
-                                               proba=res.proba_test, items=test_items, model=common["model"],
-                                               task=common["task"], probe=u.probe, pooling=pool_name, seed=u.seed,
-                                               layer=layer)
-            t0 = time.perf_counter()
+    with progress_bar(len(units) * len(layers), f"probe {lm_info['name']} {task.name}", unit="layer",
+                      enabled=progress) as bar:
+        for pooling, punits in by_pool.items():
+            _probe_pooling(pooling, punits, t, stores, items, layers, level, policy, feature_cache, predictions_dir,
+                           test_items, out, lm_info, task, bar)
     return out
+
+
+def _probe_pooling(pooling: str, punits: list[Unit], t: _Task, stores: dict, items: dict, layers: list[int],
+                   level: str, policy: ProbePolicy, feature_cache, predictions_dir, test_items, out: dict, lm_info: dict,
+                   task, bar) -> None:
+    """The rows of the units of one pooling, layer group by layer group (into ``out``)."""
+    pool_name = pooling if level == "sentence" else stores["train"].manifest["word_pooling"]
+    for u in punits:
+        out[u] += _fixed_rows(t, u, pool_name, policy)
+    rows = {role: items[role].rows for role in ROLES}
+    t0 = time.perf_counter()
+    for group, X in feature_groups(stores, rows, layers, level=level, pooling=pooling, cache=feature_cache):
+        log.info("%s %s %s: layers %s loaded (%.1fs)", lm_info["name"], task.name, pool_name, group,
+                 time.perf_counter() - t0)
+        if any(not policy.family(u.probe).checks_own_inputs for u in punits):
+            # once per loaded group, naming the layer (a probe's own check would say neither layer nor cause)
+            for role in ROLES:
+                for i, layer in enumerate(group):
+                    check_finite(X[role][i], f"layer {layer} ({role})")
+        shared: dict = {}
+        for u in punits:
+            out[u] += _unit_group_rows(u, t, X, group, policy, pool_name, shared)
+            if test_items is not None:
+                for i, layer in enumerate(group):
+                    res = shared[(u.probe, "fit", u.seed)][i]
+                    predictions.save_layer(predictions_dir, u.key, gold=t.y["test"], pred=res.pred_test,
+                                           proba=res.proba_test, items=test_items, model=t.common["model"],
+                                           task=t.common["task"], probe=u.probe, pooling=pool_name, seed=u.seed,
+                                           layer=layer)
+            bar.update(len(group))
+        t0 = time.perf_counter()
 
 
 def _fixed_rows(t: _Task, u: Unit, pool_name: str, policy: ProbePolicy) -> list[dict]:
