@@ -208,3 +208,20 @@ def test_tasks_share_loaded_features(tmp_path, tiny_bert_dir, data_dir, monkeypa
     run_experiment(_cfg(tmp_path, tiny_bert_dir, data_dir, tasks=["subject", "tense"], name="t2",
                         sentence_poolings=["mean"]), progress=False)
     assert len(calls) == 6
+
+
+def test_probekit_run_adds_the_structural_and_erasure_studies(tmp_path, tiny_bert_dir, data_dir):
+    """A config's `structural:` and `erasure:` sections run inside run_experiment: their rows join results.csv and
+    the structural figures sit beside the others; a warm rerun extracts no store again."""
+    cfg = _cfg(tmp_path, tiny_bert_dir, data_dir, tasks=["aux_verb", "upos"], control_tasks=False,
+               structural={"kinds": ["distance"], "ranks": [None], "epochs": 2, "control": False, "bootstrap": 100},
+               erasure={"effect_sentences": 4, "later": [1], "sanity_mlp": False})
+    res = run_experiment(cfg, progress=False)
+    df = pd.read_csv(res.folder / "results.csv")
+    assert {"probe", "baseline", "erasure:leace", "intervention:leace"} <= set(df.method)
+    dist = df[df.task == "tree_distance"]
+    assert {"uuas", "dspr"} <= set(dist.metric) and dist[dist.metric == "uuas"].value.between(0, 1).all()
+    assert (res.folder / "figures" / "tree_distance_by_layer.png").is_file()
+    res2 = run_experiment(cfg, progress=False)
+    assert res2.forward_passes == 0
+    assert set(pd.read_csv(res2.folder / "results.csv").method) == set(df.method)
