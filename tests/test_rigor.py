@@ -175,3 +175,16 @@ def test_experiment_writes_the_rigour_files_and_compare_runs(tmp_path, tiny_bert
     run_experiment(ExperimentConfig(name="c", **other), progress=False)
     with pytest.raises(DataError, match="different test sets"):
         report_compare.compare(f, f.parent / "c")
+
+
+def test_describe_states_the_layer_tests_beside_the_model_tests():
+    """Layer tests have no second model (model_b empty): they must still be said in words."""
+    rows = [dict(model="m", task="upos", probe="linear", pooling="first", metric="accuracy", comparison="vs_best",
+                 layer_a=a, layer_b=3, diff=d, lo=d - 0.002, hi=d + 0.002, p=0.5, p_holm=p, significant=p < 0.05,
+                 model_b=None, probe_b=None, pooling_b=None) for a, d, p in ((2, -0.001, 0.6), (1, -0.03, 0.002))]
+    rows.append(dict(model="m", task="upos", probe="linear", pooling="first", metric="accuracy",
+                     comparison="same_layer", layer_a=3, layer_b=3, diff=0.2, lo=0.19, hi=0.21, p=0.002,
+                     p_holm=0.002, significant=True, model_b="m@random", probe_b="linear", pooling_b="first"))
+    lines = sentence_stats.describe(pd.DataFrame(rows))
+    assert any("best layer 3 (on dev); not significantly different from layer(s) [2]" in line for line in lines)
+    assert any("vs m@random" in line for line in lines)

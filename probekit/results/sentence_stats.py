@@ -214,7 +214,8 @@ def describe(tests) -> list[str]:
     out = []
     keys = [k for k in ("model", "model_b", "task", "probe", "pooling", "probe_b", "pooling_b", "metric", "comparison")
             if k in tests]
-    for key, part in tests.groupby(keys, sort=True):
+    # dropna=False: the layer tests have no second model (model_b is empty), and must not be dropped
+    for key, part in tests.groupby(keys, sort=True, dropna=False):
         d = dict(zip(keys, key))
         who = f"{d['model']} {d['task']} ({d['probe']}, {d['pooling']}) {d['metric']}"
         sig = part[part["significant"]]
