@@ -50,9 +50,11 @@ def labelled(task, sentences) -> Labelled:
 
 # ----------------------------------------------------------------------------------------------- feature blocks
 
-def layer_groups(layers: list[int], n_rows: int, d: int, budget: int = MEMORY_BUDGET) -> list[list[int]]:
-    """``layers`` cut into consecutive groups whose float32 ``[group, n_rows, d]`` block fits in ``budget`` bytes."""
-    size = max(1, budget // max(1, n_rows * d * 4))
+def layer_groups(layers: list[int], n_rows: int, d: int, budget: int = MEMORY_BUDGET, *,
+                 itemsize: int = 4) -> list[list[int]]:
+    """``layers`` cut into consecutive groups whose ``[group, n_rows, d]`` block of ``itemsize``-byte values (float32
+    by default) fits in ``budget`` bytes."""
+    size = max(1, budget // max(1, n_rows * d * itemsize))
     return [layers[i:i + size] for i in range(0, len(layers), size)]
 
 

@@ -27,6 +27,7 @@ from probekit.activations.models import fingerprint, load_model
 from probekit.config import ExperimentConfig
 from probekit.errors import ConfigError, unknown_name
 from probekit.keys import content_key
+from probekit.probing.features import layer_groups
 from probekit.probing.structural import (
     KINDS,
     METRICS,
@@ -45,8 +46,6 @@ log = logging.getLogger(__name__)
 
 #: Part of every unit's key: bumped when the code changes the numbers it gives.
 UNIT_VERSION = 1
-#: Largest float16 block (bytes, train + dev + test) of word vectors loaded at once; layers are grouped under it.
-MEMORY_BUDGET = 3 << 30
 #: Test sentences whose predictions are kept for figures (the first ones of the test split).
 KEEP_PREDICTIONS = 40
 TASK_NAMES = {"distance": "tree_distance", "depth": "tree_depth"}
@@ -144,11 +143,6 @@ def load_records(path: Path) -> dict | None:
     return {"layers": layers, "records": recs, "preds": preds}
 
 
-def _groups(layers: list[int], words: int, d: int) -> list[list[int]]:
-    size = max(1, MEMORY_BUDGET // max(1, words * d * 2))
-    return [layers[i:i + size] for i in range(0, len(layers), size)]
-
-
 def _rows_for(common: dict, probe: str, control: bool, layer, split_metrics: dict, cis: dict, **extra) -> list[dict]:
     out = []
     for metric, value in split_metrics.items():
@@ -205,7 +199,8 @@ def run_structural(cfg: ExperimentConfig, scfg: StructuralConfig | None = None, 
                               seed=cfg.seeds[0])
                 tg = targets[(kind, ctl)]
                 rows, recs, kept = [], [], []
-                for group in _groups(layers, words, d):
+                # float16 blocks of train + dev + test under the feature loader's one memory budget
+                for group in layer_groups(layers, words, d, itemsize=2):
                     X = {role: stores[role].layers(group, dtype=np.float16) for role in ("train", "dev", "test")}
                     scores = fit_score_layers(X, tg, group, kind=kind, keep=KEEP_PREDICTIONS,
                                               settings=scfg.settings(rank, cfg.seeds[0], cfg.device))
