@@ -51,6 +51,8 @@ class LayerResult:
     reg: float | None
     #: the probability the probe gives its predicted class on each test item (the per-word predictions file)
     proba_test: np.ndarray | None = None
+    #: iterations of the final solve, for families solved iteratively to a tolerance (a ``fit_iterations`` row)
+    iterations: int | None = None
 
 
 class ProbeFamily:

@@ -205,6 +205,8 @@ def _unit_group_rows(u: Unit, t: _Task, X: dict, group: list[int], policy: Probe
     for i, layer in enumerate(group):
         scores = {"dev": {"accuracy": float(np.mean(res[i].pred_dev == y["dev"]))},
                   "test": classification_metrics(y["test"], res[i].pred_test, t.n_classes)}
+        if res[i].iterations is not None:  # how far the solver went: a reader can see that the fit converged
+            scores["train"] = {"fit_iterations": float(res[i].iterations)}
         rows += _score_rows(t, u, pool_name, layer, False, scores, res[i], secs)
     control = t.controls.get(u.seed)
     if control is not None:

@@ -18,7 +18,7 @@ from probekit.tasks import get_task
 
 #: Part of every unit's key: bumped when the code that fits probes changes the numbers it gives (its history is in
 #: docs/design.md, "UNIT_VERSION").
-UNIT_VERSION = 5
+UNIT_VERSION = 6
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,11 @@ class ProbePolicy:
     def shares_fit(self, probe: str) -> bool:
         """Whether the units of all seeds of ``probe`` share one fit (and so one sweep cell)."""
         return not self.family(probe).seed_dependent
+
+    def seeds_share_a_cell(self, probe: str) -> bool:
+        """Whether one sweep cell should run every seed of ``probe``: they share a fit, or their control tasks are
+        one problem over all seeds (one cell per seed would solve it once per seed)."""
+        return self.shares_fit(probe) or self.control_seeds(probe) is not None
 
     def runs_mdl(self, probe: str, seed: int) -> bool:
         """MDL is costly (11 trainings per layer): computed for the first seed only, by families that have it."""

@@ -17,11 +17,17 @@ from probekit.runner.units import ProbePolicy
 # Two rules of the runner that the sweep needs before any unit runs, read from the one policy object
 # (probekit.runner.units.ProbePolicy) that plan_units and probe_task use.
 
-def seeds_share_a_fit(probe: str) -> bool:
-    """RULE: a linear probe's fit does not depend on the seed (a convex problem solved to convergence; only the
-    control task and MDL vary with the seed), so its seeds form one cell. Called from :func:`plan.plan_sweep` and
+def seeds_share_a_cell(cfg: ExperimentConfig, probe: str) -> bool:
+    """RULE: the seeds of ``probe`` form one cell when they share work that a cell per seed would repeat: one fit
+    (a family whose fit takes no seed) or one control problem over every seed (the linear probe's joint control
+    heads). Called from :func:`plan.plan_sweep`."""
+    return ProbePolicy.from_config(cfg).seeds_share_a_cell(probe)
+
+
+def seeds_share_a_fit(cfg: ExperimentConfig, probe: str) -> bool:
+    """RULE: whether the seeds of ``probe`` share one fit (a family whose fit takes no seed). Called from
     :func:`estimate.probe_cell_estimate`."""
-    return ProbePolicy().shares_fit(probe)
+    return ProbePolicy.from_config(cfg).shares_fit(probe)
 
 
 def mdl_seed(cfg: ExperimentConfig, probe: str) -> int | None:
@@ -40,8 +46,8 @@ class Cell:
     """One independent piece of a sweep, as the plan lists it.
 
     ``kind`` is ``"probe"`` (``method`` = probe type, all layers, every pooling of the task) or
-    ``"baseline"`` (``method`` = tuning method). ``seeds`` holds one seed, or every seed of a linear
-    probe. ``units`` are the runner's unit keys of a probe cell.
+    ``"baseline"`` (``method`` = tuning method). ``seeds`` holds one seed, or every seed of a probe whose
+    seeds share work (:func:`seeds_share_a_cell`). ``units`` are the runner's unit keys of a probe cell.
     """
 
     kind: str

@@ -108,7 +108,7 @@ def probe_cell_estimate(cfg: ExperimentConfig, cell: Cell, n_items: int, measure
     fit, ctrl = mean("fit", n_items), (mean("control", n_items) if cfg.control_tasks else 0.0)
     if ctrl is None:
         return None  # control tasks never measured here: unknown
-    n_fits = 1 if seeds_share_a_fit(cell.method) else len(cell.seeds)
+    n_fits = 1 if seeds_share_a_fit(cfg, cell.method) else len(cell.seeds)
     per_pool = n_fits * fit + len(cell.seeds) * ctrl
     if mdl_seed(cfg, cell.method) in cell.seeds:
         mdl = mean("mdl", min(n_items, cfg.mdl_max_examples or n_items))

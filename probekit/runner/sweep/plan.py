@@ -15,7 +15,7 @@ from probekit.baselines.records import data_identity, finished_run, run_identity
 from probekit.config import ExperimentConfig
 from probekit.results.table import load_unit
 from probekit.runner.data import model_list
-from probekit.runner.sweep.cells import Cell, CellSpec, ExtractionSpec, seeds_share_a_fit
+from probekit.runner.sweep.cells import Cell, CellSpec, ExtractionSpec, seeds_share_a_cell
 from probekit.runner.sweep.estimate import estimate_cells
 from probekit.runner.sweep.workers import load_data_cached
 from probekit.runner.units import plan_units
@@ -88,7 +88,7 @@ def plan_sweep(cfg: ExperimentConfig) -> SweepPlan:
         fps[m] = fingerprint(m)
         by_cell: dict[tuple, list] = {}
         for u in plan_units(cfg, m, fps[m], data_fp):
-            cell_seed = None if seeds_share_a_fit(u.probe) else u.seed
+            cell_seed = None if seeds_share_a_cell(cfg, u.probe) else u.seed
             by_cell.setdefault((u.task, u.probe, cell_seed), []).append(u)
         for (task, probe, _), units in by_cell.items():
             keys = [u.key for u in units]
