@@ -46,6 +46,24 @@ def mini_sents():
     return read_conllu(MINI_CONLLU)
 
 
+@pytest.fixture(params=["mini", pytest.param("ewt_dev", marks=pytest.mark.slow)])
+def gold_sents(request, mini_sents):
+    """Gold sentences for the alignment and task checks: the hand-written fixture (fast, no treebank needed) and,
+    under the slow marker, all 2,001 sentences of EWT dev."""
+    return mini_sents if request.param == "mini" else request.getfixturevalue("ewt_dev")
+
+
+#: Fixtures that read the real treebank: a test that asks for one is marked slow (``make test-fast`` runs without
+#: ``shared/data``; ``make test`` and CI run them all).
+TREEBANK_FIXTURES = {"data_dir", "ewt_dev_path", "ewt_dev"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if TREEBANK_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The folder holding ``ud/UD_English-EWT/*.conllu`` (fails clearly when it is missing)."""
@@ -66,12 +84,6 @@ def ewt_dev(ewt_dev_path: Path):
     from probekit.data.conllu_io import read_conllu
 
     return read_conllu(ewt_dev_path)
-
-
-@pytest.fixture(scope="session")
-def ewt_dev_small(ewt_dev):
-    """The first 40 sentences of EWT dev."""
-    return ewt_dev[:40]
 
 
 @pytest.fixture(scope="session")

@@ -18,18 +18,17 @@ from probekit.errors import ConfigError, ModelError, ProbekitError
 
 import tiny
 
-# ------------------------------------------------------------------------------ real EWT sentences
+# ------------------------------------------------------------------------------ gold sentences (mini; EWT dev: slow)
 
 
 @pytest.mark.parametrize("tok_name", ["minilm_tokenizer", "gpt2_tokenizer", "llama_tokenizer"])
-def test_ewt_dev_alignment_invariants(tok_name, ewt_dev, request):
-    """All of EWT dev: every word >= 1 subword, no subword in two words, text kept, ids = tokenizer's."""
+def test_gold_alignment_invariants(tok_name, gold_sents, request):
+    """Every word >= 1 subword, no subword in two words, text kept, ids = tokenizer's."""
     tok = request.getfixturevalue(tok_name)
-    assert len(ewt_dev) == 2001
-    aligned = align_batch(tok, ewt_dev)
-    assert len(aligned) == len(ewt_dev)
+    aligned = align_batch(tok, gold_sents)
+    assert len(aligned) == len(gold_sents)
     n_repaired = 0
-    for s, a in zip(ewt_dev, aligned):
+    for s, a in zip(gold_sents, aligned):
         tiny.check_alignment(tok, s, a)
         plain = tok(s.text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
         # a repair happens exactly when the plain tokenization would swallow a word
@@ -39,13 +38,14 @@ def test_ewt_dev_alignment_invariants(tok_name, ewt_dev, request):
         n_repaired += a.repaired > 0
     # UD gold words are real text: nothing is dropped by these tokenizers, and repairs are rare
     assert sum(a.borrowed for a in aligned) == 0
-    assert n_repaired < 0.05 * len(ewt_dev)
+    if len(gold_sents) > 1000:  # a rate on real text (the fixture is made of hard cases on purpose)
+        assert n_repaired < 0.05 * len(gold_sents)
 
 
-def test_ewt_multiword_tokens_with_minilm(ewt_dev, minilm_tokenizer):
-    """Every word of every multiword token in EWT dev ('don't', 'cannot', 'gonna', ...) gets its own subwords."""
-    with_mwt = [s for s in ewt_dev if s.mwts]
-    assert len(with_mwt) > 50
+def test_gold_multiword_tokens_with_minilm(gold_sents, minilm_tokenizer):
+    """Every word of every multiword token ('don't', 'cannot', 'gonna', ...) gets its own subwords."""
+    with_mwt = [s for s in gold_sents if s.mwts]
+    assert len(with_mwt) >= 0.02 * len(gold_sents)  # EWT dev has 50+, the fixture several
     for s, a in zip(with_mwt, align_batch(minilm_tokenizer, with_mwt)):
         for first, last, _surface in s.mwts:
             toks = [set(a.word_tokens[w]) for w in range(first, last + 1)]
@@ -135,9 +135,9 @@ def test_sentence_with_no_subwords_at_all_is_a_model_error(minilm_tokenizer):
         align_batch(minilm_tokenizer, [s])
 
 
-def test_align_sentence_equals_align_batch(ewt_dev_small, gpt2_tokenizer):
-    batch = align_batch(gpt2_tokenizer, ewt_dev_small, chunk=7)
-    for s, a in zip(ewt_dev_small, batch):
+def test_align_sentence_equals_align_batch(mini_sents, gpt2_tokenizer):
+    batch = align_batch(gpt2_tokenizer, mini_sents, chunk=7)
+    for s, a in zip(mini_sents, batch):
         b = align_sentence(gpt2_tokenizer, s)
         assert (a.token_ids, a.word_tokens, a.offsets, a.text) == (b.token_ids, b.word_tokens, b.offsets, b.text)
 
@@ -145,7 +145,7 @@ def test_align_sentence_equals_align_batch(ewt_dev_small, gpt2_tokenizer):
 # ------------------------------------------------------------------------------------- slow tokenizer
 
 
-def test_slow_tokenizer_is_a_model_error(ewt_dev_small):
+def test_slow_tokenizer_is_a_model_error(mini_sents):
     from transformers import BertTokenizer
 
     slow = BertTokenizer.from_pretrained(tiny.minilm_dir())
@@ -154,7 +154,7 @@ def test_slow_tokenizer_is_a_model_error(ewt_dev_small):
     with pytest.raises(ModelError, match="slow"):
         check_fast_tokenizer(slow)
     with pytest.raises(ModelError, match="fast"):
-        align_batch(slow, ewt_dev_small[:2])
+        align_batch(slow, mini_sents[:2])
 
 
 # ------------------------------------------------------------------------------------------- windows

@@ -345,7 +345,7 @@ def test_cli_environment_error_is_one_paragraph(tmp_path):
 
 # ------------------------------------------------------------------------------------------- models and probing
 
-def test_slow_tokenizer_is_explained(tiny_bert_dir, ewt_dev_small, tmp_path):
+def test_slow_tokenizer_is_explained(tiny_bert_dir, mini_sents, tmp_path):
     import dataclasses
 
     from transformers import BertTokenizer
@@ -358,13 +358,13 @@ def test_slow_tokenizer_is_explained(tiny_bert_dir, ewt_dev_small, tmp_path):
     with pytest.raises(ModelError, match="slow.*use_fast=True"):
         check_fast_tokenizer(slow)
     with pytest.raises(ModelError, match="slow"):
-        align_batch(slow, ewt_dev_small[:2])
+        align_batch(slow, mini_sents[:2])
     lm = dataclasses.replace(load_model(str(tiny_bert_dir), device="cpu"), tokenizer=slow)
     with pytest.raises(ModelError, match="slow"):
-        extract(lm, ewt_dev_small[:3], store_root=tmp_path, progress=False)
+        extract(lm, mini_sents[:3], store_root=tmp_path, progress=False)
 
 
-def test_out_of_memory_during_extraction_suggests_smaller_batch(tiny_bert_dir, ewt_dev_small, data_dir, tmp_path,
+def test_out_of_memory_during_extraction_suggests_smaller_batch(tiny_bert_dir, mini_sents, data_dir, tmp_path,
                                                                 monkeypatch, capsys):
     import transformers
 
@@ -377,7 +377,7 @@ def test_out_of_memory_during_extraction_suggests_smaller_batch(tiny_bert_dir, e
     monkeypatch.setattr(transformers.BertModel, "forward", oom)
     lm = load_model(str(tiny_bert_dir), device="cpu")
     with pytest.raises(ModelError, match="Out of memory.*batch.tokens") as ei:
-        extract(lm, ewt_dev_small[:5], store_root=tmp_path, progress=False, batch_tokens=2048)
+        extract(lm, mini_sents[:5], store_root=tmp_path, progress=False, batch_tokens=2048)
     assert "2048" in str(ei.value), "the message gives the budget in use"
     rc = main(["-q", "extract", str(tiny_bert_dir), "--data-dir", str(data_dir), "--limit", "3",
                "--store-dir", str(tmp_path / "s2"), "--device", "cpu"])
@@ -385,7 +385,7 @@ def test_out_of_memory_during_extraction_suggests_smaller_batch(tiny_bert_dir, e
     # anything else the model raises is not disguised as an out-of-memory error
     monkeypatch.setattr(transformers.BertModel, "forward", lambda self, *a, **kw: 1 / 0)
     with pytest.raises(ZeroDivisionError):
-        extract(lm, ewt_dev_small[:5], store_root=tmp_path / "s3", progress=False)
+        extract(lm, mini_sents[:5], store_root=tmp_path / "s3", progress=False)
 
 
 def test_layer_out_of_range_in_config(tiny_bert_dir, small_files, tmp_path, capsys):

@@ -36,7 +36,7 @@ def _reference(lm, ex, sentences):
 
 
 @pytest.mark.parametrize("pooling", ["first", "last", "mean"])
-def test_batched_windows_match_one_window_at_a_time(tiny_bert_dir, ewt_dev_small, pooling):
+def test_batched_windows_match_one_window_at_a_time(tiny_bert_dir, mini_sents, pooling):
     from probekit.activations.extract import Extractor
     from probekit.activations.models import load_model
 
@@ -44,7 +44,7 @@ def test_batched_windows_match_one_window_at_a_time(tiny_bert_dir, ewt_dev_small
     # 16 positions leave 14 content tokens: many dev sentences are cut into 2-4 windows, whose windows land in
     # different batches (batches are sorted by length), mixed with sentences that fit one window
     ex = Extractor(lm, word_pooling=pooling, max_length=16, batch_tokens=160)
-    sents = ewt_dev_small[:30]
+    sents = mini_sents[:30]
     words, pooled = ex.encode_shard(sents)
     assert 0 < ex.stats["windowed_sentences"] < len(sents)
     ref_words, ref_pooled = _reference(lm, ex, sents)
@@ -55,7 +55,7 @@ def test_batched_windows_match_one_window_at_a_time(tiny_bert_dir, ewt_dev_small
         np.testing.assert_allclose(pooled[k], ref_pooled[k], atol=2e-5, err_msg=k)
 
 
-def test_store_dtype_output_is_the_float32_output_rounded(tiny_gpt2_dir, ewt_dev_small):
+def test_store_dtype_output_is_the_float32_output_rounded(tiny_gpt2_dir, mini_sents):
     """`extract` asks `encode_shard` for float16 directly (no float32 copy of the shard is held): the values must be
     exactly the float32 result rounded, for word and sentence vectors."""
     from probekit.activations.extract import Extractor
@@ -63,8 +63,8 @@ def test_store_dtype_output_is_the_float32_output_rounded(tiny_gpt2_dir, ewt_dev
 
     lm = load_model(str(tiny_gpt2_dir), device="cpu")
     ex = Extractor(lm, word_pooling="mean", max_length=24)
-    w32, s32 = ex.encode_shard(ewt_dev_small[:20])
-    w16, s16 = ex.encode_shard(ewt_dev_small[:20], out_dtype=np.float16)
+    w32, s32 = ex.encode_shard(mini_sents[:20])
+    w16, s16 = ex.encode_shard(mini_sents[:20], out_dtype=np.float16)
     assert w16.dtype == np.float16 and np.array_equal(w16, w32.astype(np.float16))
     assert set(s16) == set(s32) == {"mean", "last"}
     for k in s16:

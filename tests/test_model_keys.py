@@ -20,24 +20,24 @@ def _extract(lm, sents, root, **kw):
     return extract(lm, sents, store_root=root, progress=False, **kw)
 
 
-def test_weights_dtype_is_part_of_the_store_key(tiny_bert_dir, ewt_dev_small, tmp_path):
+def test_weights_dtype_is_part_of_the_store_key(tiny_bert_dir, mini_sents, tmp_path):
     import torch
 
     from probekit.activations.models import load_model
 
-    sents = ewt_dev_small[:5]
+    sents = mini_sents[:5]
     fp32 = _extract(load_model(str(tiny_bert_dir), device="cpu"), sents, tmp_path)
     bf16 = _extract(load_model(str(tiny_bert_dir), device="cpu", dtype=torch.bfloat16), sents, tmp_path)
     assert bf16.path != fp32.path and bf16.manifest["model"]["dtype"] == "torch.bfloat16"
     assert "dtype" not in fp32.manifest["model"]  # float32 keys are what they were
 
 
-def test_config_and_tokenizer_files_are_part_of_the_keys(tiny_bert_dir, ewt_dev_small, tmp_path):
+def test_config_and_tokenizer_files_are_part_of_the_keys(tiny_bert_dir, mini_sents, tmp_path):
     from probekit.activations.models import fingerprint, load_model
 
     folder = tmp_path / "model"
     shutil.copytree(tiny_bert_dir, folder)
-    sents = ewt_dev_small[:5]
+    sents = mini_sents[:5]
     before = (fingerprint(str(folder)), _extract(load_model(str(folder), device="cpu"), sents, tmp_path / "s").path)
     for name, edit in (("config.json", ("hidden_act", "relu")), ("tokenizer_config.json", ("do_lower_case", False))):
         cfg = json.loads((folder / name).read_text())
@@ -98,22 +98,22 @@ def test_gguf_conversion_removes_a_killed_conversion_and_runs_once(tmp_path, mon
     assert convert_gguf(src, "m.gguf", cache_dir=cache) == dest and len(calls) == n  # cached: no conversion
 
 
-def test_layer_arrays_are_writable_copies_for_one_shard_or_many(tiny_bert_dir, ewt_dev_small, tmp_path):
+def test_layer_arrays_are_writable_copies_for_one_shard_or_many(tiny_bert_dir, mini_sents, tmp_path):
     from probekit.activations.models import load_model
 
     lm = load_model(str(tiny_bert_dir), device="cpu")
     for shard_words in (100_000, 50):
-        st = _extract(lm, ewt_dev_small[:20], tmp_path / str(shard_words), dtype="float32", shard_words=shard_words)
+        st = _extract(lm, mini_sents[:20], tmp_path / str(shard_words), dtype="float32", shard_words=shard_words)
         a = st.layer(1)
         a -= a.mean(0)  # in-place work in a notebook
         assert np.abs(st.layer(1) - a).max() > 0, "the store itself must not change"
 
 
-def test_another_shard_size_reshards_without_calling_it_damage(tiny_bert_dir, ewt_dev_small, tmp_path, caplog):
+def test_another_shard_size_reshards_without_calling_it_damage(tiny_bert_dir, mini_sents, tmp_path, caplog):
     from probekit.activations.models import load_model
 
     lm = load_model(str(tiny_bert_dir), device="cpu")
-    sents = ewt_dev_small[:40]
+    sents = mini_sents[:40]
     a = _extract(lm, sents, tmp_path, shard_words=60)
     ref = a.layer(2)
     n_a = len(list(a.path.glob("shard-*")))
@@ -124,17 +124,17 @@ def test_another_shard_size_reshards_without_calling_it_damage(tiny_bert_dir, ew
     np.testing.assert_array_equal(b.layer(2), ref)
 
 
-def test_bad_extraction_arguments(tiny_bert_dir, ewt_dev_small, tmp_path):
+def test_bad_extraction_arguments(tiny_bert_dir, mini_sents, tmp_path):
     from probekit.activations.models import load_model
     from probekit.data.conllu_io import Sentence
 
     lm = load_model(str(tiny_bert_dir), device="cpu")
     with pytest.raises(DataError, match="'nothing' .* has no words"):
-        _extract(lm, [ewt_dev_small[0], Sentence.from_words([], sent_id="nothing")], tmp_path)
+        _extract(lm, [mini_sents[0], Sentence.from_words([], sent_id="nothing")], tmp_path)
     for n in (0, 3):
         with pytest.raises(ConfigError, match=f"max_length {n} leaves"):
-            _extract(lm, ewt_dev_small[:2], tmp_path, max_length=n)
-    assert _extract(lm, ewt_dev_small[:2], tmp_path, max_length=4).n_words == sum(len(s) for s in ewt_dev_small[:2])
+            _extract(lm, mini_sents[:2], tmp_path, max_length=n)
+    assert _extract(lm, mini_sents[:2], tmp_path, max_length=4).n_words == sum(len(s) for s in mini_sents[:2])
 
 
 def test_decoder_without_bos_starts_with_eos(tiny_gpt2_dir):

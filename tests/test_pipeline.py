@@ -89,29 +89,29 @@ def test_control_selectivity_and_summary(tmp_path, tiny_bert_dir, data_dir):
     assert len(s[s.metric == "expected_layer"]) == 1
 
 
-def test_store_reuse_no_forward_pass(tmp_path, tiny_bert_dir, ewt_dev_small):
+def test_store_reuse_no_forward_pass(tmp_path, tiny_bert_dir, mini_sents):
     lm = load_model(str(tiny_bert_dir), device="cpu")
-    st = extract(lm, ewt_dev_small, store_root=tmp_path, progress=False)
+    st = extract(lm, mini_sents, store_root=tmp_path, progress=False)
     assert st.computed_shards > 0
-    n_words = sum(len(s) for s in ewt_dev_small)
+    n_words = sum(len(s) for s in mini_sents)
     assert st[0].shape == (n_words, lm.hidden_size) and st.n_layers == lm.num_layers + 1
     assert np.array_equal(st[-1], st[lm.num_layers])
     calls = []
     orig = lm.model.forward
     lm.model.forward = lambda *a, **k: calls.append(1) or orig(*a, **k)
-    st2 = extract(lm, ewt_dev_small, store_root=tmp_path, progress=False)
+    st2 = extract(lm, mini_sents, store_root=tmp_path, progress=False)
     assert calls == [] and st2.computed_shards == 0
     assert st2.path == st.path
     # a different pooling is a different store
-    st3 = extract(lm, ewt_dev_small, store_root=tmp_path, word_pooling="mean", progress=False)
+    st3 = extract(lm, mini_sents, store_root=tmp_path, word_pooling="mean", progress=False)
     assert st3.path != st.path and calls
 
 
-def test_layer0_is_embedding_output(tmp_path, tiny_bert_dir, ewt_dev_small):
+def test_layer0_is_embedding_output(tmp_path, tiny_bert_dir, mini_sents):
     import torch
 
     lm = load_model(str(tiny_bert_dir), device="cpu")
-    sents = ewt_dev_small[:3]
+    sents = mini_sents[:3]  # the first one has clitics ("n't", "'re"): first pooling reads their head subword
     st = extract(lm, sents, store_root=tmp_path, dtype="float32", progress=False)
     from probekit.activations.align import align_batch, special_layout
 
@@ -120,7 +120,7 @@ def test_layer0_is_embedding_output(tmp_path, tiny_bert_dir, ewt_dev_small):
     ids = torch.tensor([prefix + a.token_ids + suffix])
     with torch.no_grad():
         out = lm.model(input_ids=ids, output_hidden_states=True)
-    first = [t[0] for t in a.word_tokens]
+    first = a.heads
     for layer in (0, lm.num_layers):
         want = out.hidden_states[layer][0, [len(prefix) + t for t in first]].numpy()
         got = st[layer][:len(a.word_tokens)]

@@ -16,11 +16,11 @@ def _extract(lm, sents, root, **kw):
     return extract(lm, sents, store_root=root, progress=False, dtype="float32", **kw)
 
 
-def test_bf16_autocast_on_the_cpu_has_its_own_key_and_close_vectors(tiny_bert_dir, ewt_dev_small, tmp_path):
+def test_bf16_autocast_on_the_cpu_has_its_own_key_and_close_vectors(tiny_bert_dir, mini_sents, tmp_path):
     from probekit.activations.models import load_model
 
     lm = load_model(str(tiny_bert_dir), device="cpu")
-    sents = ewt_dev_small[:12]
+    sents = mini_sents[:12]
     fp32 = _extract(lm, sents, tmp_path, precision="fp32")
     bf16 = _extract(lm, sents, tmp_path, precision="bf16")
     assert bf16.path != fp32.path
@@ -33,14 +33,14 @@ def test_bf16_autocast_on_the_cpu_has_its_own_key_and_close_vectors(tiny_bert_di
         np.testing.assert_allclose(bf16.sentence_vectors(k, 2), fp32.sentence_vectors(k, 2), rtol=0.05, atol=0.05)
 
 
-def test_auto_is_fp32_with_fp32_keys_unless_chosen(tiny_bert_dir, ewt_dev_small, tmp_path, monkeypatch):
+def test_auto_is_fp32_with_fp32_keys_unless_chosen(tiny_bert_dir, mini_sents, tmp_path, monkeypatch):
     """``auto`` resolves on the machine that runs; while AUTO_BF16 is off it is fp32 everywhere, with the key an fp32
     store has always had (``amp: null``); switched on, it follows the bf16 units torch reports."""
     from probekit.activations import precision as P
     from probekit.activations.models import load_model
 
     lm = load_model(str(tiny_bert_dir), device="cpu")
-    sents = ewt_dev_small[:3]
+    sents = mini_sents[:3]
     assert _extract(lm, sents, tmp_path, precision="auto").path == _extract(lm, sents, tmp_path).path \
         == _extract(lm, sents, tmp_path, precision="fp32").path
     for units in (True, False):

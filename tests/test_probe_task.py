@@ -28,7 +28,7 @@ from probekit.tasks import get_task
 def test_builtin_families_are_registered_with_their_rules():
     assert {"linear", "mlp1", "mlp2"} <= set(probe_names())
     linear, mlp2 = get_probe("linear"), get_probe("mlp2")
-    assert not linear.seed_dependent and linear.joint_controls and linear.has_mdl
+    assert linear.seed_dependent and linear.joint_controls and linear.has_mdl
     assert mlp2.seed_dependent and not mlp2.joint_controls and not mlp2.has_mdl and mlp2.hidden_layers == 2
 
 
@@ -52,8 +52,11 @@ def test_policy_rules():
     assert p.runs_mdl("linear", 3) and not p.runs_mdl("linear", 1) and not p.runs_mdl("mlp1", 3)
     assert p.writes_majority("mlp1") and not p.writes_majority("linear")
     assert p.control_seeds("linear") == [1, 3] and p.control_seeds("mlp1") is None
-    assert p.shares_fit("linear") and not p.shares_fit("mlp1")
-    assert p.fit_seed("linear", 3) == 0 and p.fit_seed("mlp1", 3) == 3
+    assert not p.shares_fit("linear") and not p.shares_fit("mlp1")  # the seed reaches every fit (issue 18)
+    assert p.fit_seed("linear", 3) == 3 and p.fit_seed("mlp1", 3) == 3
+    # the linear probe's joint control heads keep its seeds in one sweep cell; without controls nothing is shared
+    assert p.seeds_share_a_cell("linear") and not p.seeds_share_a_cell("mlp1")
+    assert not ProbePolicy(probes=("linear",), control_tasks=False).seeds_share_a_cell("linear")
     assert ProbePolicy(control_tasks=False).control_seeds("linear") is None
     assert not ProbePolicy(mdl=False).runs_mdl("linear", 0)
 
@@ -143,21 +146,39 @@ def test_a_registered_family_runs_without_runner_changes(centroid_family):
     assert any(r["probe"] == "majority" for r in rows[units[1]])  # the first (only) probe writes majority rows
 
 
-def test_probe_task_returns_rows_and_shares_the_seed_free_linear_fit():
+def test_probe_task_fits_the_linear_probe_per_seed_and_reports_its_iterations():
     policy = ProbePolicy(probes=("linear",), seeds=(0, 1), control_tasks=True, mdl=False, device="cpu")
     units = [Unit("m", "aux_verb", "default", "linear", s) for s in (0, 1)]
     stores = _stores()
     cache = FeatureCache()
     rows = probe_task(lm_info=_INFO, stores=stores, data=_data(), task=get_task("aux_verb"), policy=policy,
                       units=units, feature_cache=cache)
-
-    def task_rows(u):
-        return [(r["layer"], r["split"], r["metric"], r["value"]) for r in rows[u]
-                if r["probe"] == "linear" and not r["control"]]
-
-    assert task_rows(units[0]) == task_rows(units[1])  # one fit, repeated for each seed
+    its = [r for r in rows[units[0]] if r["metric"] == "fit_iterations"]
+    assert its and all(r["split"] == "train" and r["value"] >= 1 for r in its)  # one per layer, from the seed's fit
+    assert {r["layer"] for r in its} == {r["layer"] for r in rows[units[0]] if r["metric"] == "accuracy"
+                                         and r["layer"] is not None}
     assert all(r["seed"] == u.seed for u in units for r in rows[u])
     loads = [s.loads for s in stores.values()]
     probe_task(lm_info=_INFO, stores=stores, data=_data(), task=get_task("aux_verb"), policy=policy, units=units,
                feature_cache=cache)
     assert [s.loads for s in stores.values()] == loads  # the cache served the same rows again
+
+
+def test_a_seed_free_family_is_fitted_once_for_all_seeds(centroid_family, monkeypatch):
+    calls = []
+    fit = type(centroid_family).fit
+
+    def counting_fit(self, *a, **kw):
+        calls.append(kw["seed"])
+        return fit(self, *a, **kw)
+
+    monkeypatch.setattr(type(centroid_family), "fit", counting_fit)
+    monkeypatch.setattr(type(centroid_family), "seed_dependent", False)
+    policy = ProbePolicy(probes=("centroid_test",), seeds=(0, 1, 2), control_tasks=False, mdl=False)
+    units = [Unit("m", "aux_verb", "default", "centroid_test", s) for s in (0, 1, 2)]
+    rows = probe_task(lm_info=_INFO, stores=_stores(), data=_data(), task=get_task("aux_verb"), policy=policy,
+                      units=units)
+    assert calls == [0]  # one fit, with seed 0, repeated for every seed's unit
+    scores = [[(r["layer"], r["metric"], r["value"]) for r in rows[u] if r["probe"] == "centroid_test"]
+              for u in units]
+    assert scores[0] == scores[1] == scores[2]

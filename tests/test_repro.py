@@ -154,13 +154,13 @@ def test_long_sentence_every_word_from_a_window_with_context(which, request, ewt
     assert checked, "no word lay in two windows: the check above never ran"
 
 
-def test_store_key_depends_on_what_changes_vectors(tiny_bert_dir, ewt_dev_small, tmp_path):
+def test_store_key_depends_on_what_changes_vectors(tiny_bert_dir, mini_sents, tmp_path):
     """A different pooling, dtype or data is a different store (never a reused, wrong one)."""
     from probekit.activations.extract import extract
     from probekit.activations.models import load_model
 
     lm = load_model(str(tiny_bert_dir), device="cpu")
-    sents = ewt_dev_small[:6]
+    sents = mini_sents[:6]
     base = extract(lm, sents, store_root=tmp_path, progress=False)
     same = extract(lm, sents, store_root=tmp_path, progress=False)
     assert same.path == base.path and same.computed_shards == 0

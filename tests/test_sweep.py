@@ -1,7 +1,7 @@
 """Sweeps (probekit.runner.sweep): plan, local process pool, Ray, resume after a kill.
 
 A sweep of 2 tiny models (BERT encoder, GPT-2 decoder) × 2 tasks × 3 seeds of linear probes on a
-40/20/20-sentence slice of EWT: 12 units in 4 cells (a linear probe's seeds share one fit, so they
+40/20/20-sentence slice of EWT: 12 units in 4 cells (a linear probe's seeds share one joint control problem, so they
 form one cell; MLP probes get a cell per seed). The local run and the Ray run use separate results
 and store folders and must give byte-identical ``results.csv`` files.
 """

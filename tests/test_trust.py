@@ -174,14 +174,14 @@ def test_task_name_is_one_path_component(tmp_path):
 
 
 @pytest.mark.parametrize("split", ["../x", "a/b"])
-def test_split_name_cannot_leave_the_store_root(tiny_bert_dir, ewt_dev_small, tmp_path, split):
+def test_split_name_cannot_leave_the_store_root(tiny_bert_dir, mini_sents, tmp_path, split):
     from probekit.activations.extract import extract
     from probekit.activations.models import load_model
     from probekit.errors import ConfigError
 
     lm = load_model(str(tiny_bert_dir), device="cpu")
     with pytest.raises(ConfigError, match="split"):
-        extract(lm, ewt_dev_small[:3], split=split, store_root=tmp_path / "stores", progress=False)
+        extract(lm, mini_sents[:3], split=split, store_root=tmp_path / "stores", progress=False)
 
 
 # ------------------------------------------------------------------------------- 5, 9, 10. the results folder
@@ -268,16 +268,16 @@ def test_second_run_waits_for_the_lock_on_the_results_folder(tiny_bert_dir, ewt_
 # ------------------------------------------------------------------------------- 6. --strict is strict
 
 @pytest.fixture
-def store(tiny_bert_dir, ewt_dev_small, tmp_path):
+def store(tiny_bert_dir, mini_sents, tmp_path):
     from probekit.activations.extract import extract
     from probekit.activations.models import load_model
 
     lm = load_model(str(tiny_bert_dir), device="cpu")
-    st = extract(lm, ewt_dev_small, store_root=tmp_path / "stores", shard_words=200, progress=False)
+    st = extract(lm, mini_sents, store_root=tmp_path / "stores", shard_words=200, progress=False)
     return lm, st
 
 
-def test_strict_refuses_a_shard_without_meta_and_no_manifest(store, ewt_dev_small, tmp_path, caplog):
+def test_strict_refuses_a_shard_without_meta_and_no_manifest(store, mini_sents, tmp_path, caplog):
     from probekit.activations.extract import extract
     from probekit.errors import StoreError
 
@@ -285,13 +285,13 @@ def test_strict_refuses_a_shard_without_meta_and_no_manifest(store, ewt_dev_smal
     (st.path / "manifest.json").unlink()
     (st.path / "shard-00000" / "meta.json").unlink()
     with pytest.raises(StoreError, match="shard-00000"):
-        extract(lm, ewt_dev_small, store_root=tmp_path / "stores", shard_words=200, progress=False, strict=True)
+        extract(lm, mini_sents, store_root=tmp_path / "stores", shard_words=200, progress=False, strict=True)
     with caplog.at_level(logging.WARNING):
-        extract(lm, ewt_dev_small, store_root=tmp_path / "stores", shard_words=200, progress=False)
+        extract(lm, mini_sents, store_root=tmp_path / "stores", shard_words=200, progress=False)
     assert "shard-00000" in caplog.text
 
 
-def test_strict_refuses_a_foreign_manifest(store, ewt_dev_small, tmp_path, caplog):
+def test_strict_refuses_a_foreign_manifest(store, mini_sents, tmp_path, caplog):
     from probekit.activations.extract import extract
     from probekit.errors import StoreError
 
@@ -300,9 +300,9 @@ def test_strict_refuses_a_foreign_manifest(store, ewt_dev_small, tmp_path, caplo
     m["key"] = "0" * 20
     (st.path / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(StoreError, match="manifest.json"):
-        extract(lm, ewt_dev_small, store_root=tmp_path / "stores", shard_words=200, progress=False, strict=True)
+        extract(lm, mini_sents, store_root=tmp_path / "stores", shard_words=200, progress=False, strict=True)
     with caplog.at_level(logging.WARNING):
-        extract(lm, ewt_dev_small, store_root=tmp_path / "stores", shard_words=200, progress=False)
+        extract(lm, mini_sents, store_root=tmp_path / "stores", shard_words=200, progress=False)
     assert "manifest.json" in caplog.text
 
 
