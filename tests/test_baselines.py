@@ -601,25 +601,31 @@ def test_shipped_configs_are_valid(name):
         assert cfg.resolved(m).lr > 0
 
 
-def test_run_config_end_to_end(tmp_path, tiny_bert_dir):
-    from probekit.baselines.runner import run_config, summary_table
+def test_baselines_section_runs_with_the_experiment(tmp_path, tiny_bert_dir, monkeypatch):
+    """`probekit run` on a config with a baselines section: every method x seed is run once, kept as a run record,
+    and its rows join results.csv; a rerun trains nothing."""
+    from probekit.config import ExperimentConfig
     from probekit.data.conllu_io import write_conllu
+    from probekit.runner.experiment import run_experiment
 
     files = {}
     for role, (n, off) in {"train": (8, 0), "dev": (4, 1), "test": (5, 2)}.items():
         files[role] = str(tmp_path / f"{role}.conllu")
         write_conllu(make_sentences(n, off), files[role])
-    exp = {"name": "tiny", "models": [str(tiny_bert_dir)], "dataset": "conllu", "files": files,
-           "tasks": ["aux_verb"], "seeds": [0, 1], "device": "cpu",
-           "baselines": {**QUICK, "methods": ["lora", "prompt_tuning"]}}
-    out = tmp_path / "res"
-    rows = run_config(exp, results_dir=out)
-    assert len({(r["method"], r["seed"]) for r in rows}) == 4
-    assert (out / "baseline_rows.csv").is_file() and len(list((out / "runs").glob("*.json"))) == 4
-    table = summary_table(rows)
-    assert "lora" in table and "prompt_tuning" in table
-    with pytest.raises(ConfigError, match="no 'baselines' section"):
-        run_config({k: v for k, v in exp.items() if k != "baselines"}, results_dir=out)
+    cfg = ExperimentConfig.from_dict(
+        {"name": "tiny", "models": [str(tiny_bert_dir)], "dataset": "conllu", "files": files,
+         "tasks": ["aux_verb"], "seeds": [0, 1], "device": "cpu", "results_dir": str(tmp_path / "res"),
+         "store_dir": str(tmp_path / "stores"), "baselines": {**QUICK, "methods": ["lora", "prompt_tuning"]}})
+    table = run_experiment(cfg, progress=False).table
+    base = table[table.method.isin(["lora", "prompt_tuning"])] if "method" in table else table.iloc[:0]
+    assert len({(m, s) for m, s in zip(base.method, base.seed)}) == 4
+    runs = tmp_path / "res" / "tiny" / "baselines" / "runs"
+    assert len(list(runs.glob("*.json"))) == 4
+    calls = []
+    orig = btrain.fit
+    monkeypatch.setattr(btrain, "fit", lambda *a, **k: calls.append(1) or orig(*a, **k))
+    run_experiment(cfg, progress=False)
+    assert calls == []
 
 
 def test_probe_reference_uses_the_same_training_subset(tmp_path, tiny_bert):

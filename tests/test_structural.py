@@ -6,6 +6,7 @@ import pytest
 
 from probekit.data.conllu_io import Sentence
 from probekit.errors import ConfigError, DataError
+from probekit.probing.control import control_parents
 from probekit.probing.structural import (
     StructuralSettings,
     depth_metrics,
@@ -20,7 +21,7 @@ from probekit.probing.structural import (
     predict_structural,
     split_targets,
 )
-from probekit.tasks.relations import control_parents, tree_depths, tree_distances
+from probekit.tasks.relations import tree_depths, tree_distances
 
 
 def sent(heads, upos=None, words=None, has_syntax=True, sid="s1"):

@@ -18,7 +18,6 @@ _LAZY = {
     "write_run": "probekit.baselines.records",
     "BaselineRun": "probekit.baselines.records",
     "word_metrics": "probekit.baselines.train",
-    "run_config": "probekit.baselines.runner",
 }
 
 __all__ = sorted(_LAZY)

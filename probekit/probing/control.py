@@ -25,7 +25,7 @@ import numpy as np
 
 from probekit.errors import ConfigError, DataError, TaskError
 
-__all__ = ["control_word_labels", "control_sentence_labels", "selectivity", "type_uniform"]
+__all__ = ["control_word_labels", "control_sentence_labels", "control_parents", "selectivity", "type_uniform"]
 
 _TWO_POW_53 = float(2 ** 53)
 
@@ -149,3 +149,27 @@ def selectivity(task_acc, control_acc) -> np.ndarray:
         raise DataError(f"task_acc has shape {a.shape} but control_acc has shape {c.shape}; "
                         f"pass one score per layer for both.")
     return a - c
+
+
+#: Attachment behaviours of the control structure, one per word type (Hewitt & Liang 2019, section 3.3).
+CONTROL_BEHAVIOURS = ("previous", "first", "last")
+
+
+def control_parents(words: Sequence[str], seed: int) -> np.ndarray:
+    """0-based parents of Hewitt & Liang's control structure for one sentence (a tree, rooted at the first word).
+
+    Hewitt & Liang give each word *type* a fixed random behaviour: attach to itself, to the first word or to the
+    last word of the sentence. A self-loop has no tree distance, so here it becomes "attach to the previous word"
+    (the nearest word that keeps a tree): the first word is the root, the last word attaches to the first, and every
+    other word attaches by its type to the previous, the first or the last word. Only the word's type (its lower-cased
+    form) and the seed decide; the structure says nothing about syntax, so a probe that fits it well memorises.
+    """
+    n = len(words)
+    parent = np.full(n, -1, dtype=np.int64)
+    for i in range(1, n):
+        if i == n - 1:
+            parent[i] = 0
+            continue
+        behaviour = CONTROL_BEHAVIOURS[int(type_uniform(words[i].lower(), seed) * len(CONTROL_BEHAVIOURS))]
+        parent[i] = {"previous": i - 1, "first": 0, "last": n - 1}[behaviour]
+    return parent

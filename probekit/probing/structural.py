@@ -30,12 +30,8 @@ import numpy as np
 
 from probekit._device import small_problem_threads, torch_threads
 from probekit.errors import ConfigError, DataError
-from probekit.tasks.relations import (
-    check_tree,
-    control_parents,
-    distances_from_parents,
-    punct_mask,
-)
+from probekit.probing.control import control_parents
+from probekit.tasks.relations import check_tree, distances_from_parents, punct_mask
 
 KINDS = ("distance", "depth")
 #: Sentence lengths over which DSpr and NSpr are averaged (the paper: 5-50).
@@ -408,7 +404,7 @@ def split_targets(sentences: Sequence, kind: str, *, control_seed: int | None = 
     """Gold targets of ``kind`` for a split's sentences (word offsets in corpus order, as in the store).
 
     ``control_seed``: the targets of Hewitt & Liang's control structure instead of the gold tree
-    (:func:`probekit.tasks.relations.control_parents`); punctuation is still read from the gold UPOS/XPOS.
+    (:func:`probekit.probing.control.control_parents`); punctuation is still read from the gold UPOS/XPOS.
     """
     offsets = np.concatenate([[0], np.cumsum([len(s) for s in sentences])]).astype(np.int64)
     targets = []

@@ -9,13 +9,10 @@ Every function checks that the sentence has a dependency tree (HEAD read, one ro
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 
 from probekit.data.conllu_io import Sentence
 from probekit.errors import DataError
-from probekit.probing.control import type_uniform
 
 #: The punctuation tags the reference code of Hewitt & Manning (john-hewitt/structural-probes) excludes from UUAS
 #: and root accuracy (PTB XPOS). A word is punctuation when its XPOS is one of these or its UPOS is PUNCT, so that
@@ -104,27 +101,3 @@ def tree_distances(s: Sentence) -> np.ndarray:
 def punct_mask(s: Sentence) -> np.ndarray:
     """``[n]`` bool: the words excluded from UUAS and root accuracy (see :data:`PTB_PUNCT`)."""
     return np.array([u == "PUNCT" or x in PTB_PUNCT for u, x in zip(s.upos, s.xpos)], dtype=bool)
-
-
-#: Attachment behaviours of the control structure, one per word type (Hewitt & Liang 2019, section 3.3).
-CONTROL_BEHAVIOURS = ("previous", "first", "last")
-
-
-def control_parents(words: Sequence[str], seed: int) -> np.ndarray:
-    """0-based parents of Hewitt & Liang's control structure for one sentence (a tree, rooted at the first word).
-
-    Hewitt & Liang give each word *type* a fixed random behaviour: attach to itself, to the first word or to the
-    last word of the sentence. A self-loop has no tree distance, so here it becomes "attach to the previous word"
-    (the nearest word that keeps a tree): the first word is the root, the last word attaches to the first, and every
-    other word attaches by its type to the previous, the first or the last word. Only the word's type (its lower-cased
-    form) and the seed decide; the structure says nothing about syntax, so a probe that fits it well memorises.
-    """
-    n = len(words)
-    parent = np.full(n, -1, dtype=np.int64)
-    for i in range(1, n):
-        if i == n - 1:
-            parent[i] = 0
-            continue
-        behaviour = CONTROL_BEHAVIOURS[int(type_uniform(words[i].lower(), seed) * len(CONTROL_BEHAVIOURS))]
-        parent[i] = {"previous": i - 1, "first": 0, "last": n - 1}[behaviour]
-    return parent
