@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from probekit.causal.effects import bootstrap_ratio, intervention_effects
+from probekit.causal.effects import intervention_effects
 from probekit.causal.erasure import fit_leace
+from probekit.results.significance import bootstrap_ratio
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 pytest.importorskip("concept_erasure")

@@ -24,7 +24,7 @@ def _cfg(tmp_path, model_dir, data_dir, **kw):
 
 def test_rows_baselines_cis_and_resume(tmp_path, tiny_bert_dir, data_dir):
     cfg = _cfg(tmp_path, tiny_bert_dir, data_dir)
-    scfg = StructuralConfig(epochs=2, ranks=[None, 8], bootstrap=50)
+    scfg = StructuralConfig(epochs=2, ranks=[None, 8], bootstrap=100)
     res = run_structural(cfg, scfg, progress=False)
     df = res.table()
     test = df[(df.split == "test") & (df.method == "probe")]
@@ -68,9 +68,15 @@ def test_figures(tmp_path, tiny_bert_dir, data_dir):
     from probekit.report.structural_figures import structural_figures
 
     cfg = _cfg(tmp_path, tiny_bert_dir, data_dir, limit={"train": 20, "dev": 8, "test": 12})
-    res = run_structural(cfg, StructuralConfig(epochs=1, bootstrap=20, control=False), progress=False)
+    res = run_structural(cfg, StructuralConfig(epochs=1, bootstrap=100, control=False), progress=False)
     files = structural_figures(res, tmp_path / "figs", formats=["png"])
     names = {f.name for f in files}
     assert {"tree_distance_by_layer.png", "tree_depth_by_layer.png"} <= names
     assert any(n.startswith("tree_") and "layer" in n and "by_layer" not in n for n in names)
     assert any(n.startswith("distances_") for n in names)
+
+
+def test_too_few_bootstrap_resamples_is_a_config_error():
+    with pytest.raises(ConfigError, match="'bootstrap' is 20"):
+        StructuralConfig.from_dict({"bootstrap": 20})
+    assert StructuralConfig.from_dict({"bootstrap": 0}).bootstrap == 0

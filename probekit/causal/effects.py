@@ -15,8 +15,7 @@ is the concept's; one that both have is the cost of editing that layer at all. M
   content subwords).
 
 Intervals: percentile bootstrap over sentences (1,000 resamples; each resample recomputes the pooled ratio, e.g. total
-loss change over total tokens). It is local to this module because ``probekit.results.stats`` has no bootstrap on
-main yet; the two should become one when it does.
+loss change over total tokens: :func:`probekit.results.significance.bootstrap_ratio`).
 """
 from __future__ import annotations
 
@@ -26,26 +25,8 @@ import numpy as np
 
 from probekit.causal.erasure import LayerEraser, random_control
 from probekit.causal.intervene import forward
+from probekit.results.significance import bootstrap_ratio
 from probekit.results.table import row
-
-N_BOOT = 1000
-
-
-def bootstrap_ratio(num: np.ndarray, den: np.ndarray | None = None, *, n_boot: int = N_BOOT, confidence: float = 0.95,
-                    seed: int = 0) -> tuple[float, float, float]:
-    """``sum(num) / sum(den)`` (``den`` None: the mean of ``num``) and its percentile bootstrap interval over the
-    items (sentences). Items with ``den == 0`` count in the resampling (as they would in a new sample)."""
-    num = np.asarray(num, dtype=np.float64)
-    den = np.ones_like(num) if den is None else np.asarray(den, dtype=np.float64)
-    if not len(num) or den.sum() == 0:
-        return (float("nan"),) * 3
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(num), size=(n_boot, len(num)))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        stats = num[idx].sum(1) / den[idx].sum(1)
-    stats = stats[np.isfinite(stats)]
-    a = (1 - confidence) / 2
-    return float(num.sum() / den.sum()), float(np.quantile(stats, a)), float(np.quantile(stats, 1 - a))
 
 
 @dataclass

@@ -7,7 +7,11 @@ the ``[resample, sentence]`` multiplicity matrix, drawn once (:func:`resample_we
 the same test set: the intervals of two layers are then *paired* (the same resampled sentences), and a difference's
 interval is read off the same resamples.
 
+* :func:`resample_indices`: the one sentence draw behind every bootstrap of probekit (these intervals, the structural
+  probes' metrics, which are recomputed on each resample of the sentences, and the causal effects' ratios).
 * :func:`bootstrap_interval`: percentile interval of a score (accuracy, macro-F1, positive-class F1).
+* :func:`bootstrap_ratio`: a pooled ratio ``sum(num) / sum(den)`` over sentences (loss change per token) and its
+  percentile interval.
 * :func:`paired_test`: two-sided p-value of "A and B score the same" by a paired permutation test: each sentence's
   counts are swapped between A and B with probability 1/2 (the null: the two systems are exchangeable on every
   sentence), with scipy's definition of the randomised two-sided p-value.
@@ -23,8 +27,8 @@ import numpy as np
 
 from probekit.errors import ConfigError, DataError
 
-__all__ = ["METRICS", "MIN_RESAMPLES", "sentence_counts", "score", "resample_weights", "bootstrap_interval",
-           "swap_matrix", "paired_test", "Products", "paired_from_products", "holm"]
+__all__ = ["METRICS", "MIN_RESAMPLES", "sentence_counts", "score", "resample_indices", "resample_weights",
+           "percentile_interval", "bootstrap_interval", "bootstrap_ratio", "swap_matrix", "paired_test", "Products", "paired_from_products", "holm"]
 
 METRICS = ("accuracy", "macro_f1", "pos_f1")
 #: Fewer resamples give percentile intervals whose ends move by more than their own width between seeds.
@@ -86,15 +90,51 @@ def _check_resamples(n_resamples: int) -> int:
     return n
 
 
-def resample_weights(n_sentences: int, n_resamples: int = 1000, seed: int = 0) -> np.ndarray:
-    """``[n_resamples, n_sentences]`` multiplicities of a sentence bootstrap (each row sums to ``n_sentences``)."""
+def resample_indices(n_sentences: int, n_resamples: int = 1000, seed: int = 0) -> np.ndarray:
+    """``[n_resamples, n_sentences]`` sentence indices drawn with replacement: row r is bootstrap resample r."""
     n_resamples = _check_resamples(n_resamples)
     if n_sentences < 1:
         raise DataError("No test sentences to resample: the task has no test words.")
-    idx = np.random.default_rng(seed).integers(0, n_sentences, size=(n_resamples, n_sentences))
-    idx += np.arange(n_resamples)[:, None] * n_sentences
-    return np.bincount(idx.ravel(), minlength=n_resamples * n_sentences).reshape(n_resamples, n_sentences).astype(
-        np.float64)
+    return np.random.default_rng(seed).integers(0, n_sentences, size=(n_resamples, n_sentences))
+
+
+def resample_weights(n_sentences: int, n_resamples: int = 1000, seed: int = 0) -> np.ndarray:
+    """``[n_resamples, n_sentences]`` multiplicities of :func:`resample_indices` (each row sums to ``n_sentences``)."""
+    idx = resample_indices(n_sentences, n_resamples, seed)
+    idx += np.arange(len(idx))[:, None] * n_sentences
+    return np.bincount(idx.ravel(), minlength=len(idx) * n_sentences).reshape(-1, n_sentences).astype(np.float64)
+
+
+def _check_confidence(confidence: float) -> float:
+    if not 0 < confidence < 1:
+        raise ConfigError(f"confidence must be in (0, 1), got {confidence}.")
+    return confidence
+
+
+def percentile_interval(replicates, confidence: float = 0.95) -> tuple[float, float]:
+    """The percentile interval of bootstrap replicates (NaN replicates, a metric undefined on a resample, left out)."""
+    a = (1 - _check_confidence(confidence)) / 2
+    reps = np.asarray(replicates, dtype=np.float64)
+    reps = reps[np.isfinite(reps)]
+    if not reps.size:
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(reps, [a, 1 - a])
+    return float(lo), float(hi)
+
+
+def bootstrap_ratio(num, den=None, *, n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0
+                    ) -> tuple[float, float, float]:
+    """``(sum(num) / sum(den), lo, hi)`` over sentences (``den`` None: the mean of ``num``) and its percentile
+    interval. Sentences with ``den == 0`` count in the resampling (as they would in a new sample); all NaN when there
+    is nothing to divide by."""
+    num = np.asarray(num, dtype=np.float64)
+    den = np.ones_like(num) if den is None else np.asarray(den, dtype=np.float64)
+    if not len(num) or den.sum() == 0:
+        return (float("nan"),) * 3
+    w = resample_weights(len(num), n_resamples, seed)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        reps = (w @ num) / (w @ den)
+    return (float(num.sum() / den.sum()), *percentile_interval(reps, confidence))
 
 
 def bootstrap_interval(metric: str, counts: np.ndarray, weights: np.ndarray, confidence: float = 0.95
@@ -106,8 +146,7 @@ def bootstrap_interval(metric: str, counts: np.ndarray, weights: np.ndarray, con
             mean over seeds on every resample (as the summary's mean is the mean over seeds).
         weights: :func:`resample_weights` for the same sentences.
     """
-    if not 0 < confidence < 1:
-        raise ConfigError(f"confidence must be in (0, 1), got {confidence}.")
+    _check_confidence(confidence)
     counts = np.asarray(counts, dtype=np.float64)
     if counts.ndim == 2:
         counts = counts[None]
@@ -117,8 +156,7 @@ def bootstrap_interval(metric: str, counts: np.ndarray, weights: np.ndarray, con
     if all(np.array_equal(counts[0], c) for c in counts[1:]):
         counts = counts[:1]  # seeds that predict alike (the linear probe): one product
     boot = np.mean([score(metric, weights @ c) for c in counts], axis=0)
-    lo, hi = np.quantile(boot, [(1 - confidence) / 2, (1 + confidence) / 2])
-    return point, float(lo), float(hi)
+    return (point, *percentile_interval(boot, confidence))
 
 
 def swap_matrix(n_sentences: int, n_resamples: int = 1000, seed: int = 0) -> np.ndarray:

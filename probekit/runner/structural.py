@@ -39,6 +39,7 @@ from probekit.probing.structural import (
     split_targets,
 )
 from probekit.report.structural_figures import structural_figures
+from probekit.results.significance import MIN_RESAMPLES, percentile_interval, resample_indices
 from probekit.results.table import load_unit, row, save_unit, to_frames, write_csv
 from probekit.runner.data import extract_stores, load_data, model_list
 
@@ -80,6 +81,9 @@ class StructuralConfig:
             if r is not None and (isinstance(r, bool) or not isinstance(r, int) or r < 1):
                 raise ConfigError(f"{source}: structural 'ranks' must be positive integers or null (full rank), "
                                   f"got {out.ranks!r}.")
+        if out.bootstrap and out.bootstrap < MIN_RESAMPLES:
+            raise ConfigError(f"{source}: structural 'bootstrap' is {out.bootstrap}; use 0 (no intervals) or at least "
+                              f"{MIN_RESAMPLES} resamples (1000 is the default).")
         return out
 
     def settings(self, rank: int | None, seed: int, device: str | None) -> StructuralSettings:
@@ -104,11 +108,8 @@ def bootstrap_ci(records: dict, kind: str, *, n: int, confidence: float = 0.95, 
     the pooled edges, DSpr averaged per length then over lengths), so the interval is that of the reported number.
     """
     metrics_fn = METRICS[kind][1]
-    S = len(records["length"])
-    rng = np.random.default_rng(seed)
-    reps = [metrics_fn(records, rng.integers(0, S, S)) for _ in range(n)]
-    a = (1 - confidence) / 2
-    return {m: tuple(float(np.nanquantile([r[m] for r in reps], q)) for q in (a, 1 - a)) for m in reps[0]}
+    reps = [metrics_fn(records, idx) for idx in resample_indices(len(records["length"]), n, seed)]
+    return {m: percentile_interval([r[m] for r in reps], confidence) for m in reps[0]}
 
 
 @dataclass
