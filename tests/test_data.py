@@ -175,9 +175,9 @@ def test_missing_file_is_a_data_error(tmp_path):
 # ------------------------------------------------------------------------------------ write + cache
 
 
-def test_write_conllu_round_trip(tmp_path, ewt_dev_small):
+def test_write_conllu_round_trip(tmp_path, mini_sents):
     # MWT lines are not written back, so compare on what a sentence of syntactic words keeps
-    sents = list(ewt_dev_small) + [Sentence.from_words(["Hello", "world", "!"], space_after=[True, False, False],
+    sents = list(mini_sents) + [Sentence.from_words(["Hello", "world", "!"], space_after=[True, False, False],
                                                        sent_id="x-1", upos=["INTJ", "NOUN", "PUNCT"],
                                                        heads=[2, 0, 2], deprels=["discourse", "root", "punct"],
                                                        feats=[{}, {"Number": "Sing"}, {}])]
@@ -196,9 +196,9 @@ def test_write_conllu_round_trip(tmp_path, ewt_dev_small):
     assert out.read_bytes() == out2.read_bytes()
 
 
-def test_parse_cache_gives_the_same_sentences_and_survives_damage(tmp_path, ewt_dev_small):
+def test_parse_cache_gives_the_same_sentences_and_survives_damage(tmp_path, mini_sents):
     src = tmp_path / "small.conllu"
-    write_conllu(ewt_dev_small, src)
+    write_conllu(mini_sents, src)
     cache = tmp_path / "cache"
     fresh = read_conllu(src)
     first = read_conllu(src, cache_dir=cache)

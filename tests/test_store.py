@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from probekit.activations.store import ActivationStore, plan_shards, read_json, verify_shard, write_shard
 from probekit.errors import ConfigError, StoreError
 
-SHARD_WORDS = 120
+SHARD_WORDS = 40
 DAMAGED_SHARD = "shard-00003"
 
 
@@ -70,10 +70,10 @@ def bert(tiny_bert_dir):
 
 
 @pytest.fixture(scope="module")
-def clean(bert, ewt_dev_small, tmp_path_factory) -> ActivationStore:
+def clean(bert, mini_sents, tmp_path_factory) -> ActivationStore:
     from probekit.activations.extract import extract
 
-    return extract(bert, ewt_dev_small, store_root=tmp_path_factory.mktemp("clean"), shard_words=SHARD_WORDS,
+    return extract(bert, mini_sents, store_root=tmp_path_factory.mktemp("clean"), shard_words=SHARD_WORDS,
                    progress=False)
 
 
@@ -139,11 +139,11 @@ SHARD_DAMAGE = {
 # ------------------------------------------------------------------------------------------- shard damage
 
 @pytest.mark.parametrize("kind", sorted(SHARD_DAMAGE))
-def test_damaged_shard_is_recomputed_with_warning(kind, clean, bert, ewt_dev_small, tmp_path, caplog):
+def test_damaged_shard_is_recomputed_with_warning(kind, clean, bert, mini_sents, tmp_path, caplog):
     store_dir = copy_store(clean.path, tmp_path)
     bad = SHARD_DAMAGE[kind](store_dir)
     with caplog.at_level(logging.WARNING, logger="probekit"):
-        st = do_extract(bert, ewt_dev_small, tmp_path)
+        st = do_extract(bert, mini_sents, tmp_path)
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert any(str(bad) in w for w in warnings), f"no warning names {bad}: {warnings}"
     assert st.computed_shards == 1, "only the damaged shard is recomputed"
@@ -153,12 +153,12 @@ def test_damaged_shard_is_recomputed_with_warning(kind, clean, bert, ewt_dev_sma
 
 
 @pytest.mark.parametrize("kind", sorted(SHARD_DAMAGE))
-def test_damaged_shard_strict_raises_naming_file(kind, clean, bert, ewt_dev_small, tmp_path):
+def test_damaged_shard_strict_raises_naming_file(kind, clean, bert, mini_sents, tmp_path):
     store_dir = copy_store(clean.path, tmp_path)
     bad = SHARD_DAMAGE[kind](store_dir)
     before = npy_digests(store_dir)
     with pytest.raises(StoreError) as ei:
-        do_extract(bert, ewt_dev_small, tmp_path, strict=True)
+        do_extract(bert, mini_sents, tmp_path, strict=True)
     assert str(bad) in str(ei.value)
     assert npy_digests(store_dir) == before, "strict mode must not touch the store"
 
@@ -175,12 +175,12 @@ def test_damaged_shard_never_read_as_vectors(kind, clean, tmp_path):
         ActivationStore(store_dir).verify_all()
 
 
-def test_deleted_shard_folder_is_recomputed(clean, bert, ewt_dev_small, tmp_path):
+def test_deleted_shard_folder_is_recomputed(clean, bert, mini_sents, tmp_path):
     store_dir = copy_store(clean.path, tmp_path)
     shutil.rmtree(store_dir / DAMAGED_SHARD)
     with pytest.raises(StoreError, match="missing|unreadable"):
         read_everything(ActivationStore(store_dir))
-    st = do_extract(bert, ewt_dev_small, tmp_path)
+    st = do_extract(bert, mini_sents, tmp_path)
     assert st.computed_shards == 1
     assert npy_digests(store_dir) == npy_digests(clean.path)
 
@@ -218,14 +218,14 @@ def _manifest_cases(strict: bool):
 
 
 @pytest.mark.parametrize("kind", _manifest_cases(strict=False))
-def test_garbage_manifest_is_rebuilt_with_warning(kind, clean, bert, ewt_dev_small, tmp_path, caplog):
+def test_garbage_manifest_is_rebuilt_with_warning(kind, clean, bert, mini_sents, tmp_path, caplog):
     store_dir = copy_store(clean.path, tmp_path)
     mpath = store_dir / "manifest.json"
     mpath.write_bytes(MANIFEST_DAMAGE[kind])
     with pytest.raises(StoreError, match="manifest.json"):
         ActivationStore(store_dir)
     with caplog.at_level(logging.WARNING, logger="probekit"):
-        st = do_extract(bert, ewt_dev_small, tmp_path)
+        st = do_extract(bert, mini_sents, tmp_path)
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert any(str(mpath) in w for w in warnings), warnings
     assert st.computed_shards == 0, "every shard is intact: rebuilt from the shard folders, no forward pass"
@@ -234,15 +234,15 @@ def test_garbage_manifest_is_rebuilt_with_warning(kind, clean, bert, ewt_dev_sma
 
 
 @pytest.mark.parametrize("kind", _manifest_cases(strict=True))
-def test_garbage_manifest_strict_raises(kind, clean, bert, ewt_dev_small, tmp_path):
+def test_garbage_manifest_strict_raises(kind, clean, bert, mini_sents, tmp_path):
     store_dir = copy_store(clean.path, tmp_path)
     mpath = store_dir / "manifest.json"
     mpath.write_bytes(MANIFEST_DAMAGE[kind])
     with pytest.raises(StoreError, match=re.escape(str(mpath))):
-        do_extract(bert, ewt_dev_small, tmp_path, strict=True)
+        do_extract(bert, mini_sents, tmp_path, strict=True)
 
 
-def test_garbage_manifest_and_damaged_meta(clean, bert, ewt_dev_small, tmp_path, caplog):
+def test_garbage_manifest_and_damaged_meta(clean, bert, mini_sents, tmp_path, caplog):
     """With the manifest gone, each shard is checked against its own meta.json; a bad one is recomputed."""
     store_dir = copy_store(clean.path, tmp_path)
     (store_dir / "manifest.json").write_bytes(b"\x00")
@@ -253,7 +253,7 @@ def test_garbage_manifest_and_damaged_meta(clean, bert, ewt_dev_small, tmp_path,
     data[-3] ^= 0x10
     other.write_bytes(bytes(data))
     with caplog.at_level(logging.WARNING, logger="probekit"):
-        st = do_extract(bert, ewt_dev_small, tmp_path)
+        st = do_extract(bert, mini_sents, tmp_path)
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert str(store_dir / DAMAGED_SHARD / "meta.json") in text and str(other) in text
     assert st.computed_shards == 2
@@ -295,13 +295,13 @@ def test_layer_out_of_range_names_valid_range(clean):
     assert clean.layer(0).shape == (clean.n_words, clean.hidden_size)
 
 
-def test_open_errors(tmp_path, bert, ewt_dev_small):
+def test_open_errors(tmp_path, bert, mini_sents):
     with pytest.raises(StoreError, match="not an activation store"):
         ActivationStore(tmp_path)
     from probekit.activations.extract import extract
 
     with pytest.raises(StoreError, match="stopped after 2 of"):
-        extract(bert, ewt_dev_small, store_root=tmp_path, shard_words=SHARD_WORDS, progress=False,
+        extract(bert, mini_sents, store_root=tmp_path, shard_words=SHARD_WORDS, progress=False,
                 _stop_after_shards=2)
     (store_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     with pytest.raises(StoreError, match="incomplete.*resume"):
