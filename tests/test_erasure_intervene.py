@@ -33,10 +33,10 @@ def test_hook_sees_exactly_the_reported_hidden_state(lm):
         assert torch.allclose(seen[0], ref, atol=1e-6), layer
 
 
-def test_identity_edit_changes_nothing_and_matches_extraction(lm, ewt_dev_small, tmp_path):
+def test_identity_edit_changes_nothing_and_matches_extraction(lm, mini_sents, tmp_path):
     from probekit.activations.extract import extract
 
-    sents = [s for s in ewt_dev_small if len(s) <= 14][:6]  # one window of the tiny models (64 positions)
+    sents = [s for s in mini_sents if len(s) <= 14][:6]  # one window of the tiny models (64 positions)
     store = extract(lm, sents, store_root=tmp_path, dtype="float32", progress=False)
     every = [np.arange(len(s)) for s in sents]
     clean = list(forward(lm, sents, keep_layers=[1, 2]))
@@ -48,10 +48,10 @@ def test_identity_edit_changes_nothing_and_matches_extraction(lm, ewt_dev_small,
     assert np.allclose(words, store.layer(2), atol=1e-4)  # the vectors the eraser is fitted on
 
 
-def test_edit_at_one_word_changes_a_decoder_from_that_word_on(lm, ewt_dev_small):
+def test_edit_at_one_word_changes_a_decoder_from_that_word_on(lm, mini_sents):
     import torch
 
-    sent = next(s for s in ewt_dev_small if 6 <= len(s) <= 14)
+    sent = next(s for s in mini_sents if 6 <= len(s) <= 14)
     w = 3
     clean = next(forward(lm, [sent], keep_layers=[lm.num_layers]))
     hit = next(forward(lm, [sent], layer=1, edit=lambda h: h + torch.linspace(-5, 5, h.shape[-1]), edit_words=[np.array([w])],

@@ -26,7 +26,7 @@ import pytest
 
 from tiny import small_conllu
 
-SHARD_WORDS = 120
+SHARD_WORDS = 16
 
 
 # ------------------------------------------------------------------------------------------- child processes
@@ -201,11 +201,11 @@ def bert(ctx, one_thread, tiny_bert_dir):
 
 
 @pytest.fixture(scope="module")
-def reference(bert, ewt_dev_small, tmp_path_factory):
+def reference(bert, mini_sents, tmp_path_factory):
     """An uninterrupted extraction: (store folder, npy digests, number of shards)."""
     from probekit.activations.extract import extract
 
-    st = extract(bert, ewt_dev_small, store_root=tmp_path_factory.mktemp("ref"), shard_words=SHARD_WORDS,
+    st = extract(bert, mini_sents, store_root=tmp_path_factory.mktemp("ref"), shard_words=SHARD_WORDS,
                  progress=False)
     assert st.manifest["n_shards"] >= 6, "the test needs several shards"
     return st.path, npy_digests(st.path), st.manifest["n_shards"]
@@ -237,9 +237,9 @@ def resume_and_check(bert, sentences, root: Path, reference, *, tolerate_manifes
 
 # ------------------------------------------------------------------------------------------- extraction
 
-def test_extraction_killed_at_exact_points_resumes_byte_identical(ctx, bert, ewt_dev_small, reference, tmp_path):
+def test_extraction_killed_at_exact_points_resumes_byte_identical(ctx, bert, mini_sents, reference, tmp_path):
     root = tmp_path / "store"
-    args = (str(bert.path), ewt_dev_small, str(root))
+    args = (str(bert.path), mini_sents, str(root))
     n = reference[2]
 
     # 1. killed after the first shard is committed and recorded in the manifest
@@ -268,14 +268,14 @@ def test_extraction_killed_at_exact_points_resumes_byte_identical(ctx, bert, ewt
     assert tmp and list(tmp[0].glob("*.npy")) and not (tmp[0] / "meta.json").exists(), "a half-written shard"
 
     # 4. resumed here: computes only the missing shards, cleans up, byte-identical
-    assert resume_and_check(bert, ewt_dev_small, root, reference) == n - 4
+    assert resume_and_check(bert, mini_sents, root, reference) == n - 4
 
 
 @pytest.mark.parametrize("seed", [1, 2])
-def test_extraction_killed_at_random_time_resumes_byte_identical(seed, ctx, bert, ewt_dev_small, reference, tmp_path):
+def test_extraction_killed_at_random_time_resumes_byte_identical(seed, ctx, bert, mini_sents, reference, tmp_path):
     root = tmp_path / "store"
     ev = fresh_events(tmp_path, "r")
-    p = start(ctx, _child_extract, str(bert.path), ewt_dev_small, str(root), str(ev), "slow", 60)
+    p = start(ctx, _child_extract, str(bert.path), mini_sents, str(root), str(ev), "slow", 60)
     wait_for(p, ev / "started")
     # the child sleeps 60 ms before each of its n shard commits, so it cannot finish before n x 60 ms: a kill
     # at a random fraction of that always interrupts it (a slow machine only makes the child slower)
@@ -283,26 +283,26 @@ def test_extraction_killed_at_random_time_resumes_byte_identical(seed, ctx, bert
     time.sleep(delay)
     assert not (ev / "done").exists(), f"the child finished within {delay:.2f}s"
     kill(p)
-    resume_and_check(bert, ewt_dev_small, root, reference, tolerate_manifest_tmp=True)
+    resume_and_check(bert, mini_sents, root, reference, tolerate_manifest_tmp=True)
 
 
-def test_extraction_killed_during_manifest_write(ctx, bert, ewt_dev_small, reference, tmp_path):
+def test_extraction_killed_during_manifest_write(ctx, bert, mini_sents, reference, tmp_path):
     root = tmp_path / "store"
     ev = fresh_events(tmp_path, "m")
-    p = start(ctx, _child_extract, str(bert.path), ewt_dev_small, str(root), str(ev), "mid_manifest", 3)
+    p = start(ctx, _child_extract, str(bert.path), mini_sents, str(root), str(ev), "mid_manifest", 3)
     wait_for(p, ev / "hung")
     kill(p)
     (store_dir,) = list(root.iterdir())
     assert list(store_dir.glob(".manifest.json.*.tmp")), "the kill left a half-done manifest write"
     assert manifest_shards(store_dir) == ["shard-00000", "shard-00001"]
-    assert resume_and_check(bert, ewt_dev_small, root, reference) == reference[2] - 3
+    assert resume_and_check(bert, mini_sents, root, reference) == reference[2] - 3
 
 
-def test_two_processes_extracting_the_same_store(ctx, bert, ewt_dev_small, reference, tmp_path):
+def test_two_processes_extracting_the_same_store(ctx, bert, mini_sents, reference, tmp_path):
     """Started together on one store: the lock serialises them, the work is done once, the store is valid."""
     root = tmp_path / "store"
     evs = [fresh_events(tmp_path, f"p{i}") for i in range(2)]
-    ps = [start(ctx, _child_extract, str(bert.path), ewt_dev_small, str(root), str(ev), "none", 0) for ev in evs]
+    ps = [start(ctx, _child_extract, str(bert.path), mini_sents, str(root), str(ev), "none", 0) for ev in evs]
     for p in ps:
         p.join(120)
         assert p.exitcode == 0, p.exitcode
