@@ -15,8 +15,9 @@ A dataset's files are looked for in this order:
 Checksums: the pinned releases carry their files' sha256 here. For the other treebanks no official checksum can be
 known in advance, so they are trusted on first use: the first download's sha256 is recorded in
 ``<cache>/data/ud/checksums.json``, and every later download of that file, and the cached copy each time it is used,
-must match it (else a :class:`~probekit.errors.DataError`; the download is discarded). A local copy in a data folder that
-differs from the pinned or recorded checksum is used with a warning (it may be another release).
+must match it (else a :class:`~probekit.errors.DataError`; a failed download is discarded). Any other copy that differs
+from the pinned or recorded checksum (in a data folder, or a pinned file in the cache) is used with a warning: it may
+be another release, and results carry its checksum.
 
 Inside a data folder a treebank may sit at ``<dir>/ud/<repo>/<file>``, ``<dir>/<repo>/<file>`` or
 ``<dir>/<file>``, so both the project's ``shared/data`` layout and a plain clone of the repository work.
@@ -222,9 +223,9 @@ _checked: set[tuple[str, int, int]] = set()
 
 
 def _check_local(spec: DatasetSpec, split: str, path: Path, *, in_cache: bool) -> None:
-    """Check a found file against the pinned or recorded sha256 (once per file version): a copy in probekit's cache
-    that fails it was damaged after its checked download (DataError); a copy in a data folder may be another
-    release (a warning: results carry its checksum)."""
+    """Check a found file against the pinned or recorded sha256 (once per file version): the cached copy of a file
+    trusted on first use that fails its record changed after its download (DataError); any other copy that differs
+    may be another release (a warning: results carry its checksum, as they always do)."""
     st = path.stat()
     key = (str(path), st.st_size, st.st_mtime_ns)
     if key in _checked:
@@ -237,10 +238,10 @@ def _check_local(spec: DatasetSpec, split: str, path: Path, *, in_cache: bool) -
             log.warning("%s has no recorded checksum for %s %s (downloaded for another release?): it is used "
                         "unchecked. Delete it to download %s.", path, spec.repo, spec.tag, spec.tag)
     elif got != expected:
-        if in_cache:
-            whose = "the pinned" if pinned else f"its first download's (recorded in {checksums_file()})"
-            raise DataError(f"{path}: sha256 {got} differs from {whose} {expected}: the cached file changed after its "
-                            "download. Delete it to download it again.")
+        if in_cache and not pinned:
+            raise DataError(f"{path}: sha256 {got} differs from its first download's {expected} (recorded in "
+                            f"{checksums_file()}): the cached file changed after its download. Delete it to download "
+                            "it again.")
         log.warning("%s is not the %s file of %s %s (sha256 %s..., expected %s...). Results will carry this file's "
                     "checksum but are not comparable with the %s release.", path, fname, spec.repo, spec.tag,
                     got[:12], expected[:12], "pinned" if pinned else "downloaded")
