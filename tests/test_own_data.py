@@ -54,7 +54,19 @@ def test_id_and_text_columns_place_the_words_in_the_text(tmp_path):
     recs = [{"sid": "s1", "words": ["I", "do", "n't", "know"], "sentence": "I don't  know", "neg": [0, 0, 1, 0]}]
     [s] = read_jsonl(_jsonl(tmp_path / "t.jsonl", recs), columns=Columns(tokens="words", id="sid", text="sentence"))
     assert (s.sent_id, s.text, s.spans) == ("s1", "I don't  know", [(0, 1), (2, 4), (4, 7), (9, 13)])
-    assert s.space_after == [True, False, True, False] and s.extra == {"neg": ["0", "0", "1", "0"]}
+    assert s.space_after == [True, False, True, True] and s.extra == {"neg": ["0", "0", "1", "0"]}
+
+
+def test_a_jsonl_export_of_a_treebank_reads_back_the_same_words_text_and_labels(tmp_path, mini_sents):
+    """What the model reads (text, and each word's span in it, multiword tokens included) and the labels are those of
+    the CoNLL-U sentences: a task on an own column equals the built-in one on the same annotation."""
+    recs = [{"id": s.sent_id, "text": s.text, "tokens": s.words, "upos": s.upos} for s in mini_sents]
+    own = read_jsonl(_jsonl(tmp_path / "mini.jsonl", recs), columns=Columns(id="id", text="text"))
+    assert [(s.sent_id, s.text, s.spans) for s in own] == [(s.sent_id, s.text, s.spans) for s in mini_sents]
+    assert any(s.mwts for s in mini_sents)
+    upos = get_task("upos")
+    own_upos = extra_task("own_upos", "word", upos.labels, column="upos")
+    assert own_upos.encode(own).tolist() == upos.encode(mini_sents).tolist()
 
 
 def test_csv_splits_tokens_and_declared_word_columns(tmp_path):

@@ -146,7 +146,8 @@ class _Reader:
             spans = compute_spans(text, words, [True] * n)
         except ValueError as e:
             raise DataError(f"{where}: key {c.text!r}: the tokens are not found in the text in order ({e}).") from None
-        space_after = [end < len(text) and text[end].isspace() for _, end in spans]
+        # as in CoNLL-U, a word is followed by a space unless the text says otherwise (the last word: no next word)
+        space_after = [k == n - 1 or spans[k + 1][0] > end for k, (_, end) in enumerate(spans)]
         s = Sentence.from_words(words, sent_id=sent_id, space_after=space_after, upos=["_"] * n, extra=extra)
         s.text, s.spans = text, spans
         return s
