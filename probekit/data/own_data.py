@@ -30,9 +30,10 @@ import json
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from probekit._extras import require
+from probekit._io import utf8_lines
 from probekit.data.conllu_io import Sentence, compute_spans
 from probekit.errors import ConfigError, DataError, unknown_name
 from probekit.keys import payload_digest
@@ -207,19 +208,6 @@ def _finish(sents: list[Sentence], source: str) -> list[Sentence]:
 
 # ----------------------------------------------------------------------------------------------- formats
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid UTF-8 ({e.reason} at byte {e.start}). Save the file as "
-                                "UTF-8.") from None
-            if lineno == 1:
-                line = line.removeprefix("\ufeff")
-            yield lineno, line
-
-
 def read_jsonl(path: str | os.PathLike, *, columns: Columns | None = None, limit: int | None = None
                ) -> list[Sentence]:
     """Sentences of a JSON Lines file: one JSON object per line (blank lines are skipped)."""
@@ -228,7 +216,7 @@ def read_jsonl(path: str | os.PathLike, *, columns: Columns | None = None, limit
         raise DataError(f"JSONL file not found: {path}. Check the path.")
     reader = _Reader(path.name, columns or Columns(), split_cells=False)
     sents: list[Sentence] = []
-    for lineno, line in _lines(path):
+    for lineno, line in utf8_lines(path):
         if limit is not None and len(sents) >= limit:
             break
         if not line.strip():
