@@ -29,7 +29,7 @@ _DATA: dict[str, tuple[dict, dict]] = {}
 
 def load_data_cached(cfg: ExperimentConfig) -> tuple[dict, dict]:
     """:func:`probekit.runner.data.load_data`, memoised per process by the config's data settings."""
-    key = json.dumps([cfg.dataset, cfg.splits, cfg.files, cfg.data_dir, cfg.limit, cfg.train_sentences],
+    key = json.dumps([cfg.dataset, cfg.splits, cfg.files, cfg.columns, cfg.data_dir, cfg.limit, cfg.train_sentences],
                      sort_keys=True, default=str)
     if key not in _DATA:
         _DATA.clear()  # one data set at a time
