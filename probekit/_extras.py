@@ -3,7 +3,7 @@
 The core (stores, probes, tables, figures) needs none of these; each serves one feature:
 ``[baselines]`` adapters (tuning baselines), ``[annotate]`` spaCy (raw text, ``predict`` on strings), ``[gguf]`` gguf and
 accelerate (GGUF models such as ``smollm2-135m``), ``[ray]`` the Ray sweep executor, ``[track]`` MLflow, TensorBoard
-and W&B logging.
+and W&B logging, ``[hf]`` Hugging Face ``datasets`` as probing data.
 """
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ import shutil
 import tempfile
 from functools import lru_cache
 from pathlib import Path
+from typing import Iterator
 
 from probekit.errors import ConfigError, DataError, ProbekitError
 
@@ -124,11 +125,10 @@ def _umask() -> int:
     return mask
 
 
-def read_input_lines(path: str | Path) -> list[str]:
-    """The non-empty lines of a UTF-8 text file, stripped (``probekit predict --input``); DataError naming the file
-    and line when a line is not UTF-8."""
+def utf8_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` of a UTF-8 text file, a leading byte-order mark dropped; a DataError naming the file and
+    line when a line is not UTF-8."""
     path = Path(path)
-    out = []
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
             try:
@@ -136,8 +136,10 @@ def read_input_lines(path: str | Path) -> list[str]:
             except UnicodeDecodeError as e:
                 raise DataError(f"{path}:{lineno}: not valid UTF-8 ({e.reason} at byte {e.start} of the line). Save "
                                 "the file as UTF-8, e.g. with `iconv -f latin1 -t utf-8`.") from None
-            if lineno == 1:
-                line = line.removeprefix("\ufeff")
-            if line.strip():
-                out.append(line.strip())
-    return out
+            yield lineno, line.removeprefix("\ufeff") if lineno == 1 else line
+
+
+def read_input_lines(path: str | Path) -> list[str]:
+    """The non-empty lines of a UTF-8 text file, stripped (``probekit predict --input``); DataError naming the file
+    and line when a line is not UTF-8."""
+    return [line.strip() for _, line in utf8_lines(path) if line.strip()]

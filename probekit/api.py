@@ -22,6 +22,7 @@ from probekit.activations.extract import extract as _extract
 from probekit.activations.models import load_model
 from probekit.data.conllu_io import Sentence, read_conllu
 from probekit.data.datasets import load_split
+from probekit.data.own_data import HF_PREFIX, Columns, from_hf, read_csv, read_jsonl
 from probekit.errors import ConfigError
 from probekit.probing.linear import DEFAULT_CS
 from probekit.report.figures import accuracy_by_layer
@@ -32,10 +33,28 @@ from probekit.runner.units import ProbePolicy, Unit
 from probekit.tasks import get_task
 
 
-def load_sentences(dataset: str = "ud_ewt", split: str = "train", *, limit: int | None = None,
-                   data_dir: str | os.PathLike | None = None) -> list[Sentence]:
-    """Sentences of a named dataset split (``ud_ewt`` train/dev/test, ``ud_pud`` test) or a CoNLL-U file."""
-    if Path(str(dataset)).suffix == ".conllu":
+def load_sentences(dataset="ud_ewt", split: str = "train", *, limit: int | None = None,
+                   data_dir: str | os.PathLike | None = None, columns: Columns | dict | None = None
+                   ) -> list[Sentence]:
+    """Sentences of a named treebank split (``ud_ewt``, ``ud_pud``, ``ud:de_gsd``, ``UD_German-GSD``), of a file
+    (``.conllu``; ``.jsonl``, ``.csv`` or ``.tsv`` with labels of your own), or of a Hugging Face dataset (a
+    ``datasets.Dataset``, a ``DatasetDict`` and its ``split``, or ``hf:NAME_OR_PATH``). ``columns`` says which columns
+    of your own data hold what (:class:`probekit.data.own_data.Columns` or a mapping; see docs/data.md)."""
+    cols = columns if isinstance(columns, Columns) or columns is None else Columns.from_mapping(columns, "columns")
+    if not isinstance(dataset, (str, os.PathLike)):
+        return from_hf(dataset, split, columns=cols, limit=limit)
+    dataset = os.fspath(dataset)
+    suffix = Path(dataset).suffix.lower()
+    if dataset.startswith(HF_PREFIX):
+        return from_hf(dataset[len(HF_PREFIX):], split, columns=cols, limit=limit)
+    if suffix == ".jsonl":
+        return read_jsonl(dataset, columns=cols, limit=limit)
+    if suffix in (".csv", ".tsv"):
+        return read_csv(dataset, columns=cols, limit=limit)
+    if columns is not None:
+        raise ConfigError(f"load_sentences({dataset!r}): 'columns' is for JSONL, CSV and Hugging Face data, not a "
+                          "treebank.")
+    if suffix == ".conllu":
         return read_conllu(dataset, cache_dir=cache_root(), limit=limit)
     return load_split(dataset, split, data_dir=data_dir, limit=limit)
 
@@ -52,7 +71,7 @@ def extract_store(model, sentences: Sequence[Sentence], *, split: str = "custom"
 def probe(model, task, stores: dict, sentences: dict, *, probe: str = "linear", seeds: Sequence[int] = (0,),
           layers: list[int] | None = None, control_tasks: bool = True, mdl: bool = False,
           pooling: str | None = None, Cs: Sequence[float] = DEFAULT_CS, device: str | None = None,
-          experiment: str = "notebook"):
+          experiment: str = "notebook", progress: bool = True):
     """Train and score probes on every layer of one task; returns the tidy results DataFrame.
 
     Args:
@@ -62,6 +81,7 @@ def probe(model, task, stores: dict, sentences: dict, *, probe: str = "linear", 
         sentences: ``{"train": [...], "dev": [...], "test": [...]}`` (same sentences as the stores).
         pooling: for sentence-level tasks, the sentence pooling (default: every one the store has).
         probe: a registered probe family (``linear``, ``mlp1``, ``mlp2``, ...).
+        progress: a progress bar over the layers with the time left (a widget in Jupyter, text on stderr).
     Other settings mean what the experiment config's keys of the same name mean.
     """
     if not hasattr(model, "weights_hash"):
@@ -90,7 +110,7 @@ def probe(model, task, stores: dict, sentences: dict, *, probe: str = "linear", 
                          mdl=mdl, device=device)
     units = [Unit(model.name, task.name, p, probe, s) for p in poolings for s in seeds]
     rows = probe_task(lm_info={"name": model.name, "kind": model.kind, "hash": model.weights_hash}, stores=stores,
-                      data=sentences, task=task, policy=policy, units=units)
+                      data=sentences, task=task, policy=policy, units=units, progress=progress)
     df, _ = to_frames([r for u in units for r in rows[u]])
     return df
 

@@ -73,7 +73,7 @@ def cmd_tasks(args) -> int:
     sizes = {}
     if args.sizes:
         from probekit.data.datasets import load_split
-        from probekit.errors import DataError
+        from probekit.errors import DataError, TaskError
 
         try:
             sents = load_split(args.dataset, args.split, data_dir=args.data_dir, download=False)
@@ -81,7 +81,10 @@ def cmd_tasks(args) -> int:
             log.warning("Not counting task sizes: %s", e)
             sents = []
         for t in list_tasks() if sents else []:
-            y = t.encode(sents)
+            try:
+                y = t.encode(sents)
+            except TaskError:  # a task on columns this treebank lacks (label: extra.NAME, a tree): not counted
+                continue
             sizes[t.name] = (int((y >= 0).sum()), int((y < 0).sum()))
     print(f"{'task':16} {'level':9} {'labels':>6}  label set" + ("   [labelled / left out on "
                                                                  f"{args.dataset} {args.split}]" if sizes else ""))
@@ -327,7 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tasks", help="List the tasks with their label sets and sizes on a split (--no-sizes: without sizes).")
     t.add_argument("--no-sizes", dest="sizes", action="store_false",
                    help="Do not count labelled items on a split (which reads the data).")
-    t.add_argument("--dataset", default="ud_ewt", help="Dataset to count on (default ud_ewt).")
+    t.add_argument("--dataset", default="ud_ewt", help="Treebank to count on: ud_ewt (default), ud_pud or a UD "
+                   "treebank by name such as ud:de_gsd.")
     t.add_argument("--split", default="train", help="Split to count on (default train).")
     t.add_argument("--data-dir", dest="data_dir", help=DATA_HELP)
     t.set_defaults(fn=cmd_tasks)
@@ -337,7 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("extract", help="Extract (or reuse) the activation store of one model and split.")
     e.add_argument("model", help=MODEL_HELP)
-    e.add_argument("--dataset", default="ud_ewt", help="Dataset (default ud_ewt).")
+    e.add_argument("--dataset", default="ud_ewt", help="Treebank: ud_ewt (default), ud_pud or a UD treebank by name "
+                   "such as ud:de_gsd.")
     e.add_argument("--split", default="dev", help="Split (default dev).")
     e.add_argument("--limit", type=_count(1), help="First N sentences only (default all).")
     e.add_argument("--pooling", choices=["first", "last", "mean"], help=POOLING_HELP)
@@ -379,7 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("model", help=MODEL_HELP)
     tp.add_argument("task", help="A task name (see `probekit tasks`).")
     tp.add_argument("-o", "--output", help="Where to save (default <model>-<task>.probe).")
-    tp.add_argument("--dataset", default="ud_ewt", help="Treebank (default ud_ewt).")
+    tp.add_argument("--dataset", default="ud_ewt", help="Treebank: ud_ewt (default), ud_pud or a UD treebank by name "
+                    "such as ud:de_gsd.")
     tp.add_argument("--limit", type=_count(1), help="Train sentences (default all).")
     tp.add_argument("--dev-limit", dest="dev_limit", type=_count(1), default=500, help="Dev sentences (default 500).")
     tp.add_argument("--layers", type=int, nargs="+", help="Layers to probe (default all; 0 = embeddings).")

@@ -5,6 +5,7 @@ Unknown keys are errors with a "did you mean" suggestion, never silently ignored
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 from dataclasses import dataclass, field, fields
@@ -17,15 +18,16 @@ from probekit._io import check_name
 from probekit.activations.align import SENTENCE_POOLINGS, check_pooling
 from probekit.activations.models import WEIGHT_DTYPES
 from probekit.activations.precision import PRECISIONS
-from probekit.data.datasets import DATASETS
+from probekit.data.datasets import DATASETS, dataset_name
+from probekit.data.own_data import FORMATS, HF_PREFIX, Columns
 from probekit.errors import ConfigError, TaskError, did_you_mean, unknown_name
 from probekit.probing.registry import get_probe
-from probekit.tasks import get_task
+from probekit.tasks import Task, get_task
 from probekit.tracking import check_trackers
 
 _TYPE_NAMES = {"list": list, "dict": dict, "str": str, "bool": bool, "int": int, "float": float, "None": type(None)}
 #: list fields and what their items must be
-_LIST_ITEMS = {"models": (str, "model names"), "tasks": (str, "task names"), "probes": (str, "probe names"),
+_LIST_ITEMS = {"models": (str, "model names"), "tasks": ((str, Task), "task names, 'module:function' or Task objects"), "probes": (str, "probe names"),
                "seeds": (int, "integers"), "layers": (int, "layer numbers"),
                "sentence_poolings": (str, "pooling names"), "Cs": ((int, float), "positive numbers"),
                "figures": (str, "formats"), "track": (str, "tracker names")}
@@ -49,13 +51,18 @@ class ExperimentConfig:
     name: str = _help("experiment", "Experiment name; results go to <results_dir>/<name>/.")
     models: list = _help(["minilm"], "Model aliases, local folders, .gguf files or HF ids (NAME@random[:SEED] "
                                      "for a random-weights model).")
-    dataset: str = _help("ud_ewt", "ud_ewt or ud_pud, or 'conllu' with files: {train: PATH, dev: PATH, test: PATH}.")
+    dataset: str = _help("ud_ewt", "ud_ewt, ud_pud, a UD treebank by name (ud:de_gsd or UD_German-GSD); 'conllu', "
+                                   "'jsonl' or 'csv' with files: {train: PATH, dev: PATH, test: PATH}; or hf:NAME_OR_PATH "
+                                   "(a Hugging Face dataset; its split names in splits). See docs/data.md.")
     data_dir: str | None = _help(None, "Folder holding the treebanks (else $PROBEKIT_DATA_DIR, the cache, download).")
     splits: dict = _help({"train": "train", "dev": "dev", "test": "test"},
                          "Which dataset split plays train / dev / test (ud_pud has only test).")
-    files: dict = _help({}, "For dataset 'conllu': paths of the train/dev/test CoNLL-U files.")
+    files: dict = _help({}, "For dataset conllu, jsonl or csv: paths of the train/dev/test files.")
+    columns: dict = _help({}, "For dataset jsonl, csv or hf:...: which columns hold tokens, id, text and the word and "
+                              "sentence labels, e.g. {tokens: words, word: [ner]} (docs/data.md); empty = defaults.")
     limit: dict = _help({}, "Maximum number of sentences per split, e.g. {train: 2000}; empty = all.")
-    tasks: list = _help(["aux_verb", "subject", "syntactic_role", "upos"], "Task names (see `probekit tasks`).")
+    tasks: list = _help(["aux_verb", "subject", "syntactic_role", "upos"], "Task names (see `probekit tasks`), "
+                        "'module:function' of a Python task, or (in Python) Task objects.")
     probes: list = _help(["linear"], "Probe families (probekit.probing.registry): linear, mlp1, mlp2 and any registered.")
     seeds: list = _help([0], "Seeds; the table reports the mean and a 95% CI over them.")
     layers: list | None = _help(None, "Layers to probe (0 = embedding output); default all.")
@@ -119,7 +126,7 @@ class ExperimentConfig:
         if not self.seeds or not all(isinstance(s, int) for s in self.seeds):
             raise ConfigError(f"Config 'seeds' must be a non-empty list of integers, got {self.seeds!r}.")
         for key in ("models", "tasks", "probes", "seeds", "layers", "sentence_poolings"):
-            v = getattr(self, key) or []
+            v = [t.name if isinstance(t, Task) else t for t in getattr(self, key) or []]
             dup = sorted({str(x) for x in v if v.count(x) > 1})
             if dup:
                 raise ConfigError(f"Config {key!r} lists {', '.join(dup)} more than once: {v!r}. Give each once "
@@ -130,10 +137,23 @@ class ExperimentConfig:
         for k in self.mlp:
             if k not in MLP_SETTINGS:
                 raise unknown_name("MLP setting", k, MLP_SETTINGS, ConfigError, hint="(config key 'mlp')")
-        if self.dataset not in (*DATASETS, "conllu"):
-            raise unknown_name("dataset", self.dataset, (*DATASETS, "conllu"), ConfigError,
-                               hint="For your own CoNLL-U files: dataset: conllu, with files: {train: PATH, dev: PATH, "
-                                    "test: PATH}.")
+        own = ("conllu", *FORMATS)
+        if self.dataset not in own and not self.dataset.startswith(HF_PREFIX):
+            if self.dataset not in DATASETS and not self.dataset.startswith("ud:") and not self.dataset.startswith("UD_"):
+                raise unknown_name("dataset", self.dataset, (*DATASETS, *own), ConfigError,
+                                   hint="Or a UD treebank by name (ud:de_gsd), or hf:NAME for a Hugging Face dataset; "
+                                        "your own files: dataset: conllu, jsonl or csv, with files: {train: PATH, dev: "
+                                        "PATH, test: PATH} (docs/data.md).")
+            self.dataset = dataset_name(self.dataset, ConfigError)
+        if self.columns and (self.dataset not in FORMATS and not self.dataset.startswith(HF_PREFIX)):
+            raise ConfigError(f"Config 'columns' is for dataset jsonl, csv or hf:NAME, not {self.dataset!r}; remove it.")
+        Columns.from_mapping(self.columns, "Config 'columns'")
+        for t in self.tasks:
+            if isinstance(t, Task):
+                try:
+                    get_task(t)  # known by its name in this process (tables and sweep cells see only the name)
+                except TaskError as e:
+                    raise ConfigError(f"Config 'tasks': {e}") from None
         if self.dtype not in ("float16", "float32"):
             raise unknown_name("store dtype", self.dtype, ("float16", "float32"))
         if self.precision not in PRECISIONS:
@@ -240,7 +260,19 @@ class ExperimentConfig:
         return cls.from_dict(d, source=str(path))
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The settings as plain data; a Task object given in Python is written as its name (``module:function`` and
+        task files stay as written, so a config.yaml reruns them)."""
+        return {f.name: [t.name if isinstance(t, Task) else t for t in self.tasks] if f.name == "tasks"
+                else copy.deepcopy(getattr(self, f.name)) for f in fields(self)}
+
+    def task(self, name: str) -> Task:
+        """The config's task called ``name`` (a name in a result row or sweep cell), whether the config gives it by name,
+        as ``module:function`` or as a Task object; also in a process that received the config pickled."""
+        for t in self.tasks:
+            task = get_task(t)
+            if task.name == name:
+                return task
+        raise TaskError(f"The config has no task named {name!r}; its tasks: {', '.join(map(str, self.tasks))}.")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -288,7 +320,7 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 
 #: config keys whose value is a mapping: ``--set KEY.SUB=VALUE`` sets one entry, ``--set KEY={...}`` merges
-MAPPING_KEYS = ("splits", "files", "limit", "mlp", "baselines", "erasure", "structural")
+MAPPING_KEYS = ("splits", "files", "columns", "limit", "mlp", "baselines", "erasure", "structural")
 
 
 def apply_overrides(base: dict, overrides: dict) -> dict:

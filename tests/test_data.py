@@ -1,14 +1,12 @@
 """CoNLL-U reading/writing and the UD dataset locator (local folders, cache, verified download)."""
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import re
 import socket
-import threading
 from pathlib import Path
 
+import loopback
 import pytest
 
 from probekit._io import cache_root, sha256_file
@@ -276,40 +274,9 @@ def test_load_split_from_data_dir(env, data_dir):
 # ------------------------------------------------------------------------------------- download
 
 
-class _Server:
-    def __init__(self, handler):
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.requests: list[str] = []
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:  # keep the test output clean
-        pass
-
-
-def _server(root: Path) -> _Server:
+def _server(root: Path) -> loopback.Server:
     """A local HTTP server over ``root`` (the shared data folder)."""
-    return _Server(functools.partial(_QuietHandler, directory=str(root)))
-
-
-class _CorruptHandler(_QuietHandler):
-    def do_GET(self) -> None:  # noqa: N802 - http.server API
-        body = bytearray(Path(self.directory, self.path.lstrip("/")).read_bytes())
-        body[len(body) // 2] ^= 0x01  # one flipped bit
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(bytes(body))
+    return loopback.serve(root)
 
 
 def _dest() -> Path:
@@ -331,7 +298,7 @@ def test_download_arrives_and_is_checked(env, data_dir):
 
 
 def test_corrupted_download_is_refused_and_leaves_nothing(env, data_dir):
-    with _Server(functools.partial(_CorruptHandler, directory=str(data_dir))) as base:
+    with loopback.serve(data_dir, loopback.CorruptHandler) as base:
         with pytest.raises(DataError, match="sha256"):
             locate("ud_ewt", "dev", url_template=base + "/ud/{repo}/{file}")
     folder = _dest().parent

@@ -49,3 +49,19 @@ def test_jupyter_without_ipywidgets_falls_back_to_text_without_warning(monkeypat
     finally:
         for name in ("tqdm.auto", "tqdm.autonotebook", "tqdm.notebook"):
             sys.modules.pop(name, None)  # the next import decides again in the real environment
+
+
+def test_probing_in_python_shows_a_bar_with_eta_unless_told_not_to(tmp_path, tiny_bert_dir, mini_sents, capsys):
+    import probekit as pk
+
+    lm = pk.load_model(str(tiny_bert_dir), device="cpu")
+    store = pk.extract_store(lm, mini_sents, split="all", store_root=tmp_path, progress=False)
+    stores, sents = dict.fromkeys(("train", "dev", "test"), store), dict.fromkeys(("train", "dev", "test"), mini_sents)
+    capsys.readouterr()
+    pk.probe(lm, "aux_verb", stores, sents, control_tasks=False, progress=False)
+    assert capsys.readouterr().err == ""
+    pk.probe(lm, "aux_verb", stores, sents, control_tasks=False)  # on by default: notebooks show it
+    err = capsys.readouterr().err
+    # the bar over the 3 layers with its elapsed<left field (how far it is drawn depends on speed: tqdm redraws at
+    # most every 0.1 s and clears the bar at the end)
+    assert f"probe {lm.name} aux_verb" in err and "/3 [" in err and "layer/s" in err and "<" in err

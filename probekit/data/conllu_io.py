@@ -25,8 +25,9 @@ from probekit.keys import distrust, payload_digest
 
 log = logging.getLogger(__name__)
 
-#: Part of every parse-cache key (6: the entry is a record holding its key and a payload checksum).
-PARSE_CACHE_VERSION = 6
+#: Part of every parse-cache key (6: the entry is a record holding its key and a payload checksum; 7: Sentence has
+#: ``extra``).
+PARSE_CACHE_VERSION = 7
 
 
 @dataclass
@@ -38,6 +39,8 @@ class Sentence:
     ``has_syntax`` is False for a sentence read without dependency annotation (HEAD and DEPREL ``_``,
     e.g. a tagger's output): its ``heads`` are then all 0 and its ``deprels`` ``_``, and tasks that read
     the tree refuse it (:class:`~probekit.tasks.Task` checks).
+    ``extra`` holds labels of your own by column name (:mod:`probekit.data.own_data`): a list with one label (or None)
+    per word, or one label (or None) for the sentence; a task reads one with ``label: extra.NAME``.
     """
 
     sent_id: str
@@ -54,6 +57,7 @@ class Sentence:
     #: Multiword tokens: (first word index, last word index inclusive, surface form).
     mwts: list[tuple[int, int, str]] = field(default_factory=list)
     has_syntax: bool = True
+    extra: dict[str, list[str | None] | str | None] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.words)
@@ -75,9 +79,13 @@ class Sentence:
 
     @classmethod
     def from_words(cls, words: list[str], *, sent_id: str = "", space_after: list[bool] | None = None,
-                   upos: list[str] | None = None, **columns) -> "Sentence":
+                   upos: list[str] | None = None, extra: dict | None = None, **columns) -> "Sentence":
         """Build a sentence from words alone (other columns default to '_'; without ``heads`` the sentence has no
         syntax: ``has_syntax`` is False, as for a CoNLL-U file with HEAD and DEPREL '_')."""
+        unknown = set(columns) - {"lemmas", "xpos", "feats", "heads", "deprels"}
+        if unknown:
+            raise TypeError(f"Sentence.from_words: unknown column(s) {sorted(unknown)}; labels of your own go in "
+                            "extra={name: labels}.")
         n = len(words)
         space_after = space_after if space_after is not None else [True] * n
         text = "".join(w + (" " if sp and i < n - 1 else "") for i, (w, sp) in enumerate(zip(words, space_after)))
@@ -87,7 +95,7 @@ class Sentence:
                    xpos=columns.get("xpos", ["_"] * n), feats=columns.get("feats", [{} for _ in range(n)]),
                    heads=columns.get("heads", [0] * n),
                    deprels=columns.get("deprels", ["dep" if has_syntax else "_"] * n),
-                   space_after=list(space_after), has_syntax=has_syntax)
+                   space_after=list(space_after), has_syntax=has_syntax, extra=dict(extra or {}))
 
 
 def text_from_words(words: list[str], space_after: list[bool], mwts: list[tuple[int, int, str]] = ()) -> str:

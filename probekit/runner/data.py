@@ -14,6 +14,7 @@ from probekit.activations.models import ModelName
 from probekit.config import ExperimentConfig
 from probekit.data.conllu_io import read_conllu
 from probekit.data.datasets import locate
+from probekit.data.own_data import FORMATS, HF_PREFIX, Columns, load_own
 from probekit.data.sampling import sample_sentences
 from probekit.errors import DataError
 
@@ -25,27 +26,39 @@ def load_data(cfg: ExperimentConfig) -> tuple[dict, dict]:
     """Sentences per split role and a fingerprint of the data: ({role: [Sentence]}, {role: {...}})."""
 
     data, fp = {}, {}
+    # own data (jsonl, csv, hf:) is identified by its sentences and labels as read: the columns setting is part of it
+    columns = Columns.from_mapping(cfg.columns, "Config 'columns'")
     for role in ("train", "dev", "test"):
         limit = (cfg.limit or {}).get(role)
-        if cfg.dataset == "conllu":
-            if role not in cfg.files:
-                raise DataError(f"Dataset 'conllu' needs files.{role}: the path of the {role} CoNLL-U file.")
-            path = Path(cfg.files[role])
+        split = cfg.splits.get(role, role)
+        if cfg.dataset.startswith(HF_PREFIX):
+            sents, digest = load_own(cfg.dataset, None, split=split, columns=columns, limit=limit)
+            source = f"{cfg.dataset}[{split}]"
+        elif cfg.dataset in FORMATS:
+            source = _given_file(cfg, role)
+            sents, digest = load_own(cfg.dataset, source, columns=columns, limit=limit)
         else:
-            split = cfg.splits.get(role, role)
-            path = locate(cfg.dataset, split, data_dir=cfg.data_dir)
-        sents = read_conllu(path, cache_dir=cache_root(), limit=limit, strict=cfg.strict)
+            path = Path(_given_file(cfg, role)) if cfg.dataset == "conllu" else locate(cfg.dataset, split,
+                                                                                       data_dir=cfg.data_dir)
+            sents = read_conllu(path, cache_dir=cache_root(), limit=limit, strict=cfg.strict)
+            source, digest = str(path), sha256_file(path)
         if not sents:
-            raise DataError(f"{path}: the {role} split is empty (limit={limit}). Give a file with sentences.")
+            raise DataError(f"{source}: the {role} split is empty (limit={limit}). Give a file with sentences.")
         sampled = sample_sentences(sents, cfg.train_sentences if role == "train" else None, TRAIN_SAMPLE_SEED)
         sample = cfg.train_sentences if len(sampled) < len(sents) else None
         sents = sampled
         data[role] = sents
-        fp[role] = {"file": str(path), "sha256": sha256_file(path), "limit": limit, "n_sentences": len(sents),
+        fp[role] = {"file": source, "sha256": digest, "limit": limit, "n_sentences": len(sents),
                     "n_words": sum(len(s) for s in sents)}
         if sample:  # only when set, so that the keys of unsampled data (stores, units) stay as they were
             fp[role]["sample"] = {"sentences": sample, "seed": TRAIN_SAMPLE_SEED}
     return data, fp
+
+
+def _given_file(cfg: ExperimentConfig, role: str) -> str:
+    if role not in cfg.files:
+        raise DataError(f"Dataset {cfg.dataset!r} needs files.{role}: the path of the {role} file.")
+    return cfg.files[role]
 
 
 def data_checksum(fp: dict) -> str:

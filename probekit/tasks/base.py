@@ -23,7 +23,9 @@ from probekit.keys import code_version, content_key, payload_digest
 LabelFn = Callable[[Sentence], object]
 _LABEL_FNS: dict[str, LabelFn] = {}
 
-TASK_KEYS = {"name", "level", "description", "labels", "label_fn", "version", "rule", "citation", "params"}
+TASK_KEYS = {"name", "level", "description", "labels", "label_fn", "label", "version", "rule", "citation", "params"}
+#: ``label: extra.NAME`` in a task file: the labels of the sentences' own column NAME (``Sentence.extra``).
+EXTRA_PREFIX = "extra."
 
 
 #: What a label function may declare that it reads (``needs``), and how a sentence lacks it.
@@ -176,9 +178,18 @@ def load_task_file(path: Path) -> Task:
     if unknown:
         k = sorted(unknown)[0]
         raise unknown_name("task key", k, TASK_KEYS, TaskError, hint=f"(in {path})")
-    for key in ("name", "level", "labels", "label_fn"):
+    for key in ("name", "level", "labels"):
         if key not in spec:
             raise TaskError(f"{path}: missing required key {key!r}.")
+    if ("label_fn" in spec) == ("label" in spec):
+        raise TaskError(f"{path}: give exactly one of 'label_fn' (a label function) and 'label' (extra.NAME: a column "
+                        "of your own data).")
+    if "label" in spec and (not isinstance(spec["label"], str) or not spec["label"].startswith(EXTRA_PREFIX)
+                            or spec["label"] == EXTRA_PREFIX):
+        raise TaskError(f"{path}: 'label' must be extra.NAME, the name of a label column of your own data "
+                        f"(docs/data.md); got {spec['label']!r}.")
+    if "label" in spec and spec.get("params"):
+        raise TaskError(f"{path}: 'params' go to a label function; a task with 'label: extra.NAME' has none.")
     if spec["level"] not in ("word", "sentence"):
         raise TaskError(f"{path}: level must be 'word' or 'sentence', got {spec['level']!r}.")
     labels = spec["labels"]
@@ -202,10 +213,38 @@ def load_task_file(path: Path) -> Task:
         check_name(spec["name"], f"{path}: 'name'")
     except ConfigError as e:
         raise TaskError(str(e)) from None
-    return Task(name=spec["name"], level=spec["level"], labels=labels,
-                label_fn=_resolve_label_fn(spec["label_fn"], str(path)), description=spec.get("description", ""),
-                version=version, rule=spec.get("rule", ""), source=str(path),
-                params=dict(spec.get("params") or {}), source_sha256=payload_digest(raw))
+    if "label" in spec:
+        label_fn, params = extra_labels, {"column": spec["label"][len(EXTRA_PREFIX):], "level": spec["level"]}
+    else:
+        label_fn, params = _resolve_label_fn(spec["label_fn"], str(path)), dict(spec.get("params") or {})
+    return Task(name=spec["name"], level=spec["level"], labels=labels, label_fn=label_fn,
+                description=spec.get("description", ""), version=version, rule=spec.get("rule", ""), source=str(path),
+                params=params, source_sha256=payload_digest(raw))
+
+
+def extra_labels(s: Sentence, column: str, level: str):
+    """The labels of one of the sentence's own columns (``Sentence.extra[column]``): a list with one label per word for
+    a word task, one label for a sentence task (see :mod:`probekit.data.own_data`)."""
+    if column not in s.extra:
+        has = ", ".join(sorted(s.extra)) or "none (a CoNLL-U sentence has none)"
+        raise TaskError(f"Sentence {s.sent_id!r} has no column {column!r} of its own (label: extra.{column}); its own "
+                        f"columns: {has}. Read the data with probekit.data.own_data, or fix the column name.")
+    v = s.extra[column]
+    if (level == "word") != isinstance(v, list):
+        raise TaskError(f"Column {column!r} of sentence {s.sent_id!r} holds "
+                        + ("one label per word" if isinstance(v, list) else "one label for the sentence")
+                        + f", but the task is {level}-level. Set the task's level to "
+                        + ("'word'." if isinstance(v, list) else "'sentence'."))
+    return v
+
+
+def extra_task(name: str, level: str, labels: Sequence[str], *, column: str | None = None, **fields) -> Task:
+    """A task on a column of your own data (``column`` defaults to ``name``): the Python twin of a task file with
+    ``label: extra.COLUMN``. Other keyword arguments are :class:`Task` fields (``description``, ``version``, ``rule``)."""
+    if level not in ("word", "sentence"):
+        raise TaskError(f"extra_task({name!r}): level must be 'word' or 'sentence', got {level!r}.")
+    return Task(name=name, level=level, labels=[str(x) for x in labels], label_fn=extra_labels,
+                params={"column": column or name, "level": level}, **fields)
 
 
 @lru_cache(maxsize=None)
@@ -222,11 +261,54 @@ def list_tasks() -> list[Task]:
     return list(_all_tasks().values())
 
 
+#: Tasks given in Python (Task objects, ``module:function``) in this process, by name: what lets the stages that only
+#: see a task's name in a result row (tables, error analysis, sweep cells) find it.
+_PY_TASKS: dict[str, Task] = {}
+
+
+def _import_task(ref: str) -> Task:
+    mod, _, attr = ref.partition(":")
+    try:
+        obj = getattr(importlib.import_module(mod), attr)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise TaskError(f"Task {ref!r} cannot be imported ({e}). Give 'module:function' of a module on the Python path "
+                        "whose function returns a probekit Task (or names a Task).") from None
+    task = obj if isinstance(obj, Task) else obj() if callable(obj) else obj
+    if not isinstance(task, Task):
+        raise TaskError(f"Task {ref!r} gave a {type(task).__name__}, not a probekit Task: the function must return "
+                        "probekit.tasks.Task(...) (see docs/data.md).")
+    return task
+
+
+def _remember(task: Task) -> Task:
+    """Make a task given in Python known by its name in this process; its name may not be a task file's."""
+    try:
+        check_name(task.name, "A task's name")
+    except ConfigError as e:
+        raise TaskError(str(e)) from None
+    filed = _all_tasks().get(task.name)
+    if filed is not None and filed is not task and filed.fingerprint != task.fingerprint:
+        raise TaskError(f"Task {task.name!r} given in Python has the name of the task file {filed.source}; give it "
+                        "another name, so that results name one task.")
+    if filed is None:
+        _PY_TASKS[task.name] = task
+    return task
+
+
 def get_task(name: str | Task) -> Task:
+    """A task: a :class:`Task` given in Python, ``module:function`` (a function returning a Task, or a Task), or the
+    name of a task file or of a Python task given earlier in this process."""
     if isinstance(name, Task):
-        return name
+        return _remember(name)
+    if not isinstance(name, str):
+        raise TaskError(f"A task is a name, 'module:function' or a Task, got {name!r}.")
+    if ":" in name:
+        return _remember(_import_task(name))
+    if name in _PY_TASKS:
+        return _PY_TASKS[name]
     tasks = _all_tasks()
     if name not in tasks:
         raise unknown_name("task", name, tasks, TaskError,
-                           hint="Add a YAML file to tasks/ or to a folder in PROBEKIT_TASKS_PATH.")
+                           hint="Add a YAML file to tasks/ or to a folder in PROBEKIT_TASKS_PATH, or give "
+                                "'module:function' of a Python task.")
     return tasks[name]

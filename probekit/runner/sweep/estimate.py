@@ -35,7 +35,7 @@ def estimate_cells(cfg: ExperimentConfig, folder: Path, cells: list[Cell], model
                    data_fp: dict) -> dict[str, float | None]:
     """Fill ``estimate_s`` of every unfinished cell; return the extraction estimate of each of ``models``."""
     measured = measured_unit_costs(Path(cfg.results_dir))
-    items = {t: int((np.asarray(get_task(t).encode(data["train"])) >= 0).sum()) for t in cfg.tasks}
+    items = {t.name: int((np.asarray(t.encode(data["train"])) >= 0).sum()) for t in map(get_task, cfg.tasks)}
     for c in cells:
         if c.done:
             continue

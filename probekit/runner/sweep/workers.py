@@ -22,7 +22,6 @@ from probekit.runner.data import data_checksum, extract_stores, load_data
 from probekit.runner.probe_task import probe_task
 from probekit.runner.sweep.cells import CellDone, CellSpec, Extracted, ExtractionSpec
 from probekit.runner.units import ProbePolicy, plan_units
-from probekit.tasks import get_task
 
 #: Data loaded in this process, by the settings that select it (a worker runs many cells on the same data).
 _DATA: dict[str, tuple[dict, dict]] = {}
@@ -30,7 +29,7 @@ _DATA: dict[str, tuple[dict, dict]] = {}
 
 def load_data_cached(cfg: ExperimentConfig) -> tuple[dict, dict]:
     """:func:`probekit.runner.data.load_data`, memoised per process by the config's data settings."""
-    key = json.dumps([cfg.dataset, cfg.splits, cfg.files, cfg.data_dir, cfg.limit, cfg.train_sentences],
+    key = json.dumps([cfg.dataset, cfg.splits, cfg.files, cfg.columns, cfg.data_dir, cfg.limit, cfg.train_sentences],
                      sort_keys=True, default=str)
     if key not in _DATA:
         _DATA.clear()  # one data set at a time
@@ -92,7 +91,7 @@ def run_probe_cell(spec: CellSpec, extracted: Extracted) -> CellDone:
         data = _check_data(cfg, spec.data_fp)
         stores = {role: ActivationStore(p) for role, p in extracted.stores.items()}
         with _one_blas_thread():
-            done = probe_task(lm_info=extracted.lm_info, stores=stores, data=data, task=get_task(spec.task),
+            done = probe_task(lm_info=extracted.lm_info, stores=stores, data=data, task=cfg.task(spec.task),
                               policy=ProbePolicy.from_config(cfg), units=pending)
         for u in pending:
             save_unit(runs / f"{u.key}.json", done[u])
