@@ -21,7 +21,8 @@ escaped by growing ``gamma``. Initialisation is AllenNLP's ``ScalarMix`` (``a = 
 Training: Adam on shuffled minibatches (a private generator: the global torch RNG is not touched), the parameters of
 the epoch with the lowest dev cross-entropy kept per problem, training stopped when no problem has improved (by more
 than ``tol``) for ``patience`` epochs; then each prefix keeps the strength ``C`` with the best dev accuracy (ties: the
-stronger penalty, as the linear probe). On the CPU two fits with the same seed, data and thread count are identical.
+stronger penalty, as the linear probe). On the CPU two fits with the same seed and data are identical (the steps run
+on one thread: :func:`probekit._device.probe_threads`).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from probekit._device import resolve_device
+from probekit._device import probe_threads, resolve_device
 from probekit.errors import ConfigError, DataError
 from probekit.probing.features import check_finite, standardise
 
@@ -117,12 +118,19 @@ def fit_mix(X: dict, y: dict, *, n_classes: int, settings: MixSettings | None = 
     full mix), else the full-mix probe only. Predictions are returned for every role of ``X`` but train. ``layers``
     names the J layers (default ``0 .. J-1``).
     """
-    import torch
-
     st = settings or MixSettings()
     J, N, d = _check(X, y, n_classes)
-    layers = list(range(J)) if layers is None else list(layers)
     dev = resolve_device(st.device)
+    # the repository's thread policy, on the per-step block [J, batch, d]: one CPU thread for small steps (two
+    # threads made a 256-word step 7x slower on a busy 2-core machine; docs/scalar_mix.md)
+    with probe_threads(J * st.batch_size * d, dev):
+        return _fit(X, y, n_classes, st, layers, cumulative, J, N, d, dev)
+
+
+def _fit(X, y, n_classes, st, layers, cumulative, J, N, d, dev) -> MixFit:
+    import torch
+
+    layers = list(range(J)) if layers is None else list(layers)
     gen = torch.Generator().manual_seed(st.seed)
     if st.standardize:
         Xt, mean, scale = standardise(X["train"], dev)  # a copy: X is not modified
@@ -203,9 +211,9 @@ def fit_mix(X: dict, y: dict, *, n_classes: int, settings: MixSettings | None = 
     _, dacc, _ = evaluate(Xd, yd, best)
     # per prefix, the strength with the best dev accuracy (Cs ascending: strongest first; ties keep the stronger)
     chosen = []
-    for p in range(P):
-        accs = dacc[p * nC:(p + 1) * nC].tolist()
-        chosen.append(p * nC + max(range(nC), key=lambda c: (accs[c], -c)))
+    for prefix in range(P):
+        accs = dacc[prefix * nC:(prefix + 1) * nC].tolist()
+        chosen.append(prefix * nC + max(range(nC), key=lambda c: (accs[c], -c)))
     sel = torch.tensor(chosen, device=dev)
     with torch.no_grad():
         s = torch.softmax(best["a"].masked_fill(~mask, float("-inf")), dim=1)[sel]

@@ -57,10 +57,13 @@ UNIT_VERSION = 1
 
 @dataclass
 class ScalarMixConfig:
-    """The ``scalar_mix:`` section of an experiment YAML (the L2 grid is the experiment's ``Cs``)."""
+    """The ``scalar_mix:`` section of an experiment YAML."""
 
     tasks: list | None = field(default=None, metadata={
         "help": "Word-level tasks to run it on (default: every word-level task of the experiment)."})
+    Cs: list | None = field(default=None, metadata={
+        "help": "Inverse L2 strengths tried, chosen per prefix on dev accuracy (each one more problem in the batch); "
+                "null = the experiment's Cs."})
     metric: str = field(default="accuracy", metadata={
         "help": "The Score of the cumulative scores, the gain and the expected layer: accuracy, macro_f1 or pos_f1 "
                 "(binary tasks)."})
@@ -84,7 +87,9 @@ class ScalarMixConfig:
             raise ConfigError(f"scalar_mix.confidence must be in (0, 1), got {self.confidence!r}.")
         if self.tasks is not None and (not isinstance(self.tasks, list) or not self.tasks):
             raise ConfigError(f"scalar_mix.tasks must be a non-empty list of task names or null, got {self.tasks!r}.")
-        self.settings(0, None, ())  # the training settings' own checks, now
+        if self.Cs is not None and (not isinstance(self.Cs, list) or not self.Cs):
+            raise ConfigError(f"scalar_mix.Cs must be a non-empty list of positive numbers or null, got {self.Cs!r}.")
+        self.settings(0, None, [1.0])  # the training settings' own checks, now
 
     @classmethod
     def from_dict(cls, d: dict | None, *, source: str = "the config") -> "ScalarMixConfig":
@@ -96,8 +101,9 @@ class ScalarMixConfig:
                 raise unknown_name("scalar_mix setting", k, names, ConfigError, hint=f"(in {source}, 'scalar_mix')")
         return cls(**d)
 
-    def settings(self, seed: int, device: str | None, Cs) -> MixSettings:
-        return MixSettings(Cs=tuple(Cs) or (1.0,), lr=self.lr, batch_size=self.batch_size, max_epochs=self.max_epochs,
+    def settings(self, seed: int, device: str | None, experiment_Cs) -> MixSettings:
+        """The training settings; ``experiment_Cs``: the experiment's grid, used when the section names none."""
+        return MixSettings(Cs=tuple(self.Cs if self.Cs is not None else experiment_Cs), lr=self.lr, batch_size=self.batch_size, max_epochs=self.max_epochs,
                            patience=self.patience, standardize=self.standardize, seed=seed, device=device)
 
     def task_names(self, cfg: ExperimentConfig) -> list[str]:
@@ -136,7 +142,8 @@ def run_scalar_mix(cfg: ExperimentConfig, mcfg: ScalarMixConfig | None = None, *
         fp = fingerprint(m)
         plan = [(task, seed, content_key("unit", {
             "v": UNIT_VERSION, "model": fp, "data": data_key, "task": task.name, "task_version": task.version,
-            "task_fp": task.fingerprint, "labels": task.labels, "seed": seed, "Cs": cfg.Cs,
+            "task_fp": task.fingerprint, "labels": task.labels, "seed": seed,
+            "Cs": mcfg.Cs if mcfg.Cs is not None else cfg.Cs,
             "max_train": cfg.max_train_items, "dtype": cfg.dtype, "word_pooling": cfg.word_pooling,
             "precision": cfg.precision, "weights_dtype": cfg.weights_dtype, "settings": settings,
             "experiment": cfg.name})) for task in tasks for seed in cfg.seeds]
