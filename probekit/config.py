@@ -252,6 +252,17 @@ class ExperimentConfig:
         return dataclasses.replace(self, **changes)
 
 
+def section_settings(cls, section: dict | None, name: str, source: str = "the config"):
+    """``cls(**section)`` for the dataclass of a study's config section (``erasure:``, ``scalar_mix:``...); a key
+    that is not one of its fields is a ConfigError naming it, the section and the closest field names."""
+    section = dict(section or {})
+    names = [f.name for f in fields(cls)]
+    for k in section:
+        if k not in names:
+            raise unknown_name(f"{name} setting", k, names, ConfigError, hint=f"(in {source}, section '{name}')")
+    return cls(**section)
+
+
 def shipped_configs() -> dict[str, Path]:
     """The configs that ship with probekit, by name: the repository's ``configs/`` in a clone, the package's
     ``probekit/configs/`` in an installed wheel."""

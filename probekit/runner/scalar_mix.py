@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from probekit.activations.models import fingerprint, load_model
-from probekit.config import ExperimentConfig
+from probekit.config import ExperimentConfig, section_settings
 from probekit.errors import ConfigError, unknown_name
 from probekit.keys import content_key
 from probekit.probing.features import ROLES, FeatureCache
@@ -94,12 +94,7 @@ class ScalarMixConfig:
     @classmethod
     def from_dict(cls, d: dict | None, *, source: str = "the config") -> "ScalarMixConfig":
         """Settings from a config's ``scalar_mix:`` mapping; an unknown key is a ConfigError naming it."""
-        d = dict(d or {})
-        names = [f.name for f in fields(cls)]
-        for k in d:
-            if k not in names:
-                raise unknown_name("scalar_mix setting", k, names, ConfigError, hint=f"(in {source}, 'scalar_mix')")
-        return cls(**d)
+        return section_settings(cls, d, "scalar_mix", source)
 
     def settings(self, seed: int, device: str | None, experiment_Cs) -> MixSettings:
         """The training settings; ``experiment_Cs``: the experiment's grid, used when the section names none."""
