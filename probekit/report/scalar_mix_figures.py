@@ -2,9 +2,10 @@
 
 :func:`mixing_weights` draws, for each model, one strip per task (Tenney, Das & Pavlick 2019, Figure 2): solid bars
 are the full mix's weights ``s^(l)``, outlined bars the differential scores ``Delta^(l)`` of cumulative scoring, each
-scaled to its own maximum within the task; the expected layer ``E_Delta[l]`` is a black triangle with its 95%
-interval over test sentences, the centre of gravity ``E_s[l]`` a hollow diamond. A task whose gain over layer 0 is
-not supported by the test set has no expected layer, and gets none drawn. Reads the summary rows of
+scaled to its own maximum within the task (negative deltas cut at -0.15 of a strip); the expected layer ``E_Delta[l]``
+is a black triangle with its 95% interval over test sentences, the centre of gravity ``E_s[l]`` a hollow diamond. A
+task whose gain over layer 0 is not supported by the test set has no expected layer: its deltas (noise) and expected
+layer are not drawn, and the strip says "no gain". Reads the summary rows of
 :mod:`probekit.runner.scalar_mix`; returns the Figure (None without those rows), and takes ``ax=`` like the other
 figures.
 """
@@ -49,6 +50,7 @@ def mixing_weights(summary, stem: Path | None = None, formats=("pdf", "png"), *,
             axes = list(axes[0])
         else:
             fig, axes = ax.figure, [ax]
+        drew_delta = drew_el = False
         for a, m in zip(axes, models):
             top = 0
             for i, task in enumerate(tasks):
@@ -59,22 +61,26 @@ def mixing_weights(summary, stem: Path | None = None, formats=("pdf", "png"), *,
                 y0 = len(tasks) - 1 - i  # first task on top
                 layers = np.array(sorted(w))
                 top = max(top, int(layers.max()))
+                top_layer = int(layers.max())
                 wv = np.array([w[k] for k in layers])
                 a.bar(layers, 0.8 * wv / max(wv.max(), 1e-12), bottom=y0, width=0.7, color=color(0), alpha=0.85,
                       label="mixing weight $s^{(\\ell)}$" if i == 0 else None)
+                el = _one(part, "expected_layer")
                 d = _by_layer(part, "delta")
-                if d:
+                if d and np.isfinite(el):
                     dl = np.array(sorted(d))
                     dv = np.array([d[k] for k in dl])
-                    scale = max(np.abs(dv).max(), 1e-12)
-                    a.bar(dl, 0.8 * dv / scale, bottom=y0, width=0.7, fill=False, edgecolor=color(3), linewidth=0.8,
-                          label="$\\Delta^{(\\ell)}$ (cumulative)" if i == 0 else None)
-                el = _one(part, "expected_layer")
-                if np.isfinite(el):
+                    dv = 0.8 * dv / max(np.abs(dv).max(), 1e-12)
+                    a.bar(dl, np.maximum(dv, -0.15), bottom=y0, width=0.7, fill=False, edgecolor=color(3),
+                          linewidth=0.8, label="$\\Delta^{(\\ell)}$ (cumulative)" if not drew_delta else None)
+                    drew_delta = True
                     lo, hi = _one(part, "expected_layer_ci_low"), _one(part, "expected_layer_ci_high")
                     err = None if not (np.isfinite(lo) and np.isfinite(hi)) else [[el - lo], [hi - el]]
                     a.errorbar([el], [y0 + 0.9], xerr=err, fmt="v", color="black", markersize=4, capsize=2,
-                               linewidth=0.8, label="$E_\\Delta[\\ell]$ (95% CI)" if i == 0 else None)
+                               linewidth=0.8, label="$E_\\Delta[\\ell]$ (95% CI)" if not drew_el else None)
+                    drew_el = True
+                elif d:  # the deltas of a gain the test set does not support are noise: not drawn
+                    a.text(top_layer + 0.4, y0 + 0.45, "no gain", ha="right", va="center", fontsize=6, color="grey")
                 cg = _one(part, "center_of_gravity")
                 if np.isfinite(cg):
                     a.plot([cg], [y0 + 0.9], marker="D", markersize=3.5, markerfacecolor="none",
