@@ -121,8 +121,8 @@ def fit_mix(X: dict, y: dict, *, n_classes: int, settings: MixSettings | None = 
     st = settings or MixSettings()
     J, N, d = _check(X, y, n_classes)
     dev = resolve_device(st.device)
-    # the repository's thread policy, on the per-step block [J, batch, d]: one CPU thread for small steps (two
-    # threads made a 256-word step 7x slower on a busy 2-core machine; docs/scalar_mix.md)
+    # the repository's thread policy, on the per-step block [J, batch, d]: one CPU thread for small steps (the
+    # measurement behind it for this probe: docs/scalar_mix.md)
     with probe_threads(J * st.batch_size * d, dev):
         return _fit(X, y, n_classes, st, layers, cumulative, J, N, d, dev)
 
