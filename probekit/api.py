@@ -116,7 +116,8 @@ def probe(model, task, stores: dict, sentences: dict, *, probe: str = "linear", 
 
 
 def summarize(table):
-    """Mean and 95% CI over seeds, selectivity, expected layer (see :func:`probekit.report.tables.summarize`)."""
+    """Mean and 95% CI over seeds, selectivity, expected_layer_cummax; Tenney's expected layer comes from the
+    scalar-mix study (see :func:`probekit.report.tables.summarize`)."""
     return _summarize(table)
 
 

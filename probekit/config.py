@@ -102,6 +102,9 @@ class ExperimentConfig:
                                  "the erased features and the effect of erasing on the model (see docs/erasure.md).")
     structural: dict | None = _help(None, "Structural probes (Hewitt & Manning 2019): kinds, ranks, epochs, control, "
                                           "bootstrap (see docs/structural.md); run by probekit run.")
+    scalar_mix: dict | None = _help(None, "Tenney et al.'s scalar mix and cumulative scoring (expected layer, centre "
+                                          "of gravity): tasks, metric, lr, epochs, bootstrap (see docs/scalar_mix.md)"
+                                          "; run by probekit run.")
     figures: list = _help(["pdf", "png"], "Figure formats (pdf, png, svg).")
     track: list = _help([], "Experiment trackers to log the finished run to: mlflow, tensorboard, wandb (extra "
                             "[track]; see probekit/tracking.py for where each writes).")
@@ -281,6 +284,17 @@ class ExperimentConfig:
         return dataclasses.replace(self, **changes)
 
 
+def section_settings(cls, section: dict | None, name: str, source: str = "the config"):
+    """``cls(**section)`` for the dataclass of a study's config section (``erasure:``, ``scalar_mix:``...); a key
+    that is not one of its fields is a ConfigError naming it, the section and the closest field names."""
+    section = dict(section or {})
+    names = [f.name for f in fields(cls)]
+    for k in section:
+        if k not in names:
+            raise unknown_name(f"{name} setting", k, names, ConfigError, hint=f"(in {source}, section '{name}')")
+    return cls(**section)
+
+
 def shipped_configs() -> dict[str, Path]:
     """The configs that ship with probekit, by name: the repository's ``configs/`` in a clone, the package's
     ``probekit/configs/`` in an installed wheel."""
@@ -320,7 +334,7 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 
 #: config keys whose value is a mapping: ``--set KEY.SUB=VALUE`` sets one entry, ``--set KEY={...}`` merges
-MAPPING_KEYS = ("splits", "files", "columns", "limit", "mlp", "baselines", "erasure", "structural")
+MAPPING_KEYS = ("splits", "files", "columns", "limit", "mlp", "baselines", "erasure", "structural", "scalar_mix")
 
 
 def apply_overrides(base: dict, overrides: dict) -> dict:

@@ -86,7 +86,8 @@ def test_control_selectivity_and_summary(tmp_path, tiny_bert_dir, data_dir):
     acc = s[(s.metric == "accuracy") & (s.split == "test") & (s.probe == "linear") & (s.control.astype(str) == "False")]
     assert (acc.n_seeds == 2).all()
     assert (acc.ci_lo <= acc["mean"]).all() and (acc["mean"] <= acc.ci_hi).all()
-    assert len(s[s.metric == "expected_layer"]) == 1
+    # per-layer probes give only the running-max stand-in; Tenney's expected layer needs the scalar-mix study
+    assert len(s[s.metric == "expected_layer_cummax"]) == 1 and not (s.metric == "expected_layer").any()
 
 
 def test_store_reuse_no_forward_pass(tmp_path, tiny_bert_dir, mini_sents):

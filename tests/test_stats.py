@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -80,11 +81,11 @@ def test_aggregate_seeds_rejects_duplicate_seed():
 
 
 def test_center_of_gravity_hand_computed():
-    assert center_of_gravity([1, 2, 3, 4]) == pytest.approx(20 / 10)
+    # Tenney's E_s[l] = sum_l l * s_l of mixing weights (divided by their sum, 1 for a softmax)
+    assert center_of_gravity([0.1, 0.2, 0.3, 0.4]) == pytest.approx(2.0)
     assert center_of_gravity([0, 0, 1]) == 2.0
-    assert center_of_gravity({3: 1.0, 5: 1.0}) == 4.0
-    # baseline: weights max(s - 0.5, 0) = [0, 0.1, 0.4] -> (1*0.1 + 2*0.4) / 0.5
-    assert center_of_gravity([0.5, 0.6, 0.9], baseline=0.5) == pytest.approx(1.8)
+    assert center_of_gravity({3: 0.5, 5: 0.5}) == 4.0
+    assert center_of_gravity([1, 2, 3, 4]) == pytest.approx(20 / 10)  # rounded weights: still a mean layer
     assert math.isnan(center_of_gravity([0.0, 0.0]))
     with pytest.raises(DataError):
         center_of_gravity([-1.0, 2.0])
@@ -93,19 +94,19 @@ def test_center_of_gravity_hand_computed():
 
 
 def test_expected_layer_hand_computed():
-    # deltas [0.2, 0.1, 0.0] at layers 1..3 -> (1*0.2 + 2*0.1) / 0.3
+    # cumulative scores; deltas [0.2, 0.1, 0.0] at layers 1..3 -> (1*0.2 + 2*0.1) / 0.3
     assert expected_layer([0.5, 0.7, 0.8, 0.8]) == pytest.approx(0.4 / 0.3)
-    s = [0.5, 0.9, 0.7, 1.0]  # deltas [0.4, -0.2, 0.3]
-    assert expected_layer(s) == pytest.approx((0.4 - 0.4 + 0.9) / 0.5)  # keep
-    assert expected_layer(s, negative="clip") == pytest.approx((0.4 + 0.9) / 0.7)
-    assert expected_layer(s, negative="cummax") == pytest.approx((0.4 + 0.3) / 0.5)  # running max [.5,.9,.9,1]
+    s = [0.5, 0.9, 0.7, 1.0]  # deltas [0.4, -0.2, 0.3]: Tenney's formula keeps the sign
+    assert expected_layer(s) == pytest.approx((0.4 - 0.4 + 0.9) / 0.5)
     assert expected_layer({0: 0.5, 1: 0.7, 2: 0.8, 3: 0.8}) == pytest.approx(0.4 / 0.3)
+    # several score sets at once (bootstrap replicates along axis 0)
+    many = expected_layer(np.array([[0.5, 0.5], [0.7, 0.9], [0.8, 0.9], [0.8, 0.9]]), axis=0)
+    assert many == pytest.approx([0.4 / 0.3, 1.0])
 
 
 def test_expected_layer_degenerate_and_errors():
     assert math.isnan(expected_layer([0.9, 0.8, 0.7]))  # no layer improves on the embeddings
-    with pytest.raises(ConfigError, match="Did you mean"):
-        expected_layer([0.1, 0.2], negative="clipp")
+    assert math.isnan(expected_layer([0.9, 0.9, 0.9]))
     with pytest.raises(DataError):
         expected_layer([0.5])
     with pytest.raises(DataError):

@@ -3,10 +3,12 @@
 * ``accuracy_by_layer``: test accuracy by layer, one line per task with a 95% CI band, each
   task's majority baseline dashed, the random-weights model dotted.
 * ``report_<task>``: per task, (a) accuracy with CI band, control-task accuracy, random-weights
-  model, majority and the expected layer; (b) selectivity; (c) MDL codelength.
+  model, majority and Tenney's expected layer (when the scalar-mix study ran); (b) selectivity; (c) MDL codelength.
 * ``sentence_poolings``: per sentence task, accuracy by layer for each pooling (cls/mean/last).
 * ``relative_depth``: models of different depth on one axis (layer / number of layers).
 * ``heatmap``: tasks × layers, one panel per model, every cell annotated, each task's best layer boxed.
+* ``mixing_weights`` (in :mod:`probekit.report.scalar_mix_figures`, when the scalar-mix study ran): Tenney's mixing
+  weights and differential scores per task, with the expected layer and the centre of gravity marked.
 * ``baselines_vs_params`` (in :mod:`probekit.report.baselines_figure`): test accuracy against the trainable-parameter
   fraction (log x): each
   tuning method (fine-tuning, prompt / prefix tuning, adapters, LoRA) a marker, the linear probes
@@ -26,7 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from probekit.activations.models import ModelName
+from probekit.probing.scalar_mix import MIX_PROBE
 from probekit.report.baselines_figure import TUNING_METHODS, baselines_vs_params
+from probekit.report.scalar_mix_figures import mixing_weights
 from probekit.report.significance_figures import significance_figures
 from probekit.report.style import (
     ONE_COLUMN,
@@ -182,7 +186,7 @@ def task_report(summary, task: str, stem: Path | None = None, formats=("pdf", "p
             maj = _majority(s, model, task)
             if maj is not None and mi == 0:
                 ax.axhline(maj, color="grey", linestyle="--", linewidth=0.8, label="majority class")
-            el = _sel(s, model=model, metric="expected_layer", probe=probe)
+            el = _sel(s, model=model, metric="expected_layer", probe=MIX_PROBE)  # Tenney's, from the scalar mix
             if len(el) and np.isfinite(float(el["mean"].iloc[0])):
                 e = float(el["mean"].iloc[0])
                 xe = float(xs(model, np.array([e]))[0])
@@ -410,6 +414,7 @@ def experiment_figures(df, summary, folder: Path, formats=("pdf", "png")) -> lis
     if len(_models(word)) > 1:
         add("relative_depth", relative_depth(summary, folder / "relative_depth", formats))
     add("heatmap", heatmap(summary, folder / "heatmap", formats))
+    add("mixing_weights", mixing_weights(summary, folder / "mixing_weights", formats))
     if df is not None and "method" in df and df["method"].isin(TUNING_METHODS).any():
         add("baselines_vs_params", baselines_vs_params(df, folder / "baselines_vs_params", formats))
 

@@ -5,7 +5,8 @@ Both renderings come from :func:`format_best_layer_table`, which turns
 Markdown tables always show the same numbers. Accuracies are percentages with one decimal;
 ``±`` is the half-width of the 95% CI over seeds (left out when it rounds to 0.0, e.g. one seed, or
 a linear probe whose seeds give the same fit); ``--`` marks a value that was not computed
-(one seed gives no CI; no control task gives no selectivity; no MDL run gives no MDL layer).
+(one seed gives no CI; no control task gives no selectivity; no MDL run gives no MDL layer; no scalar-mix
+study, or no gain over layer 0 that the test set supports, gives no expected layer).
 
 The LaTeX needs ``\\usepackage{booktabs}`` only.
 """
@@ -27,7 +28,8 @@ COLUMNS = [
     ("word_majority", r"W.-maj. (\%)", "W.-maj. (%)"),
     ("selectivity", "Sel. (pts)", "Sel. (pts)"),
     ("selectivity_f1", r"Sel.\ F1 (pts)", "Sel. F1 (pts)"),
-    ("expected_layer", r"$\mathrm{E}[\ell]$", "E[layer]"),
+    ("expected_layer", r"$\mathrm{E}_\Delta[\ell]$", "E_Delta[layer]"),
+    ("center_of_gravity", r"$\mathrm{E}_s[\ell]$", "E_s[layer]"),
     ("mdl_best_layer", "MDL layer", "MDL layer"),
 ]
 
@@ -78,6 +80,7 @@ def format_best_layer_table(table, *, drop_constant: bool = True):
         sel_f1 = _num(r.get("selectivity_f1"))
         lo, hi = _num(r.get("sent_lo")), _num(r.get("sent_hi"))
         el = _num(r.get("expected_layer"))
+        cg = _num(r.get("center_of_gravity"))
         recs.append({"model": str(r["model"]), "task": str(r["task"]), "probe": str(r.get("probe", "")),
                      "pooling": str(r.get("pooling", "")), "best_layer": _layer(r.get("best_layer")),
                      "test_acc": acc_s, "majority": _pct(r.get("majority")),
@@ -86,6 +89,7 @@ def format_best_layer_table(table, *, drop_constant: bool = True):
                      "selectivity_f1": "--" if sel_f1 is None else f"{100 * sel_f1:.1f}",
                      "selectivity": "--" if sel is None else f"{100 * sel:.1f}",
                      "expected_layer": "--" if el is None else f"{el:.2f}",
+                     "center_of_gravity": "--" if cg is None else f"{cg:.2f}",
                      "mdl_best_layer": _layer(r.get("mdl_best_layer")), "_acc": acc if acc is not None else -1.0})
     cols = [c for c, _, _ in COLUMNS]
     out = pd.DataFrame(recs, columns=cols + ["_acc"])
@@ -99,7 +103,8 @@ def format_best_layer_table(table, *, drop_constant: bool = True):
         for c in ("probe", "pooling"):
             if out[c].nunique() <= 1:
                 out = out.drop(columns=c)
-        for c in ("sent_ci", "selectivity_f1", "word_majority"):  # not computed (no saved predictions; no binary task with controls)
+        # not computed (no saved predictions; no binary task with controls; no scalar-mix study)
+        for c in ("sent_ci", "selectivity_f1", "word_majority", "expected_layer", "center_of_gravity"):
             if (out[c] == "--").all():
                 out = out.drop(columns=c)
     return out
@@ -120,7 +125,10 @@ def best_layer_latex(table, *, caption: str | None = None, label: str = "tab:bes
                           "type's most frequent train label (unseen types: the majority label); "
                           "Sel.: selectivity (task $-$ control-task accuracy) at that layer; Sel.\\ F1: the same "
                           "on the positive class's F1 (binary tasks); "
-                          r"$\mathrm{E}[\ell]$: expected layer (Tenney et al., 2019); MDL layer: layer with the "
+                          r"$\mathrm{E}_\Delta[\ell]$, $\mathrm{E}_s[\ell]$: expected layer of the cumulative "
+                          "scores and centre of gravity of the scalar-mix weights (Tenney et al., 2019; -- for "
+                          "the expected layer when the gain of the full mix over layer 0 is not above 0 at 95\\%); "
+                          "MDL layer: layer with the "
                           "shortest online codelength (Voita \\& Titov, 2020).")
     lines = [r"\begin{table}[t]", r"\centering", r"\small", rf"\begin{{tabular}}{{{align}}}", r"\toprule",
              " & ".join(tex for _, tex in cols) + r" \\", r"\midrule"]

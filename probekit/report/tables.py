@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from probekit.errors import DataError
-from probekit.results.stats import center_of_gravity, expected_layer, mean_ci
+from probekit.probing.scalar_mix import CUMULATIVE_PROBE, MIX_PROBE
+from probekit.results.stats import expected_layer, mean_ci
 from probekit.results.table import control_mask
 
 KEYS = ["experiment", "model", "model_kind", "task", "level", "method", "probe", "control", "pooling", "layer",
@@ -33,8 +34,14 @@ def _derived_rows(df):
 
 
 def summarize(df, confidence: float = 0.95):
-    """Mean, 95% CI and n over seeds for every row group, plus selectivity, expected layer and
-    centre of gravity (Tenney et al. 2019; layer 0 = embeddings) per model × task × probe × pooling."""
+    """Mean, 95% CI and n over seeds for every row group, plus selectivity and ``expected_layer_cummax`` per
+    model × task × probe × pooling.
+
+    Tenney et al.'s ``expected_layer`` and ``center_of_gravity`` are rows of the scalar-mix study
+    (:mod:`probekit.runner.scalar_mix`: cumulative scores and mixing weights) and are aggregated over seeds like any
+    row. ``expected_layer_cummax`` is a different, cheaper number: the expected-layer formula applied to the running
+    maximum of the separate per-layer probes' mean test accuracies (the best single layer so far standing in for a
+    cumulative score); it needs every layer 0..L, and it is not Tenney's expected layer."""
     import pandas as pd
 
 
@@ -47,25 +54,18 @@ def summarize(df, confidence: float = 0.95):
         mean, lo, hi = mean_ci(vals, confidence)
         recs.append({**dict(zip(keys, key)), "mean": mean, "ci_lo": lo, "ci_hi": hi, "n_seeds": int(len(vals))})
     out = pd.DataFrame(recs)
-    # expected layer and centre of gravity from the mean test accuracy per layer
     extra = []
     acc = out[(out["metric"] == "accuracy") & (out["split"] == "test") & (out["method"] == "probe")
-              & control_mask(out, False) & (out["layer"] != "")]
-    maj = out[(out["probe"] == "majority") & (out["metric"] == "accuracy")]
-    for (model, task, probe, pooling), part in acc.groupby(["model", "task", "probe", "pooling"]):
+              & control_mask(out, False) & (out["layer"] != "") & (out["probe"] != CUMULATIVE_PROBE)]
+    for _, part in acc.groupby(["model", "task", "probe", "pooling"]):
         part = part.sort_values("layer", key=lambda s: s.astype(int))
         scores = {int(layer): float(v) for layer, v in zip(part["layer"], part["mean"])}
-        base = maj[(maj["model"] == model) & (maj["task"] == task)]["mean"]
-        b = float(base.iloc[0]) if len(base) else None
+        if sorted(scores) != list(range(len(scores))) or len(scores) < 2:
+            continue  # a subset of layers (`layers: [0, 3, 6]`) has no differential scores
         first = part.iloc[0]
-        derived = [("center_of_gravity", center_of_gravity(scores, baseline=b))]
-        # the expected layer needs differential scores between consecutive layers 0..L; a config
-        # that probes a subset of layers (`layers: [0, 3, 6, ...]`) gets the centre of gravity only
-        if sorted(scores) == list(range(len(scores))):
-            derived.insert(0, ("expected_layer", expected_layer(scores, negative="cummax")))
-        for metric, value in derived:
-            extra.append({**{k: first[k] for k in keys}, "layer": "", "metric": metric, "mean": value,
-                          "ci_lo": value, "ci_hi": value, "n_seeds": int(first["n_seeds"]), "split": "test"})
+        value = expected_layer(np.maximum.accumulate([scores[k] for k in sorted(scores)]))
+        extra.append({**{k: first[k] for k in keys}, "layer": "", "metric": "expected_layer_cummax", "mean": value,
+                      "ci_lo": value, "ci_hi": value, "n_seeds": int(first["n_seeds"]), "split": "test"})
     if extra:
         out = pd.concat([out, pd.DataFrame(extra)], ignore_index=True)
     return out.sort_values(keys, kind="mergesort").reset_index(drop=True)
@@ -73,7 +73,8 @@ def summarize(df, confidence: float = 0.95):
 
 def best_layer_table(summary):
     """One line per model × task × probe × pooling: best layer, its test accuracy (± CI), majority,
-    selectivity at that layer, expected layer, and MDL-best layer.
+    selectivity at that layer, Tenney's expected layer and centre of gravity (the scalar-mix study's, for the model,
+    task and pooling; NaN without one), and MDL-best layer.
 
     The best layer is the one with the highest mean **dev** accuracy (``chosen_on`` = ``dev``), and its test
     accuracy is reported: picking it on test would report the maximum of several noisy test scores, an optimistic
@@ -82,7 +83,7 @@ def best_layer_table(summary):
 
     s = summary
     probe_rows = s[(s["metric"] == "accuracy") & (s["method"] == "probe") & control_mask(s, False)
-                   & (s["layer"] != "")]
+                   & (s["layer"] != "") & (s["probe"] != CUMULATIVE_PROBE)]
     acc = probe_rows[probe_rows["split"] == "test"]
     dev = probe_rows[probe_rows["split"] == "dev"]
     dev_groups = {k: g for k, g in dev.groupby(["model", "task", "probe", "pooling"])}
@@ -102,6 +103,12 @@ def best_layer_table(summary):
             if layer is not None:
                 r = r[r["layer"].astype(str) == str(layer)]
             return float(r["mean"].iloc[0]) if len(r) else np.nan
+        # Tenney's expected layer and centre of gravity: the scalar-mix study's, for this model, task and pooling
+        mix = s[(s["model"] == model) & (s["task"] == task) & (s["pooling"] == pooling) & (s["probe"] == MIX_PROBE)]
+
+        def tenney(metric):
+            r = mix[mix["metric"] == metric]
+            return float(r["mean"].iloc[0]) if len(r) else np.nan
         mdl = sel[sel["metric"] == "mdl_codelength_kbits"]
         mdl_best = mdl.loc[mdl["mean"].astype(float).idxmin(), "layer"] if len(mdl) else ""
         maj = s[(s["model"] == model) & (s["task"] == task) & (s["probe"] == "majority") & (s["metric"] == "accuracy")]
@@ -115,7 +122,8 @@ def best_layer_table(summary):
                      "majority": float(maj["mean"].iloc[0]) if len(maj) else np.nan,
                      "word_majority": float(wmaj["mean"].iloc[0]) if len(wmaj) else np.nan,
                      "selectivity": one("selectivity", best["layer"]),
-                     "selectivity_f1": one("selectivity_f1", best["layer"]), "expected_layer": one("expected_layer"),
+                     "selectivity_f1": one("selectivity_f1", best["layer"]), "expected_layer": tenney("expected_layer"),
+                     "center_of_gravity": tenney("center_of_gravity"),
                      "mdl_best_layer": mdl_best,
                      "mdl_kbits_at_best": one("mdl_codelength_kbits", mdl_best) if mdl_best != "" else np.nan})
     return pd.DataFrame(recs)

@@ -2,7 +2,8 @@
 
 * :func:`mean_ci` / :func:`aggregate_seeds`: mean and Student-t confidence interval over seeds.
 * :func:`center_of_gravity` / :func:`expected_layer`: the layer summaries of Tenney, Das & Pavlick,
-  "BERT Rediscovers the Classical NLP Pipeline" (ACL 2019), computed from per-layer probe scores.
+  "BERT Rediscovers the Classical NLP Pipeline" (ACL 2019): the centre of gravity of the scalar-mix weights and the
+  expected layer of the cumulative scores (:mod:`probekit.probing.scalar_mix`, :mod:`probekit.runner.scalar_mix`).
 
 Layer convention everywhere in probekit: layer 0 = the embedding output, layer l = the output of
 transformer block l, so a model with ``n_layers`` blocks has layers ``0 .. n_layers``.
@@ -15,11 +16,12 @@ from typing import Mapping, Sequence, Union
 
 import numpy as np
 
-from probekit.errors import ConfigError, DataError, unknown_name
+from probekit.errors import ConfigError, DataError
+from probekit.results.significance import score
 
 log = logging.getLogger(__name__)
 
-__all__ = ["mean_ci", "aggregate_seeds", "center_of_gravity", "expected_layer", "SEED_COLUMNS"]
+__all__ = ["mean_ci", "aggregate_seeds", "center_of_gravity", "expected_layer", "cumulative_summary", "SEED_COLUMNS"]
 
 #: Columns that vary across seeds of one configuration and are therefore not grouping keys (train_size: a tuning
 #: baseline with train_sentences draws its own subset per seed, so its word count differs by seed; it is averaged).
@@ -142,32 +144,25 @@ def _as_layer_scores(scores: Scores) -> tuple[np.ndarray, np.ndarray]:
     return layers, vals
 
 
-def center_of_gravity(scores_by_layer: Scores, *, baseline: float | None = None) -> float:
-    """Score-weighted mean layer ``sum_l l * s_l / sum_l s_l`` (layer 0 = embeddings).
+def center_of_gravity(weights_by_layer: Scores) -> float:
+    """Centre of gravity of scalar-mix weights (Tenney et al. 2019, Eq. 2): ``E_s[l] = sum_l l * s^(l)``.
 
-    Tenney et al. (2019) compute the center of gravity from the learned *scalar-mix weights*
-    of one probe over all layers; here ``s_l`` are the scores of separate per-layer probes, so it
-    is an approximation with a different meaning: where along the depth the score mass lies.
-    Raw accuracies are rarely far from each other, which pulls the result toward the middle
-    layer; pass ``baseline`` (e.g. the majority-class or the layer-0 score) to use
-    ``max(s_l - baseline, 0)`` instead, i.e. the mass *above* the baseline.
+    ``s`` are the softmax mixing weights of one probe over layers ``0..L`` (layer 0 = embeddings;
+    :mod:`probekit.probing.scalar_mix`), which sum to 1; they are divided by their sum here, so that weights read
+    back rounded from a table still give a mean layer.
 
     Args:
-        scores_by_layer: ``[n_layers + 1]`` scores indexed by layer, or ``{layer: score}``.
-        baseline: optional score subtracted (and clipped at 0) before weighting.
+        weights_by_layer: ``[n_layers + 1]`` weights indexed by layer, or ``{layer: weight}``.
 
     Returns:
         A float in ``[min layer, max layer]``; ``nan`` when all weights are zero.
 
     Raises:
-        DataError: negative weights (use a baseline, or non-negative scores).
+        DataError: a negative weight (mixing weights are a softmax: never negative).
     """
-    layers, s = _as_layer_scores(scores_by_layer)
-    if baseline is not None:
-        s = np.clip(s - float(baseline), 0.0, None)
+    layers, s = _as_layer_scores(weights_by_layer)
     if np.any(s < 0):
-        raise DataError(f"center_of_gravity needs non-negative scores, got {s.tolist()}; pass baseline=... "
-                        f"or shift the scores.")
+        raise DataError(f"center_of_gravity needs non-negative mixing weights, got {s.tolist()}.")
     total = s.sum()
     if total == 0:
         log.warning("center_of_gravity: all layer weights are zero; returning nan")
@@ -175,47 +170,75 @@ def center_of_gravity(scores_by_layer: Scores, *, baseline: float | None = None)
     return float((layers * s).sum() / total)
 
 
-def expected_layer(scores_by_layer: Scores, *, negative: str = "keep") -> float:
-    """Expected layer from differential scores (Tenney et al. 2019): ``E[l] = sum l Delta_l / sum Delta_l``.
+def expected_layer(cumulative_scores, axis: int = -1):
+    """Expected layer from cumulative scores (Tenney et al. 2019, Eqs. 3-4).
 
-    ``Delta_l = s_l - s_{l-1}`` for ``l >= 1`` (layer 0 = embeddings has no delta): the score gained
-    by adding layer ``l``. Tenney et al. use *cumulative* scores (a probe on the scalar mix of
-    layers ``0..l``), which grow with ``l``, so their deltas are (nearly) non-negative. probekit
-    uses separate per-layer probe scores, so this is an approximation, and scores can go *down*
-    in later layers; ``negative`` decides what happens then:
-
-    * ``"keep"`` (default, the literal formula): negative deltas count with their sign; the
-      denominator telescopes to ``s_L - s_0``, so when the last layer is barely better than the
-      embeddings the result is unstable and may fall outside ``[1, L]``.
-    * ``"clip"``: ``Delta_l = max(Delta_l, 0)``: only gains count.
-    * ``"cummax"``: deltas of the running maximum ``max_{k<=l} s_k`` (the best single layer so far),
-      the closest per-layer stand-in for a cumulative score; always in ``[1, L]``.
+    ``cumulative_scores[l]`` is ``Score(P^(l))``, the score of the probe on the scalar mix of layers ``0..l``
+    (:mod:`probekit.probing.scalar_mix`); the differential scores ``Delta^(l) = Score(P^(l)) - Score(P^(l-1))``,
+    ``l = 1..L``, are what adding layer ``l`` gains, and
+    ``E_Delta[l] = sum_{l=1}^{L} l * Delta^(l) / sum_{l=1}^{L} Delta^(l)``, with every delta counted with its sign
+    (the paper's formula; the denominator is ``Score(P^(L)) - Score(P^(0))``, the total gain).
 
     Args:
-        scores_by_layer: ``[n_layers + 1]`` scores with layer 0 = embeddings, or ``{layer: score}``
-            with contiguous layers ``0..L``.
-        negative: ``"keep"``, ``"clip"`` or ``"cummax"``.
+        cumulative_scores: ``[..., L + 1]`` scores of the prefixes ``0..L`` along ``axis`` (several sets at once,
+            e.g. bootstrap replicates), or ``{l: score}`` for ``l = 0..L``.
 
     Returns:
-        float; ``nan`` (with a warning) when the deltas sum to ``<= 0`` (no layer adds anything).
+        A float for one set of scores, else an array; ``nan`` where the total gain is ``<= 0`` (no layer adds
+        anything: there is no expected layer).
     """
+    if isinstance(cumulative_scores, Mapping):
+        layers, s = _as_layer_scores(cumulative_scores)
+        if not np.array_equal(layers, np.arange(layers.size)):
+            raise DataError(f"expected_layer needs the cumulative scores of every prefix 0..L, got layers "
+                            f"{layers.astype(int).tolist()}.")
+    else:
+        s = np.moveaxis(np.asarray(cumulative_scores, dtype=np.float64), axis, -1)
+    if s.ndim == 0 or s.shape[-1] < 2:
+        raise DataError("expected_layer needs the scores of at least two prefixes (0 = embeddings, and 0..1).")
+    delta = np.diff(s, axis=-1)
+    total = delta.sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(total > 0, (np.arange(1, s.shape[-1]) * delta).sum(-1) / np.where(total > 0, total, 1.0),
+                       np.nan)
+    return float(out) if out.ndim == 0 else out
 
-    modes = ("keep", "clip", "cummax")
-    if negative not in modes:
-        raise unknown_name("negative-delta mode", negative, modes)
-    layers, s = _as_layer_scores(scores_by_layer)
-    if not np.array_equal(layers, np.arange(layers.size)):
-        raise DataError(f"expected_layer needs scores for every layer 0..L, got layers {layers.astype(int).tolist()}.")
-    if s.size < 2:
-        raise DataError("expected_layer needs at least two layers (0 = embeddings and 1).")
-    if negative == "cummax":
-        s = np.maximum.accumulate(s)
-    delta = np.diff(s)
-    if negative == "clip":
-        delta = np.clip(delta, 0.0, None)
-    total = delta.sum()
-    if total <= 0:
-        log.warning("expected_layer: differential scores sum to %g <= 0 (no layer improves on the "
-                    "embeddings); returning nan", total)
-        return math.nan
-    return float((layers[1:] * delta).sum() / total)
+
+def cumulative_summary(metric: str, counts, weights, confidence: float = 0.95) -> dict:
+    """Tenney's cumulative-scoring summary of the prefixes ``0..L``, with sentence-bootstrap intervals.
+
+    Args:
+        metric: the Score (``accuracy``, ``macro_f1`` or ``pos_f1``; :mod:`probekit.results.significance`).
+        counts: ``[prefix, sentence, k]`` per-sentence counts of each prefix probe's test predictions
+            (:func:`probekit.results.significance.sentence_counts`), prefixes ``0..L`` in order.
+        weights: ``[resample, sentence]`` multiplicities (:func:`probekit.results.significance.resample_weights`);
+            every prefix is scored on the same resamples, so the gain and the expected layer are paired.
+
+    Returns:
+        ``{"scores": [L+1], "delta": [L] (Delta^(1..L)), "gain", "gain_lo", "gain_hi", "expected_layer",
+        "expected_layer_lo", "expected_layer_hi"}``: ``gain = Score(P^(L)) - Score(P^(0))`` and
+        :func:`expected_layer`, each with its percentile interval over the resamples (the expected layer's over the
+        resamples where it exists). The expected layer and its interval are NaN unless the gain's interval lies above
+        0: without a gain that the test set supports, the deltas are noise and their mean layer means nothing (a
+        random-weights model would get one near the middle).
+    """
+    if not 0 < confidence < 1:
+        raise ConfigError(f"confidence must be in (0, 1), got {confidence}.")
+    counts = np.asarray(counts, dtype=np.float64)
+    if counts.ndim != 3 or counts.shape[0] < 2:
+        raise DataError(f"cumulative_summary needs counts [prefix, sentence, k] of at least two prefixes, got shape "
+                        f"{counts.shape}.")
+    scores = score(metric, counts.sum(1))  # [P]
+    boot = score(metric, np.einsum("rs,psk->prk", weights, counts))  # [P, R]
+    q = [(1 - confidence) / 2, (1 + confidence) / 2]
+    gain = float(scores[-1] - scores[0])
+    gain_lo, gain_hi = (float(v) for v in np.quantile(boot[-1] - boot[0], q))
+    el, el_lo, el_hi = math.nan, math.nan, math.nan
+    if gain_lo > 0:
+        el = expected_layer(scores)
+        reps = expected_layer(boot, axis=0)
+        reps = reps[np.isfinite(reps)]
+        if reps.size:
+            el_lo, el_hi = (float(v) for v in np.quantile(reps, q))
+    return {"scores": scores, "delta": np.diff(scores), "gain": gain, "gain_lo": gain_lo, "gain_hi": gain_hi,
+            "expected_layer": el, "expected_layer_lo": el_lo, "expected_layer_hi": el_hi}

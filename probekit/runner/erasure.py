@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,7 @@ from probekit.causal.erasure import (
 )
 from probekit.causal.intervene import lm_head_weight
 from probekit.causal.sanity import sanity_scores
-from probekit.config import ExperimentConfig
+from probekit.config import ExperimentConfig, section_settings
 from probekit.errors import ConfigError, unknown_name
 from probekit.keys import content_key
 from probekit.probing.linear import fit_layers
@@ -65,12 +65,7 @@ class ErasureSettings:
     @classmethod
     def from_dict(cls, section: dict | None, source: str = "the config") -> "ErasureSettings":
         """Settings from a config's ``erasure:`` mapping; an unknown key is a ConfigError naming it."""
-        section = dict(section or {})
-        names = [f.name for f in fields(cls)]
-        for k in section:
-            if k not in names:
-                raise unknown_name("erasure setting", k, names, ConfigError, hint=f"(in {source}, section 'erasure')")
-        return cls(**section)
+        return section_settings(cls, section, "erasure", source)
 
 
 def load_erasure_config(path: str | Path) -> tuple[ExperimentConfig, ErasureSettings]:

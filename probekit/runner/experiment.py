@@ -40,6 +40,7 @@ from probekit.results.table import (
 from probekit.runner.data import extract_stores, load_data, model_list
 from probekit.runner.erasure import ErasureSettings, run_erasure
 from probekit.runner.probe_task import probe_task
+from probekit.runner.scalar_mix import ScalarMixConfig, run_scalar_mix
 from probekit.runner.structural import StructuralConfig, run_structural
 from probekit.runner.units import ProbePolicy, Unit, plan_units
 from probekit.tasks import get_task
@@ -82,12 +83,16 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> Experimen
     # the optional studies' settings: their errors before any work
     erasure = ErasureSettings.from_dict(cfg.erasure) if cfg.erasure else None
     structural = StructuralConfig.from_dict(cfg.structural) if cfg.structural else None
+    scalar_mix = ScalarMixConfig.from_dict(cfg.scalar_mix) if cfg.scalar_mix is not None else None
+    if scalar_mix is not None:
+        scalar_mix.task_names(cfg)  # its task errors too
     data, data_fp = load_data(cfg)
     # a second run of the same experiment waits, then reuses the first one's units instead of computing them again
     lock = acquire_lock(Path(cfg.results_dir) / f".{cfg.name}.lock", f"The results folder {folder}", DataError)
     try:
         _remove_temporaries(folder)
-        return _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, erasure, structural)
+        return _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, erasure, structural,
+                           scalar_mix)
     finally:
         lock.release()
 
@@ -100,7 +105,8 @@ def _remove_temporaries(folder: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, erasure, structural) -> ExperimentResult:
+def _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, erasure, structural,
+                scalar_mix) -> ExperimentResult:
     all_rows: list[dict] = []
     unit_keys: list[str] = []
     models_info = {}
@@ -153,6 +159,8 @@ def _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, eras
     if structural is not None:
         struct_res = run_structural(cfg, structural, data=data, data_fp=data_fp, progress=progress)
         all_rows.extend(struct_res.rows)
+    if scalar_mix is not None:
+        all_rows.extend(run_scalar_mix(cfg, scalar_mix, data=data, data_fp=data_fp, progress=progress))
     df, timings = to_frames(all_rows)
     # the folder's files are one commit: .writing marks it open until committed.json lists them (results/table.py)
     begin_folder_write(folder)

@@ -51,7 +51,9 @@ class _Task:
         return len(self.items["train"].y)
 
 
-def _labelled_items(task, data: dict, policy: ProbePolicy) -> dict[str, Labelled]:
+def labelled_items(task, data: dict, policy: ProbePolicy) -> dict[str, Labelled]:
+    """The task's labelled items of each split role (train sampled down to ``policy.max_train_items``, a fixed seed-0
+    sample shared by every seed and probe); a TaskError when a split has none or train has a single label."""
     items = {role: labelled(task, data[role]) for role in ROLES}
     for role in ROLES:
         if len(items[role].rows) == 0:
@@ -101,7 +103,7 @@ def probe_task(*, lm_info: dict, stores: dict, data: dict, task, policy: ProbePo
         if level not in family.levels:
             raise ConfigError(f"Probe {u.probe!r} works on {' and '.join(family.levels)} tasks, not on the "
                               f"{level}-level task {task.name!r}.")
-    items = _labelled_items(task, data, policy)
+    items = labelled_items(task, data, policy)
     n_classes = len(task.labels)
     n_layers = stores["train"].n_layers
     layers = list(policy.layers) if policy.layers is not None else list(range(n_layers))
