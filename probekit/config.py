@@ -95,6 +95,9 @@ class ExperimentConfig:
                                  "the erased features and the effect of erasing on the model (see docs/erasure.md).")
     structural: dict | None = _help(None, "Structural probes (Hewitt & Manning 2019): kinds, ranks, epochs, control, "
                                           "bootstrap (see docs/structural.md); run by probekit run.")
+    neurons: dict | None = _help(None, "Neuron-level analysis (NeuroX, Dalvi et al. 2019): elastic-net probe, neuron "
+                                       "ranking, top/random/bottom-k accuracy and ablation (see docs/neurons.md); run "
+                                       "by probekit run.")
     figures: list = _help(["pdf", "png"], "Figure formats (pdf, png, svg).")
     track: list = _help([], "Experiment trackers to log the finished run to: mlflow, tensorboard, wandb (extra "
                             "[track]; see probekit/tracking.py for where each writes).")
@@ -288,7 +291,7 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 
 #: config keys whose value is a mapping: ``--set KEY.SUB=VALUE`` sets one entry, ``--set KEY={...}`` merges
-MAPPING_KEYS = ("splits", "files", "limit", "mlp", "baselines", "erasure", "structural")
+MAPPING_KEYS = ("splits", "files", "limit", "mlp", "baselines", "erasure", "structural", "neurons")
 
 
 def apply_overrides(base: dict, overrides: dict) -> dict:
