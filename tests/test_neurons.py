@@ -85,8 +85,8 @@ def test_layers_in_one_batch_are_independent_and_warm_start_converges_sooner():
     fit = fit_elastic_net(block, y, n_classes=3, settings=st)
     assert fit.converged.all()
     alone = fit_elastic_net(block[1:2], y, n_classes=3, settings=st)
-    assert np.abs(alone.W[0] - fit.W[1]).max() < 1e-3
-    np.testing.assert_allclose(fit.W[2], fit.W[0][::-1], atol=1e-3)  # reversed neurons: reversed weights
+    assert np.abs(alone.W[0] - fit.W[1]).max() < 5e-3  # to the solver tolerance
+    np.testing.assert_allclose(fit.W[2], fit.W[0][::-1], atol=5e-3)  # reversed neurons: reversed weights
     warm = fit_elastic_net(block, y, n_classes=3, settings=st, init=(fit.W, fit.b))
     assert (warm.iterations < fit.iterations).all()
     with pytest.raises(DataError, match="init shapes"):

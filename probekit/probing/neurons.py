@@ -26,6 +26,8 @@ from probekit.errors import ConfigError, DataError
 from probekit.probing.features import check_finite, standardise
 
 SELECTIONS = ("top", "random", "bottom")
+#: The extrapolated point's logits are combined from earlier ones; every REFRESH iterations they are recomputed.
+REFRESH = 50
 
 
 @dataclass(frozen=True)
@@ -105,26 +107,24 @@ def fit_elastic_net(X: np.ndarray, y: np.ndarray, *, n_classes: int, settings: E
     K = n_classes
     Y = torch.zeros(N, K, device=dev)
     Y[torch.arange(N, device=dev), torch.as_tensor(y, device=dev)] = 1.0
-    # Lipschitz constant of the smooth part, per layer, from the Gram matrix of [X 1] / N
-    ones = torch.ones(G, N, 1, device=dev)
-    Xa = torch.cat([Xs, ones], dim=2)
-    gram = Xa.transpose(1, 2) @ Xa / max(N, 1)
-    del Xa, ones
-    L = (torch.linalg.eigvalsh(gram.double())[:, -1].float() / 2 + 2 * st.l2).clamp_min(1e-8).view(G, 1, 1)
+    # Lipschitz constant of the smooth part, per layer: lambda_max of [X 1]^T [X 1] / N, which for centred X is
+    # max(lambda_max(X^T X / N), 1)
+    gram = Xs.transpose(1, 2) @ Xs / max(N, 1)
+    lam = torch.linalg.eigvalsh(gram.double())[:, -1].float().clamp_min(1.0)
+    L = (lam / 2 + 2 * st.l2).view(G, 1, 1)
     del gram
 
-    def smooth(W, b):
-        z = Xs @ W + b[:, None, :]
-        lse = torch.logsumexp(z, dim=2)
-        ce = (lse - (z * Y).sum(2)).mean(1)
-        return ce + st.l2 * (W * W).sum((1, 2)), z, lse
+    yidx = torch.as_tensor(y, device=dev).view(1, N, 1).expand(G, N, 1)
 
-    def objective(W, b):
-        return smooth(W, b)[0] + st.l1 * W.abs().sum((1, 2))
+    def logits(W, b):
+        return Xs @ W + b[:, None, :]
 
-    def grad(W, b):
-        _, z, lse = smooth(W, b)
-        R = (torch.exp(z - lse[..., None]) - Y) / N
+    def objective(W, Z):
+        ce = -torch.log_softmax(Z, dim=2).gather(2, yidx)[..., 0].mean(1)
+        return ce + st.l2 * (W * W).sum((1, 2)) + st.l1 * W.abs().sum((1, 2))
+
+    def grad(W, Z):
+        R = (torch.softmax(Z, dim=2) - Y) / N
         return Xs.transpose(1, 2) @ R + 2 * st.l2 * W, R.sum(1)
 
     def prox(W, b, gW, gb):
@@ -141,23 +141,30 @@ def fit_elastic_net(X: np.ndarray, y: np.ndarray, *, n_classes: int, settings: E
             raise DataError(f"init shapes {tuple(W.shape)}, {tuple(b.shape)} do not match (layers {G}, neurons {d}, "
                             f"classes {K}).")
     with torch.no_grad():
-        F = objective(W, b)
+        # the logits are linear in (W, b): those of the extrapolated point are combined from the iterates' logits,
+        # so an iteration costs one product with X and one with X^T (recomputed exactly every REFRESH iterations)
+        Zx = logits(W, b)
+        F = objective(W, Zx)
         history = [F.cpu().numpy()]
-        yW, yb, t = W, b, 1.0
+        yW, yb, Zy, t = W, b, Zx, 1.0
         iterations = np.full(G, st.max_iter)
         converged = np.zeros(G, dtype=bool)
         for it in range(1, st.max_iter + 1):
-            gW, gb = grad(yW, yb)
+            gW, gb = grad(yW, Zy)
             zW, zb = prox(yW, yb, gW, gb)
             gap = torch.maximum((L * (yW - zW)).abs().amax((1, 2)), (L[:, :, 0] * (yb - zb)).abs().amax(1))
-            Fz = objective(zW, zb)
+            Zz = logits(zW, zb)
+            Fz = objective(zW, Zz)
             better = Fz <= F
             nW = torch.where(better.view(G, 1, 1), zW, W)
             nb = torch.where(better.view(G, 1), zb, b)
+            Zn = torch.where(better.view(G, 1, 1), Zz, Zx)
             t_next = (1 + np.sqrt(1 + 4 * t * t)) / 2
-            yW = nW + (t / t_next) * (zW - nW) + ((t - 1) / t_next) * (nW - W)
-            yb = nb + (t / t_next) * (zb - nb) + ((t - 1) / t_next) * (nb - b)
-            W, b, F, t = nW, nb, torch.minimum(F, Fz), t_next
+            a, c = t / t_next, (t - 1) / t_next
+            yW = nW + a * (zW - nW) + c * (nW - W)
+            yb = nb + a * (zb - nb) + c * (nb - b)
+            Zy = logits(yW, yb) if it % REFRESH == 0 else Zn + a * (Zz - Zn) + c * (Zn - Zx)
+            W, b, Zx, F, t = nW, nb, Zn, torch.minimum(F, Fz), t_next
             history.append(F.cpu().numpy())
             now = (gap < st.tol).cpu().numpy() & ~converged
             iterations[now] = it

@@ -183,6 +183,7 @@ def analyse_group(Xtr: np.ndarray, ytr: np.ndarray, Xte: np.ndarray, n_classes: 
     st = ncfg.solver(device)
     G, _, d = Xtr.shape
     full = fit_elastic_net(Xtr, ytr, n_classes=n_classes, settings=st)
+    log.info("elastic-net probes of %d layers: %s iterations", G, full.iterations.tolist())
     for g in np.flatnonzero(~full.converged):
         log.warning("neuron probe of layer group index %d did not converge in %d iterations (tol %g)", g,
                     st.max_iter, st.tol)
