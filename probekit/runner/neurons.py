@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -48,8 +47,9 @@ from probekit.probing.neurons import (
 from probekit.report.neuron_figures import neuron_figures
 from probekit.results.predictions import item_index
 from probekit.results.significance import MIN_RESAMPLES, bootstrap_interval, resample_weights, sentence_counts
-from probekit.results.table import load_unit, row, save_unit, to_frames, write_csv
+from probekit.results.table import load_unit, row, save_unit, to_frames
 from probekit.runner.data import extract_stores, load_data, model_list
+from probekit.runner.study_main import study_main
 from probekit.tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -338,20 +338,7 @@ def write_ranking(path: Path, model: str, task, rank: dict, ncfg: NeuronsConfig)
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m probekit.runner.neurons CONFIG``: run and write ``results/<name>/neurons/results.csv``."""
-
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m probekit.runner.neurons CONFIG.yaml", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    cfg, ncfg = load_neurons_config(argv[0])
-    res = run_neurons(cfg, ncfg)
-    df, _ = to_frames(res.rows)
-    out = Path(cfg.results_dir) / cfg.name / "neurons" / "results.csv"
-    write_csv(df, out)
-    figs = neuron_figures(res, out.parent / "figures", formats=cfg.figures)
-    print(f"wrote {out} ({len(df)} rows) and {len(figs)} figure files")
-    return 0
+    return study_main(argv, study="neurons", load=load_neurons_config, run=run_neurons, figures=neuron_figures)
 
 
 if __name__ == "__main__":
