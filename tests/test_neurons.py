@@ -245,3 +245,18 @@ def test_experiment_runs_the_section(tmp_path, tiny_bert_dir):
     assert any(p.name.startswith("neurons_") for p in res.figures)
     with pytest.raises(ConfigError, match="Unknown neurons setting"):
         run_experiment(_cfg(tmp_path, tiny_bert_dir, neurons={"k": 3}), progress=False)
+
+
+def test_command_line_writes_the_study_folder(tmp_path, tiny_bert_dir, capsys):
+    import yaml
+
+    from probekit.runner.neurons import main
+
+    assert main([]) == 2 and "usage: python -m probekit.runner.neurons" in capsys.readouterr().err
+    cfg = _cfg(tmp_path, tiny_bert_dir, neurons={"fractions": [0.5], "selections": ["bottom"], "modes": ["mask"],
+                                                 "bootstrap": 0, "max_iter": 50})
+    path = tmp_path / "n.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    assert main([str(path)]) == 0
+    out = tmp_path / "results" / "n" / "neurons"
+    assert (out / "results.csv").is_file() and (out / "figures" / f"neurons_{tiny_bert_dir.name}_upos_ranking.png").is_file()
