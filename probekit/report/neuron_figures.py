@@ -67,6 +67,7 @@ def neuron_accuracy_figure(df, *, model: str | None = None, task: str | None = N
             _, hi = _series(df, model, task, mode, probe, "accuracy_ci_high")
             if len(lo) == len(x) == len(hi):
                 ax.fill_between(x, 100 * lo, 100 * hi, color=color(c), alpha=0.15, linewidth=0)
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_xlabel("layer (0 = embeddings)")
         ax.set_ylabel(f"{task} accuracy (%)")
         ax.set_title(f"{Path(model).name}: k = {100 * fraction:g}% of the neurons")
