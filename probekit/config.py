@@ -105,6 +105,9 @@ class ExperimentConfig:
     scalar_mix: dict | None = _help(None, "Tenney et al.'s scalar mix and cumulative scoring (expected layer, centre "
                                           "of gravity): tasks, metric, lr, epochs, bootstrap (see docs/scalar_mix.md)"
                                           "; run by probekit run.")
+    neurons: dict | None = _help(None, "Neuron-level analysis (NeuroX, Dalvi et al. 2019): elastic-net probe, neuron "
+                                       "ranking, top/random/bottom-k accuracy and ablation (see docs/neurons.md); run "
+                                       "by probekit run.")
     figures: list = _help(["pdf", "png"], "Figure formats (pdf, png, svg).")
     track: list = _help([], "Experiment trackers to log the finished run to: mlflow, tensorboard, wandb (extra "
                             "[track]; see probekit/tracking.py for where each writes).")
@@ -334,7 +337,8 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 
 #: config keys whose value is a mapping: ``--set KEY.SUB=VALUE`` sets one entry, ``--set KEY={...}`` merges
-MAPPING_KEYS = ("splits", "files", "columns", "limit", "mlp", "baselines", "erasure", "structural", "scalar_mix")
+MAPPING_KEYS = ("splits", "files", "columns", "limit", "mlp", "baselines", "erasure", "structural", "scalar_mix",
+                "neurons")
 
 
 def apply_overrides(base: dict, overrides: dict) -> dict:

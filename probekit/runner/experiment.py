@@ -25,6 +25,7 @@ from probekit.config import ExperimentConfig
 from probekit.errors import DataError
 from probekit.probing.features import FeatureCache
 from probekit.report import figures
+from probekit.report.neuron_figures import neuron_figures
 from probekit.report.structural_figures import structural_figures
 from probekit.report.tables import best_layer_table, summarize
 from probekit.results.analysis import analyse
@@ -39,6 +40,7 @@ from probekit.results.table import (
 )
 from probekit.runner.data import extract_stores, load_data, model_list
 from probekit.runner.erasure import ErasureSettings, run_erasure
+from probekit.runner.neurons import NeuronsConfig, run_neurons
 from probekit.runner.probe_task import probe_task
 from probekit.runner.scalar_mix import ScalarMixConfig, run_scalar_mix
 from probekit.runner.structural import StructuralConfig, run_structural
@@ -86,13 +88,14 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> Experimen
     scalar_mix = ScalarMixConfig.from_dict(cfg.scalar_mix) if cfg.scalar_mix is not None else None
     if scalar_mix is not None:
         scalar_mix.task_names(cfg)  # its task errors too
+    neurons = NeuronsConfig.from_dict(cfg.neurons) if cfg.neurons else None
     data, data_fp = load_data(cfg)
     # a second run of the same experiment waits, then reuses the first one's units instead of computing them again
     lock = acquire_lock(Path(cfg.results_dir) / f".{cfg.name}.lock", f"The results folder {folder}", DataError)
     try:
         _remove_temporaries(folder)
         return _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, erasure, structural,
-                           scalar_mix)
+                           scalar_mix, neurons)
     finally:
         lock.release()
 
@@ -106,7 +109,7 @@ def _remove_temporaries(folder: Path) -> None:
 
 
 def _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, erasure, structural,
-                scalar_mix) -> ExperimentResult:
+                scalar_mix, neurons) -> ExperimentResult:
     all_rows: list[dict] = []
     unit_keys: list[str] = []
     models_info = {}
@@ -161,6 +164,10 @@ def _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, eras
         all_rows.extend(struct_res.rows)
     if scalar_mix is not None:
         all_rows.extend(run_scalar_mix(cfg, scalar_mix, data=data, data_fp=data_fp, progress=progress))
+    neuron_res = None
+    if neurons is not None:
+        neuron_res = run_neurons(cfg, neurons, data=data, data_fp=data_fp, progress=progress)
+        all_rows.extend(neuron_res.rows)
     df, timings = to_frames(all_rows)
     # the folder's files are one commit: .writing marks it open until committed.json lists them (results/table.py)
     begin_folder_write(folder)
@@ -181,6 +188,8 @@ def _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, eras
     figs = figures.experiment_figures(df, summary, folder, formats=cfg.figures)
     if struct_res is not None:
         figs += structural_figures(struct_res, folder / "figures", formats=cfg.figures)
+    if neuron_res is not None:
+        figs += neuron_figures(neuron_res, folder / "figures", formats=cfg.figures)
     commit_folder(folder, ["results.csv", "timings.csv", "summary.csv", "provenance.json", "config.yaml"])
     _append_run_log(folder, {"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t_start)),
                              "seconds": round(time.time() - t_start, 2), "forward_passes": forward_passes})

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import logging
-import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -40,8 +39,9 @@ from probekit.probing.structural import (
 )
 from probekit.report.structural_figures import structural_figures
 from probekit.results.significance import MIN_RESAMPLES, percentile_interval, resample_indices
-from probekit.results.table import load_unit, row, save_unit, to_frames, write_csv
+from probekit.results.table import load_unit, row, save_unit, to_frames
 from probekit.runner.data import extract_stores, load_data, model_list
+from probekit.runner.study_main import study_main
 
 log = logging.getLogger(__name__)
 
@@ -241,21 +241,7 @@ def baseline_rows(test, scfg: StructuralConfig, common: dict) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m probekit.runner.structural CONFIG``: run and write ``results/<name>/structural/results.csv``."""
-
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m probekit.runner.structural CONFIG.yaml", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    cfg, scfg = load_structural_config(argv[0])
-    res = run_structural(cfg, scfg)
-    df, _ = to_frames(res.rows)
-    out = Path(cfg.results_dir) / cfg.name / "structural" / "results.csv"
-    write_csv(df, out)
-
-    figs = structural_figures(res, out.parent / "figures", formats=cfg.figures)
-    print(f"wrote {out} ({len(df)} rows) and {len(figs)} figure files")
-    return 0
+    return study_main(argv, study="structural", load=load_structural_config, run=run_structural, figures=structural_figures)
 
 
 if __name__ == "__main__":
