@@ -21,6 +21,7 @@ from probekit.data.datasets import DATASETS
 from probekit.errors import ConfigError, TaskError, did_you_mean, unknown_name
 from probekit.probing.registry import get_probe
 from probekit.tasks import get_task
+from probekit.tasks.base import RELATION_LEVELS
 from probekit.tracking import check_trackers
 
 _TYPE_NAMES = {"list": list, "dict": dict, "str": str, "bool": bool, "int": int, "float": float, "None": type(None)}
@@ -95,6 +96,9 @@ class ExperimentConfig:
                                  "the erased features and the effect of erasing on the model (see docs/erasure.md).")
     structural: dict | None = _help(None, "Structural probes (Hewitt & Manning 2019): kinds, ranks, epochs, control, "
                                           "bootstrap (see docs/structural.md); run by probekit run.")
+    relations: dict | None = _help(None, "Pair and span probes (dep_arc, dep_label, subject_of, subject_span): "
+                                         "tasks, span poolings, training settings (see docs/relations.md); run by "
+                                         "probekit run.")
     figures: list = _help(["pdf", "png"], "Figure formats (pdf, png, svg).")
     track: list = _help([], "Experiment trackers to log the finished run to: mlflow, tensorboard, wandb (extra "
                             "[track]; see probekit/tracking.py for where each writes).")
@@ -216,9 +220,12 @@ class ExperimentConfig:
             cfg = cls(**d)
             for t in cfg.tasks:  # here, not in __post_init__: the Python API also takes Task objects of its own
                 try:
-                    get_task(t)
+                    task = get_task(t)
                 except TaskError as e:
                     raise ConfigError(f"Config 'tasks': {e}") from None
+                if task.level in RELATION_LEVELS:
+                    raise ConfigError(f"Config 'tasks': {task.name} is a {task.level}-level task; list it under "
+                                      f"'relations: {{tasks: [{task.name}]}}' (see docs/relations.md).")
             return cfg
         except ConfigError as e:
             if source in str(e):
@@ -288,7 +295,7 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 
 #: config keys whose value is a mapping: ``--set KEY.SUB=VALUE`` sets one entry, ``--set KEY={...}`` merges
-MAPPING_KEYS = ("splits", "files", "limit", "mlp", "baselines", "erasure", "structural")
+MAPPING_KEYS = ("splits", "files", "limit", "mlp", "baselines", "erasure", "structural", "relations")
 
 
 def apply_overrides(base: dict, overrides: dict) -> dict:

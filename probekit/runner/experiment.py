@@ -25,7 +25,9 @@ from probekit.config import ExperimentConfig
 from probekit.errors import DataError
 from probekit.probing.features import FeatureCache
 from probekit.report import figures
+from probekit.report.relations_figures import relations_by_layer
 from probekit.report.structural_figures import structural_figures
+from probekit.report.style import figure_paths
 from probekit.report.tables import best_layer_table, summarize
 from probekit.results.analysis import analyse
 from probekit.results.table import (
@@ -40,6 +42,7 @@ from probekit.results.table import (
 from probekit.runner.data import extract_stores, load_data, model_list
 from probekit.runner.erasure import ErasureSettings, run_erasure
 from probekit.runner.probe_task import probe_task
+from probekit.runner.relations import RelationsConfig, run_relations
 from probekit.runner.structural import StructuralConfig, run_structural
 from probekit.runner.units import ProbePolicy, Unit, plan_units
 from probekit.tasks import get_task
@@ -82,12 +85,14 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> Experimen
     # the optional studies' settings: their errors before any work
     erasure = ErasureSettings.from_dict(cfg.erasure) if cfg.erasure else None
     structural = StructuralConfig.from_dict(cfg.structural) if cfg.structural else None
+    relations = RelationsConfig.from_dict(cfg.relations) if cfg.relations else None
     data, data_fp = load_data(cfg)
     # a second run of the same experiment waits, then reuses the first one's units instead of computing them again
     lock = acquire_lock(Path(cfg.results_dir) / f".{cfg.name}.lock", f"The results folder {folder}", DataError)
     try:
         _remove_temporaries(folder)
-        return _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, erasure, structural)
+        return _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, erasure, structural,
+                           relations)
     finally:
         lock.release()
 
@@ -100,7 +105,8 @@ def _remove_temporaries(folder: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, erasure, structural) -> ExperimentResult:
+def _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, erasure, structural,
+                           relations) -> ExperimentResult:
     all_rows: list[dict] = []
     unit_keys: list[str] = []
     models_info = {}
@@ -153,6 +159,8 @@ def _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, eras
     if structural is not None:
         struct_res = run_structural(cfg, structural, data=data, data_fp=data_fp, progress=progress)
         all_rows.extend(struct_res.rows)
+    if relations is not None:
+        all_rows.extend(run_relations(cfg, relations, data=data, data_fp=data_fp, progress=progress).rows)
     df, timings = to_frames(all_rows)
     # the folder's files are one commit: .writing marks it open until committed.json lists them (results/table.py)
     begin_folder_write(folder)
@@ -173,6 +181,11 @@ def _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, eras
     figs = figures.experiment_figures(df, summary, folder, formats=cfg.figures)
     if struct_res is not None:
         figs += structural_figures(struct_res, folder / "figures", formats=cfg.figures)
+    if relations is not None:
+        for m in (m for m in cfg.models if "@random" not in m):
+            stem = folder / "figures" / f"relations_by_layer_{m.replace('/', '_')}"
+            relations_by_layer(df, stem, formats=cfg.figures, model=m)
+            figs += figure_paths(stem, cfg.figures)
     commit_folder(folder, ["results.csv", "timings.csv", "summary.csv", "provenance.json", "config.yaml"])
     _append_run_log(folder, {"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t_start)),
                              "seconds": round(time.time() - t_start, 2), "forward_passes": forward_passes})
