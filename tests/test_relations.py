@@ -120,7 +120,7 @@ def test_attention_pooling_finds_the_marked_word():
     noise in feature 1 of the same size. Attention on the marked word solves it; the span mean does much worse."""
     rng = np.random.default_rng(0)
     d, n_sent, L = 6, 240, 2
-    X, spans, y = [], [], []
+    X, y = [], []
     for k in range(n_sent):
         n = 6
         v = rng.normal(size=(n, d)) * 0.5
@@ -129,11 +129,9 @@ def test_attention_pooling_finds_the_marked_word():
         v[:, 1] = rng.choice([-2.0, 2.0], size=n)
         v[mark, 0], v[mark, 1] = 4.0, 2.0 if lab else -2.0
         X.append(v)
-        spans.append((k, 0, n))
         y.append(lab)
     X = np.concatenate(X).astype(np.float32)[None].repeat(L, 0)
     X[1] = rng.normal(size=X[1].shape)  # layer 1: noise, chance
-    items = _span_items(spans, [6] * n_sent, y)
     parts = {"train": np.arange(0, 160), "dev": np.arange(160, 200), "test": np.arange(200, 240)}
     Xs = {r: X[:, 6 * p[0]:6 * (p[-1] + 1)] for r, p in parts.items()}
     its = {r: _span_items([(k - p[0], 0, 6) for k in p], [6] * len(p), np.asarray(y)[p]) for r, p in parts.items()}
@@ -192,3 +190,15 @@ def test_majority_offset_baseline_for_choice():
                          np.array([0, 3]))
     # train offsets: +1, +1, +1, 0: the head is the next word
     assert rel.majority_prediction(task, {"train": train, "test": test}).tolist() == [1, 2, 3]
+
+
+def test_probekit_run_includes_the_relation_rows_and_figure(tmp_path, tiny_bert_dir):
+    from probekit.runner.experiment import run_experiment
+
+    cfg = _cfg(tmp_path, tiny_bert_dir, control_tasks=False, layers=[0, 2],
+               relations={"tasks": ["subject_span"], "span_poolings": ["endpoints"], "bootstrap": 100})
+    res = run_experiment(cfg, progress=False)
+    rows = res.table[res.table.task == "subject_span"]
+    assert set(rows[rows.method == "probe"].layer.astype(int)) == {0, 2}
+    assert set(res.table.task) == {"subject", "subject_span"}
+    assert (res.folder / "figures" / f"relations_by_layer_{str(tiny_bert_dir).replace('/', '_')}.png").is_file()

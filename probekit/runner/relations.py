@@ -36,7 +36,7 @@ from probekit.keys import content_key
 from probekit.probing.features import layer_groups
 from probekit.probing.linear import fit_layers
 from probekit.probing.pairs import arc_targets, fit_arc_layers, pair_features
-from probekit.probing.spans import POOLINGS, check_pooling, fit_attention_layers, span_features
+from probekit.probing.spans import check_pooling, fit_attention_layers, span_features
 from probekit.probing.structural import StructuralSettings
 from probekit.report.relations_figures import relations_by_layer
 from probekit.results.significance import bootstrap_interval, resample_weights, score, sentence_counts
