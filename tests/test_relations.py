@@ -202,3 +202,14 @@ def test_probekit_run_includes_the_relation_rows_and_figure(tmp_path, tiny_bert_
     assert set(rows[rows.method == "probe"].layer.astype(int)) == {0, 2}
     assert set(res.table.task) == {"subject", "subject_span"}
     assert (res.folder / "figures" / f"relations_by_layer_{str(tiny_bert_dir).replace('/', '_')}.png").is_file()
+
+
+def test_runner_on_a_decoder(tmp_path, tiny_gpt2_dir):
+    """A decoder's word vectors (last subword, left context only) go through the same runner."""
+    cfg = _cfg(tmp_path, tiny_gpt2_dir)
+    rcfg = rel.RelationsConfig(tasks=["dep_arc", "subject_span"], span_poolings=["endpoints"], epochs=2,
+                               bootstrap=100)
+    df = rel.run_relations(cfg, rcfg, progress=False).table()
+    probes = df[df.method == "probe"]
+    assert set(probes.model_kind) == {"decoder"} and set(probes.pooling) == {"last", "endpoints"}
+    assert probes[probes.metric == "uas"].value.between(0, 1).all()
