@@ -256,6 +256,17 @@ class ExperimentConfig:
         return dataclasses.replace(self, **changes)
 
 
+def section_settings(cls, section: dict | None, name: str, source: str = "config"):
+    """``cls(**section)`` for an optional study's section of an experiment YAML (``structural:``, ``relations:``);
+    a key that is not a field of ``cls`` is a ConfigError naming it, the section and the file."""
+    section = dict(section or {})
+    names = {f.name for f in fields(cls)}
+    for k in section:
+        if k not in names:
+            raise unknown_name(f"{name} setting", k, names, ConfigError, hint=f"(in {source}, '{name}')")
+    return cls(**section)
+
+
 def shipped_configs() -> dict[str, Path]:
     """The configs that ship with probekit, by name: the repository's ``configs/`` in a clone, the package's
     ``probekit/configs/`` in an installed wheel."""

@@ -24,14 +24,14 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from probekit.activations.models import fingerprint, load_model
-from probekit.config import ExperimentConfig
-from probekit.errors import ConfigError, DataError, unknown_name
+from probekit.config import ExperimentConfig, section_settings
+from probekit.errors import ConfigError, DataError
 from probekit.keys import content_key
 from probekit.probing.features import layer_groups
 from probekit.probing.linear import fit_layers
@@ -68,12 +68,7 @@ class RelationsConfig:
 
     @classmethod
     def from_dict(cls, d: dict | None, *, source: str = "config") -> "RelationsConfig":
-        d = dict(d or {})
-        names = {f.name for f in fields(cls)}
-        for k in d:
-            if k not in names:
-                raise unknown_name("relations setting", k, names, ConfigError, hint=f"(in {source}, 'relations')")
-        out = cls(**d)
+        out = section_settings(cls, d, "relations", source)
         if not out.tasks:
             raise ConfigError(f"{source}: 'relations.tasks' is empty; name at least one of dep_arc, dep_label, "
                               "subject_of, subject_span (or a pair/span/choice task of your own).")
