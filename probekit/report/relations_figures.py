@@ -13,6 +13,9 @@ from probekit.activations.models import ModelName
 from probekit.report.style import ONE_COLUMN, color, finish, new_figure, only_model, paper_style
 
 
+SHORT = {"uas": "UAS", "pos_f1": "F1", "accuracy": "acc."}
+
+
 def headline_metric(df, task: str) -> str:
     """The score drawn for ``task``: uas, pos_f1 (two classes) or accuracy."""
     metrics = set(df[df.task == task].metric)
@@ -28,17 +31,19 @@ def _curve(df, **kw):
 
 def relations_by_layer(df, stem: Path | None = None, formats=("pdf", "png"), *, ax=None, model: str | None = None):
     """Headline score by layer for every relation task of ``df`` (a results table); returns the Figure (saved to
-    ``stem`` when given). With ``ax``, draws into it (one model: ``model`` or the only non-random one)."""
+    ``stem`` when given). One model: ``model``, or the only one that is not a random-weights twin (a table of one
+    random-weights model: that one)."""
     df = df[df.level.isin(["pair", "span", "choice"])]
     if df.empty:
         return None
     probes = df[df.method == "probe"]
-    models = sorted(m for m in probes.model.unique() if "@random" not in m)
+    models = sorted(m for m in probes.model.unique() if "@random" not in m) or sorted(probes.model.unique())
     models = only_model(models, model, "relations_by_layer")
     m = models[0]
     with paper_style():
-        if ax is None:
-            fig, axes = new_figure((ONE_COLUMN, 2.6))
+        own = ax is None
+        if own:
+            fig, axes = new_figure((ONE_COLUMN, 4.0))
             ax = axes[0][0]
         else:
             fig = ax.figure
@@ -48,11 +53,11 @@ def relations_by_layer(df, stem: Path | None = None, formats=("pdf", "png"), *, 
         for i, (task, pooling) in enumerate(lines):
             metric = headline_metric(df, task)
             span = (probes[probes.task == task].level == "span").any()
-            label = f"{task} ({pooling})" if span else task
+            label = f"{task} {pooling}" if span else task
             cur = _curve(probes, model=m, task=task, pooling=pooling, metric=metric)
             if cur.empty:
                 continue
-            ax.plot(cur.layer, cur.value, marker="o", color=color(i), label=f"{label}: {metric}")
+            ax.plot(cur.layer, cur.value, marker="o", color=color(i), label=f"{label} ({SHORT[metric]})")
             lo = _curve(probes, model=m, task=task, pooling=pooling, metric=f"{metric}_ci_low")
             hi = _curve(probes, model=m, task=task, pooling=pooling, metric=f"{metric}_ci_high")
             if len(lo) == len(cur) == len(hi):
@@ -66,6 +71,9 @@ def relations_by_layer(df, stem: Path | None = None, formats=("pdf", "png"), *, 
                 drawn.add(task)
         ax.set_xlabel("layer (0 = embeddings)")
         ax.set_ylabel("test score")
-        ax.set_title(f"{m}: pairs and spans (dotted: random weights, dashed: majority)")
-        ax.legend(loc="best")
+        ax.set_title(f"{m} (dotted: random weights; dashed: majority)")
+        if own:
+            fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=1)
+        else:
+            ax.legend(loc="best")
         return finish(fig, stem, formats)
