@@ -12,7 +12,6 @@ from pathlib import Path
 from probekit.activations.models import ModelName
 from probekit.report.style import ONE_COLUMN, color, finish, new_figure, only_model, paper_style
 
-
 SHORT = {"uas": "UAS", "pos_f1": "F1", "accuracy": "acc."}
 
 
