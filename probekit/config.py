@@ -23,6 +23,7 @@ from probekit.data.own_data import FORMATS, HF_PREFIX, Columns
 from probekit.errors import ConfigError, TaskError, did_you_mean, unknown_name
 from probekit.probing.registry import get_probe
 from probekit.tasks import Task, get_task
+from probekit.tasks.base import RELATION_LEVELS
 from probekit.tracking import check_trackers
 
 _TYPE_NAMES = {"list": list, "dict": dict, "str": str, "bool": bool, "int": int, "float": float, "None": type(None)}
@@ -108,6 +109,9 @@ class ExperimentConfig:
     neurons: dict | None = _help(None, "Neuron-level analysis (NeuroX, Dalvi et al. 2019): elastic-net probe, neuron "
                                        "ranking, top/random/bottom-k accuracy and ablation (see docs/neurons.md); run "
                                        "by probekit run.")
+    relations: dict | None = _help(None, "Pair and span probes (dep_arc, dep_label, subject_of, subject_span): "
+                                         "tasks, span poolings, training settings (see docs/relations.md); run by "
+                                         "probekit run.")
     figures: list = _help(["pdf", "png"], "Figure formats (pdf, png, svg).")
     track: list = _help([], "Experiment trackers to log the finished run to: mlflow, tensorboard, wandb (extra "
                             "[track]; see probekit/tracking.py for where each writes).")
@@ -242,9 +246,12 @@ class ExperimentConfig:
             cfg = cls(**d)
             for t in cfg.tasks:  # here, not in __post_init__: the Python API also takes Task objects of its own
                 try:
-                    get_task(t)
+                    task = get_task(t)
                 except TaskError as e:
                     raise ConfigError(f"Config 'tasks': {e}") from None
+                if task.level in RELATION_LEVELS:
+                    raise ConfigError(f"Config 'tasks': {task.name} is a {task.level}-level task; list it under "
+                                      f"'relations: {{tasks: [{task.name}]}}' (see docs/relations.md).")
             return cfg
         except ConfigError as e:
             if source in str(e):
@@ -338,7 +345,7 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 #: config keys whose value is a mapping: ``--set KEY.SUB=VALUE`` sets one entry, ``--set KEY={...}`` merges
 MAPPING_KEYS = ("splits", "files", "columns", "limit", "mlp", "baselines", "erasure", "structural", "scalar_mix",
-                "neurons")
+                "neurons", "relations")
 
 
 def apply_overrides(base: dict, overrides: dict) -> dict:

@@ -5,14 +5,18 @@
   root word's answer is itself), softmax over the candidates, cross-entropy; metric: head accuracy (UAS) over all
   words. ``A`` is ``[d, d]`` per layer, trained with the structural probes' regimen (Adam lr 0.001, batches of 20
   sentences, dev-loss early stopping).
-* ``dep_label`` (Tenney et al. 2019's dependency edge task): given a gold arc (dependent i, head j; the root's arc
-  has no head word and is left out), its UD relation (the universal part, before ':'), from the pair feature
-  ``[h_i; h_j; h_i * h_j]`` with the batched multinomial logistic regression of :mod:`probekit.probing.linear`.
+* pair classification (``dep_label``, Tenney et al. 2019's dependency edge task: given a gold arc, its universal
+  UD relation; ``subject_of``: given a verb and a word, is the word its subject): the pair feature
+  ``[h_i; h_j; h_i * h_j]`` (:func:`pair_features`) with the batched multinomial logistic regression of
+  :mod:`probekit.probing.linear` (the runner, :mod:`probekit.runner.relations`, fits it).
+
+The items (which pairs, which heads, which labels) come from the tasks' label functions
+(``tasks/dep_arc.yaml`` ...; :meth:`probekit.tasks.base.Task.items`).
 
 Why ``[h_i; h_j; h_i * h_j]`` is the default pair feature for classification: a linear classifier on it can use
 each word alone (``h_i``, ``h_j``) and their feature-wise agreement (``h_i * h_j``), it is convex to fit (the
 existing L-BFGS trainer, with its L2 chosen on dev), and it has 3d inputs per class; a full bilinear form has d^2 per
-class (147k for d = 384), which on EWT's 38 relations is 5.6M parameters learned from ~50k arcs. For ``dep_arc``,
+class (147k for d = 384), which for the 36 universal relations of ``dep_label`` is 5.3M parameters. For ``dep_arc``,
 where the candidates of a word compete in one softmax, the score must compare pairs, so there the bilinear form is
 the probe (as in Hewitt & Liang).
 """
@@ -20,22 +24,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
 from probekit._device import small_problem_threads, torch_threads
 from probekit.errors import DataError
-from probekit.probing.linear import fit_layers
 from probekit.probing.structural import StructuralSettings, _as_tensor, _device
-from probekit.results.table import classification_metrics
-from probekit.tasks.relations import check_tree
+from probekit.tasks.base import RelationItems
 
 
 @dataclass
 class ArcTargets:
     """Gold heads of a split: word offsets of its sentences and each word's head (0-based within its sentence;
-    the root word points at itself)."""
+    the root word points at itself; -1 = left out of training and scoring)."""
 
     offsets: np.ndarray
     heads: list
@@ -44,14 +45,20 @@ class ArcTargets:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
+    @property
+    def n_scored(self) -> int:
+        return int(sum((h >= 0).sum() for h in self.heads))
 
-def arc_targets(sentences: Sequence) -> ArcTargets:
-    offsets = np.concatenate([[0], np.cumsum([len(s) for s in sentences])]).astype(np.int64)
-    heads = []
-    for s in sentences:
-        parent = check_tree(s)
-        heads.append(np.where(parent < 0, np.arange(len(parent)), parent))
-    return ArcTargets(offsets=offsets, heads=heads)
+
+def arc_targets(items: RelationItems) -> ArcTargets:
+    """:class:`ArcTargets` from the items of a ``choice`` task (``dep_arc``: one item per word, in corpus order)."""
+    if items.level != "choice":
+        raise DataError(f"arc_targets needs the items of a choice task (dep_arc), got a {items.level} task's.")
+    lengths = np.diff(items.offsets)
+    heads = [np.full(n, -1, dtype=np.int64) for n in lengths]
+    for k, i, j in zip(items.sentence, items.a, items.y):
+        heads[k][i] = j
+    return ArcTargets(offsets=items.offsets, heads=heads)
 
 
 def _arc_batch(data: ArcTargets, sents: np.ndarray, device: str):
@@ -65,7 +72,7 @@ def _arc_batch(data: ArcTargets, sents: np.ndarray, device: str):
     start = 0
     for b, (s, n) in enumerate(zip(sents, lens)):
         pad[b, :n] = np.arange(start, start + n)
-        gold[b, :n] = data.heads[s]
+        gold[b, :n] = np.where(data.heads[s] >= 0, data.heads[s], -100)
         start += n
     mask = np.arange(m)[None, :] < lens[:, None]  # [b, m] real candidates
     t = lambda a: torch.as_tensor(a, device=device)  # noqa: E731
@@ -97,7 +104,10 @@ def _arc_loss(S, gold):
 def fit_arc_layers(X_train, train: ArcTargets, X_dev, dev: ArcTargets, X_test, test: ArcTargets, *,
                    settings: StructuralSettings | None = None) -> list[dict]:
     """Train the bilinear head probe on every layer of ``X_*`` (``[L, words, d]``) at once; per layer
-    ``{"uas": test head accuracy, "epochs": ..., "dev_loss": ...}``."""
+    ``{"uas": test head accuracy over the scored words, "pred": [test words] predicted head (0-based in its
+    sentence), "epochs": ..., "dev_loss": ...}``."""
+    if not (train.n_scored and dev.n_scored and test.n_scored):
+        raise DataError("dep_arc: a split has no scored words (every head left out?).")
     st = settings or StructuralSettings()
     device = _device(st.device)
     L, _, d = X_train.shape
@@ -136,7 +146,7 @@ def _fit_arcs(X_train, train, X_dev, dev, X_test, test, st, device):
             tot = torch.zeros(L, dtype=torch.float64, device=device)
             for rows, pad, gold, mask in dev_batches:
                 tot += _arc_loss(_arc_scores(Xd, rows, pad, mask, A), gold).double() * int((gold >= 0).sum())
-            dev_loss = (tot / float(dev.offsets[-1])).cpu().numpy()
+            dev_loss = (tot / float(dev.n_scored)).cpu().numpy()
             for layer in np.flatnonzero(active):
                 epochs[layer] = epoch + 1
                 if dev_loss[layer] < best[layer] - 1e-4:
@@ -144,55 +154,25 @@ def _fit_arcs(X_train, train, X_dev, dev, X_test, test, st, device):
                     best_A[layer] = A[layer]
                 elif best_epoch[layer] < epoch - st.patience:
                     active[layer] = False
-    correct = np.zeros(L)
+    pred = np.zeros((L, int(test.offsets[-1])), dtype=np.int64)
     with torch.no_grad():
         for i in range(0, len(test.lengths), 64):
-            rows, pad, gold, mask = _arc_batch(test, np.arange(i, min(i + 64, len(test.lengths))), device)
-            pred = _arc_scores(Xs, rows, pad, mask, best_A).argmax(-1)
-            correct += ((pred == gold[None]) & (gold[None] >= 0)).sum((1, 2)).cpu().numpy()
-    return [{"uas": float(correct[i] / test.offsets[-1]), "epochs": int(epochs[i]), "dev_loss": float(best[i])}
-            for i in range(L)]
+            sents = np.arange(i, min(i + 64, len(test.lengths)))
+            rows, pad, gold, mask = _arc_batch(test, sents, device)
+            best_j = _arc_scores(Xs, rows, pad, mask, best_A).argmax(-1).cpu().numpy()  # [L, b, m]
+            for b, s_ in enumerate(sents):
+                lo, hi = test.offsets[s_], test.offsets[s_ + 1]
+                pred[:, lo:hi] = best_j[:, b, :hi - lo]
+    gold = np.concatenate(test.heads)
+    scored = gold >= 0
+    return [{"uas": float((pred[i][scored] == gold[scored]).mean()), "pred": pred[i], "epochs": int(epochs[i]),
+             "dev_loss": float(best[i])} for i in range(L)]
 
 
-def label_pairs(sentences: Sequence, labels: Sequence[str] | None = None):
-    """Gold arcs of a split for ``dep_label``: (dependent rows, head rows) in corpus word order and the class ids of
-    their universal relations; the label set is ``labels`` or the sorted relations seen here."""
-    dep, head, rel, start = [], [], [], 0
-    for s in sentences:
-        parent = check_tree(s)
-        for i, p in enumerate(parent):
-            if p >= 0:
-                dep.append(start + i)
-                head.append(start + p)
-                rel.append(s.deprels[i].split(":")[0])
-        start += len(s)
-    labels = list(labels) if labels is not None else sorted(set(rel))
-    index = {r: k for k, r in enumerate(labels)}
-    y = np.array([index.get(r, -1) for r in rel], dtype=np.int64)  # -1: a relation unseen in train, left out
-    return np.asarray(dep), np.asarray(head), y, labels
-
-
-def pair_features(X: np.ndarray, dep: np.ndarray, head: np.ndarray) -> np.ndarray:
-    """``[L, pairs, 3d]`` features ``[h_i; h_j; h_i * h_j]`` (float32) of (dependent, head) rows of ``[L, words, d]``."""
-    if len(dep) == 0:
-        raise DataError("dep_label: the split has no gold arcs (one-word sentences only?).")
-    hi, hj = X[:, dep].astype(np.float32), X[:, head].astype(np.float32)
-    return np.concatenate([hi, hj, hi * hj], axis=-1)
-
-
-def fit_label_layers(X: dict, sentences: dict, *, Cs: Sequence[float] = (0.01, 0.1, 1.0), device: str | None = None,
-                     seed: int = 0) -> list[dict]:
-    """``dep_label`` on every layer of ``X`` (``{role: [L, words, d]}``): per layer test accuracy and macro-F1.
-
-    The L2 strength is chosen per layer on dev, as for the word probes."""
-
-    dep, head, y, labels = label_pairs(sentences["train"])
-    F, Y = {"train": pair_features(X["train"], dep, head)}, {"train": y}
-    for role in ("dev", "test"):
-        d_, h_, y_, _ = label_pairs(sentences[role], labels)
-        keep = y_ >= 0
-        F[role], Y[role] = pair_features(X[role], d_[keep], h_[keep]), y_[keep]
-    fits = fit_layers(F["train"], Y["train"], n_classes=len(labels), Cs=tuple(Cs), X_dev=F["dev"], y_dev=Y["dev"],
-                      device=device, seed=seed)
-    return [{**classification_metrics(Y["test"], f.predict(F["test"][i]), len(labels)), "C": f.C}
-            for i, f in enumerate(fits)]
+def pair_features(X: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``[L, pairs, 3d]`` features ``[h_a; h_b; h_a * h_b]`` (float32) of the word rows ``a``, ``b`` of
+    ``[L, words, d]``."""
+    if len(a) == 0:
+        raise DataError("pair features: the split has no pairs (one-word sentences only?).")
+    ha, hb = X[:, a].astype(np.float32), X[:, b].astype(np.float32)
+    return np.concatenate([ha, hb, ha * hb], axis=-1)

@@ -26,7 +26,9 @@ from probekit.errors import DataError
 from probekit.probing.features import FeatureCache
 from probekit.report import figures
 from probekit.report.neuron_figures import neuron_figures
+from probekit.report.relations_figures import relations_by_layer
 from probekit.report.structural_figures import structural_figures
+from probekit.report.style import figure_paths
 from probekit.report.tables import best_layer_table, summarize
 from probekit.results.analysis import analyse
 from probekit.results.table import (
@@ -42,6 +44,7 @@ from probekit.runner.data import extract_stores, load_data, model_list
 from probekit.runner.erasure import ErasureSettings, run_erasure
 from probekit.runner.neurons import NeuronsConfig, run_neurons
 from probekit.runner.probe_task import probe_task
+from probekit.runner.relations import RelationsConfig, run_relations
 from probekit.runner.scalar_mix import ScalarMixConfig, run_scalar_mix
 from probekit.runner.structural import StructuralConfig, run_structural
 from probekit.runner.units import ProbePolicy, Unit, plan_units
@@ -89,13 +92,14 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> Experimen
     if scalar_mix is not None:
         scalar_mix.task_names(cfg)  # its task errors too
     neurons = NeuronsConfig.from_dict(cfg.neurons) if cfg.neurons else None
+    relations = RelationsConfig.from_dict(cfg.relations) if cfg.relations else None
     data, data_fp = load_data(cfg)
     # a second run of the same experiment waits, then reuses the first one's units instead of computing them again
     lock = acquire_lock(Path(cfg.results_dir) / f".{cfg.name}.lock", f"The results folder {folder}", DataError)
     try:
         _remove_temporaries(folder)
         return _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, erasure, structural,
-                           scalar_mix, neurons)
+                           scalar_mix, neurons, relations)
     finally:
         lock.release()
 
@@ -109,7 +113,7 @@ def _remove_temporaries(folder: Path) -> None:
 
 
 def _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, erasure, structural,
-                scalar_mix, neurons) -> ExperimentResult:
+                scalar_mix, neurons, relations) -> ExperimentResult:
     all_rows: list[dict] = []
     unit_keys: list[str] = []
     models_info = {}
@@ -168,6 +172,8 @@ def _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, eras
     if neurons is not None:
         neuron_res = run_neurons(cfg, neurons, data=data, data_fp=data_fp, progress=progress)
         all_rows.extend(neuron_res.rows)
+    if relations is not None:
+        all_rows.extend(run_relations(cfg, relations, data=data, data_fp=data_fp, progress=progress).rows)
     df, timings = to_frames(all_rows)
     # the folder's files are one commit: .writing marks it open until committed.json lists them (results/table.py)
     begin_folder_write(folder)
@@ -190,6 +196,11 @@ def _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, eras
         figs += structural_figures(struct_res, folder / "figures", formats=cfg.figures)
     if neuron_res is not None:
         figs += neuron_figures(neuron_res, folder / "figures", formats=cfg.figures)
+    if relations is not None:
+        for m in (m for m in cfg.models if "@random" not in m):
+            stem = folder / "figures" / f"relations_by_layer_{m.replace('/', '_')}"
+            relations_by_layer(df, stem, formats=cfg.figures, model=m)
+            figs += figure_paths(stem, cfg.figures)
     commit_folder(folder, ["results.csv", "timings.csv", "summary.csv", "provenance.json", "config.yaml"])
     _append_run_log(folder, {"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t_start)),
                              "seconds": round(time.time() - t_start, 2), "forward_passes": forward_passes})

@@ -16,14 +16,14 @@ from __future__ import annotations
 import io
 import logging
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from probekit._io import atomic_write_bytes
 from probekit.activations.models import fingerprint, load_model
-from probekit.config import ExperimentConfig
+from probekit.config import ExperimentConfig, section_settings
 from probekit.errors import ConfigError, unknown_name
 from probekit.keys import content_key
 from probekit.probing.features import layer_groups
@@ -68,12 +68,7 @@ class StructuralConfig:
 
     @classmethod
     def from_dict(cls, d: dict | None, *, source: str = "config") -> "StructuralConfig":
-        d = dict(d or {})
-        names = {f.name for f in fields(cls)}
-        for k in d:
-            if k not in names:
-                raise unknown_name("structural setting", k, names, ConfigError, hint=f"(in {source}, 'structural')")
-        out = cls(**d)
+        out = section_settings(cls, d, "structural", source)
         for k in out.kinds:
             if k not in KINDS:
                 raise unknown_name("structural probe kind", k, KINDS, ConfigError, hint=f"(in {source})")

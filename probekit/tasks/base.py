@@ -1,7 +1,13 @@
 """Task specs (YAML) + registered label functions.
 
 A word-level label function maps a :class:`~probekit.data.Sentence` to one label per word
-(``None`` = leave this word out); a sentence-level one maps it to one label or ``None``.
+(``None`` = leave this word out); a sentence-level one maps it to one label or ``None``. The relation levels
+(:data:`RELATION_LEVELS`, probed by :mod:`probekit.runner.relations`) return items over the sentence's words:
+
+* ``pair``: a list of ``(i, j, label)``, two 0-based word indices and the pair's label;
+* ``span``: a list of ``(start, end, label)``, the words ``start .. end - 1`` (0-based, end exclusive);
+* ``choice``: one 0-based word index (the word chosen for this word, e.g. its head) or ``None`` per word; the
+  task's ``labels`` then has one entry naming what is chosen (``[head]``).
 """
 from __future__ import annotations
 
@@ -22,6 +28,12 @@ from probekit.keys import code_version, content_key, payload_digest
 
 LabelFn = Callable[[Sentence], object]
 _LABEL_FNS: dict[str, LabelFn] = {}
+
+#: Levels probed word by word or sentence by sentence (the experiment's ``tasks:``).
+ITEM_LEVELS = ("word", "sentence")
+#: Levels whose items relate several words (``relations:`` of an experiment; see the module doc).
+RELATION_LEVELS = ("pair", "span", "choice")
+LEVELS = ITEM_LEVELS + RELATION_LEVELS
 
 TASK_KEYS = {"name", "level", "description", "labels", "label_fn", "label", "version", "rule", "citation", "params"}
 #: ``label: extra.NAME`` in a task file: the labels of the sentences' own column NAME (``Sentence.extra``).
@@ -75,6 +87,7 @@ def _resolve_label_fn(ref: str, where: str) -> LabelFn:
 
 def _load_builtin_label_fns() -> None:
     import probekit.tasks.labels  # noqa: F401  (registers the word-level label functions)
+    import probekit.tasks.relations  # noqa: F401  (registers the pair, span and choice label functions)
     try:
         import probekit.tasks.sentence_labels  # noqa: F401
     except ImportError:
@@ -87,7 +100,7 @@ class Task:
 
     Attributes:
         name: registry name, e.g. ``upos``.
-        level: ``word`` or ``sentence``.
+        level: ``word``, ``sentence`` or a relation level (``pair``, ``span``, ``choice``).
         labels: the label set in a fixed order (index = class id).
         label_fn: Sentence -> per-word labels (word level) or one label (sentence level).
         version: bumped whenever the labelling rule changes (it is part of result rows).
@@ -128,7 +141,11 @@ class Task:
         return self.label_fn(sentence, **self.params) if self.params else self.label_fn(sentence)
 
     def encode(self, sentences: Sequence[Sentence]) -> np.ndarray:
-        """Class ids for every word (word tasks; flattened in corpus order) or sentence; -1 = left out."""
+        """Class ids for every word (word tasks; flattened in corpus order) or sentence; -1 = left out. For a
+        relation level: the class ids of the items in the label function's order (``pair``, ``span``), or each
+        word's chosen word index (``choice``; -1 = left out)."""
+        if self.level in RELATION_LEVELS:
+            return np.asarray(self.items(sentences).y, dtype=np.int64)
         index = {lab: i for i, lab in enumerate(self.labels)}
         out: list[int] = []
         for s in sentences:
@@ -143,6 +160,45 @@ class Task:
                 out.append(self._index(index, labs, s))
         return np.asarray(out, dtype=np.int64)
 
+    def items(self, sentences: Sequence[Sentence]) -> "RelationItems":
+        """The items of a relation-level task over ``sentences`` (see :class:`RelationItems`)."""
+        if self.level not in RELATION_LEVELS:
+            raise TaskError(f"Task {self.name} is a {self.level}-level task; items() is for the relation levels "
+                            f"{list(RELATION_LEVELS)}.")
+        index = {lab: i for i, lab in enumerate(self.labels)}
+        sent, a, b, y = [], [], [], []
+        for k, s in enumerate(sentences):
+            out = self.label(s)
+            n = len(s)
+            if self.level == "choice":
+                if len(out) != n:
+                    raise TaskError(f"Task {self.name}: label function returned {len(out)} choices for sentence "
+                                    f"{s.sent_id!r} with {n} words.")
+                for i, j in enumerate(out):
+                    if j is not None and not 0 <= j < n:
+                        raise TaskError(f"Task {self.name}: word {i + 1} of sentence {s.sent_id!r} chooses word "
+                                        f"index {j}, outside 0..{n - 1}.")
+                    sent.append(k)
+                    a.append(i)
+                    b.append(i)
+                    y.append(-1 if j is None else int(j))
+                continue
+            for item in out:
+                i, j, lab = item
+                ok = (0 <= i < n and 0 <= j < n) if self.level == "pair" else (0 <= i < j <= n)
+                if not ok:
+                    raise TaskError(f"Task {self.name}: item {item!r} of sentence {s.sent_id!r} ({n} words) is not "
+                                    + ("two word indices in 0..n-1." if self.level == "pair"
+                                       else "a span start < end within 0..n."))
+                sent.append(k)
+                a.append(i)
+                b.append(j)
+                y.append(self._index(index, lab, s))
+        offsets = np.concatenate([[0], np.cumsum([len(s) for s in sentences])]).astype(np.int64)
+        return RelationItems(level=self.level, sentence=np.asarray(sent, dtype=np.int64),
+                             a=np.asarray(a, dtype=np.int64), b=np.asarray(b, dtype=np.int64),
+                             y=np.asarray(y, dtype=np.int64), offsets=offsets)
+
     def _index(self, index, lab, s) -> int:
         if lab is None:
             return -1
@@ -151,6 +207,31 @@ class Task:
         except KeyError:
             raise TaskError(f"Task {self.name}: label {lab!r} (sentence {s.sent_id!r}) is not in the task's label set "
                             f"{self.labels}. Add it to the YAML's 'labels' or fix the label function.") from None
+
+
+@dataclass
+class RelationItems:
+    """The items of a relation-level task over a list of sentences, in corpus order.
+
+    ``sentence[k]`` is item k's sentence (position in the list), ``a[k]`` / ``b[k]`` its word indices within that
+    sentence (``pair``: the two words; ``span``: start and end, end exclusive; ``choice``: the word itself twice),
+    ``y[k]`` its class id (``choice``: the chosen word's index in the sentence; -1 = left out). ``offsets`` are the
+    sentences' first word rows in a store of these sentences (``[S + 1]``), so ``offsets[sentence] + a`` is a row.
+    """
+
+    level: str
+    sentence: np.ndarray
+    a: np.ndarray
+    b: np.ndarray
+    y: np.ndarray
+    offsets: np.ndarray
+
+    def rows(self, which: str = "a") -> np.ndarray:
+        """Store rows of the items' ``a`` (or ``b``) words."""
+        return self.offsets[self.sentence] + (self.a if which == "a" else self.b)
+
+    def take(self, keep: np.ndarray) -> "RelationItems":
+        return RelationItems(self.level, self.sentence[keep], self.a[keep], self.b[keep], self.y[keep], self.offsets)
 
 
 def task_dirs() -> list[Path]:
@@ -190,8 +271,8 @@ def load_task_file(path: Path) -> Task:
                         f"(docs/data.md); got {spec['label']!r}.")
     if "label" in spec and spec.get("params"):
         raise TaskError(f"{path}: 'params' go to a label function; a task with 'label: extra.NAME' has none.")
-    if spec["level"] not in ("word", "sentence"):
-        raise TaskError(f"{path}: level must be 'word' or 'sentence', got {spec['level']!r}.")
+    if spec["level"] not in LEVELS:
+        raise TaskError(f"{path}: level must be one of {', '.join(LEVELS)}; got {spec['level']!r}.")
     labels = spec["labels"]
     if not isinstance(labels, list) or not labels or not all(isinstance(x, (str, int)) and not isinstance(x, bool)
                                                              for x in labels):

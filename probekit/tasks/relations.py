@@ -6,6 +6,9 @@ depth (path length to the root word; the root word has depth 0).
 
 Every function checks that the sentence has a dependency tree (HEAD read, one root, no cycle) and raises
 :class:`~probekit.errors.DataError` naming the sentence otherwise.
+
+It also holds the label functions of the relation-level tasks (``tasks/dep_arc.yaml``, ``dep_label.yaml``,
+``subject_of.yaml``, ``subject_span.yaml``; the rules are stated there): their items are read from the same tree.
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import numpy as np
 
 from probekit.data.conllu_io import Sentence
 from probekit.errors import DataError
+from probekit.tasks.base import register_label_fn
 
 #: The punctuation tags the reference code of Hewitt & Manning (john-hewitt/structural-probes) excludes from UUAS
 #: and root accuracy (PTB XPOS). A word is punctuation when its XPOS is one of these or its UPOS is PUNCT, so that
@@ -101,3 +105,71 @@ def tree_distances(s: Sentence) -> np.ndarray:
 def punct_mask(s: Sentence) -> np.ndarray:
     """``[n]`` bool: the words excluded from UUAS and root accuracy (see :data:`PTB_PUNCT`)."""
     return np.array([u == "PUNCT" or x in PTB_PUNCT for u, x in zip(s.upos, s.xpos)], dtype=bool)
+
+
+
+# ----------------------------------------------------------------------------------------------- relation tasks
+
+#: Relations that make a word its head verb's subject in ``subject_of`` (nsubj:outer is not one: see subject.yaml).
+SUBJECT_OF_RELS = frozenset({"nsubj", "nsubj:pass", "csubj", "csubj:pass"})
+#: Relations that make a noun-phrase span a subject in ``subject_span`` (nominal subjects only, as the word task).
+SUBJECT_SPAN_RELS = frozenset({"nsubj", "nsubj:pass"})
+#: Heads of the noun-phrase spans of ``subject_span``.
+NOMINAL_UPOS = frozenset({"NOUN", "PROPN", "PRON"})
+
+
+@register_label_fn("dep_arc", needs=("syntax",))
+def dep_arc(s: Sentence) -> list[int]:
+    """Each word's head (0-based); the root word chooses itself."""
+    parent = check_tree(s)
+    return [int(p) if p >= 0 else i for i, p in enumerate(parent)]
+
+
+@register_label_fn("dep_label", needs=("syntax",))
+def dep_label(s: Sentence) -> list[tuple[int, int, str]]:
+    """(dependent, head, universal relation) of every gold arc; the root's arc has no head word and is left out."""
+    parent = check_tree(s)
+    return [(i, int(p), s.deprels[i].split(":")[0]) for i, p in enumerate(parent) if p >= 0]
+
+
+@register_label_fn("subject_of", needs=("upos", "syntax"))
+def subject_of(s: Sentence) -> list[tuple[int, int, str]]:
+    """(verb, candidate, subj | not_subj) for every UPOS VERB word and every other word of its sentence."""
+    parent = check_tree(s)
+    out = []
+    for v, u in enumerate(s.upos):
+        if u != "VERB":
+            continue
+        for w in range(len(s)):
+            if w != v:
+                subj = parent[w] == v and s.deprels[w] in SUBJECT_OF_RELS
+                out.append((v, w, "subj" if subj else "not_subj"))
+    return out
+
+
+def subtree_span(parent: np.ndarray, head: int) -> tuple[int, int, bool]:
+    """(start, end, contiguous): the word range ``start .. end - 1`` covered by ``head``'s subtree (the head and all
+    its descendants), and whether the subtree fills that range (False: a non-projective subtree with a gap)."""
+    inside = np.zeros(len(parent), dtype=bool)
+    for i in range(len(parent)):
+        j = i
+        while j >= 0 and j != head:
+            j = parent[j]
+        inside[i] = j == head
+    idx = np.flatnonzero(inside)
+    start, end = int(idx[0]), int(idx[-1]) + 1
+    return start, end, bool(inside[start:end].all())
+
+
+@register_label_fn("subject_span", needs=("upos", "syntax"))
+def subject_span(s: Sentence) -> list[tuple[int, int, str]]:
+    """(start, end, subj | not_subj) for the subtree of every NOUN / PROPN / PRON word whose subtree is contiguous."""
+    parent = check_tree(s)
+    out = []
+    for h, u in enumerate(s.upos):
+        if u not in NOMINAL_UPOS:
+            continue
+        start, end, contiguous = subtree_span(parent, h)
+        if contiguous:
+            out.append((start, end, "subj" if s.deprels[h] in SUBJECT_SPAN_RELS else "not_subj"))
+    return out

@@ -1,0 +1,267 @@
+"""Pair, choice and span probes for a config's models: stores -> probes on every layer -> rows of the results table.
+
+:func:`run_relations` runs the relation-level tasks (``pair``, ``span``, ``choice``; :mod:`probekit.tasks.base`)
+named in the ``relations:`` section of an experiment YAML (:class:`RelationsConfig`) for each model of the
+experiment and its random-weights twin:
+
+* ``choice`` tasks (``dep_arc``): the bilinear head probe of :mod:`probekit.probing.pairs`, metric ``uas``;
+* ``pair`` tasks (``dep_label``, ``subject_of``): the linear probe on ``[h_i; h_j; h_i * h_j]``;
+* ``span`` tasks (``subject_span``): the linear probe on each fixed span pooling (mean, max, endpoints) and
+  Tenney's self-attentive pooling (:mod:`probekit.probing.spans`); the ``pooling`` column names the span pooling.
+
+Rows: ``accuracy`` and ``macro_f1`` (``uas`` for a choice task), ``pos_f1`` for two-class tasks, each with
+``<metric>_ci_low`` / ``<metric>_ci_high``: a percentile interval of the sentence bootstrap of
+:mod:`probekit.results.significance` (test sentences resampled with replacement, one set of resamples shared by
+every score). Per task and model, a ``majority`` baseline row set (``method`` = baseline, no layer): the most
+frequent training class for every test item; for a choice task, the most frequent offset from a word to its
+chosen word in train (e.g. "the head is the next word"), applied to every test word.
+
+Finished units (model x task x pooling) are kept under ``results/<experiment>/relations/runs`` and reused.
+``probekit run`` calls :func:`run_relations` for a config with a ``relations:`` section.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from probekit.activations.models import fingerprint, load_model
+from probekit.config import ExperimentConfig, section_settings
+from probekit.errors import ConfigError, DataError
+from probekit.keys import content_key
+from probekit.probing.features import layer_groups
+from probekit.probing.linear import fit_layers
+from probekit.probing.pairs import arc_targets, fit_arc_layers, pair_features
+from probekit.probing.spans import check_pooling, fit_attention_layers, span_features
+from probekit.probing.structural import StructuralSettings
+from probekit.report.relations_figures import relations_by_layer
+from probekit.results.significance import bootstrap_interval, resample_weights, score, sentence_counts
+from probekit.results.table import load_unit, row, save_unit, to_frames, write_csv
+from probekit.runner.data import extract_stores, load_data, model_list
+from probekit.tasks.base import RELATION_LEVELS, RelationItems, get_task
+
+log = logging.getLogger(__name__)
+
+#: Part of every unit's key: bumped when the code changes the numbers it gives.
+UNIT_VERSION = 1
+#: Largest feature block (bytes, float32, train + dev + test) built for one layer group.
+BUDGET = 1 << 30
+
+
+@dataclass
+class RelationsConfig:
+    """The ``relations:`` section of an experiment YAML."""
+
+    tasks: list = field(default_factory=lambda: ["dep_arc", "dep_label", "subject_of", "subject_span"])
+    span_poolings: list = field(default_factory=lambda: ["mean", "max", "endpoints", "attention"])
+    #: dep_arc and the attention pooling (Adam, dev-loss early stopping)
+    epochs: int = 40
+    batch_size: int = 20  # sentences per dep_arc batch (the structural probes' regimen)
+    lr: float = 1e-3
+    patience: int = 4
+    bootstrap: int = 1000
+    confidence: float = 0.95
+
+    @classmethod
+    def from_dict(cls, d: dict | None, *, source: str = "config") -> "RelationsConfig":
+        out = section_settings(cls, d, "relations", source)
+        if not out.tasks:
+            raise ConfigError(f"{source}: 'relations.tasks' is empty; name at least one of dep_arc, dep_label, "
+                              "subject_of, subject_span (or a pair/span/choice task of your own).")
+        for t in out.tasks:
+            task = get_task(t)
+            if task.level not in RELATION_LEVELS:
+                raise ConfigError(f"{source}: 'relations.tasks' lists {t}, a {task.level}-level task; word and "
+                                  "sentence tasks go under 'tasks'.")
+        for p in out.span_poolings:
+            check_pooling(p)
+        for k in ("epochs", "batch_size", "patience", "bootstrap"):
+            v = getattr(out, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if k in ("patience", "bootstrap") else 1):
+                raise ConfigError(f"{source}: 'relations.{k}' must be a positive whole number, got {v!r}.")
+        return out
+
+
+@dataclass
+class RelationsResult:
+    """What :func:`run_relations` returns: the rows of the results table."""
+
+    rows: list
+
+    def table(self):
+        return to_frames(self.rows)[0]
+
+
+def task_items(task, data: dict) -> dict[str, RelationItems]:
+    """The task's items per split role, labelled items only; DataError naming the split when one has none."""
+    out = {}
+    for role in ("train", "dev", "test"):
+        it = task.items(data[role])
+        it = it.take(np.flatnonzero(it.y >= 0))
+        if not len(it.y):
+            raise DataError(f"Task {task.name} has no items in the {role} split ({len(data[role])} sentences); "
+                            "give more sentences.")
+        out[role] = it
+    return out
+
+
+def _fit_group(task, items: dict, X: dict, pooling: str | None, rcfg: RelationsConfig, cfg: ExperimentConfig,
+               group: list[int]) -> list[dict]:
+    """One layer group: per layer ``{"pred": test predictions, "n_params": ..., "reg": ...}``."""
+    seed = cfg.seeds[0]
+    if task.level == "choice":
+        st = StructuralSettings(epochs=rcfg.epochs, batch_size=rcfg.batch_size, lr=rcfg.lr, patience=rcfg.patience,
+                                seed=seed, device=cfg.device)
+        t = {r: arc_targets(items[r]) for r in items}
+        res = fit_arc_layers(X["train"], t["train"], X["dev"], t["dev"], X["test"], t["test"], settings=st)
+        d = X["train"].shape[-1]
+        test = items["test"]
+        return [{"pred": r["pred"][test.rows("a")], "n_params": d * d, "reg": None} for r in res]
+    n_classes = len(task.labels)
+    if task.level == "span" and pooling == "attention":
+        return fit_attention_layers(X, items, n_classes=n_classes, epochs=rcfg.epochs, lr=rcfg.lr,
+                                    patience=rcfg.patience, seed=seed, device=cfg.device)
+    if task.level == "pair":
+        F = {r: pair_features(X[r], items[r].rows("a"), items[r].rows("b")) for r in items}
+    else:
+        F = {r: span_features(X[r], items[r], pooling) for r in items}
+    fits = fit_layers(F["train"], items["train"].y, n_classes=n_classes, Cs=tuple(cfg.Cs), X_dev=F["dev"],
+                      y_dev=items["dev"].y, layers=group, device=cfg.device, seed=seed)
+    return [{"pred": f.predict(F["test"][i]), "n_params": f.n_params, "reg": f.C} for i, f in enumerate(fits)]
+
+
+def _metric_names(task) -> list[str]:
+    if task.level == "choice":
+        return ["uas"]
+    return ["accuracy", "macro_f1"] + (["pos_f1"] if len(task.labels) == 2 else [])
+
+
+def score_rows(task, test: RelationItems, pred: np.ndarray, weights: np.ndarray | None, confidence: float,
+               common: dict, **extra) -> list[dict]:
+    """Rows of one prediction set: each metric and its sentence-bootstrap interval (``weights``; None = no CI)."""
+    out = []
+    n_sent = len(test.offsets) - 1
+    n_classes = 2 if task.level == "choice" else len(task.labels)
+    gold, guess = test.y, np.asarray(pred)
+    if task.level == "choice":  # accuracy of the chosen word, as class ids 1 = right / 0 = wrong
+        gold, guess = np.ones_like(gold), (guess == gold).astype(np.int64)
+    for metric in _metric_names(task):
+        stat = "accuracy" if metric == "uas" else metric
+        counts = sentence_counts(stat, gold, guess, test.sentence, n_sent, n_classes)
+        if weights is None:
+            value, cis = float(score(stat, counts.sum(0))), ()
+        else:
+            value, lo, hi = bootstrap_interval(stat, counts, weights, confidence)
+            cis = (lo, hi)
+        out.append(row(**common, split="test", metric=metric, value=value, **extra))
+        for side, v in zip(("ci_low", "ci_high"), cis):
+            out.append(row(**common, split="test", metric=f"{metric}_{side}", value=v, **extra))
+    return out
+
+
+def majority_prediction(task, items: dict) -> np.ndarray:
+    """The majority baseline's test predictions (see the module doc)."""
+    train, test = items["train"], items["test"]
+    if task.level == "choice":
+        offsets, counts = np.unique(train.y - train.a, return_counts=True)
+        return test.a + offsets[np.argmax(counts)]
+    return np.full(len(test.y), np.bincount(train.y, minlength=len(task.labels)).argmax())
+
+
+def run_relations(cfg: ExperimentConfig, rcfg: RelationsConfig | None = None, *, data: dict | None = None,
+                  data_fp: dict | None = None, progress: bool = True) -> RelationsResult:
+    """Relation-level probes (and majority baselines) for every model of ``cfg``; see the module docstring."""
+    rcfg = rcfg or RelationsConfig()
+    folder = Path(cfg.results_dir) / cfg.name / "relations" / "runs"
+    if data is None or data_fp is None:
+        data, data_fp = load_data(cfg)
+    data_key = {role: {k: v for k, v in fp.items() if k != "file"} for role, fp in data_fp.items()}
+    tasks = [get_task(t) for t in rcfg.tasks]
+    items = {t.name: task_items(t, data) for t in tasks}
+    n_test = len(data["test"])
+    weights = resample_weights(n_test, rcfg.bootstrap, seed=cfg.seeds[0]) if rcfg.bootstrap else None
+    settings = {k: v for k, v in asdict(rcfg).items() if k not in ("tasks", "span_poolings")}
+    all_rows: list[dict] = []
+    for m in model_list(cfg):
+        fp = fingerprint(m)
+        plan = []  # (task, pooling, key)
+        for t in tasks:
+            for pooling in (rcfg.span_poolings if t.level == "span" else [None]):
+                spec = {"v": UNIT_VERSION, "model": fp, "data": data_key, "task": t.fingerprint, "pooling": pooling,
+                        "seed": cfg.seeds[0], "layers": cfg.layers, "dtype": cfg.dtype, "Cs": list(cfg.Cs),
+                        "word_pooling": cfg.word_pooling, "settings": settings, "experiment": cfg.name}
+                plan.append((t, pooling, content_key("unit", spec)))
+        done = {key: load_unit(folder / f"{key}.json", key=key, strict=cfg.strict) for *_, key in plan}
+        pending = [p for p in plan if done[p[2]] is None]
+        if pending:
+            lm = load_model(m, device=cfg.device, dtype=cfg.weights_dtype)
+            stores = extract_stores(cfg, lm, data, data_fp, progress=progress)
+            info = {"model": m, "model_kind": lm.kind, "model_hash": lm.weights_hash[:16]}
+            n_layers = stores["train"].n_layers
+            layers = cfg.layers if cfg.layers is not None else list(range(n_layers))
+            d = stores["train"].hidden_size
+            for t, pooling, key in pending:
+                t0 = time.perf_counter()
+                it = items[t.name]
+                width = {"pair": 3 * d, "span": 2 * d}.get(t.level, d)
+                n_rows = sum(len(it[r].y) for r in it) + sum(st.n_words for st in stores.values())
+                common = dict(experiment=cfg.name, **info, task=t.name, task_version=t.version, level=t.level,
+                              method="probe", probe="bilinear" if t.level == "choice" else "linear",
+                              pooling=pooling or stores["train"].manifest["word_pooling"], n_layers=n_layers - 1,
+                              seed=cfg.seeds[0], control=False, train_size=len(it["train"].y))
+                rows = []
+                for group in layer_groups(layers, n_rows, width, BUDGET):
+                    X = {role: stores[role].layers(group) for role in ("train", "dev", "test")}
+                    fits = _fit_group(t, it, X, pooling, rcfg, cfg, group)
+                    del X
+                    for layer, f in zip(group, fits):
+                        rows += score_rows(t, it["test"], f["pred"], weights, rcfg.confidence,
+                                           {**common, "layer": layer}, trainable_params=f["n_params"],
+                                           reg=f.get("reg"))
+                secs = time.perf_counter() - t0
+                for r in rows:
+                    r["train_seconds"] = secs / len(layers)
+                save_unit(folder / f"{key}.json", rows)
+                done[key] = rows
+                log.info("%s %s %s: %.1fs", m, t.name, pooling or "", secs)
+            del lm
+        for *_, key in plan:
+            all_rows += done[key]
+        for t in tasks:
+            it = items[t.name]
+            all_rows += score_rows(t, it["test"], majority_prediction(t, it), weights, rcfg.confidence,
+                                   dict(experiment=cfg.name, model=m, task=t.name, task_version=t.version,
+                                        level=t.level, method="baseline", probe="majority", seed=cfg.seeds[0],
+                                        train_size=len(it["train"].y)), trainable_params=0)
+    return RelationsResult(rows=all_rows)
+
+
+def load_relations_config(path: str | Path) -> tuple[ExperimentConfig, RelationsConfig]:
+    """An experiment YAML with a ``relations:`` section -> (experiment config, relations settings)."""
+    cfg = ExperimentConfig.from_yaml(path)
+    return cfg, RelationsConfig.from_dict(cfg.relations, source=str(path))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m probekit.runner.relations CONFIG``: run and write ``results/<name>/relations/results.csv``."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m probekit.runner.relations CONFIG.yaml", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    cfg, rcfg = load_relations_config(argv[0])
+    res = run_relations(cfg, rcfg)
+    df = res.table()
+    out = Path(cfg.results_dir) / cfg.name / "relations" / "results.csv"
+    write_csv(df, out)
+    relations_by_layer(df, out.parent / "figures" / "relations_by_layer", formats=cfg.figures)
+    print(f"wrote {out} ({len(df)} rows) and {out.parent / 'figures'}/relations_by_layer.*")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
