@@ -36,12 +36,12 @@ from probekit.activations.precision import autocast, resolve_precision
 from probekit.activations.sites import check_sites, record_sites, site_layers, site_width
 from probekit.activations.store import (
     DTYPES,
-    to_disk,
     STORE_FORMAT,
     ActivationStore,
     plan_shards,
     read_json,
     store_key,
+    to_disk,
     verify_shard,
     write_shard,
 )
@@ -323,6 +323,12 @@ def extract(model, sentences: Sequence[Sentence], *, site: str = "resid_post", l
     return extract_sites(model, sentences, sites=[site], layers=layers, **kw)[site]
 
 
+def default_shard_words(model) -> int:
+    """Words per shard: about 64 MiB of float16 word vectors over all layers (the same cut for every site and layer
+    selection, so that one forward pass fills a shard of each site's store)."""
+    return max(256, (64 << 20) // (2 * (model.num_layers + 1) * model.hidden_size))
+
+
 @dataclass(frozen=True)
 class StorePlan:
     """Where one site's store of one split goes and what it holds: its folder, key, spec and layers."""
@@ -414,10 +420,7 @@ def extract_sites(model, sentences: Sequence[Sentence], *, sites: Sequence[str] 
     plans_by_site = plan_stores(model, ex, sentences, sites=sites, layers=layers, dataset=dataset, split=split,
                                 data_checksum=data_checksum, store_root=store_root, dtype=dtype)
     words_per = [len(s) for s in sentences]
-    if shard_words is None:
-        # about 64 MiB of float16 word vectors per shard (over all layers; the same cut for every site, so that one
-        # forward pass fills a shard of each)
-        shard_words = max(256, (64 << 20) // (2 * (model.num_layers + 1) * model.hidden_size))
+    shard_words = shard_words or default_shard_words(model)
     plans = plan_shards(words_per, max_words=shard_words)
     writers = [_StoreWriter(sp, model, ex, sentences, plans, shard_words, strict) for sp in plans_by_site]
     locks = []

@@ -7,7 +7,7 @@ from probekit.errors import DataError
 from probekit.results.stats import center_of_gravity, expected_layer, mean_ci
 from probekit.results.table import control_mask
 
-KEYS = ["experiment", "model", "model_kind", "task", "level", "method", "probe", "control", "pooling", "layer",
+KEYS = ["experiment", "model", "model_kind", "task", "level", "method", "probe", "control", "pooling", "site", "layer",
         "n_layers", "split", "metric"]
 
 
@@ -24,7 +24,7 @@ def _derived_rows(df):
         ctrl = sc[control_mask(sc, True)]
         if real.empty or ctrl.empty:
             continue
-        on = ["model", "task", "probe", "pooling", "layer", "seed"]
+        on = [k for k in ("model", "task", "probe", "pooling", "site", "layer", "seed") if k in df]
         m = real.merge(ctrl[on + ["value"]], on=on, suffixes=("", "_ctrl"))
         m["value"] = m["value"] - m["value_ctrl"]
         m["metric"] = name
@@ -52,7 +52,8 @@ def summarize(df, confidence: float = 0.95):
     acc = out[(out["metric"] == "accuracy") & (out["split"] == "test") & (out["method"] == "probe")
               & control_mask(out, False) & (out["layer"] != "")]
     maj = out[(out["probe"] == "majority") & (out["metric"] == "accuracy")]
-    for (model, task, probe, pooling), part in acc.groupby(["model", "task", "probe", "pooling"]):
+    for _, part in acc.groupby([k for k in ("model", "task", "probe", "pooling", "site") if k in acc]):
+        model, task = part["model"].iloc[0], part["task"].iloc[0]
         part = part.sort_values("layer", key=lambda s: s.astype(int))
         scores = {int(layer): float(v) for layer, v in zip(part["layer"], part["mean"])}
         base = maj[(maj["model"] == model) & (maj["task"] == task)]["mean"]
@@ -60,7 +61,8 @@ def summarize(df, confidence: float = 0.95):
         first = part.iloc[0]
         derived = [("center_of_gravity", center_of_gravity(scores, baseline=b))]
         # the expected layer needs differential scores between consecutive layers 0..L; a config
-        # that probes a subset of layers (`layers: [0, 3, 6, ...]`) gets the centre of gravity only
+        # that probes a subset of layers (`layers: [0, 3, 6, ...]`), or a sub-layer site (no layer 0), gets the
+        # centre of gravity only
         if sorted(scores) == list(range(len(scores))):
             derived.insert(0, ("expected_layer", expected_layer(scores, negative="cummax")))
         for metric, value in derived:
@@ -85,10 +87,13 @@ def best_layer_table(summary):
                    & (s["layer"] != "")]
     acc = probe_rows[probe_rows["split"] == "test"]
     dev = probe_rows[probe_rows["split"] == "dev"]
-    dev_groups = {k: g for k, g in dev.groupby(["model", "task", "probe", "pooling"])}
+    by = [k for k in ("model", "task", "probe", "pooling", "site") if k in s]
+    dev_groups = {k: g for k, g in dev.groupby(by)}
     recs = []
-    for (model, task, probe, pooling), part in acc.groupby(["model", "task", "probe", "pooling"]):
-        on = dev_groups.get((model, task, probe, pooling))
+    for key, part in acc.groupby(by):
+        model, task, probe, pooling = key[:4]
+        site = key[4] if len(key) > 4 else ""
+        on = dev_groups.get(key)
         if on is not None and set(on["layer"].astype(str)) >= set(part["layer"].astype(str)):
             layer = str(on.loc[on["mean"].astype(float).idxmax(), "layer"])
             best = part[part["layer"].astype(str) == layer].iloc[0]
@@ -96,7 +101,8 @@ def best_layer_table(summary):
         else:
             best = part.loc[part["mean"].astype(float).idxmax()]
             chosen_on = "test"
-        sel = s[(s["model"] == model) & (s["task"] == task) & (s["probe"] == probe) & (s["pooling"] == pooling)]
+        sel = s[(s["model"] == model) & (s["task"] == task) & (s["probe"] == probe) & (s["pooling"] == pooling)
+                & ((s["site"] == site) if "site" in s else True)]
         def one(metric, layer=None):
             r = sel[sel["metric"] == metric]
             if layer is not None:
@@ -107,7 +113,8 @@ def best_layer_table(summary):
         maj = s[(s["model"] == model) & (s["task"] == task) & (s["probe"] == "majority") & (s["metric"] == "accuracy")]
         wmaj = s[(s["model"] == model) & (s["task"] == task) & (s["probe"] == "word_majority")
                  & (s["metric"] == "accuracy")]
-        recs.append({"model": model, "task": task, "probe": probe, "pooling": pooling, "best_layer": best["layer"],
+        recs.append({"model": model, "task": task, "probe": probe, "pooling": pooling,
+                     "site": site, "best_layer": best["layer"],
                      "chosen_on": chosen_on,
                      "test_acc": float(best["mean"]), "ci": float(best["ci_hi"]) - float(best["mean"]),
                      # 95% interval over test sentences (results.sentence_stats), when predictions were saved
@@ -118,7 +125,10 @@ def best_layer_table(summary):
                      "selectivity_f1": one("selectivity_f1", best["layer"]), "expected_layer": one("expected_layer"),
                      "mdl_best_layer": mdl_best,
                      "mdl_kbits_at_best": one("mdl_codelength_kbits", mdl_best) if mdl_best != "" else np.nan})
-    return pd.DataFrame(recs)
+    out = pd.DataFrame(recs)
+    if "site" in out and out["site"].isin(["", "resid_post"]).all():
+        out = out.drop(columns="site")  # one site, the block outputs: the table as it was before sites
+    return out
 
 
 def task_row_labels(sel):
