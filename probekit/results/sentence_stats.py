@@ -93,8 +93,8 @@ def add_intervals(summary, counts: dict, n_sentences: int, *, n_resamples: int =
     hi = np.full(len(summary), np.nan)
     s = summary
     is_test = ((s["split"] == "test") & (s["method"] == "probe") & control_mask(s, False)
-               & (s["layer"].astype(str) != "")).to_numpy()
-    is_test &= s.index.isin(block_outputs(s).index)  # predictions are saved for the block outputs only
+               & (s["layer"].astype(str) != "")
+               & s.index.isin(block_outputs(s).index)).to_numpy()  # predictions are saved for block outputs only
     for i in np.flatnonzero(is_test):
         r = s.iloc[i]
         c = counts.get((r["model"], r["task"], r["probe"], r["pooling"], _int(r["layer"])), {}).get(r["metric"])
