@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from conftest import MINI_CONLLU
 
 from probekit.config import ExperimentConfig
 from probekit.errors import ConfigError, StoreError
@@ -11,8 +12,6 @@ from probekit.report.figures import accuracy_by_site
 from probekit.report.tables import best_layer_table
 from probekit.runner.experiment import run_experiment
 from probekit.runner.units import plan_units
-
-from conftest import MINI_CONLLU
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -109,3 +108,23 @@ def test_sites_config_is_checked():
     assert ExperimentConfig(dtype="bfloat16").dtype == "bfloat16"
     with pytest.raises(ConfigError, match="quantization"):
         ExperimentConfig(quantization="3bit")
+
+
+def test_ray_extraction_takes_a_whole_node_with_device_map_auto():
+    from probekit.runner.sweep.executors import extraction_gpus
+
+    class FakeRay:
+        def __init__(self, nodes):
+            self._nodes = nodes
+
+        def cluster_resources(self):
+            return {"CPU": 64, "GPU": sum(n["Resources"].get("GPU", 0) for n in self._nodes)}
+
+        def nodes(self):
+            return self._nodes
+
+    cluster = FakeRay([{"Alive": True, "Resources": {"GPU": 4}}, {"Alive": True, "Resources": {"GPU": 8}},
+                       {"Alive": False, "Resources": {"GPU": 16}}])
+    assert extraction_gpus(cluster, ExperimentConfig()) == 1
+    assert extraction_gpus(cluster, ExperimentConfig(device_map="auto")) == 8
+    assert extraction_gpus(FakeRay([{"Alive": True, "Resources": {}}]), ExperimentConfig(device_map="auto")) == 0
