@@ -90,8 +90,9 @@ def extract_site_stores(cfg: ExperimentConfig, lm, data: dict, data_fp: dict, *,
     per_split = {kw[role]["split"]: extraction_bytes(lm, data[role], **common, **kw[role]) for role in ROLES}
     n_layers = len(cfg.layers) if cfg.layers is not None else lm.num_layers + 1
     check_disk(per_split, cfg.store_dir or default_store_root(),
-               describe=f"{lm.name}: sites {', '.join(sites)}, {n_layers} of {lm.num_layers + 1} layers, width "
-                        f"{lm.hidden_size}, {cfg.dtype}")
+               describe=f"{lm.name}: sites {', '.join(sites)}, {n_layers} of {lm.num_layers + 1} layers"
+                        + (" (sub-layer sites: no layer 0)" if sites != ["resid_post"] else "")
+                        + f", width {lm.hidden_size}, {cfg.dtype}")
     out: dict = {s: {} for s in sites}
     for role in ROLES:
         got = extract_sites(lm, data[role], **common, **kw[role], batch_tokens=cfg.batch_tokens, strict=cfg.strict,
