@@ -320,14 +320,20 @@ class ActivationStore:
     def __repr__(self) -> str:
         m = self.manifest
         return (f"ActivationStore(model={m['model']['name']!r}, split={m['data']['dataset']}/{m['data']['split']}, "
-                f"layers=0..{self.n_layers - 1} (0 = embeddings), words={self.n_words:,}, "
+                f"site={self.site}, layers={self._layers_text()}, words={self.n_words:,}, "
                 f"sentences={self.n_sentences:,}, d_model={self.hidden_size}, pooling={m['word_pooling']}, "
                 f"dtype={m['dtype']}, size={self.nbytes() / 2**20:.1f} MiB)")
+
+    def _layers_text(self) -> str:
+        ids = self.layer_ids
+        if ids == list(range(ids[0], ids[-1] + 1)):
+            return f"{ids[0]}..{ids[-1]} (0 = embeddings)"
+        return f"{ids} (0 = embeddings)"
 
     def _repr_html_(self) -> str:
         m = self.manifest
         rows = {"model": m["model"]["name"], "split": f"{m['data']['dataset']}/{m['data']['split']}",
-                "layers": f"0..{self.n_layers - 1} (0 = embeddings)", "words": f"{self.n_words:,}",
+                "site": self.site, "layers": self._layers_text(), "words": f"{self.n_words:,}",
                 "sentences": f"{self.n_sentences:,}", "d_model": self.hidden_size, "word pooling": m["word_pooling"],
                 "sentence poolings": ", ".join(self.sentence_poolings), "dtype": m["dtype"],
                 "size on disk": f"{self.nbytes() / 2**20:.1f} MiB", "path": str(self.path)}
