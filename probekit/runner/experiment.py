@@ -132,9 +132,9 @@ def _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, eras
             if len(site_stores) > 1:
                 models_info[m]["site_stores"] = {site: {r: str(s.path) for r, s in stores.items()}
                                                  for site, stores in site_stores.items()}
-            feature_cache = FeatureCache()
-            for task in tasks:
-                for site, stores in site_stores.items():
+            for site, stores in site_stores.items():
+                feature_cache = FeatureCache()  # one site's features at a time: its blocks go with it
+                for task in tasks:
                     tunits = [u for u in pending if u.task == task.name and u.site == site]
                     if not tunits:
                         continue
