@@ -6,7 +6,7 @@
 * ``--large``: the bytes of EWT train stores (sentence poolings mean and last, as for a decoder) for a 7B model
   (32 blocks x 4096) and a 70B one (80 x 8192), all layers vs a selection, float16 vs bfloat16.
 
-Run: ``python benchmarks/store_sizes.py --config configs/sites.yaml --store-dir DIR`` (loads the model, no forward
+Run: ``python benchmarks/store_sizes.py --config configs/sites.yaml --store-dir DIR [--set KEY=VALUE ...]`` (loads the model, no forward
 pass), ``python benchmarks/store_sizes.py --large`` (reads the treebank only).
 """
 from __future__ import annotations
@@ -16,13 +16,13 @@ import tempfile
 from pathlib import Path
 
 
-def measured(config: str, store_dir: str) -> None:
+def measured(config: str, store_dir: str, overrides: dict) -> None:
     from probekit.activations.budget import extraction_bytes
     from probekit.activations.store import ActivationStore
     from probekit.config import resolve_config
     from probekit.runner.data import ROLES, data_checksum, load_config_model, load_data
 
-    cfg = resolve_config(config, {"store_dir": store_dir, "device": "cpu"})
+    cfg = resolve_config(config, {**overrides, "store_dir": store_dir, "device": "cpu"})
     data, fp = load_data(cfg)
     for m in cfg.models:
         lm = load_config_model(cfg, m)
@@ -69,10 +69,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config")
     ap.add_argument("--store-dir")
+    ap.add_argument("--set", action="append", default=[], help="KEY=VALUE, as the run had them")
     ap.add_argument("--large", action="store_true")
     args = ap.parse_args()
     if args.config:
-        measured(args.config, args.store_dir)
+        from probekit.config import parse_override
+
+        measured(args.config, args.store_dir, dict(parse_override(x) for x in args.set))
     if args.large:
         large()
 
