@@ -31,11 +31,10 @@ def main() -> None:
     ap.add_argument("--sites", action="store_true")
     args = ap.parse_args()
     if args.sites:
-        import pandas as pd
+        from probekit.report.tables import best_layer_table, summarize
+        from probekit.results.table import load_results
 
-        from probekit.report.tables import best_layer_table
-
-        summary = pd.read_csv(Path(args.a) / "summary.csv", keep_default_na=False)
+        summary = summarize(load_results(args.a))
         cols = ["task", "site", "best_layer", "chosen_on", "test_acc", "majority"]
         print(best_layer_table(summary)[cols].round(4).to_string(index=False))
         return
