@@ -16,8 +16,10 @@ import yaml
 
 from probekit._io import check_name
 from probekit.activations.align import SENTENCE_POOLINGS, check_pooling
-from probekit.activations.models import WEIGHT_DTYPES
+from probekit.activations.models import QUANTIZATIONS, WEIGHT_DTYPES
 from probekit.activations.precision import PRECISIONS
+from probekit.activations.sites import check_sites
+from probekit.activations.store import DTYPES
 from probekit.data.datasets import DATASETS, dataset_name
 from probekit.data.own_data import FORMATS, HF_PREFIX, Columns
 from probekit.errors import ConfigError, TaskError, did_you_mean, unknown_name
@@ -29,7 +31,7 @@ from probekit.tracking import check_trackers
 _TYPE_NAMES = {"list": list, "dict": dict, "str": str, "bool": bool, "int": int, "float": float, "None": type(None)}
 #: list fields and what their items must be
 _LIST_ITEMS = {"models": (str, "model names"), "tasks": ((str, Task), "task names, 'module:function' or Task objects"), "probes": (str, "probe names"),
-               "seeds": (int, "integers"), "layers": (int, "layer numbers"),
+               "seeds": (int, "integers"), "layers": (int, "layer numbers"), "sites": (str, "site names"),
                "sentence_poolings": (str, "pooling names"), "Cs": ((int, float), "positive numbers"),
                "figures": (str, "formats"), "track": (str, "tracker names")}
 SPLIT_NAMES = ("train", "dev", "test")
@@ -66,7 +68,11 @@ class ExperimentConfig:
                         "'module:function' of a Python task, or (in Python) Task objects.")
     probes: list = _help(["linear"], "Probe families (probekit.probing.registry): linear, mlp1, mlp2 and any registered.")
     seeds: list = _help([0], "Seeds; the table reports the mean and a 95% CI over them.")
-    layers: list | None = _help(None, "Layers to probe (0 = embedding output); default all.")
+    layers: list | None = _help(None, "Layers to store and probe (0 = embedding output); default all. When set, "
+                                      "only these layers are extracted (part of the store key).")
+    sites: list = _help(["resid_post"], "Where in each block vectors are read, all in one forward pass: resid_post "
+                                        "(block outputs), resid_mid, attn_out, mlp_out, heads (see "
+                                        "docs/large_models.md); each site is stored and probed.")
     word_pooling: str | None = _help(None, "first / last / mean over a word's subwords (default: first for "
                                            "encoders, last for decoders).")
     sentence_poolings: list = _help(["cls", "mean", "last"], "Sentence vectors probed for sentence-level tasks.")
@@ -86,7 +92,7 @@ class ExperimentConfig:
     random_baseline: bool = _help(True, "Also probe each model with re-initialised weights (NAME@random).")
     mlp: dict = _help({}, "MLP probe settings: hidden_size, dropout, weight_decay, lr, max_epochs, patience, "
                           "batch_size, tol, standardize.")
-    dtype: str = _help("float16", "On-disk dtype of the activation store (float16 or float32).")
+    dtype: str = _help("float16", "On-disk dtype of the activation store (float16, bfloat16 or float32).")
     precision: str = _help("auto", "Extraction precision: auto, fp32, bf16 or fp16 (autocast). auto = fp32 "
                                    "on every device (see the README's speed section); the precision that runs is "
                                    "part of the store key.")
@@ -94,6 +100,10 @@ class ExperimentConfig:
                                           "(GGUF files are de-quantised to it); not float32 is part of the keys.")
     batch_tokens: int | None = _help(None, "Token budget of one forward batch (default 4096 on CPU, 16384 on GPU).")
     device: str | None = _help(None, "cpu, cuda, cuda:1 ... (default: CUDA when available).")
+    device_map: str | None = _help(None, "auto: spread the model's layers over every visible GPU (accelerate); "
+                                         "CUDA only. null = the whole model on 'device'.")
+    quantization: str | None = _help(None, "8bit or 4bit: load the weights quantised with bitsandbytes (CUDA only; "
+                                           "part of the keys). null = weights_dtype.")
     store_dir: str | None = _help(None, "Where activation stores live (default $PROBEKIT_STORE_DIR or the cache).")
     results_dir: str = _help("results", "Folder holding one sub-folder per experiment.")
     strict: bool = _help(False, "Stop on a damaged or foreign store file, parse-cache entry or result unit "
@@ -135,7 +145,7 @@ class ExperimentConfig:
                 raise unknown_name("split role in 'limit'", k, SPLIT_NAMES)
         if not self.seeds or not all(isinstance(s, int) for s in self.seeds):
             raise ConfigError(f"Config 'seeds' must be a non-empty list of integers, got {self.seeds!r}.")
-        for key in ("models", "tasks", "probes", "seeds", "layers", "sentence_poolings"):
+        for key in ("models", "tasks", "probes", "seeds", "layers", "sentence_poolings", "sites"):
             v = [t.name if isinstance(t, Task) else t for t in getattr(self, key) or []]
             dup = sorted({str(x) for x in v if v.count(x) > 1})
             if dup:
@@ -164,8 +174,13 @@ class ExperimentConfig:
                     get_task(t)  # known by its name in this process (tables and sweep cells see only the name)
                 except TaskError as e:
                     raise ConfigError(f"Config 'tasks': {e}") from None
-        if self.dtype not in ("float16", "float32"):
-            raise unknown_name("store dtype", self.dtype, ("float16", "float32"))
+        if self.dtype not in DTYPES:
+            raise unknown_name("store dtype", self.dtype, DTYPES)
+        self.sites = check_sites(self.sites)
+        if self.device_map not in (None, "auto"):
+            raise unknown_name("device_map", self.device_map, ("auto",), hint="(or null)")
+        if self.quantization not in (None, *QUANTIZATIONS):
+            raise unknown_name("quantization", self.quantization, QUANTIZATIONS, hint="(or null)")
         if self.precision not in PRECISIONS:
             raise unknown_name("precision", self.precision, PRECISIONS)
         if self.weights_dtype not in WEIGHT_DTYPES:

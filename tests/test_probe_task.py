@@ -82,7 +82,7 @@ UPOS = ["PRON", "AUX", "VERB", "PRON", "PUNCT"] * 8
 class _Store:
     """The part of ActivationStore that probe_task reads: 3 layers of 4-wide word vectors (layer 2 separates AUX)."""
 
-    n_layers, hidden_size, manifest = 3, 4, {"word_pooling": "first"}
+    n_layers, hidden_size, manifest, site = 3, 4, {"word_pooling": "first"}, "resid_post"
 
     def __init__(self, name: str, seed: int):
         self.path = name

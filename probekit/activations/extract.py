@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -32,6 +33,7 @@ from probekit.activations.align import (
     special_layout,
 )
 from probekit.activations.precision import autocast, resolve_precision
+from probekit.activations.sites import check_sites, record_sites, site_layers, site_width
 from probekit.activations.store import (
     DTYPES,
     STORE_FORMAT,
@@ -39,6 +41,7 @@ from probekit.activations.store import (
     plan_shards,
     read_json,
     store_key,
+    to_disk,
     verify_shard,
     write_shard,
 )
@@ -119,24 +122,39 @@ class Extractor:
     # -------------------------------------------------------------------------------- core
     def encode_shard(self, sentences: Sequence[Sentence], *, out_dtype=np.float32
                      ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Vectors of a group of sentences.
+        """Vectors of a group of sentences at ``resid_post``, every layer: :meth:`encode_sites` for that site.
+
+        Returns:
+            words: ``[layer, word, d_model]`` (word order = corpus order).
+            sents: pooling -> ``[layer, sentence, d_model]``.
+        """
+        return self.encode_sites(sentences, out_dtype=out_dtype)["resid_post"]
+
+    def encode_sites(self, sentences: Sequence[Sentence], *, sites: Sequence[str] = ("resid_post",),
+                     layers: dict[str, list[int]] | None = None, out_dtype=np.float32
+                     ) -> dict[str, tuple[np.ndarray, dict[str, np.ndarray]]]:
+        """Vectors of a group of sentences at each of ``sites``, all read in the same forward passes (hooks).
 
         Words and sentences are pooled batch by batch straight into the output arrays, so memory holds one batch's
         hidden states and the outputs, never a token-level copy of the whole group. Only a sentence cut into several
         windows waits in a token buffer until its last window is done.
 
         Args:
+            sites: site names (:mod:`probekit.activations.sites`).
+            layers: site -> the layer numbers to keep (default: :func:`site_layers` of all layers).
             out_dtype: dtype of the returned arrays (``extract`` passes the store's dtype, so that nothing is
                 held twice). Pooling is done in float32 either way.
         Returns:
-            words: ``[layer, word, d_model]`` (word order = corpus order).
-            sents: pooling -> ``[layer, sentence, d_model]``.
+            site -> (words ``[layer, word, width]``, pooling -> ``[layer, sentence, width]``), layers in the order
+            of ``layers[site]``.
         """
         import torch
 
+        sites = check_sites(sites)
+        n_all = self.lm.num_layers + 1
+        layers = {s: list(layers[s]) if layers and s in layers else site_layers(s, n_all) for s in sites}
+        config = self.lm.model.config
         aligned = align_batch(self.lm.tokenizer, sentences)
-        n_layers = self.lm.num_layers + 1
-        d = self.lm.hidden_size
         pieces = []  # (length, sentence index, window index, window start, window end)
         whole = []  # per sentence: one window holds all of it (pooled straight from the batch)
         owners, n_windows = [], []  # n_windows counts down as a windowed sentence's windows are done
@@ -153,16 +171,19 @@ class Extractor:
             word_off[si + 1] = word_off[si] + len(a.word_tokens)
             for wi, (s, e) in enumerate(windows):
                 pieces.append((len(self.prefix) + (e - s) + len(self.suffix), si, wi, s, e))
-        words = np.zeros((n_layers, int(word_off[-1]), d), dtype=out_dtype)
-        sents = {k: np.zeros((n_layers, len(sentences), d), dtype=out_dtype) for k in self.sentence_poolings}
-        words_t = torch.from_numpy(words)
-        sents_t = {k: torch.from_numpy(v) for k, v in sents.items()}
-        pending: dict[int, np.ndarray] = {}  # sentence -> float32 token buffer, for sentences cut into windows
+        result, out_t = {}, {}
+        for site in sites:
+            d, n_layers = site_width(config, site), len(layers[site])
+            words = np.zeros((n_layers, int(word_off[-1]), d), dtype=out_dtype)
+            sents = {k: np.zeros((n_layers, len(sentences), d), dtype=out_dtype) for k in self.sentence_poolings}
+            result[site] = (words, sents)
+            out_t[site] = (torch.from_numpy(words), {k: torch.from_numpy(v) for k, v in sents.items()})
+        pending: dict[tuple[str, int], np.ndarray] = {}  # (site, sentence) -> float32 token buffer (windowed ones)
         pieces.sort(key=lambda p: (p[0], p[1], p[2]))  # stable, deterministic batch composition
         model = self.lm.model
         p = len(self.prefix)
         i = 0
-        with torch.inference_mode(), autocast(self.device, self.precision):
+        with torch.inference_mode(), autocast(self.device, self.precision), record_sites(model, sites) as recorded:
             while i < len(pieces):
                 j, real = i + 1, pieces[i][0]
                 # grow the batch while it fits the token budget and padding stays under max_padding
@@ -188,29 +209,38 @@ class Extractor:
                                          f"--batch-tokens {max(256, self.batch_tokens // 4)}), or use a smaller "
                                          "model or dtype.") from None
                     raise
-                self._pool_whole(out.hidden_states, [(b, piece[1]) for b, piece in enumerate(batch)
-                                                     if whole[piece[1]]], aligned, word_off, longest, words_t, sents_t)
+                # each site's tensors of the kept layers (sub-layer site lists hold blocks 1..L at 0..L-1)
+                tensors = {site: [out.hidden_states[k] if site == "resid_post" else recorded[site][k - 1]
+                                  for k in layers[site]] for site in sites}
+                whole_rows = [(b, piece[1]) for b, piece in enumerate(batch) if whole[piece[1]]]
+                for site in sites:
+                    self._pool_whole(tensors[site], whole_rows, aligned, word_off, longest, *out_t[site])
                 parts = [(b, piece) for b, piece in enumerate(batch) if not whole[piece[1]]]
                 if parts:
-                    hs = torch.stack([h[[b for b, _ in parts]].float() for h in out.hidden_states]).cpu().numpy()
+                    hs = {site: torch.stack([h[[b for b, _ in parts]].float() for h in tensors[site]]).cpu().numpy()
+                          for site in sites}
                     for k, (b, (ln, si, wi, s, e)) in enumerate(parts):
                         a = aligned[si]
-                        buf = pending.setdefault(si, np.zeros((n_layers, max(a.n_tokens, 1), d), dtype=np.float32))
                         own = owners[si][s:e] == wi
-                        if a.n_tokens:
-                            buf[:, s:e][:, own] = hs[:, k, p:p + (e - s)][:, own]
-                        if wi == 0 and "cls" in sents:
-                            sents["cls"][:, si] = hs[:, k, 0]
                         n_windows[si] -= 1
-                        if n_windows[si] == 0:  # its last window: pool it and free its buffer
-                            buf = pending.pop(si)
-                            words[:, word_off[si]:word_off[si + 1]] = pool_words(buf, a.word_tokens,
-                                                                                 self.word_pooling, a.heads)
-                            if "mean" in sents:
-                                sents["mean"][:, si] = buf.mean(axis=1)
-                            if "last" in sents:
-                                sents["last"][:, si] = buf[:, -1]
-                del out
+                        for site in sites:
+                            words, sents = result[site]
+                            h = hs[site]
+                            buf = pending.setdefault((site, si), np.zeros((h.shape[0], max(a.n_tokens, 1),
+                                                                           h.shape[-1]), dtype=np.float32))
+                            if a.n_tokens:
+                                buf[:, s:e][:, own] = h[:, k, p:p + (e - s)][:, own]
+                            if wi == 0 and "cls" in sents:
+                                sents["cls"][:, si] = h[:, k, 0]
+                            if n_windows[si] == 0:  # its last window: pool it and free its buffer
+                                buf = pending.pop((site, si))
+                                words[:, word_off[si]:word_off[si + 1]] = pool_words(buf, a.word_tokens,
+                                                                                     self.word_pooling, a.heads)
+                                if "mean" in sents:
+                                    sents["mean"][:, si] = buf.mean(axis=1)
+                                if "last" in sents:
+                                    sents["last"][:, si] = buf[:, -1]
+                del out, tensors
                 # hand the batch's freed buffers back to the OS: without this, peak memory grows with the corpus
                 # through heap fragmentation (see `_release_freed_memory`)
                 _release_freed_memory()
@@ -218,7 +248,7 @@ class Extractor:
                 self.stats["tokens"] += int(mask.sum())
                 self.stats["padded_tokens"] += ids.size
                 i = j
-        return words, sents
+        return result
 
     def _pool_whole(self, hidden_states, whole, aligned, word_off, longest, words_t, sents_t) -> None:
         """Pool the sentences of a batch that fit one window, layer by layer, into the output tensors.
@@ -269,7 +299,7 @@ class Extractor:
         last_t, cls_t = idx(last_rows), idx(cls_rows)
         out_dt = words_t.dtype
         for layer, h in enumerate(hidden_states):
-            flat = h.reshape(-1, h.shape[-1]).float()
+            flat = h.reshape(-1, h.shape[-1]).float().to(dev)  # layers split over devices (device_map)
             if self.word_pooling == "mean":
                 w = torch.zeros(n_local, flat.shape[1], device=dev).index_add_(0, dst_t, flat.index_select(0, src_t))
                 w /= cnt_w
@@ -286,25 +316,94 @@ class Extractor:
                 sents_t["cls"][layer].index_copy_(0, sent_dst, flat.index_select(0, cls_t).cpu().to(out_dt))
 
 
-def extract(model, sentences: Sequence[Sentence], *, dataset: str = "custom", split: str = "custom",
-            data_checksum: str | None = None, store_root: str | os.PathLike | None = None,
-            word_pooling: str | None = None, dtype: str = "float16", prepend_bos: bool | None = None,
-            batch_tokens: int | None = None, shard_words: int | None = None, strict: bool = False,
-            progress: bool = True, max_length: int | None = None, precision: str | None = "auto",
-            _stop_after_shards: int | None = None) -> ActivationStore:
-    """Extract (or reuse) the activation store of ``sentences`` for ``model``.
+def extract(model, sentences: Sequence[Sentence], *, site: str = "resid_post", layers: Sequence[int] | None = None,
+            **kw) -> ActivationStore:
+    """Extract (or reuse) the activation store of ``sentences`` for ``model`` at one ``site``: :func:`extract_sites`
+    with that site (same arguments)."""
+    return extract_sites(model, sentences, sites=[site], layers=layers, **kw)[site]
 
-    Running again with the same inputs reuses the finished store and does no forward pass; an
-    interrupted store resumes from its last committed shard.
+
+def default_shard_words(model) -> int:
+    """Words per shard: about 64 MiB of float16 word vectors over all layers (the same cut for every site and layer
+    selection, so that one forward pass fills a shard of each site's store)."""
+    return max(256, (64 << 20) // (2 * (model.num_layers + 1) * model.hidden_size))
+
+
+@dataclass(frozen=True)
+class StorePlan:
+    """Where one site's store of one split goes and what it holds: its folder, key, spec and layers."""
+
+    site: str
+    path: Path
+    key: str
+    spec: dict
+    layers: list[int]
+    width: int
+
+    @property
+    def complete(self) -> bool:
+        """Whether a finished store is there already (extraction would reuse it)."""
+        m = read_json(self.path / "manifest.json")
+        return bool(m and m.get("key") == self.key and m.get("complete"))
+
+
+def plan_stores(model, ex: "Extractor", sentences: Sequence[Sentence], *, sites: Sequence[str] = ("resid_post",),
+                layers: Sequence[int] | None = None, dataset: str = "custom", split: str = "custom",
+                data_checksum: str | None = None, store_root: str | os.PathLike | None = None,
+                dtype: str = "float16") -> list[StorePlan]:
+    """The stores :func:`extract_sites` writes (or reuses) for these arguments, one per site.
+
+    The site (when not ``resid_post``), the layers (when chosen) and the dtype are in the key only when not the
+    default, so that the stores made before sites and layer selection keep their keys."""
+    if dtype not in DTYPES:
+        raise unknown_name("store dtype", dtype, DTYPES)
+    check_name(split, "The split name (part of the store's folder name)")
+    root = Path(store_root) if store_root else default_store_root()
+    data_checksum = data_checksum or corpus_checksum(sentences)
+    n_all = model.num_layers + 1
+    out = []
+    for site in check_sites(sites):
+        kept = site_layers(site, n_all, layers)
+        if not kept:
+            raise ConfigError(f"Config 'layers' = {list(layers or [])} leaves no layer for site {site} (sub-layer "
+                              "sites have no layer 0): add a block's layer (1..) or leave the site out.")
+        spec = {"model": model.identity, "data": {"dataset": dataset, "split": split, "checksum": data_checksum,
+                                                  "n_sentences": len(sentences)},
+                "extraction": ex.settings(), "dtype": dtype}
+        if site != "resid_post":
+            spec["site"] = site
+        if kept != list(range(n_all)):
+            spec["layers"] = kept
+        key = store_key(spec)
+        name = f"{Path(model.name).name.replace('@', '_')}-{split}-{key}"
+        out.append(StorePlan(site, root / name, key, spec, kept, site_width(model.model.config, site)))
+    return out
+
+
+def extract_sites(model, sentences: Sequence[Sentence], *, sites: Sequence[str] = ("resid_post",),
+                  layers: Sequence[int] | None = None, dataset: str = "custom", split: str = "custom",
+                  data_checksum: str | None = None, store_root: str | os.PathLike | None = None,
+                  word_pooling: str | None = None, dtype: str = "float16", prepend_bos: bool | None = None,
+                  batch_tokens: int | None = None, shard_words: int | None = None, strict: bool = False,
+                  progress: bool = True, max_length: int | None = None, precision: str | None = "auto",
+                  _stop_after_shards: int | None = None) -> dict[str, ActivationStore]:
+    """Extract (or reuse) the activation stores of ``sentences`` for ``model``, one per site, all sites read in the
+    same forward passes: ``{site: ActivationStore}``.
+
+    Running again with the same inputs reuses the finished stores and does no forward pass; an
+    interrupted store resumes from its last committed shard (a shard is computed when any site lacks it).
 
     Args:
         model: a :class:`~probekit.activations.models.LoadedModel`.
         sentences: the split's sentences, in order.
+        sites: where the vectors are read (:mod:`probekit.activations.sites`; default ``resid_post``, the block
+            outputs).
+        layers: the layers stored (default all; sub-layer sites never have layer 0).
         dataset, split: names recorded in the manifest.
         data_checksum: identifies the data (default: computed from the sentences' text and words).
         store_root: folder holding stores (default ``$PROBEKIT_STORE_DIR`` or the user cache).
         word_pooling: ``first`` / ``last`` / ``mean`` (default first for encoders, last for decoders).
-        dtype: ``float16`` (default) or ``float32`` on disk.
+        dtype: ``float16`` (default), ``bfloat16`` or ``float32`` on disk.
         strict: a corrupt or foreign shard stops the run (StoreError) instead of being recomputed.
         precision: ``auto`` (default), ``fp32``, ``bf16`` or ``fp16`` (autocast); see :func:`resolve_precision`.
     """
@@ -318,50 +417,112 @@ def extract(model, sentences: Sequence[Sentence], *, dataset: str = "custom", sp
         raise unknown_name("store dtype", dtype, DTYPES)
     ex = Extractor(model, word_pooling=word_pooling, prepend_bos=prepend_bos, batch_tokens=batch_tokens,
                    max_length=max_length, precision=precision)
-    data_checksum = data_checksum or corpus_checksum(sentences)
-    spec = {"model": model.identity, "data": {"dataset": dataset, "split": split, "checksum": data_checksum,
-                                              "n_sentences": len(sentences)},
-            "extraction": ex.settings(), "dtype": dtype}
-    key = store_key(spec)
-    check_name(split, "The split name (part of the store's folder name)")
-    root = Path(store_root) if store_root else default_store_root()
-    store_dir = root / f"{Path(model.name).name.replace('@', '_')}-{split}-{key}"
-    store_dir.mkdir(parents=True, exist_ok=True)
+    plans_by_site = plan_stores(model, ex, sentences, sites=sites, layers=layers, dataset=dataset, split=split,
+                                data_checksum=data_checksum, store_root=store_root, dtype=dtype)
     words_per = [len(s) for s in sentences]
-    n_layers, d = model.num_layers + 1, model.hidden_size
-    if shard_words is None:
-        # about 64 MiB of float16 word vectors per shard
-        shard_words = max(256, (64 << 20) // (2 * n_layers * d))
+    shard_words = shard_words or default_shard_words(model)
     plans = plan_shards(words_per, max_words=shard_words)
-    lock = acquire_lock(store_dir / ".lock", str(store_dir), StoreError)
+    writers = [_StoreWriter(sp, model, ex, sentences, plans, shard_words, strict) for sp in plans_by_site]
+    locks = []
     try:
-        manifest_path = store_dir / "manifest.json"
-        manifest = {"format": STORE_FORMAT, "key": key, **spec, "word_pooling": ex.word_pooling,
-                    "sentence_poolings": ex.sentence_poolings, "n_layers": n_layers, "hidden_size": d,
-                    "n_sentences": len(sentences), "n_words": sum(words_per), "n_shards": len(plans),
-                    "shard_words": shard_words, "shards": [], "complete": False}
-        done: dict[int, dict] = {}
-        expected = {"words.npy", *(f"sent-{k}.npy" for k in ex.sentence_poolings)}
-        if manifest_path.is_file():
-            old = read_json(manifest_path)  # None when unreadable, not UTF-8, not JSON or not an object
+        for w in writers:
+            w.store_dir.mkdir(parents=True, exist_ok=True)
+            locks.append(acquire_lock(w.store_dir / ".lock", str(w.store_dir), StoreError))
+        for w in writers:
+            w.resume()
+        todo = [p for p in plans if any(p.index not in w.done for w in writers)]
+        if todo:
+            total_words = sum(p.word_end - p.word_start for p in todo)
+            log.info("Extracting %s/%s with %s (%s): %d of %d shards to do (%d words)", dataset, split, model.name,
+                     ", ".join(w.plan.site for w in writers), len(todo), len(plans), total_words)
+            bar = progress_bar(total_words, f"extract {Path(model.name).name} {split}", unit="word", enabled=progress)
+            # bfloat16 has no numpy dtype: its shards are pooled in float32 and rounded when written
+            np_dtype = np.float32 if dtype == "bfloat16" else DTYPES[dtype]
+            for n_done, p in enumerate(todo):
+                if _stop_after_shards is not None and n_done >= _stop_after_shards:
+                    break
+                need = [w for w in writers if p.index not in w.done]
+                got = ex.encode_sites(sentences[p.sent_start:p.sent_end], sites=[w.plan.site for w in need],
+                                      layers={w.plan.site: w.plan.layers for w in need}, out_dtype=np_dtype)
+                stats, ex.stats = ex.stats, {k: 0 for k in ex.stats}
+                for w in need:
+                    words, sents = got.pop(w.plan.site)
+                    arrays = {"words": to_disk(words, dtype), **{f"sent-{k}": to_disk(v, dtype)
+                                                                 for k, v in sents.items()}}
+                    w.commit(p, arrays, stats)
+                    del words, sents, arrays
+                _release_freed_memory()
+                bar.update(p.word_end - p.word_start)
+            bar.close()
+        for w in writers:
+            w.finish()
+    finally:
+        for lock in locks:
+            lock.release()
+    out = {}
+    for w in writers:
+        if not w.manifest["complete"]:
+            raise StoreError(f"Extraction of {w.store_dir} stopped after {len(w.done)} of {len(plans)} shards; "
+                             "run it again to resume.")
+        borrowed = w.manifest.get("stats", {}).get("borrowed_words", 0)
+        if borrowed:  # every run that uses the store says it, not only the one that extracted it
+            log.warning("%s: %d word(s) have no subword of their own (e.g. a lone zero-width space or no-break space) "
+                        "and share a neighbour's vector (stats.borrowed_words in its manifest.json).", w.store_dir,
+                        borrowed)
+        store = ActivationStore(w.store_dir)
+        store.computed_shards = w.computed  # shards computed by this call (0 = pure reuse, no forward pass)
+        out[w.plan.site] = store
+    return out
+
+
+class _StoreWriter:
+    """One site's store while :func:`extract_sites` writes it: its manifest, the shards already done (verified), and
+    the commit of each new shard."""
+
+    def __init__(self, plan: StorePlan, model, ex: Extractor, sentences, plans, shard_words: int, strict: bool):
+        self.plan, self.plans, self.strict = plan, plans, strict
+        self.store_dir = plan.path
+        self.manifest_path = self.store_dir / "manifest.json"
+        self.shard_words = shard_words
+        words_per = [len(s) for s in sentences]
+        self.manifest = {"format": STORE_FORMAT, "key": plan.key, **plan.spec, "word_pooling": ex.word_pooling,
+                         "sentence_poolings": ex.sentence_poolings, "n_layers": model.num_layers + 1,
+                         "hidden_size": plan.width, "n_sentences": len(sentences), "n_words": sum(words_per),
+                         "n_shards": len(plans), "shard_words": shard_words, "shards": [], "complete": False}
+        if plan.site != "resid_post":
+            self.manifest["site"] = plan.site
+        if plan.layers != list(range(model.num_layers + 1)):
+            self.manifest["layers"] = plan.layers
+        self.expected = {"words.npy", *(f"sent-{k}.npy" for k in ex.sentence_poolings)}
+        self.done: dict[int, dict] = {}
+        self.computed = 0
+
+    def _damaged(self, problem: str, what: str) -> None:
+        if self.strict:
+            raise StoreError(f"Activation store damaged: {problem}. Delete {self.store_dir} or rerun without "
+                             f"--strict to {what}.")
+
+    def resume(self) -> None:
+        """Read what a previous run left: the shards it committed (each verified), leftovers removed."""
+        store_dir, key, plans, done = self.store_dir, self.plan.key, self.plans, self.done
+        if self.manifest_path.is_file():
+            old = read_json(self.manifest_path)  # None when unreadable, not UTF-8, not JSON or not an object
             if old is None:
-                if strict:
-                    raise StoreError(f"Activation store damaged: {manifest_path} is not a JSON object. Delete "
+                if self.strict:
+                    raise StoreError(f"Activation store damaged: {self.manifest_path} is not a JSON object. Delete "
                                      f"{store_dir} or rerun without --strict to rebuild the manifest.")
                 log.warning("Activation store damaged: %s is not a JSON object; rebuilding the manifest from the "
-                            "shard folders (each shard is verified against its meta.json).", manifest_path)
+                            "shard folders (each shard is verified against its meta.json).", self.manifest_path)
             elif old.get("key") != key:
-                problem = (f"{manifest_path} belongs to another store (key {old.get('key')}, expected {key}; "
+                problem = (f"{self.manifest_path} belongs to another store (key {old.get('key')}, expected {key}; "
                            "foreign manifest)")
-                if strict:
-                    raise StoreError(f"Activation store damaged: {problem}. Delete {store_dir} or rerun without "
-                                     "--strict to rebuild it.")
+                self._damaged(problem, "rebuild it")
                 log.warning("Activation store damaged: %s; rebuilding the manifest from the shard folders (each shard "
                             "is verified against its meta.json).", problem)
-            elif old.get("shard_words", shard_words) != shard_words:
+            elif old.get("shard_words", self.shard_words) != self.shard_words:
                 # same vectors, cut into other shards: not damage, but none of the old shards can be reused
                 log.info("%s was written with shard_words=%s, now %s: extracting it again in the new shards",
-                         store_dir, old.get("shard_words"), shard_words)
+                         store_dir, old.get("shard_words"), self.shard_words)
                 for d_old in store_dir.glob("shard-*"):
                     shutil_rmtree(d_old)
             elif old.get("n_shards") == len(plans):
@@ -370,7 +531,7 @@ def extract(model, sentences: Sequence[Sentence], *, dataset: str = "custom", sp
                         done[int(rec["name"].split("-")[1])] = rec
                     except (TypeError, KeyError, IndexError, ValueError, AttributeError):
                         continue  # a malformed record: the shard folder's own meta.json is read below
-                manifest["stats"] = old.get("stats", {})
+                self.manifest["stats"] = old.get("stats", {})
         # pick up shards committed after the last manifest write (killed between rename and manifest)
         for p in plans:
             meta_file = store_dir / f"shard-{p.index:05d}" / "meta.json"
@@ -381,24 +542,19 @@ def extract(model, sentences: Sequence[Sentence], *, dataset: str = "custom", sp
                 done[p.index] = meta
                 continue
             problem = f"{meta_file} is {'not a JSON object' if meta_file.is_file() else 'missing'}"
-            if strict:
-                raise StoreError(f"Activation store damaged: {problem}. Delete {store_dir} or rerun without --strict "
-                                 "to recompute the shard.")
+            self._damaged(problem, "recompute the shard")
             log.warning("Activation store damaged: %s. Recomputing that shard.", problem)
         for idx in sorted(done):
             meta = done[idx]
             p = plans[idx] if idx < len(plans) else None
-            problem = verify_shard(store_dir, meta, expected=expected, key=key)
+            problem = verify_shard(store_dir, meta, expected=self.expected, key=key)
             if not problem and (p is None or [meta.get(k) for k in ("sent_start", "sent_end", "word_start", "word_end")]
                                 != [p.sent_start, p.sent_end, p.word_start, p.word_end]):
                 problem = f"{store_dir / meta['name']} covers other sentences than planned (foreign shard)"
             if problem:
-                if strict:
-                    raise StoreError(f"Activation store damaged: {problem}. Delete {store_dir} or rerun without "
-                                     "--strict to recompute the shard.")
+                self._damaged(problem, "recompute the shard")
                 log.warning("Activation store damaged: %s. Recomputing that shard.", problem)
                 del done[idx]
-        todo = [p for p in plans if p.index not in done]
         # leftovers of a killed run: a half-written shard folder, a half-written manifest
         for tmp in store_dir.glob(".tmp-shard-*"):
             shutil_rmtree(tmp)
@@ -407,44 +563,22 @@ def extract(model, sentences: Sequence[Sentence], *, dataset: str = "custom", sp
         for d_old in store_dir.glob("shard-*"):  # beyond the plan (from another shard size): never read, not kept
             if d_old.name[6:].isdigit() and int(d_old.name[6:]) >= len(plans):
                 shutil_rmtree(d_old)
-        if todo:
-            total_words = sum(p.word_end - p.word_start for p in todo)
-            log.info("Extracting %s/%s with %s: %d of %d shards to do (%d words)", dataset, split, model.name,
-                     len(todo), len(plans), total_words)
-            bar = progress_bar(total_words, f"extract {Path(model.name).name} {split}", unit="word", enabled=progress)
-            np_dtype = DTYPES[dtype]
-            for n_done, p in enumerate(todo):
-                if _stop_after_shards is not None and n_done >= _stop_after_shards:
-                    break
-                words, sents = ex.encode_shard(sentences[p.sent_start:p.sent_end], out_dtype=np_dtype)
-                arrays = {"words": words, **{f"sent-{k}": v for k, v in sents.items()}}
-                meta = write_shard(store_dir, p.index, arrays, {"sent_start": p.sent_start, "sent_end": p.sent_end,
-                                                                "word_start": p.word_start, "word_end": p.word_end},
-                                   key=key)
-                done[p.index] = meta
-                manifest["shards"] = [done[k] for k in sorted(done)]
-                manifest["stats"] = {k: manifest.get("stats", {}).get(k, 0) + v for k, v in ex.stats.items()}
-                ex.stats = {k: 0 for k in ex.stats}
-                atomic_write_bytes(manifest_path, json.dumps(manifest, indent=1).encode())
-                del words, sents, arrays
-                _release_freed_memory()
-                bar.update(p.word_end - p.word_start)
-            bar.close()
-        manifest["shards"] = [done[k] for k in sorted(done)]
-        manifest["complete"] = len(done) == len(plans)
-        atomic_write_bytes(manifest_path, json.dumps(manifest, indent=1).encode())
-    finally:
-        lock.release()
-    if not manifest["complete"]:
-        raise StoreError(f"Extraction of {store_dir} stopped after {len(done)} of {len(plans)} shards; "
-                         "run it again to resume.")
-    borrowed = manifest.get("stats", {}).get("borrowed_words", 0)
-    if borrowed:  # every run that uses the store says it, not only the one that extracted it
-        log.warning("%s: %d word(s) have no subword of their own (e.g. a lone zero-width space or no-break space) and "
-                    "share a neighbour's vector (stats.borrowed_words in its manifest.json).", store_dir, borrowed)
-    store = ActivationStore(store_dir)
-    store.computed_shards = len(todo)  # shards computed by this call (0 = pure reuse, no forward pass)
-    return store
+
+    def commit(self, p, arrays: dict, stats: dict) -> None:
+        """Write shard ``p`` and the manifest that lists it."""
+        meta = write_shard(self.store_dir, p.index, arrays, {"sent_start": p.sent_start, "sent_end": p.sent_end,
+                                                             "word_start": p.word_start, "word_end": p.word_end},
+                           key=self.plan.key)
+        self.done[p.index] = meta
+        self.computed += 1
+        self.manifest["shards"] = [self.done[k] for k in sorted(self.done)]
+        self.manifest["stats"] = {k: self.manifest.get("stats", {}).get(k, 0) + v for k, v in stats.items()}
+        atomic_write_bytes(self.manifest_path, json.dumps(self.manifest, indent=1).encode())
+
+    def finish(self) -> None:
+        self.manifest["shards"] = [self.done[k] for k in sorted(self.done)]
+        self.manifest["complete"] = len(self.done) == len(self.plans)
+        atomic_write_bytes(self.manifest_path, json.dumps(self.manifest, indent=1).encode())
 
 
 def _release_freed_memory() -> None:

@@ -53,6 +53,8 @@ ALIASES: dict[str, Alias] = {
 
 #: dtypes the weights can be loaded in (``weights_dtype``); a GGUF file is de-quantised straight to the one asked for.
 WEIGHT_DTYPES = ("float32", "bfloat16", "float16")
+#: bitsandbytes quantisations the weights can be loaded in (``quantization``; CUDA only).
+QUANTIZATIONS = ("8bit", "4bit")
 
 
 def torch_dtype(dtype):
@@ -257,6 +259,8 @@ class LoadedModel:
     extra: dict = field(default_factory=dict)
     #: :func:`files_hash` of a local folder (config and tokenizer), None for a hub model
     files_hash: str | None = None
+    #: bitsandbytes quantisation the weights were loaded in (:data:`QUANTIZATIONS`), None = none
+    quantization: str | None = None
 
     @property
     def n_hidden_layers(self) -> int:
@@ -276,6 +280,8 @@ class LoadedModel:
                "model_type": getattr(self.model.config, "model_type", "?")}
         if self.files_hash:
             out["files_hash"] = self.files_hash
+        if self.quantization:
+            out["quantization"] = self.quantization
         dt = next(self.model.parameters()).dtype
         if dt != torch.float32:  # only when not the default, so that float32 stores keep their keys
             out["dtype"] = str(dt)
@@ -338,7 +344,37 @@ def _looks_like_hub_id(s: str) -> bool:
                                                   .isalnum())
 
 
-def load_model(name: str, *, device: str | None = None, dtype=None, revision: str | None = None) -> LoadedModel:
+def gpu_loading(device_map: str | None, quantization: str | None, dtype) -> dict:
+    """``from_pretrained`` arguments for ``device_map`` (``auto``: layers spread over the visible GPUs) and
+    ``quantization`` (bitsandbytes ``8bit``/``4bit``, computing in ``dtype``); empty when neither is asked.
+    Both need CUDA: without it, a ModelError that says what to use instead."""
+    if device_map is None and quantization is None:
+        return {}
+    import torch
+
+    asked = " and ".join(x for x in (device_map and f"device_map={device_map}",
+                                     quantization and f"quantization={quantization}") if x)
+    if not torch.cuda.is_available():
+        raise ModelError(f"{asked} needs a CUDA GPU, and torch sees none here (torch {torch.__version__}). On the CPU "
+                         "leave them out (null) and use weights_dtype: bfloat16 to halve the memory.")
+    if device_map not in (None, "auto"):
+        raise unknown_name("device_map", device_map, ("auto",), ModelError)
+    require("accelerate", extra="gpu", purpose=asked)
+    kw: dict = {"device_map": device_map or "auto"}
+    if quantization is not None:
+        if quantization not in QUANTIZATIONS:
+            raise unknown_name("quantization", quantization, QUANTIZATIONS, ModelError)
+        require("bitsandbytes", extra="gpu", purpose=asked)
+        from transformers import BitsAndBytesConfig
+
+        kw["quantization_config"] = (BitsAndBytesConfig(load_in_8bit=True) if quantization == "8bit" else
+                                     BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=dtype,
+                                                        bnb_4bit_quant_type="nf4"))
+    return kw
+
+
+def load_model(name: str, *, device: str | None = None, dtype=None, revision: str | None = None,
+               device_map: str | None = None, quantization: str | None = None) -> LoadedModel:
     """Load a frozen model + fast tokenizer.
 
     Args:
@@ -348,6 +384,8 @@ def load_model(name: str, *, device: str | None = None, dtype=None, revision: st
         dtype: dtype of the weights, a :data:`WEIGHT_DTYPES` name or a torch dtype (default float32); GGUF weights
             are de-quantised to it. A dtype other than float32 is part of the store key.
         revision: hub revision (branch, tag or commit) for hub ids.
+        device_map: ``auto`` spreads the layers over every visible GPU (accelerate); CUDA only.
+        quantization: ``8bit`` or ``4bit`` weights through bitsandbytes (CUDA only; part of the store key).
     """
     import torch
     from transformers import AutoConfig, AutoModel, AutoTokenizer
@@ -355,6 +393,7 @@ def load_model(name: str, *, device: str | None = None, dtype=None, revision: st
 
     device = check_device(device)
     dtype = torch_dtype(dtype)
+    placed = gpu_loading(device_map, quantization, dtype)  # before any loading: a clear error without CUDA
     base, where, gguf, seed = resolve(name)
     if gguf:
         where = convert_gguf(Path(where), gguf, dtype=dtype)
@@ -363,7 +402,7 @@ def load_model(name: str, *, device: str | None = None, dtype=None, revision: st
         config = AutoConfig.from_pretrained(where, revision=revision)
         tokenizer = AutoTokenizer.from_pretrained(where, use_fast=True, revision=revision)
         if seed is None:
-            model = AutoModel.from_pretrained(where, revision=revision, dtype=dtype)
+            model = AutoModel.from_pretrained(where, revision=revision, dtype=dtype, **placed)
         else:
             torch.manual_seed(seed)
             model = AutoModel.from_config(config)
@@ -378,7 +417,8 @@ def load_model(name: str, *, device: str | None = None, dtype=None, revision: st
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.bos_token
     model.eval()
     model.requires_grad_(False)
-    model.to(device)
+    if not placed:  # accelerate placed the layers itself (and a quantised model cannot be moved)
+        model.to(device)
     if is_local:
         whash = weights_hash(Path(where))
     else:
@@ -394,7 +434,7 @@ def load_model(name: str, *, device: str | None = None, dtype=None, revision: st
     return LoadedModel(name=name, model=model, tokenizer=tokenizer, kind=kind, path=str(where), weights_hash=whash,
                        num_layers=int(config.num_hidden_layers), hidden_size=int(config.hidden_size),
                        max_length=int(max_len), random_seed=seed,
-                       files_hash=files_hash(Path(where)) if is_local else None)
+                       files_hash=files_hash(Path(where)) if is_local else None, quantization=quantization)
 
 
 def check_device(device: str | None) -> str:

@@ -83,6 +83,26 @@ def layout_for(model, sites) -> BlockLayout | None:
     return LAYOUTS[mt]
 
 
+def site_width(config, site: str) -> int:
+    """Width of one site's vectors: the model width, or ``n_heads * d_head`` for ``heads``."""
+    d = int(config.hidden_size)
+    if site != "heads":
+        return d
+    n = int(config.num_attention_heads)
+    return n * int(getattr(config, "head_dim", None) or d // n)
+
+
+def site_layers(site: str, n_layers: int, layers=None) -> list[int]:
+    """The layers a site's store holds: ``layers`` (default all), less layer 0 for the sub-layer sites (the
+    embeddings have no block). ``n_layers`` counts hidden states (blocks + 1); a layer out of range is a ConfigError."""
+    chosen = list(range(n_layers)) if layers is None else sorted(set(int(x) for x in layers))
+    bad = [x for x in chosen if not 0 <= x < n_layers]
+    if bad:
+        raise ConfigError(f"Config 'layers' = {list(layers or [])}: layer {bad[0]} is out of range; valid layers "
+                          f"are 0..{n_layers - 1} (0 = embedding output).")
+    return chosen if site == "resid_post" else [x for x in chosen if x > 0]
+
+
 def _module(root, path: str):
     m = root
     for part in path.split("."):

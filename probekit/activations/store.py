@@ -38,7 +38,26 @@ from probekit.keys import content_key
 log = logging.getLogger(__name__)
 
 STORE_FORMAT = 2
-DTYPES = {"float16": np.float16, "float32": np.float32}
+#: store dtype -> dtype of its .npy files. numpy has no bfloat16: a bfloat16 store keeps each value's 16 bits as uint16
+#: (:func:`to_disk` rounds to nearest even, :func:`from_disk` widens exactly), read back as float32.
+DTYPES = {"float16": np.float16, "float32": np.float32, "bfloat16": np.uint16}
+
+
+def to_disk(arr: np.ndarray, dtype: str) -> np.ndarray:
+    """``arr`` (float) as the store ``dtype`` writes it."""
+    if dtype != "bfloat16":
+        return arr.astype(DTYPES[dtype], copy=False)
+    import torch
+
+    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).to(torch.bfloat16)
+    return t.view(torch.int16).numpy().view(np.uint16)
+
+
+def from_disk(arr: np.ndarray, dtype: str) -> np.ndarray:
+    """The float values of an array read from a store of ``dtype`` (bfloat16 bits widened to float32)."""
+    if dtype != "bfloat16":
+        return arr
+    return (np.asarray(arr, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
 
 
 def store_key(spec: dict) -> str:
@@ -263,8 +282,21 @@ class ActivationStore:
     # ------------------------------------------------------------------ metadata
     @property
     def n_layers(self) -> int:
-        """Number of hidden-state layers stored (blocks + 1, layer 0 = embeddings)."""
+        """Number of hidden-state layers of the model (blocks + 1, layer 0 = embeddings); the store may hold only
+        some of them (:attr:`layer_ids`)."""
         return int(self.manifest["n_layers"])
+
+    @property
+    def layer_ids(self) -> list[int]:
+        """The layers this store holds, in order (all ``0..n_layers-1`` unless ``layers`` or a sub-layer site chose
+        fewer); ``store.layer(k)`` takes these numbers."""
+        ids = self.manifest.get("layers")
+        return list(range(self.n_layers)) if ids is None else [int(x) for x in ids]
+
+    @property
+    def site(self) -> str:
+        """Where in the model the vectors were read (:mod:`probekit.activations.sites`)."""
+        return str(self.manifest.get("site", "resid_post"))
 
     @property
     def n_words(self) -> int:
@@ -288,14 +320,20 @@ class ActivationStore:
     def __repr__(self) -> str:
         m = self.manifest
         return (f"ActivationStore(model={m['model']['name']!r}, split={m['data']['dataset']}/{m['data']['split']}, "
-                f"layers=0..{self.n_layers - 1} (0 = embeddings), words={self.n_words:,}, "
+                f"site={self.site}, layers={self._layers_text()}, words={self.n_words:,}, "
                 f"sentences={self.n_sentences:,}, d_model={self.hidden_size}, pooling={m['word_pooling']}, "
                 f"dtype={m['dtype']}, size={self.nbytes() / 2**20:.1f} MiB)")
+
+    def _layers_text(self) -> str:
+        ids = self.layer_ids
+        if ids == list(range(ids[0], ids[-1] + 1)):
+            return f"{ids[0]}..{ids[-1]} (0 = embeddings)"
+        return f"{ids} (0 = embeddings)"
 
     def _repr_html_(self) -> str:
         m = self.manifest
         rows = {"model": m["model"]["name"], "split": f"{m['data']['dataset']}/{m['data']['split']}",
-                "layers": f"0..{self.n_layers - 1} (0 = embeddings)", "words": f"{self.n_words:,}",
+                "site": self.site, "layers": self._layers_text(), "words": f"{self.n_words:,}",
                 "sentences": f"{self.n_sentences:,}", "d_model": self.hidden_size, "word pooling": m["word_pooling"],
                 "sentence poolings": ", ".join(self.sentence_poolings), "dtype": m["dtype"],
                 "size on disk": f"{self.nbytes() / 2**20:.1f} MiB", "path": str(self.path)}
@@ -327,7 +365,7 @@ class ActivationStore:
                           f"it recomputes the bad shard), or delete {self.path}.")
 
     def _part(self, shard: dict, key: str, layer: int) -> np.ndarray:
-        """One shard's ``[item, d_model]`` slice of one layer, checked against its sha256 on first read."""
+        """One shard's ``[item, d_model]`` slice at array index ``layer`` (:meth:`_index`), checked against its sha256 on first read."""
         arr = self._array(shard, key)
         part = arr[layer]
         if self.verify and (shard["name"], key, layer) not in self._verified:
@@ -348,7 +386,8 @@ class ActivationStore:
                                  f"{self.path}.")
 
     def _check_layer(self, layer: int) -> int:
-        """The layer index in ``0..n_layers-1`` (negative counts from the last); ConfigError when out of range."""
+        """The layer number in ``0..n_layers-1`` (negative counts from the last); ConfigError when out of range or
+        not held by this store."""
         n = self.n_layers
         if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
             raise ConfigError(f"Layer {layer!r} is not an integer: valid layers are 0..{n - 1} (0 = embedding "
@@ -356,7 +395,15 @@ class ActivationStore:
         if not -n <= layer < n:
             raise ConfigError(f"Layer {layer} is out of range for this store: valid layers are 0..{n - 1} "
                               f"(0 = embedding output), or -{n}..-1 counting from the last.")
-        return int(layer) % n
+        layer = int(layer) % n
+        if layer not in self.layer_ids:
+            raise ConfigError(f"Layer {layer} is not in this store (site {self.site}, layers {self.layer_ids}): "
+                              "add it to the config's 'layers' and extract again.")
+        return layer
+
+    def _index(self, layer: int) -> int:
+        """Position in the arrays of a layer number checked by :meth:`_check_layer`."""
+        return self.layer_ids.index(layer)
 
     def __getitem__(self, layer: int) -> np.ndarray:
         return self.layer(layer)
@@ -366,14 +413,15 @@ class ActivationStore:
 
     def layer(self, layer: int, *, dtype=np.float32, rows: np.ndarray | None = None) -> np.ndarray:
         """Word vectors of one layer, ``[word, d_model]`` (optionally only ``rows``, in corpus order)."""
-        layer = self._check_layer(layer)
-        parts = [self._part(s, "words", layer) for s in self.manifest["shards"]]
+        index = self._index(self._check_layer(layer))
+        parts = [self._part(s, "words", index) for s in self.manifest["shards"]]
         out = np.concatenate(parts, axis=0) if len(parts) > 1 else np.asarray(parts[0])
         if rows is not None:
             out = out[rows]
         elif len(parts) == 1:
-            return np.array(out, dtype=dtype)  # a copy, not a read-only view of the file: writable in every case
-        return out.astype(dtype, copy=False)
+            # a copy, not a read-only view of the file: writable in every case
+            return np.array(from_disk(out, self.manifest["dtype"]), dtype=dtype)
+        return from_disk(out, self.manifest["dtype"]).astype(dtype, copy=False)
 
     def layers(self, layers: list[int], *, dtype=np.float32, rows: np.ndarray | None = None) -> np.ndarray:
         """``[len(layers), word, d_model]`` for a group of layers (each read once from the memmaps)."""
@@ -384,9 +432,9 @@ class ActivationStore:
         if pooling not in self.sentence_poolings:
             raise unknown_name("sentence pooling", pooling, self.sentence_poolings, ConfigError,
                                hint=f"(this store, for a {self.manifest['model'].get('kind', '?')} model, has these)")
-        layer = self._check_layer(layer)
-        parts = [self._part(s, f"sent-{pooling}", layer) for s in self.manifest["shards"]]
-        return np.concatenate(parts, axis=0).astype(dtype, copy=False)
+        index = self._index(self._check_layer(layer))
+        parts = [self._part(s, f"sent-{pooling}", index) for s in self.manifest["shards"]]
+        return from_disk(np.concatenate(parts, axis=0), self.manifest["dtype"]).astype(dtype, copy=False)
 
     def iter_shards(self) -> Iterator[dict]:
         yield from self.manifest["shards"]

@@ -9,6 +9,8 @@
 * ``heatmap``: tasks × layers, one panel per model, every cell annotated, each task's best layer boxed.
 * ``mixing_weights`` (in :mod:`probekit.report.scalar_mix_figures`, when the scalar-mix study ran): Tenney's mixing
   weights and differential scores per task, with the expected layer and the centre of gravity marked.
+* ``accuracy_by_site``: test accuracy by layer, one panel per task, one line per site (resid_post, attn_out...);
+  drawn when more than one site was probed. The other figures show the block outputs (``resid_post``).
 * ``baselines_vs_params`` (in :mod:`probekit.report.baselines_figure`): test accuracy against the trainable-parameter
   fraction (log x): each
   tuning method (fine-tuning, prompt / prefix tuning, adapters, LoRA) a marker, the linear probes
@@ -28,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from probekit.activations.models import ModelName
+from probekit.activations.sites import SITES
 from probekit.probing.scalar_mix import MIX_PROBE
 from probekit.report.baselines_figure import TUNING_METHODS, baselines_vs_params
 from probekit.report.scalar_mix_figures import mixing_weights
@@ -43,7 +46,7 @@ from probekit.report.style import (
     paper_style,
 )
 from probekit.report.tables import task_row_labels, unique_pivot
-from probekit.results.table import control_mask
+from probekit.results.table import block_outputs, control_mask
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +136,55 @@ def accuracy_by_layer(summary, stem: Path | None = None, formats=("pdf", "png"),
             fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 3))
         else:  # the caller's figure may hold other axes: the legend goes into this one
             ax.legend(handles, labels)
+        return finish(fig, stem, formats)
+
+
+def accuracy_by_site(summary, stem: Path | None = None, formats=("pdf", "png"), *, probe="linear", ax=None,
+                     model: str | None = None, task: str | None = None):
+    """Test accuracy by layer at each site (one line per site with its CI band; a sub-layer site starts at layer
+    1): one panel per task of one model (3.25 in wide for one task, 6.75 in for more), or the one ``task`` into
+    ``ax``. None when fewer than two sites were probed."""
+    if "site" not in summary:
+        return None
+    s = summary[summary["site"].astype(str).isin(SITES)]
+    s = s[s["level"] == "word"] if "level" in s else s
+    sites = [x for x in SITES if x in set(s["site"].astype(str))]
+    models = _models(s)
+    if len(sites) < 2 or not models:
+        return None
+    model = only_model(models, model, "accuracy_by_site")[0]
+    tasks = sorted(_sel(s, model=model)["task"].unique())
+    if task is not None:
+        tasks = [t for t in tasks if t == task]
+    elif ax is not None:
+        tasks = tasks[:1]
+    if not tasks:
+        return None
+    own = ax is None
+    with paper_style():
+        if own:
+            fig, axes = new_figure((ONE_COLUMN if len(tasks) == 1 else TWO_COLUMN, 2.6), 1, len(tasks), sharey=True)
+        else:
+            fig, axes = ax.figure, [[ax]]
+        for ax_, t in zip(axes[0], tasks):
+            for i, site in enumerate(sites):
+                c = _curve(_sel(s, site=site), model=model, task=t, probe=probe)
+                if c is None:
+                    continue
+                x, m, lo, hi = c
+                ax_.plot(x, m, marker="o", markersize=3, color=color(i), label=site)
+                ax_.fill_between(x, lo, hi, color=color(i), alpha=0.2, linewidth=0)
+            maj = _majority(summary, model, t)
+            if maj is not None:
+                ax_.axhline(maj, linestyle="--", color="grey", linewidth=0.8, label="majority class")
+            ax_.set_title(f"{model}: {t}")
+            ax_.set_xlabel("layer (0 = embeddings)")
+        axes[0][0].set_ylabel("test accuracy")
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        if own:
+            fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4))
+        else:
+            axes[0][0].legend(handles, labels)
         return finish(fig, stem, formats)
 
 
@@ -406,6 +458,10 @@ def experiment_figures(df, summary, folder: Path, formats=("pdf", "png")) -> lis
         if fig is not None:
             out.extend(figure_paths(folder / stem, formats))
 
+    everything, summary = summary, block_outputs(summary)  # the figures below read one vector per layer
+    for m in _models(everything):
+        stem = "accuracy_by_site" + ("" if len(_models(everything)) == 1 else f"_{m.replace('/', '_')}")
+        add(stem, accuracy_by_site(everything, folder / stem, formats, model=m))
     word = summary[summary["level"] == "word"] if "level" in summary else summary
     add("accuracy_by_layer", accuracy_by_layer(summary, folder / "accuracy_by_layer", formats))
     for task in sorted(word["task"].unique()) if "level" in summary else []:
@@ -418,5 +474,5 @@ def experiment_figures(df, summary, folder: Path, formats=("pdf", "png")) -> lis
     if df is not None and "method" in df and df["method"].isin(TUNING_METHODS).any():
         add("baselines_vs_params", baselines_vs_params(df, folder / "baselines_vs_params", formats))
 
-    out += significance_figures(folder.parent, summary, formats)  # sentence bands, best-layer confusion matrices
+    out += significance_figures(folder.parent, summary, formats)  # block outputs only (their predictions are saved)  # sentence bands, best-layer confusion matrices
     return out

@@ -8,7 +8,7 @@ from probekit.probing.scalar_mix import CUMULATIVE_PROBE, MIX_PROBE
 from probekit.results.stats import expected_layer, mean_ci
 from probekit.results.table import control_mask
 
-KEYS = ["experiment", "model", "model_kind", "task", "level", "method", "probe", "control", "pooling", "layer",
+KEYS = ["experiment", "model", "model_kind", "task", "level", "method", "probe", "control", "pooling", "site", "layer",
         "n_layers", "split", "metric"]
 
 
@@ -25,7 +25,7 @@ def _derived_rows(df):
         ctrl = sc[control_mask(sc, True)]
         if real.empty or ctrl.empty:
             continue
-        on = ["model", "task", "probe", "pooling", "layer", "seed"]
+        on = [k for k in ("model", "task", "probe", "pooling", "site", "layer", "seed") if k in df]
         m = real.merge(ctrl[on + ["value"]], on=on, suffixes=("", "_ctrl"))
         m["value"] = m["value"] - m["value_ctrl"]
         m["metric"] = name
@@ -57,7 +57,7 @@ def summarize(df, confidence: float = 0.95):
     extra = []
     acc = out[(out["metric"] == "accuracy") & (out["split"] == "test") & (out["method"] == "probe")
               & control_mask(out, False) & (out["layer"] != "") & (out["probe"] != CUMULATIVE_PROBE)]
-    for _, part in acc.groupby(["model", "task", "probe", "pooling"]):
+    for _, part in acc.groupby([k for k in ("model", "task", "probe", "pooling", "site") if k in acc]):
         part = part.sort_values("layer", key=lambda s: s.astype(int))
         scores = {int(layer): float(v) for layer, v in zip(part["layer"], part["mean"])}
         if sorted(scores) != list(range(len(scores))) or len(scores) < 2:
@@ -86,10 +86,13 @@ def best_layer_table(summary):
                    & (s["layer"] != "") & (s["probe"] != CUMULATIVE_PROBE)]
     acc = probe_rows[probe_rows["split"] == "test"]
     dev = probe_rows[probe_rows["split"] == "dev"]
-    dev_groups = {k: g for k, g in dev.groupby(["model", "task", "probe", "pooling"])}
+    by = [k for k in ("model", "task", "probe", "pooling", "site") if k in s]
+    dev_groups = {k: g for k, g in dev.groupby(by)}
     recs = []
-    for (model, task, probe, pooling), part in acc.groupby(["model", "task", "probe", "pooling"]):
-        on = dev_groups.get((model, task, probe, pooling))
+    for key, part in acc.groupby(by):
+        model, task, probe, pooling = key[:4]
+        site = key[4] if len(key) > 4 else ""
+        on = dev_groups.get(key)
         if on is not None and set(on["layer"].astype(str)) >= set(part["layer"].astype(str)):
             layer = str(on.loc[on["mean"].astype(float).idxmax(), "layer"])
             best = part[part["layer"].astype(str) == layer].iloc[0]
@@ -97,7 +100,8 @@ def best_layer_table(summary):
         else:
             best = part.loc[part["mean"].astype(float).idxmax()]
             chosen_on = "test"
-        sel = s[(s["model"] == model) & (s["task"] == task) & (s["probe"] == probe) & (s["pooling"] == pooling)]
+        sel = s[(s["model"] == model) & (s["task"] == task) & (s["probe"] == probe) & (s["pooling"] == pooling)
+                & ((s["site"] == site) if "site" in s else True)]
         def one(metric, layer=None):
             r = sel[sel["metric"] == metric]
             if layer is not None:
@@ -114,7 +118,8 @@ def best_layer_table(summary):
         maj = s[(s["model"] == model) & (s["task"] == task) & (s["probe"] == "majority") & (s["metric"] == "accuracy")]
         wmaj = s[(s["model"] == model) & (s["task"] == task) & (s["probe"] == "word_majority")
                  & (s["metric"] == "accuracy")]
-        recs.append({"model": model, "task": task, "probe": probe, "pooling": pooling, "best_layer": best["layer"],
+        recs.append({"model": model, "task": task, "probe": probe, "pooling": pooling,
+                     "site": site, "best_layer": best["layer"],
                      "chosen_on": chosen_on,
                      "test_acc": float(best["mean"]), "ci": float(best["ci_hi"]) - float(best["mean"]),
                      # 95% interval over test sentences (results.sentence_stats), when predictions were saved
@@ -126,7 +131,10 @@ def best_layer_table(summary):
                      "center_of_gravity": tenney("center_of_gravity"),
                      "mdl_best_layer": mdl_best,
                      "mdl_kbits_at_best": one("mdl_codelength_kbits", mdl_best) if mdl_best != "" else np.nan})
-    return pd.DataFrame(recs)
+    out = pd.DataFrame(recs)
+    if "site" in out and out["site"].isin(["", "resid_post"]).all():
+        out = out.drop(columns="site")  # one site, the block outputs: the table as it was before sites
+    return out
 
 
 def task_row_labels(sel):

@@ -28,7 +28,7 @@ from probekit.results.significance import (
     sentence_counts,
     swap_matrix,
 )
-from probekit.results.table import control_mask
+from probekit.results.table import block_outputs, control_mask
 
 __all__ = ["N_RESAMPLES", "ALPHA", "counts_table", "counts_from_records", "add_intervals", "best_layers", "layer_tests", "model_tests",
            "describe"]
@@ -93,7 +93,8 @@ def add_intervals(summary, counts: dict, n_sentences: int, *, n_resamples: int =
     hi = np.full(len(summary), np.nan)
     s = summary
     is_test = ((s["split"] == "test") & (s["method"] == "probe") & control_mask(s, False)
-               & (s["layer"].astype(str) != "")).to_numpy()
+               & (s["layer"].astype(str) != "")
+               & s.index.isin(block_outputs(s).index)).to_numpy()  # predictions are saved for block outputs only
     for i in np.flatnonzero(is_test):
         r = s.iloc[i]
         c = counts.get((r["model"], r["task"], r["probe"], r["pooling"], _int(r["layer"])), {}).get(r["metric"])
@@ -108,7 +109,7 @@ def _int(v) -> int:
 
 def best_layers(summary) -> dict:
     """{(model, task, probe, pooling): layer with the highest mean dev accuracy} (test accuracy without dev rows)."""
-    s = summary
+    s = block_outputs(summary)
     acc = s[(s["metric"] == "accuracy") & (s["method"] == "probe") & control_mask(s, False)
             & (s["layer"].astype(str) != "")]
     out = {}

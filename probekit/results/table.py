@@ -32,7 +32,7 @@ from probekit.errors import DataError
 from probekit.keys import distrust, payload_digest
 
 COLUMNS = ["experiment", "model", "model_kind", "model_hash", "task", "task_version", "level", "method", "probe",
-           "control", "pooling", "layer", "n_layers", "seed", "split", "metric", "value", "trainable_params",
+           "control", "pooling", "site", "layer", "n_layers", "seed", "split", "metric", "value", "trainable_params",
            "trainable_fraction", "train_size", "reg"]
 TIMING_COLUMNS = ["experiment", "model", "task", "method", "probe", "control", "pooling", "seed", "train_seconds"]
 
@@ -46,6 +46,16 @@ def row(**kw) -> dict:
     if "train_seconds" in kw:
         out["train_seconds"] = kw["train_seconds"]
     return out
+
+
+def block_outputs(frame):
+    """The rows of ``frame`` read at the block outputs (site ``resid_post``) or at no site (baselines, majority of
+    older tables): the rows the analyses made for one vector per layer read (sentence intervals, significance,
+    the per-model figures)."""
+    if "site" not in frame:
+        return frame
+    site = frame["site"].astype(object)
+    return frame[site.isna() | site.isin(["resid_post", ""])]
 
 
 def is_control(value) -> bool:
@@ -137,9 +147,11 @@ def to_frames(rows: list[dict]):
     for c in COLUMNS:
         if c not in df:
             df[c] = None
+    # probe rows stored before sites existed were all read at the block outputs
+    df.loc[(df["method"] == "probe") & df["site"].isna(), "site"] = "resid_post"
     timings = df[[c for c in TIMING_COLUMNS if c in df]].drop_duplicates() if "train_seconds" in df else None
     df = df[COLUMNS]
-    keys = ["model", "task", "method", "probe", "control", "pooling", "layer", "seed", "split", "metric"]
+    keys = ["model", "task", "method", "probe", "control", "pooling", "site", "layer", "seed", "split", "metric"]
     df = df.sort_values(keys, key=lambda s: s.astype(str).str.zfill(6) if s.name in ("layer", "seed") else s.astype(str),
                         kind="mergesort").reset_index(drop=True)
     if df["layer"].dtype.kind == "f" and (df["layer"].dropna() % 1 == 0).all():

@@ -9,8 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from probekit._io import cache_root, sha256_file
-from probekit.activations.extract import extract
-from probekit.activations.models import ModelName
+from probekit.activations.budget import check_disk, extraction_bytes
+from probekit.activations.extract import default_store_root, extract_sites
+from probekit.activations.models import ModelName, load_model
+from probekit.activations.sites import check_sites
 from probekit.config import ExperimentConfig
 from probekit.data.conllu_io import read_conllu
 from probekit.data.datasets import locate
@@ -18,6 +20,7 @@ from probekit.data.own_data import FORMATS, HF_PREFIX, Columns, load_own
 from probekit.data.sampling import sample_sentences
 from probekit.errors import DataError
 
+ROLES = ("train", "dev", "test")
 #: Seed of the `train_sentences` sample (recorded with the sample in the data fingerprint).
 TRAIN_SAMPLE_SEED = 0
 
@@ -77,15 +80,42 @@ def model_list(cfg: ExperimentConfig) -> list[str]:
 
 
 
-def extract_stores(cfg: ExperimentConfig, lm, data: dict, data_fp: dict, *, progress: bool = True) -> dict:
-    """Write (or reuse) the model's train/dev/test stores as the config says: {role: ActivationStore}.
+def load_config_model(cfg: ExperimentConfig, name: str):
+    """The model ``name`` loaded as the config says (device, weights dtype, device_map, quantization)."""
+    return load_model(name, device=cfg.device, dtype=cfg.weights_dtype, device_map=cfg.device_map,
+                      quantization=cfg.quantization)
 
-    ``probekit run`` and the sweep workers both call this, so they share stores.
+
+def extract_site_stores(cfg: ExperimentConfig, lm, data: dict, data_fp: dict, *, sites=None,
+                        progress: bool = True) -> dict:
+    """Write (or reuse) the model's train/dev/test stores of every site the config names (``sites`` overrides
+    it): ``{site: {role: ActivationStore}}``, each split's sites read in one forward pass.
+
+    First the disk guard (:func:`probekit.activations.budget.check_disk`): what will be written, GB per split, and
+    a refusal when the disk has no room. ``probekit run`` and the sweep workers both call this, so they share
+    stores.
     """
+    sites = check_sites(sites or cfg.sites)
+    kw = {role: dict(dataset=cfg.dataset, split=cfg.splits.get(role, role), data_checksum=data_checksum(data_fp[role]),
+                     store_root=cfg.store_dir) for role in ROLES}
+    common = dict(sites=sites, layers=cfg.layers, dtype=cfg.dtype, word_pooling=cfg.word_pooling,
+                  precision=cfg.precision)
+    per_split = {kw[role]["split"]: extraction_bytes(lm, data[role], **common, **kw[role]) for role in ROLES}
+    n_layers = len(cfg.layers) if cfg.layers is not None else lm.num_layers + 1
+    check_disk(per_split, cfg.store_dir or default_store_root(),
+               describe=f"{lm.name}: sites {', '.join(sites)}, {n_layers} of {lm.num_layers + 1} layers"
+                        + (" (sub-layer sites: no layer 0)" if sites != ["resid_post"] else "")
+                        + f", width {lm.hidden_size}, {cfg.dtype}")
+    out: dict = {s: {} for s in sites}
+    for role in ROLES:
+        got = extract_sites(lm, data[role], **common, **kw[role], batch_tokens=cfg.batch_tokens, strict=cfg.strict,
+                            progress=progress)
+        for site, store in got.items():
+            out[site][role] = store
+    return out
 
-    return {role: extract(lm, data[role], dataset=cfg.dataset, split=cfg.splits.get(role, role),
-                          data_checksum=data_checksum(data_fp[role]),
-                          store_root=cfg.store_dir, word_pooling=cfg.word_pooling, dtype=cfg.dtype,
-                          batch_tokens=cfg.batch_tokens, strict=cfg.strict, precision=cfg.precision,
-                          progress=progress)
-            for role in ("train", "dev", "test")}
+
+def extract_stores(cfg: ExperimentConfig, lm, data: dict, data_fp: dict, *, progress: bool = True) -> dict:
+    """The ``resid_post`` stores of :func:`extract_site_stores`: ``{role: ActivationStore}`` (the block outputs,
+    which the structural probes and the erasure study read)."""
+    return extract_site_stores(cfg, lm, data, data_fp, sites=["resid_post"], progress=progress)["resid_post"]

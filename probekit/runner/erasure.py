@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from probekit.activations.models import load_model
 from probekit.causal.effects import intervention_effects
 from probekit.causal.erasure import (
     METHODS,
@@ -36,7 +35,7 @@ from probekit.errors import ConfigError, unknown_name
 from probekit.keys import content_key
 from probekit.probing.linear import fit_layers
 from probekit.results.table import to_frames, write_csv
-from probekit.runner.data import data_checksum, extract_stores, load_data
+from probekit.runner.data import data_checksum, extract_stores, load_config_model, load_data
 from probekit.tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -87,7 +86,7 @@ def run_erasure(cfg: ExperimentConfig, settings: ErasureSettings, *, data: dict 
     rows: list[dict] = []
     timings = []
     for model in cfg.models:
-        lm = load_model(model, device=cfg.device, dtype=cfg.weights_dtype)
+        lm = load_config_model(cfg, model)
         t0 = time.perf_counter()
         stores = extract_stores(cfg, lm, data, fp, progress=progress)
         timings.append({"model": model, "stage": "extract", "seconds": time.perf_counter() - t0})

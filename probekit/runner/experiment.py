@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from probekit._io import acquire_lock, atomic_write_bytes
-from probekit.activations.models import ModelName, fingerprint, load_model
+from probekit.activations.models import ModelName, fingerprint
 from probekit.baselines.config import BaselineConfig
 from probekit.baselines.train import run_baselines
 from probekit.config import ExperimentConfig
@@ -40,7 +40,7 @@ from probekit.results.table import (
     to_frames,
     write_csv,
 )
-from probekit.runner.data import extract_stores, load_data, model_list
+from probekit.runner.data import extract_site_stores, load_config_model, load_data, model_list
 from probekit.runner.erasure import ErasureSettings, run_erasure
 from probekit.runner.neurons import NeuronsConfig, run_neurons
 from probekit.runner.probe_task import probe_task
@@ -133,27 +133,32 @@ def _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, eras
         models_info[m] = {"fingerprint": fp}
         if pending:
             log.info("%s: %d of %d units to compute", m, len(pending), len(units))
-            lm = load_model(m, device=cfg.device, dtype=cfg.weights_dtype)
-            stores = extract_stores(cfg, lm, data, data_fp, progress=progress)
-            forward_passes += sum(st.computed_shards for st in stores.values())
+            lm = load_config_model(cfg, m)
+            site_stores = extract_site_stores(cfg, lm, data, data_fp, progress=progress)
+            forward_passes += max(sum(st.computed_shards for st in stores.values()) for stores in site_stores.values())
             info = {"name": m, "kind": lm.kind, "hash": lm.weights_hash}
+            first = site_stores[cfg.sites[0]]
             models_info[m].update({"kind": lm.kind, "weights_hash": lm.weights_hash, "num_layers": lm.num_layers,
-                                   "stores": {r: str(s.path) for r, s in stores.items()},
-                                   "precision": stores["train"].manifest["extraction"]["amp"] or "fp32",
+                                   "stores": {r: str(s.path) for r, s in first.items()},
+                                   "precision": first["train"].manifest["extraction"]["amp"] or "fp32",
                                    "weights_dtype": cfg.weights_dtype})
-            feature_cache = FeatureCache()
-            for task in tasks:
-                tunits = [u for u in pending if u.task == task.name]
-                if not tunits:
-                    continue
-                t0 = time.perf_counter()
-                done = probe_task(lm_info=info, stores=stores, data=data, task=task, policy=policy, units=tunits,
-                                  feature_cache=feature_cache, predictions_dir=runs,
-                                  progress=progress)
-                for u in tunits:
-                    save_unit(runs / f"{u.key}.json", done[u])
-                unit_rows.update(done)
-                log.info("%s %s: probed in %.1fs", m, task.name, time.perf_counter() - t0)
+            if len(site_stores) > 1:
+                models_info[m]["site_stores"] = {site: {r: str(s.path) for r, s in stores.items()}
+                                                 for site, stores in site_stores.items()}
+            for site, stores in site_stores.items():
+                feature_cache = FeatureCache()  # one site's features at a time: its blocks go with it
+                for task in tasks:
+                    tunits = [u for u in pending if u.task == task.name and u.site == site]
+                    if not tunits:
+                        continue
+                    t0 = time.perf_counter()
+                    done = probe_task(lm_info=info, stores=stores, data=data, task=task, policy=policy, units=tunits,
+                                      feature_cache=feature_cache, predictions_dir=runs,
+                                      progress=progress)
+                    for u in tunits:
+                        save_unit(runs / f"{u.key}.json", done[u])
+                    unit_rows.update(done)
+                    log.info("%s %s %s: probed in %.1fs", m, site, task.name, time.perf_counter() - t0)
             del lm, feature_cache
         for u in units:
             all_rows.extend(unit_rows[u])

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from probekit._io import atomic_write_bytes
-from probekit.activations.models import fingerprint, load_model
+from probekit.activations.models import fingerprint
 from probekit.config import ExperimentConfig
 from probekit.errors import ConfigError, unknown_name
 from probekit.keys import content_key
@@ -48,7 +48,7 @@ from probekit.report.neuron_figures import neuron_figures
 from probekit.results.predictions import item_index
 from probekit.results.significance import MIN_RESAMPLES, bootstrap_interval, resample_weights, sentence_counts
 from probekit.results.table import load_unit, row, save_unit, to_frames
-from probekit.runner.data import extract_stores, load_data, model_list
+from probekit.runner.data import extract_stores, load_config_model, load_data, model_list
 from probekit.runner.study_main import study_main
 from probekit.tasks import get_task
 
@@ -276,7 +276,7 @@ def run_neurons(cfg: ExperimentConfig, ncfg: NeuronsConfig | None = None, *, dat
                 done[name] = (rows, rank)
         pending = [t for t in tasks if t.name not in done]
         if pending:
-            lm = load_model(m, device=cfg.device, dtype=cfg.weights_dtype)
+            lm = load_config_model(cfg, m)
             stores = extract_stores(cfg, lm, data, data_fp, progress=progress)
             n_layers = stores["train"].n_layers
             layers = cfg.layers if cfg.layers is not None else list(range(n_layers))

@@ -106,7 +106,13 @@ def probe_task(*, lm_info: dict, stores: dict, data: dict, task, policy: ProbePo
     items = labelled_items(task, data, policy)
     n_classes = len(task.labels)
     n_layers = stores["train"].n_layers
+    site = stores["train"].site
+    if any(u.site != site for u in units):
+        raise ConfigError(f"probe_task got units of sites {sorted({u.site for u in units})} with stores of site "
+                          f"{site}: call it once per site with that site's stores.")
     layers = list(policy.layers) if policy.layers is not None else list(range(n_layers))
+    if site != "resid_post":
+        layers = [layer for layer in layers if layer != 0]  # a sub-layer site has no layer 0 (the embeddings)
     for layer in layers:
         try:
             stores["train"]._check_layer(layer)
@@ -114,12 +120,14 @@ def probe_task(*, lm_info: dict, stores: dict, data: dict, task, policy: ProbePo
             raise ConfigError(f"Config 'layers' = {list(policy.layers or [])}: {e} (model {lm_info['name']})") from None
     common = dict(experiment=policy.experiment, model=lm_info["name"], model_kind=lm_info["kind"],
                   model_hash=lm_info["hash"][:16], task=task.name, task_version=task.version, level=level,
-                  method="probe", n_layers=n_layers - 1)
+                  method="probe", site=site, n_layers=n_layers - 1)
     # every configured seed, not only the pending ones: a family may fit the controls of all seeds as one problem,
     # and a unit's numbers must not depend on which other units happen to be pending
     seeds = sorted(set(policy.seeds) | {u.seed for u in units})
     controls = _control_labels(task, data, items, seeds, n_classes) if policy.control_tasks else {}
-    test_items = predictions.item_index(data["test"], items["test"].rows, level) if predictions_dir else None
+    # the sentence-level analyses (intervals, significance, errors) read the block outputs' predictions only
+    save_predictions = predictions_dir is not None and site == "resid_post"
+    test_items = predictions.item_index(data["test"], items["test"].rows, level) if save_predictions else None
     t = _Task(items, n_classes, common, controls)
     out: dict[Unit, list[dict]] = {u: [] for u in units}
     by_pool: dict[str, list[Unit]] = {}
@@ -167,7 +175,7 @@ def _probe_pooling(pooling: str, punits: list[Unit], t: _Task, stores: dict, ite
 def _fixed_rows(t: _Task, u: Unit, pool_name: str, policy: ProbePolicy) -> list[dict]:
     """The rows of a unit that no layer has: majority-class scores (first probe only) and left-out counts."""
     rows = []
-    if policy.writes_majority(u.probe):
+    if policy.writes_majority(u.probe, u.site):
         y_train, y_test = t.items["train"].y, t.items["test"].y
         majority = int(np.bincount(y_train, minlength=t.n_classes).argmax())
         for metric, value in classification_metrics(y_test, np.full(len(y_test), majority), t.n_classes).items():

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from probekit.activations.models import fingerprint, load_model
+from probekit.activations.models import fingerprint
 from probekit.config import ExperimentConfig, section_settings
 from probekit.errors import ConfigError, DataError
 from probekit.keys import content_key
@@ -41,7 +41,7 @@ from probekit.probing.structural import StructuralSettings
 from probekit.report.relations_figures import relations_by_layer
 from probekit.results.significance import bootstrap_interval, resample_weights, score, sentence_counts
 from probekit.results.table import load_unit, row, save_unit, to_frames, write_csv
-from probekit.runner.data import extract_stores, load_data, model_list
+from probekit.runner.data import extract_stores, load_config_model, load_data, model_list
 from probekit.tasks.base import RELATION_LEVELS, RelationItems, get_task
 
 log = logging.getLogger(__name__)
@@ -198,7 +198,7 @@ def run_relations(cfg: ExperimentConfig, rcfg: RelationsConfig | None = None, *,
         done = {key: load_unit(folder / f"{key}.json", key=key, strict=cfg.strict) for *_, key in plan}
         pending = [p for p in plan if done[p[2]] is None]
         if pending:
-            lm = load_model(m, device=cfg.device, dtype=cfg.weights_dtype)
+            lm = load_config_model(cfg, m)
             stores = extract_stores(cfg, lm, data, data_fp, progress=progress)
             info = {"model": m, "model_kind": lm.kind, "model_hash": lm.weights_hash[:16]}
             n_layers = stores["train"].n_layers

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from probekit.activations.models import fingerprint, load_model
+from probekit.activations.models import fingerprint
 from probekit.config import ExperimentConfig, section_settings
 from probekit.errors import ConfigError, unknown_name
 from probekit.keys import content_key
@@ -44,7 +44,7 @@ from probekit.results.significance import (
 )
 from probekit.results.stats import center_of_gravity, cumulative_summary
 from probekit.results.table import load_unit, row, save_unit
-from probekit.runner.data import extract_stores, load_data, model_list
+from probekit.runner.data import extract_stores, load_config_model, load_data, model_list
 from probekit.runner.probe_task import labelled_items
 from probekit.runner.units import ProbePolicy
 from probekit.tasks import get_task
@@ -145,7 +145,7 @@ def run_scalar_mix(cfg: ExperimentConfig, mcfg: ScalarMixConfig | None = None, *
         done = {key: load_unit(folder / f"{key}.json", key=key, strict=cfg.strict) for *_, key in plan}
         pending = [p for p in plan if done[p[2]] is None]
         if pending:
-            lm = load_model(m, device=cfg.device, dtype=cfg.weights_dtype)
+            lm = load_config_model(cfg, m)
             stores = extract_stores(cfg, lm, data, data_fp, progress=progress)
             info = {"model": m, "model_kind": lm.kind, "model_hash": lm.weights_hash[:16]}
             cache = FeatureCache()

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from probekit._io import atomic_write_bytes
-from probekit.activations.models import fingerprint, load_model
+from probekit.activations.models import fingerprint
 from probekit.config import ExperimentConfig, section_settings
 from probekit.errors import ConfigError, unknown_name
 from probekit.keys import content_key
@@ -40,7 +40,7 @@ from probekit.probing.structural import (
 from probekit.report.structural_figures import structural_figures
 from probekit.results.significance import MIN_RESAMPLES, percentile_interval, resample_indices
 from probekit.results.table import load_unit, row, save_unit, to_frames
-from probekit.runner.data import extract_stores, load_data, model_list
+from probekit.runner.data import extract_stores, load_config_model, load_data, model_list
 from probekit.runner.study_main import study_main
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ def run_structural(cfg: ExperimentConfig, scfg: StructuralConfig | None = None, 
                 for *_, key in plan}
         pending = [p for p in plan if done[p[3]][0] is None or done[p[3]][1] is None]
         if pending:
-            lm = load_model(m, device=cfg.device, dtype=cfg.weights_dtype)
+            lm = load_config_model(cfg, m)
             stores = extract_stores(cfg, lm, data, data_fp, progress=progress)
             info = {"model": m, "model_kind": lm.kind, "model_hash": lm.weights_hash[:16]}
             n_layers = stores["train"].n_layers

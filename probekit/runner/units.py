@@ -1,6 +1,6 @@
 """Units of probing work and the policy that decides what each one computes.
 
-A *unit* is model × task × pooling × probe × seed, all layers together; its rows are stored under a key made of
+A *unit* is model × task × pooling × probe × seed × site, all layers together; its rows are stored under a key made of
 everything that produced them (:func:`plan_units`). :class:`ProbePolicy` is the one place that says which seeds share
 a fit, which unit computes MDL, which one writes the majority-class rows and which control seeds a unit depends on;
 :func:`plan_units`, :func:`probekit.runner.probe_task.probe_task` and the sweep read it from there.
@@ -31,6 +31,7 @@ class Unit:
     probe: str
     seed: int
     key: str = ""
+    site: str = "resid_post"  # where the vectors are read (probekit.activations.sites)
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class ProbePolicy:
     probes: tuple[str, ...] = ("linear",)
     seeds: tuple[int, ...] = (0,)
     layers: tuple[int, ...] | None = None
+    sites: tuple[str, ...] = ("resid_post",)
     Cs: tuple[float, ...] = (0.01, 0.1, 1.0)
     control_tasks: bool = True
     mdl: bool = True
@@ -60,7 +62,8 @@ class ProbePolicy:
     @classmethod
     def from_config(cls, cfg: ExperimentConfig) -> "ProbePolicy":
         return cls(experiment=cfg.name, probes=tuple(cfg.probes), seeds=tuple(cfg.seeds),
-                   layers=None if cfg.layers is None else tuple(cfg.layers), Cs=tuple(cfg.Cs),
+                   layers=None if cfg.layers is None else tuple(cfg.layers), sites=tuple(cfg.sites),
+                   Cs=tuple(cfg.Cs),
                    control_tasks=cfg.control_tasks, mdl=cfg.mdl, mdl_max_examples=cfg.mdl_max_examples,
                    max_train_items=cfg.max_train_items, mlp=cfg.mlp, device=cfg.device)
 
@@ -90,9 +93,10 @@ class ProbePolicy:
         """MDL is costly (11 trainings per layer): computed for the first seed only, by families that have it."""
         return self.mdl and self.family(probe).has_mdl and seed == self.seeds[0]
 
-    def writes_majority(self, probe: str) -> bool:
-        """The majority-class rows are written once per task, pooling and seed: by the units of the first probe."""
-        return probe == self.probes[0]
+    def writes_majority(self, probe: str, site: str | None = None) -> bool:
+        """The majority-class rows are written once per task, pooling and seed: by the units of the first probe at
+        the first site (``site`` None: any site)."""
+        return probe == self.probes[0] and (site is None or site == self.sites[0])
 
     def control_seeds(self, probe: str) -> list[int] | None:
         """The seeds whose control tasks one unit's control numbers depend on: all configured seeds when the family
@@ -112,6 +116,8 @@ def plan_units(cfg: ExperimentConfig, model: str, model_fp: dict, data_fp: dict,
     vectors = {"precision": resolve_precision(check_device(cfg.device), cfg.precision),
                "weights_dtype": cfg.weights_dtype}
     vectors = {k: v for k, v in vectors.items() if v not in ("fp32", "float32")}
+    if cfg.quantization:
+        vectors["quantization"] = cfg.quantization
     # content, not location: the same treebank found through a different directory keeps its results
     data_key = {role: {k: v for k, v in fp.items() if k != "file"} for role, fp in data_fp.items()}
     units = []
@@ -122,7 +128,7 @@ def plan_units(cfg: ExperimentConfig, model: str, model_fp: dict, data_fp: dict,
             poolings = [p for p in poolings if p != "cls"]  # a causal model has no [CLS] summary token
         for pooling in poolings:
             for probe in cfg.probes:
-                for seed in cfg.seeds:
+                for seed, site in ((seed, site) for site in cfg.sites for seed in cfg.seeds):
                     spec = {"v": UNIT_VERSION, "model": model_fp, "data": data_key, "task": task.name,
                             "task_version": task.version, "task_fp": task.fingerprint, "labels": task.labels, "pooling": pooling,
                             "probe": probe, "seed": seed, "layers": cfg.layers, "Cs": cfg.Cs,
@@ -132,6 +138,9 @@ def plan_units(cfg: ExperimentConfig, model: str, model_fp: dict, data_fp: dict,
                             "mlp": policy.family(probe).settings_key(policy.fit_settings),
                             "dtype": cfg.dtype, "experiment": cfg.name,
                             "control_seeds": policy.control_seeds(probe),
-                            "majority": policy.writes_majority(probe), **vectors}
-                    units.append(Unit(model, task.name, pooling, probe, seed, key=content_key("unit", spec)))
+                            "majority": policy.writes_majority(probe, site), **vectors}
+                    if site != "resid_post":  # only then, so that the units of block outputs keep their keys
+                        spec["site"] = site
+                    units.append(Unit(model, task.name, pooling, probe, seed, key=content_key("unit", spec),
+                                      site=site))
     return units

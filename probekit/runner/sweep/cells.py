@@ -128,7 +128,7 @@ class Extracted:
     model: str
     lm_info: dict  # {"name", "kind", "hash"}
     num_layers: int
-    stores: dict[str, str]  # role -> store folder
+    stores: dict[str, dict[str, str]]  # site -> role -> store folder
     computed_shards: int
     seconds: float
     data: dict

@@ -151,6 +151,17 @@ def import_ray():
     return require("ray", extra="ray", purpose="The Ray executor (or use --executor local)")
 
 
+def extraction_gpus(ray, config) -> int:
+    """GPUs one extraction (or baseline) task asks Ray for: 1 when the cluster has GPUs, else 0; with
+    ``device_map: auto`` every GPU of the largest node, so that a model too big for one GPU is spread over a whole
+    node (Ray makes those GPUs the task's visible devices, and accelerate fills them)."""
+    if float(ray.cluster_resources().get("GPU", 0)) < 1:
+        return 0
+    if config.device_map == "auto":
+        return int(max((n.get("Resources", {}).get("GPU", 0) for n in ray.nodes() if n.get("Alive")), default=1))
+    return 1
+
+
 def run_ray(plan: SweepPlan, address: str | None, rec: SweepLog) -> int:
     """Ray tasks: one per extraction (a GPU when the cluster has one), one per cell; a probe cell's task takes its
     model's extraction as an argument, so Ray starts it when that extraction is done."""
@@ -161,8 +172,8 @@ def run_ray(plan: SweepPlan, address: str | None, rec: SweepLog) -> int:
         started = True
     try:
         gpus = float(ray.cluster_resources().get("GPU", 0))
-        gpu = 1 if gpus >= 1 else 0
-        log.info("Ray cluster: %s CPUs, %s GPUs; extraction tasks ask for %d GPU",
+        gpu = extraction_gpus(ray, plan.config)
+        log.info("Ray cluster: %s CPUs, %s GPUs; extraction tasks ask for %d GPU(s)",
                  ray.cluster_resources().get("CPU"), gpus, gpu)
         extract_task = ray.remote(num_cpus=1, num_gpus=gpu)(extract_model)
         cell_task = ray.remote(num_cpus=1, num_gpus=0)(run_probe_cell)

@@ -11,14 +11,13 @@ import os
 import time
 from pathlib import Path
 
-from probekit.activations.models import load_model
 from probekit.activations.store import ActivationStore
 from probekit.baselines.config import BaselineConfig
 from probekit.baselines.train import run_baselines
 from probekit.config import ExperimentConfig
 from probekit.errors import DataError, ProbekitError
 from probekit.results.table import load_unit, save_unit
-from probekit.runner.data import data_checksum, extract_stores, load_data
+from probekit.runner.data import data_checksum, extract_site_stores, load_config_model, load_data
 from probekit.runner.probe_task import probe_task
 from probekit.runner.sweep.cells import CellDone, CellSpec, Extracted, ExtractionSpec
 from probekit.runner.units import ProbePolicy, plan_units
@@ -61,11 +60,14 @@ def extract_model(spec: ExtractionSpec) -> Extracted:
     cfg = spec.config
     data = _check_data(cfg, spec.data_fp)
     t0 = time.perf_counter()
-    lm = load_model(spec.model, device=cfg.device, dtype=cfg.weights_dtype)
-    written = extract_stores(cfg, lm, data, spec.data_fp, progress=False)
+    lm = load_config_model(cfg, spec.model)
+    written = extract_site_stores(cfg, lm, data, spec.data_fp, progress=False)
     out = Extracted(model=spec.model, lm_info={"name": spec.model, "kind": lm.kind, "hash": lm.weights_hash},
-                    num_layers=lm.num_layers, stores={role: str(st.path) for role, st in written.items()},
-                    computed_shards=sum(st.computed_shards for st in written.values()),
+                    num_layers=lm.num_layers,
+                    stores={site: {role: str(st.path) for role, st in by_role.items()}
+                            for site, by_role in written.items()},
+                    computed_shards=max(sum(st.computed_shards for st in by_role.values())
+                                        for by_role in written.values()),
                     seconds=time.perf_counter() - t0, data=data_id(spec.data_fp), host=os.uname().nodename)
     del lm
     return out
@@ -89,12 +91,14 @@ def run_probe_cell(spec: CellSpec, extracted: Extracted) -> CellDone:
     t0 = time.perf_counter()
     if pending:
         data = _check_data(cfg, spec.data_fp)
-        stores = {role: ActivationStore(p) for role, p in extracted.stores.items()}
-        with _one_blas_thread():
-            done = probe_task(lm_info=extracted.lm_info, stores=stores, data=data, task=cfg.task(spec.task),
-                              policy=ProbePolicy.from_config(cfg), units=pending)
-        for u in pending:
-            save_unit(runs / f"{u.key}.json", done[u])
+        for site in sorted({u.site for u in pending}):
+            stores = {role: ActivationStore(p) for role, p in extracted.stores[site].items()}
+            site_units = [u for u in pending if u.site == site]
+            with _one_blas_thread():
+                done = probe_task(lm_info=extracted.lm_info, stores=stores, data=data, task=cfg.task(spec.task),
+                                  policy=ProbePolicy.from_config(cfg), units=site_units)
+            for u in site_units:
+                save_unit(runs / f"{u.key}.json", done[u])
     return spec.done(len(pending), time.perf_counter() - t0, os.uname().nodename)
 
 
