@@ -147,3 +147,18 @@ def test_decoder_without_bos_starts_with_eos(tiny_gpt2_dir):
     tok.bos_token = None
     assert tok.bos_token_id is None and special_layout(tok, prepend_bos=True)[0] == [tok.eos_token_id]
     assert special_layout(tok, prepend_bos=False)[0] == []
+
+
+def test_study_unit_keys_follow_the_vectors_they_read():
+    """A study's unit (structural, relations, scalar mix, neurons) is not reused for vectors extracted otherwise."""
+    from probekit.config import ExperimentConfig
+    from probekit.runner.units import study_unit_key
+
+    def key(version=1, **over):
+        cfg = ExperimentConfig(name="k", models=["minilm"], tasks=["upos"], device="cpu", **over)
+        return study_unit_key(cfg, {"model": "m"}, {"test": {"sha256": "x", "file": "/a/b"}}, version=version, task="t")
+
+    base = key()
+    assert key() == base
+    assert len({base, key(precision="bf16"), key(layers=[0, 1]), key(weights_dtype="bfloat16"), key(dtype="float32"),
+                key(word_pooling="mean"), key(version=2)}) == 7

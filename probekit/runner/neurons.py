@@ -33,7 +33,6 @@ from probekit._io import atomic_write_bytes
 from probekit.activations.models import fingerprint
 from probekit.config import ExperimentConfig
 from probekit.errors import ConfigError, unknown_name
-from probekit.keys import content_key
 from probekit.probing.features import MEMORY_BUDGET, feature_groups, labelled
 from probekit.probing.neurons import (
     SELECTIONS,
@@ -50,12 +49,13 @@ from probekit.results.significance import MIN_RESAMPLES, bootstrap_interval, res
 from probekit.results.table import load_unit, row, save_unit, to_frames
 from probekit.runner.data import extract_stores, load_config_model, load_data, model_list
 from probekit.runner.study_main import study_main
+from probekit.runner.units import study_unit_key
 from probekit.tasks import get_task
 
 log = logging.getLogger(__name__)
 
 #: Part of every unit's key: bumped when the code changes the numbers it gives.
-UNIT_VERSION = 1
+UNIT_VERSION = 2
 MODES = ("keep", "mask", "zero", "zero_retrain")
 #: Feature copies (standardised block, selected columns) held beside a layer group: the group's share of the budget.
 COPIES = 4
@@ -250,7 +250,6 @@ def run_neurons(cfg: ExperimentConfig, ncfg: NeuronsConfig | None = None, *, dat
     runs = root / "runs"
     if data is None or data_fp is None:
         data, data_fp = load_data(cfg)
-    data_key = {role: {k: v for k, v in fp.items() if k != "file"} for role, fp in data_fp.items()}
     tasks = [get_task(t) for t in cfg.tasks]
     skipped = [t.name for t in tasks if t.level != "word"]
     if skipped:
@@ -264,10 +263,9 @@ def run_neurons(cfg: ExperimentConfig, ncfg: NeuronsConfig | None = None, *, dat
         fp = fingerprint(m)
         plan = {}
         for task in tasks:
-            spec = {"v": UNIT_VERSION, "model": fp, "data": data_key, "task": [task.name, task.version, task.fingerprint],
-                    "seed": cfg.seeds[0], "layers": cfg.layers, "dtype": cfg.dtype, "word_pooling": cfg.word_pooling,
-                    "max_train": cfg.max_train_items, "settings": asdict(ncfg), "experiment": cfg.name}
-            plan[task.name] = content_key("unit", spec)
+            plan[task.name] = study_unit_key(cfg, fp, data_fp, version=UNIT_VERSION,
+                                             task=[task.name, task.version, task.fingerprint],
+                                             seed=cfg.seeds[0], max_train=cfg.max_train_items, settings=asdict(ncfg))
         done = {}
         for name, key in plan.items():
             rows = load_unit(runs / f"{key}.json", key=key, strict=cfg.strict)

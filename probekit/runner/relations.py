@@ -32,7 +32,6 @@ import numpy as np
 from probekit.activations.models import fingerprint
 from probekit.config import ExperimentConfig, section_settings
 from probekit.errors import ConfigError, DataError
-from probekit.keys import content_key
 from probekit.probing.features import layer_groups
 from probekit.probing.linear import fit_layers
 from probekit.probing.pairs import arc_targets, fit_arc_layers, pair_features
@@ -42,12 +41,13 @@ from probekit.report.relations_figures import relations_by_layer
 from probekit.results.significance import bootstrap_interval, resample_weights, score, sentence_counts
 from probekit.results.table import load_unit, row, save_unit, to_frames, write_csv
 from probekit.runner.data import extract_stores, load_config_model, load_data, model_list
+from probekit.runner.units import study_unit_key
 from probekit.tasks.base import RELATION_LEVELS, RelationItems, get_task
 
 log = logging.getLogger(__name__)
 
 #: Part of every unit's key: bumped when the code changes the numbers it gives.
-UNIT_VERSION = 1
+UNIT_VERSION = 2
 #: Largest feature block (bytes, float32, train + dev + test) built for one layer group.
 BUDGET = 1 << 30
 
@@ -179,7 +179,6 @@ def run_relations(cfg: ExperimentConfig, rcfg: RelationsConfig | None = None, *,
     folder = Path(cfg.results_dir) / cfg.name / "relations" / "runs"
     if data is None or data_fp is None:
         data, data_fp = load_data(cfg)
-    data_key = {role: {k: v for k, v in fp.items() if k != "file"} for role, fp in data_fp.items()}
     tasks = [get_task(t) for t in rcfg.tasks]
     items = {t.name: task_items(t, data) for t in tasks}
     n_test = len(data["test"])
@@ -191,10 +190,9 @@ def run_relations(cfg: ExperimentConfig, rcfg: RelationsConfig | None = None, *,
         plan = []  # (task, pooling, key)
         for t in tasks:
             for pooling in (rcfg.span_poolings if t.level == "span" else [None]):
-                spec = {"v": UNIT_VERSION, "model": fp, "data": data_key, "task": t.fingerprint, "pooling": pooling,
-                        "seed": cfg.seeds[0], "layers": cfg.layers, "dtype": cfg.dtype, "Cs": list(cfg.Cs),
-                        "word_pooling": cfg.word_pooling, "settings": settings, "experiment": cfg.name}
-                plan.append((t, pooling, content_key("unit", spec)))
+                plan.append((t, pooling, study_unit_key(cfg, fp, data_fp, version=UNIT_VERSION, task=t.fingerprint,
+                                                        pooling=pooling,
+                                                        seed=cfg.seeds[0], Cs=list(cfg.Cs), settings=settings)))
         done = {key: load_unit(folder / f"{key}.json", key=key, strict=cfg.strict) for *_, key in plan}
         pending = [p for p in plan if done[p[2]] is None]
         if pending:

@@ -31,7 +31,6 @@ import numpy as np
 from probekit.activations.models import fingerprint
 from probekit.config import ExperimentConfig, section_settings
 from probekit.errors import ConfigError, unknown_name
-from probekit.keys import content_key
 from probekit.probing.features import ROLES, FeatureCache
 from probekit.probing.scalar_mix import CUMULATIVE_PROBE, MIX_PROBE, MixSettings, fit_mix
 from probekit.results import predictions
@@ -46,13 +45,13 @@ from probekit.results.stats import center_of_gravity, cumulative_summary
 from probekit.results.table import load_unit, row, save_unit
 from probekit.runner.data import extract_stores, load_config_model, load_data, model_list
 from probekit.runner.probe_task import labelled_items
-from probekit.runner.units import ProbePolicy
+from probekit.runner.units import ProbePolicy, study_unit_key
 from probekit.tasks import get_task
 
 log = logging.getLogger(__name__)
 
 #: Part of every unit's key: bumped when the code changes the numbers it gives.
-UNIT_VERSION = 1
+UNIT_VERSION = 2
 
 
 @dataclass
@@ -130,18 +129,14 @@ def run_scalar_mix(cfg: ExperimentConfig, mcfg: ScalarMixConfig | None = None, *
         data, data_fp = load_data(cfg)
     folder = Path(cfg.results_dir) / cfg.name / "scalar_mix" / "runs"
     policy = ProbePolicy.from_config(cfg)
-    data_key = {role: {k: v for k, v in fp.items() if k != "file"} for role, fp in data_fp.items()}
     settings = {k: v for k, v in asdict(mcfg).items() if k != "tasks"}
     out: list[dict] = []
     for m in model_list(cfg):
         fp = fingerprint(m)
-        plan = [(task, seed, content_key("unit", {
-            "v": UNIT_VERSION, "model": fp, "data": data_key, "task": task.name, "task_version": task.version,
-            "task_fp": task.fingerprint, "labels": task.labels, "seed": seed,
-            "Cs": mcfg.Cs if mcfg.Cs is not None else cfg.Cs,
-            "max_train": cfg.max_train_items, "dtype": cfg.dtype, "word_pooling": cfg.word_pooling,
-            "precision": cfg.precision, "weights_dtype": cfg.weights_dtype, "settings": settings,
-            "experiment": cfg.name})) for task in tasks for seed in cfg.seeds]
+        plan = [(task, seed, study_unit_key(
+            cfg, fp, data_fp, version=UNIT_VERSION, task=task.name, task_version=task.version, task_fp=task.fingerprint, labels=task.labels,
+            seed=seed, Cs=mcfg.Cs if mcfg.Cs is not None else cfg.Cs, max_train=cfg.max_train_items,
+            settings=settings)) for task in tasks for seed in cfg.seeds]
         done = {key: load_unit(folder / f"{key}.json", key=key, strict=cfg.strict) for *_, key in plan}
         pending = [p for p in plan if done[p[2]] is None]
         if pending:

@@ -25,7 +25,6 @@ from probekit._io import atomic_write_bytes
 from probekit.activations.models import fingerprint
 from probekit.config import ExperimentConfig, section_settings
 from probekit.errors import ConfigError, unknown_name
-from probekit.keys import content_key
 from probekit.probing.features import layer_groups
 from probekit.probing.structural import (
     KINDS,
@@ -42,11 +41,12 @@ from probekit.results.significance import MIN_RESAMPLES, percentile_interval, re
 from probekit.results.table import load_unit, row, save_unit, to_frames
 from probekit.runner.data import extract_stores, load_config_model, load_data, model_list
 from probekit.runner.study_main import study_main
+from probekit.runner.units import study_unit_key
 
 log = logging.getLogger(__name__)
 
 #: Part of every unit's key: bumped when the code changes the numbers it gives.
-UNIT_VERSION = 1
+UNIT_VERSION = 2
 #: Test sentences whose predictions are kept for figures (the first ones of the test split).
 KEEP_PREDICTIONS = 40
 TASK_NAMES = {"distance": "tree_distance", "depth": "tree_depth"}
@@ -159,7 +159,6 @@ def run_structural(cfg: ExperimentConfig, scfg: StructuralConfig | None = None, 
     folder = Path(cfg.results_dir) / cfg.name / "structural" / "runs"
     if data is None or data_fp is None:
         data, data_fp = load_data(cfg)
-    data_key = {role: {k: v for k, v in fp.items() if k != "file"} for role, fp in data_fp.items()}
     targets = {(kind, ctl): {role: split_targets(data[role], kind, control_seed=cfg.seeds[0] if ctl else None)
                              for role in ("train", "dev", "test")}
                for kind in scfg.kinds for ctl in ((False, True) if scfg.control else (False,))}
@@ -167,14 +166,14 @@ def run_structural(cfg: ExperimentConfig, scfg: StructuralConfig | None = None, 
     for m in model_list(cfg):
         fp = fingerprint(m)
         plan = []  # (kind, rank, control, key)
+        settings = {k: v for k, v in asdict(scfg).items() if k not in ("kinds", "ranks", "control")}
         for kind in scfg.kinds:
             for rank in scfg.ranks:
                 for ctl in (False, True) if scfg.control else (False,):
-                    spec = {"v": UNIT_VERSION, "model": fp, "data": data_key, "kind": kind, "rank": rank,
-                            "control": ctl, "seed": cfg.seeds[0], "layers": cfg.layers, "dtype": cfg.dtype,
-                            "word_pooling": cfg.word_pooling, "settings": {k: v for k, v in asdict(scfg).items() if k not in ("kinds", "ranks", "control")},
-                            "experiment": cfg.name}
-                    plan.append((kind, rank, ctl, content_key("unit", spec)))
+                    key = study_unit_key(cfg, fp, data_fp, version=UNIT_VERSION, kind=kind, rank=rank, control=ctl,
+                                         seed=cfg.seeds[0],
+                                         settings=settings)
+                    plan.append((kind, rank, ctl, key))
         done = {key: (load_unit(folder / f"{key}.json", key=key, strict=cfg.strict), load_records(folder / f"{key}.npz"))
                 for *_, key in plan}
         pending = [p for p in plan if done[p[3]][0] is None or done[p[3]][1] is None]

@@ -106,20 +106,42 @@ class ProbePolicy:
 
 # ----------------------------------------------------------------------------------------------- planning
 
-def plan_units(cfg: ExperimentConfig, model: str, model_fp: dict, data_fp: dict, kind_hint: str | None = None
-               ) -> list[Unit]:
-    """Every unit of work for one model (keys depend on everything that changes the rows)."""
-    policy = ProbePolicy.from_config(cfg)
-    kind = kind_hint or kind_of(model)
-    # what changes the vectors besides the model files: the precision that will run here, and the weights dtype
-    # (each only when not the default, so that fp32 units keep their keys)
+def vector_settings(cfg: ExperimentConfig) -> dict:
+    """What changes the stored vectors besides the model files and the data: the precision that will run here, the
+    weights dtype and the quantization (each only when not the default, so that fp32 units keep their keys)."""
     vectors = {"precision": resolve_precision(check_device(cfg.device), cfg.precision),
                "weights_dtype": cfg.weights_dtype}
     vectors = {k: v for k, v in vectors.items() if v not in ("fp32", "float32")}
     if cfg.quantization:
         vectors["quantization"] = cfg.quantization
-    # content, not location: the same treebank found through a different directory keeps its results
-    data_key = {role: {k: v for k, v in fp.items() if k != "file"} for role, fp in data_fp.items()}
+    return vectors
+
+
+def data_content(data_fp: dict) -> dict:
+    """The data's part of a key: content, not location (the same treebank found through another directory keeps
+    its results)."""
+    return {role: {k: v for k, v in fp.items() if k != "file"} for role, fp in data_fp.items()}
+
+
+def study_unit_key(cfg: ExperimentConfig, model_fp: dict, data_fp: dict, *, version: int, **what) -> str:
+    """The key of one unit of a study section (structural, relations, scalar_mix, neurons): the study's unit version
+    (bumped when its code changes its numbers), the
+    model's and the data's content, everything of the config that decides the vectors the study reads (layers, store
+    dtype, word pooling, precision, weights dtype, quantization), the experiment, and ``what`` (the study's own
+    settings and the unit's task, seed...). A study unit is never reused for vectors it was not computed from."""
+    spec = {"v": version, "model": model_fp, "data": data_content(data_fp), "layers": cfg.layers,
+            "dtype": cfg.dtype, "word_pooling": cfg.word_pooling, "experiment": cfg.name, **vector_settings(cfg),
+            **what}
+    return content_key("unit", spec)
+
+
+def plan_units(cfg: ExperimentConfig, model: str, model_fp: dict, data_fp: dict, kind_hint: str | None = None
+               ) -> list[Unit]:
+    """Every unit of work for one model (keys depend on everything that changes the rows)."""
+    policy = ProbePolicy.from_config(cfg)
+    kind = kind_hint or kind_of(model)
+    vectors = vector_settings(cfg)
+    data_key = data_content(data_fp)
     units = []
     for tname in cfg.tasks:
         task = get_task(tname)
