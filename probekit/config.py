@@ -359,6 +359,8 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 
 #: config keys whose value is a mapping: ``--set KEY.SUB=VALUE`` sets one entry, ``--set KEY={...}`` merges
+#: The optional studies beside the per-layer probes: config sections that `probekit run` runs after the probes.
+STUDY_SECTIONS = ("erasure", "structural", "scalar_mix", "neurons", "relations")
 MAPPING_KEYS = ("splits", "files", "columns", "limit", "mlp", "baselines", "erasure", "structural", "scalar_mix",
                 "neurons", "relations")
 

@@ -63,6 +63,9 @@ def test_plan_before_running(models, tmp_path):
     text = describe_plan(plan, workers=2)
     assert f"probe cells: {N_CELLS} total, 0 finished (skipped), {N_CELLS} to run" in text
     assert "time estimate: unknown" in text  # nothing measured in a fresh results folder
+    assert "not swept" not in text
+    studies = describe_plan(plan_sweep(cfg.replace(structural={"epochs": 1}, neurons={})))
+    assert "not swept: the structural, neurons section(s)" in studies  # said, not silently dropped
     # MLP probes: one cell per seed; unit keys are the runner's
     from probekit.activations.models import fingerprint
     from probekit.runner.units import plan_units

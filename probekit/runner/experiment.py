@@ -86,13 +86,13 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> Experimen
     Path(cfg.results_dir).mkdir(parents=True, exist_ok=True)
     tasks = [get_task(t) for t in cfg.tasks]
     # the optional studies' settings: their errors before any work
-    erasure = ErasureSettings.from_dict(cfg.erasure) if cfg.erasure else None
-    structural = StructuralConfig.from_dict(cfg.structural) if cfg.structural else None
+    erasure = ErasureSettings.from_dict(cfg.erasure) if cfg.erasure is not None else None
+    structural = StructuralConfig.from_dict(cfg.structural) if cfg.structural is not None else None
     scalar_mix = ScalarMixConfig.from_dict(cfg.scalar_mix) if cfg.scalar_mix is not None else None
     if scalar_mix is not None:
         scalar_mix.task_names(cfg)  # its task errors too
-    neurons = NeuronsConfig.from_dict(cfg.neurons) if cfg.neurons else None
-    relations = RelationsConfig.from_dict(cfg.relations) if cfg.relations else None
+    neurons = NeuronsConfig.from_dict(cfg.neurons) if cfg.neurons is not None else None
+    relations = RelationsConfig.from_dict(cfg.relations) if cfg.relations is not None else None
     data, data_fp = load_data(cfg)
     # a second run of the same experiment waits, then reuses the first one's units instead of computing them again
     lock = acquire_lock(Path(cfg.results_dir) / f".{cfg.name}.lock", f"The results folder {folder}", DataError)
