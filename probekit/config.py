@@ -16,7 +16,8 @@ import yaml
 
 from probekit._io import check_name
 from probekit.activations.align import SENTENCE_POOLINGS, check_pooling
-from probekit.activations.models import QUANTIZATIONS, WEIGHT_DTYPES
+from probekit.activations.models import WEIGHT_DTYPES
+from probekit.activations.placement import QUANTIZATIONS
 from probekit.activations.precision import PRECISIONS
 from probekit.activations.sites import check_sites
 from probekit.activations.store import DTYPES

@@ -1,20 +1,25 @@
-"""The notebooks in notebooks/: stored without outputs, public API only, and they run headless.
+"""The notebooks in notebooks/: stored with the outputs of a small-slice run, public API only, and they run headless.
 
 Execution (marked slow) goes through nbclient with a kernel on this interpreter, after injecting
 small-slice parameters papermill-style (a cell tagged ``injected-parameters`` right after the
-cell tagged ``parameters``). Each notebook runs in a temporary folder.
+cell tagged ``parameters``): ``notebooks/execute.py``'s :func:`run_notebook`, which also made the stored outputs.
+Each notebook runs in a temporary folder.
 """
 from __future__ import annotations
 
-import json
+import importlib.util
 import re
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 import tiny
+
+_spec = importlib.util.spec_from_file_location("notebook_execute", tiny.repo_root() / "notebooks" / "execute.py")
+execute = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(execute)
+run_notebook = execute.run_notebook
 
 NOTEBOOKS = sorted((tiny.repo_root() / "notebooks").glob("*.ipynb"))
 NAMES = ["01_quickstart", "02_layerwise_analysis", "03_baselines"]
@@ -35,17 +40,24 @@ def _python(source: str) -> str:
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_stored_clean(path: Path):
-    """No outputs in git, one parameters cell, public probekit API only."""
+def test_notebook_stored_with_small_outputs(path: Path):
+    """Stored with the outputs of notebooks/execute.py's small-slice run (no error, under 1.5 MB), one parameters
+    cell, public probekit API only."""
     nb = _read(path)
     import nbformat
 
     nbformat.validate(nb)
+    assert path.stat().st_size < 1.5e6, f"{path.name} is {path.stat().st_size} bytes"
     code = [c for c in nb.cells if c.cell_type == "code"]
-    assert all(not c.outputs and c.execution_count is None for c in code), "outputs must be stripped"
+    assert all(c.outputs is not None for c in code) and any(c.outputs for c in code), "run notebooks/execute.py"
+    assert not [o for c in code for o in c.outputs if o.get("output_type") == "error"]
     params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1 and params[0].cell_type == "code"
     assert nb.cells.index(params[0]) < 3, "the parameters cell comes first"
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and nb.cells.index(injected[0]) == nb.cells.index(params[0]) + 1
+    for k, v in execute.SMALL[path.stem].items():
+        assert f"{k} = {v!r}" in injected[0].source, "the stored outputs come from notebooks/execute.py's SMALL"
     for c in code:
         src = c.source
         assert not re.search(r"from probekit[\w.]* import [^\n]*\b_\w", src), src
@@ -81,35 +93,12 @@ def kernel_name(tmp_path_factory) -> str:
     pytest.importorskip("ipykernel")
     import os
 
-    root = tmp_path_factory.mktemp("jupyter")
-    spec = root / "kernels" / "probekit-test"
-    spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "probekit tests", "language": "python"}))
     old = os.environ.get("JUPYTER_PATH")
-    os.environ["JUPYTER_PATH"] = str(root) + (os.pathsep + old if old else "")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    yield "probekit-test"
+    yield execute.kernel_spec(tmp_path_factory.mktemp("jupyter"))
     if old is None:
         os.environ.pop("JUPYTER_PATH", None)
     else:
         os.environ["JUPYTER_PATH"] = old
-
-
-def run_notebook(path: Path, params: dict, cwd: Path, kernel: str, timeout: int = 600):
-    """Execute a notebook with ``params`` injected after its parameters cell; returns the executed notebook."""
-    import nbformat
-    from nbclient import NotebookClient
-
-    nb = nbformat.read(path, as_version=4)
-    idx = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
-    cell = nbformat.v4.new_code_cell("# Parameters injected by tests/test_notebooks.py\n"
-                                     + "\n".join(f"{k} = {v!r}" for k, v in params.items()))
-    cell.metadata["tags"] = ["injected-parameters"]
-    nb.cells.insert(idx + 1, cell)
-    NotebookClient(nb, kernel_name=kernel, timeout=timeout, resources={"metadata": {"path": str(cwd)}}).execute()
-    return nb
 
 
 def _text(nb) -> str:

@@ -47,8 +47,9 @@ def _child_extract(model_dir: str, sentences, root: str, events: str, hook: str,
     """
     import torch
 
-    import probekit.activations.extract as ex_mod
     import probekit.activations.store as store_mod
+    import probekit.activations.writer as ex_mod  # the store writer: manifest writes and shard commits
+    from probekit.activations.extract import extract
     from probekit.activations.models import load_model
 
     torch.set_num_threads(1)  # as in the parent: same kernels, same bytes (and no oversubscription)
@@ -103,7 +104,7 @@ def _child_extract(model_dir: str, sentences, root: str, events: str, hook: str,
         ex_mod.write_shard = slow_shard
     lm = load_model(model_dir, device="cpu")
     (ev / "started").write_text(str(os.getpid()))
-    st = ex_mod.extract(lm, sentences, store_root=root, shard_words=SHARD_WORDS, progress=False)
+    st = extract(lm, sentences, store_root=root, shard_words=SHARD_WORDS, progress=False)
     (ev / "done").write_text(json.dumps({"computed": st.computed_shards}))
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from probekit._extras import require
 from probekit._io import atomic_write_bytes, cache_root
 from probekit.activations.align import check_fast_tokenizer
+from probekit.activations.placement import gpu_loading
 from probekit.errors import ModelError, did_you_mean, unknown_name
 
 log = logging.getLogger(__name__)
@@ -53,8 +54,6 @@ ALIASES: dict[str, Alias] = {
 
 #: dtypes the weights can be loaded in (``weights_dtype``); a GGUF file is de-quantised straight to the one asked for.
 WEIGHT_DTYPES = ("float32", "bfloat16", "float16")
-#: bitsandbytes quantisations the weights can be loaded in (``quantization``; CUDA only).
-QUANTIZATIONS = ("8bit", "4bit")
 
 
 def torch_dtype(dtype):
@@ -342,35 +341,6 @@ def _looks_like_hub_id(s: str) -> bool:
     # one part: a legacy hub id without an org (gpt2, bert-base-uncased); names close to an alias are refused first
     return (len(parts) == 2 and all(parts)) or (len(parts) == 1 and s.replace("-", "").replace("_", "").replace(".", "")
                                                   .isalnum())
-
-
-def gpu_loading(device_map: str | None, quantization: str | None, dtype) -> dict:
-    """``from_pretrained`` arguments for ``device_map`` (``auto``: layers spread over the visible GPUs) and
-    ``quantization`` (bitsandbytes ``8bit``/``4bit``, computing in ``dtype``); empty when neither is asked.
-    Both need CUDA: without it, a ModelError that says what to use instead."""
-    if device_map is None and quantization is None:
-        return {}
-    import torch
-
-    asked = " and ".join(x for x in (device_map and f"device_map={device_map}",
-                                     quantization and f"quantization={quantization}") if x)
-    if not torch.cuda.is_available():
-        raise ModelError(f"{asked} needs a CUDA GPU, and torch sees none here (torch {torch.__version__}). On the CPU "
-                         "leave them out (null) and use weights_dtype: bfloat16 to halve the memory.")
-    if device_map not in (None, "auto"):
-        raise unknown_name("device_map", device_map, ("auto",), ModelError)
-    require("accelerate", extra="gpu", purpose=asked)
-    kw: dict = {"device_map": device_map or "auto"}
-    if quantization is not None:
-        if quantization not in QUANTIZATIONS:
-            raise unknown_name("quantization", quantization, QUANTIZATIONS, ModelError)
-        require("bitsandbytes", extra="gpu", purpose=asked)
-        from transformers import BitsAndBytesConfig
-
-        kw["quantization_config"] = (BitsAndBytesConfig(load_in_8bit=True) if quantization == "8bit" else
-                                     BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=dtype,
-                                                        bnb_4bit_quant_type="nf4"))
-    return kw
 
 
 def load_model(name: str, *, device: str | None = None, dtype=None, revision: str | None = None,
