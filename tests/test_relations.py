@@ -171,7 +171,7 @@ def test_runner_rows_baselines_cis_resume_and_figure(tmp_path, tiny_bert_dir, mo
     def no_model(*a, **k):
         raise AssertionError("a rerun must reuse the finished units")
 
-    monkeypatch.setattr(rel, "load_config_model", no_model)
+    monkeypatch.setattr(rel, "study_model", no_model)
     again = rel.run_relations(cfg, rcfg, progress=False).table()
     assert again.equals(df)
 

@@ -119,3 +119,12 @@ def extract_stores(cfg: ExperimentConfig, lm, data: dict, data_fp: dict, *, prog
     """The ``resid_post`` stores of :func:`extract_site_stores`: ``{role: ActivationStore}`` (the block outputs,
     which the structural probes and the erasure study read)."""
     return extract_site_stores(cfg, lm, data, data_fp, sites=["resid_post"], progress=progress)["resid_post"]
+
+
+def study_model(cfg: ExperimentConfig, m: str, data: dict, data_fp: dict, *, progress: bool = True):
+    """What a study section needs of model ``m`` once it has work to do: ``(lm, stores, info)``, the model loaded as
+    the config says (:func:`load_config_model`), its ``resid_post`` stores for the config's data
+    (:func:`extract_stores`) and ``info``, the model columns of its result rows."""
+    lm = load_config_model(cfg, m)
+    stores = extract_stores(cfg, lm, data, data_fp, progress=progress)
+    return lm, stores, {"model": m, "model_kind": lm.kind, "model_hash": lm.weights_hash[:16]}

@@ -47,7 +47,7 @@ from probekit.report.neuron_figures import neuron_figures
 from probekit.results.predictions import item_index
 from probekit.results.significance import MIN_RESAMPLES, bootstrap_interval, resample_weights, sentence_counts
 from probekit.results.table import load_unit, row, save_unit, to_frames
-from probekit.runner.data import extract_stores, load_config_model, load_data, model_list
+from probekit.runner.data import load_data, model_list, study_model
 from probekit.runner.study_main import study_main
 from probekit.runner.units import study_unit_key
 from probekit.tasks import get_task
@@ -274,8 +274,7 @@ def run_neurons(cfg: ExperimentConfig, ncfg: NeuronsConfig | None = None, *, dat
                 done[name] = (rows, rank)
         pending = [t for t in tasks if t.name not in done]
         if pending:
-            lm = load_config_model(cfg, m)
-            stores = extract_stores(cfg, lm, data, data_fp, progress=progress)
+            lm, stores, info = study_model(cfg, m, data, data_fp, progress=progress)
             n_layers = stores["train"].n_layers
             layers = cfg.layers if cfg.layers is not None else list(range(n_layers))
             for task in pending:
@@ -288,7 +287,7 @@ def run_neurons(cfg: ExperimentConfig, ncfg: NeuronsConfig | None = None, *, dat
                 where = item_index(data["test"], items["test"].rows, "word")
                 K = len(task.labels)
                 scorer = _Scorer(items["test"].y, where["sentence"], where["n_sentences"], K, ncfg, cfg.seeds[0])
-                common = dict(experiment=cfg.name, model=m, model_kind=lm.kind, model_hash=lm.weights_hash[:16],
+                common = dict(experiment=cfg.name, **info,
                               task=task.name, task_version=task.version, level="word",
                               pooling=stores["train"].manifest["word_pooling"], n_layers=n_layers - 1,
                               seed=cfg.seeds[0], train_size=len(items["train"].y))

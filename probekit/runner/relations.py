@@ -40,7 +40,7 @@ from probekit.probing.structural import StructuralSettings
 from probekit.report.relations_figures import relations_by_layer
 from probekit.results.significance import bootstrap_interval, resample_weights, score, sentence_counts
 from probekit.results.table import load_unit, row, save_unit, to_frames, write_csv
-from probekit.runner.data import extract_stores, load_config_model, load_data, model_list
+from probekit.runner.data import load_data, model_list, study_model
 from probekit.runner.units import study_unit_key
 from probekit.tasks.base import RELATION_LEVELS, RelationItems, get_task
 
@@ -196,9 +196,7 @@ def run_relations(cfg: ExperimentConfig, rcfg: RelationsConfig | None = None, *,
         done = {key: load_unit(folder / f"{key}.json", key=key, strict=cfg.strict) for *_, key in plan}
         pending = [p for p in plan if done[p[2]] is None]
         if pending:
-            lm = load_config_model(cfg, m)
-            stores = extract_stores(cfg, lm, data, data_fp, progress=progress)
-            info = {"model": m, "model_kind": lm.kind, "model_hash": lm.weights_hash[:16]}
+            lm, stores, info = study_model(cfg, m, data, data_fp, progress=progress)
             n_layers = stores["train"].n_layers
             layers = cfg.layers if cfg.layers is not None else list(range(n_layers))
             d = stores["train"].hidden_size

@@ -43,7 +43,7 @@ from probekit.results.significance import (
 )
 from probekit.results.stats import center_of_gravity, cumulative_summary
 from probekit.results.table import load_unit, row, save_unit
-from probekit.runner.data import extract_stores, load_config_model, load_data, model_list
+from probekit.runner.data import load_data, model_list, study_model
 from probekit.runner.probe_task import labelled_items
 from probekit.runner.units import ProbePolicy, study_unit_key
 from probekit.tasks import get_task
@@ -140,9 +140,7 @@ def run_scalar_mix(cfg: ExperimentConfig, mcfg: ScalarMixConfig | None = None, *
         done = {key: load_unit(folder / f"{key}.json", key=key, strict=cfg.strict) for *_, key in plan}
         pending = [p for p in plan if done[p[2]] is None]
         if pending:
-            lm = load_config_model(cfg, m)
-            stores = extract_stores(cfg, lm, data, data_fp, progress=progress)
-            info = {"model": m, "model_kind": lm.kind, "model_hash": lm.weights_hash[:16]}
+            lm, stores, info = study_model(cfg, m, data, data_fp, progress=progress)
             cache = FeatureCache()
             for task, seed, key in pending:
                 t0 = time.perf_counter()

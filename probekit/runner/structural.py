@@ -39,7 +39,7 @@ from probekit.probing.structural import (
 from probekit.report.structural_figures import structural_figures
 from probekit.results.significance import MIN_RESAMPLES, percentile_interval, resample_indices
 from probekit.results.table import load_unit, row, save_unit, to_frames
-from probekit.runner.data import extract_stores, load_config_model, load_data, model_list
+from probekit.runner.data import load_data, model_list, study_model
 from probekit.runner.study_main import study_main
 from probekit.runner.units import study_unit_key
 
@@ -178,9 +178,7 @@ def run_structural(cfg: ExperimentConfig, scfg: StructuralConfig | None = None, 
                 for *_, key in plan}
         pending = [p for p in plan if done[p[3]][0] is None or done[p[3]][1] is None]
         if pending:
-            lm = load_config_model(cfg, m)
-            stores = extract_stores(cfg, lm, data, data_fp, progress=progress)
-            info = {"model": m, "model_kind": lm.kind, "model_hash": lm.weights_hash[:16]}
+            lm, stores, info = study_model(cfg, m, data, data_fp, progress=progress)
             n_layers = stores["train"].n_layers
             layers = cfg.layers if cfg.layers is not None else list(range(n_layers))
             d = stores["train"].hidden_size
