@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -37,11 +36,10 @@ from probekit.activations.store import (
     DTYPES,
     ActivationStore,
     plan_shards,
-    read_json,
     store_key,
     to_disk,
 )
-from probekit.activations.writer import StoreWriter, release_freed_memory
+from probekit.activations.writer import StorePlan, StoreWriter, release_freed_memory
 from probekit.data.conllu_io import Sentence
 from probekit.errors import ConfigError, DataError, ModelError, StoreError, unknown_name
 
@@ -324,24 +322,6 @@ def default_shard_words(model) -> int:
     """Words per shard: about 64 MiB of float16 word vectors over all layers (the same cut for every site and layer
     selection, so that one forward pass fills a shard of each site's store)."""
     return max(256, (64 << 20) // (2 * (model.num_layers + 1) * model.hidden_size))
-
-
-@dataclass(frozen=True)
-class StorePlan:
-    """Where one site's store of one split goes and what it holds: its folder, key, spec and layers."""
-
-    site: str
-    path: Path
-    key: str
-    spec: dict
-    layers: list[int]
-    width: int
-
-    @property
-    def complete(self) -> bool:
-        """Whether a finished store is there already (extraction would reuse it)."""
-        m = read_json(self.path / "manifest.json")
-        return bool(m and m.get("key") == self.key and m.get("complete"))
 
 
 def plan_stores(model, ex: "Extractor", sentences: Sequence[Sentence], *, sites: Sequence[str] = ("resid_post",),

@@ -1,29 +1,46 @@
-"""Writing one site's activation store during extraction: its manifest, the verified shards already done (resume),
-damaged shards and manifests rebuilt, each new shard committed atomically; and returning a batch's freed heap pages
+"""Writing one site's activation store during extraction: where it goes (:class:`StorePlan`), its manifest, the
+verified shards already done (resume), damaged shards and manifests rebuilt, each new shard committed atomically; and returning a batch's freed heap pages
 to the OS (glibc's ``malloc_trim``), which keeps extraction's peak memory flat over a corpus (docs/design.md 14).
 """
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from probekit._io import atomic_write_bytes
 from probekit.activations.store import STORE_FORMAT, read_json, verify_shard, write_shard
 from probekit.errors import StoreError
 
-if TYPE_CHECKING:
-    from probekit.activations.extract import Extractor, StorePlan
-
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StorePlan:
+    """Where one site's store of one split goes and what it holds: its folder, key, spec and layers."""
+
+    site: str
+    path: Path
+    key: str
+    spec: dict
+    layers: list[int]
+    width: int
+
+    @property
+    def complete(self) -> bool:
+        """Whether a finished store is there already (extraction would reuse it)."""
+        m = read_json(self.path / "manifest.json")
+        return bool(m and m.get("key") == self.key and m.get("complete"))
+
 
 
 class StoreWriter:
     """One site's store while :func:`extract_sites` writes it: its manifest, the shards already done (verified), and
     the commit of each new shard."""
 
-    def __init__(self, plan: StorePlan, model, ex: Extractor, sentences, plans, shard_words: int, strict: bool):
+    def __init__(self, plan: StorePlan, model, ex, sentences, plans, shard_words: int, strict: bool):
+        # ex: the activations.extract.Extractor that computes the shards (its poolings go into the manifest)
         self.plan, self.plans, self.strict = plan, plans, strict
         self.store_dir = plan.path
         self.manifest_path = self.store_dir / "manifest.json"
