@@ -23,6 +23,7 @@ SMALL = {
     "02_layerwise_analysis": {"LIMIT": {"train": 150, "dev": 50, "test": 50}, "SEEDS": [0],
                               "TASKS": ["aux_verb", "upos"]},
     "03_baselines": {"LIMIT": {"train": 60, "dev": 30, "test": 60}, "TRAIN_SENTENCES": 60, "EPOCHS": 1},
+    "04_beyond_words": {"LIMIT": {"train": 300, "dev": 100, "test": 100}, "EPOCHS": 5},
 }
 
 

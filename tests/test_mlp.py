@@ -121,7 +121,7 @@ def test_experiment_mlp_probe_names_the_layer_of_non_finite_features():
     sents = [Sentence.from_words(words, upos=upos, sent_id="s")]
 
     class Store:  # the part of ActivationStore that probe_task reads: 6 layers of 4-wide word vectors
-        n_layers, hidden_size, manifest = 6, 4, {"word_pooling": "first"}
+        n_layers, hidden_size, manifest, site = 6, 4, {"word_pooling": "first"}, "resid_post"
 
         def __init__(self, bad=False):
             self.X = rng.standard_normal((6, len(words), 4)).astype(np.float32)

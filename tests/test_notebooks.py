@@ -22,7 +22,7 @@ _spec.loader.exec_module(execute)
 run_notebook = execute.run_notebook
 
 NOTEBOOKS = sorted((tiny.repo_root() / "notebooks").glob("*.ipynb"))
-NAMES = ["01_quickstart", "02_layerwise_analysis", "03_baselines"]
+NAMES = ["01_quickstart", "02_layerwise_analysis", "03_baselines", "04_beyond_words"]
 
 
 def _read(path: Path):
@@ -179,3 +179,17 @@ def test_baselines_runs(kernel_name, shared, tmp_path):
     assert (folder / "figures" / "baselines_vs_params.pdf").is_file()
     assert r"\toprule" in (folder / "tables" / "best_layers.tex").read_text()
     print(f"03_baselines: {time.time() - t0:.0f} s")
+
+
+@pytest.mark.slow
+def test_beyond_words_runs(kernel_name, shared, tmp_path):
+    t0 = time.time()
+    nb = run_notebook(tiny.repo_root() / "notebooks" / "04_beyond_words.ipynb",
+                      {**shared, "LIMIT": {"train": 60, "dev": 30, "test": 30}, "EPOCHS": 1,
+                       "RESULTS_DIR": str(tmp_path / "results")}, tmp_path, kernel_name)
+    import pandas as pd
+
+    df = pd.read_csv(tmp_path / "results" / "notebook_beyond_words" / "results.csv")
+    assert {"tree_distance", "dep_arc", "dep_label", "subject_span"} <= set(df["task"])
+    assert (df["metric"] == "expected_layer").any() and _images(nb) >= 1
+    print(f"04_beyond_words: {time.time() - t0:.0f} s")
