@@ -174,6 +174,13 @@ def test_runner_rows_baselines_cis_resume_and_figure(tmp_path, tiny_bert_dir, mo
     monkeypatch.setattr(rel, "study_model", no_model)
     again = rel.run_relations(cfg, rcfg, progress=False).table()
     assert again.equals(df)
+    # the command line runs the same units (finished: no model is loaded) and writes the table and the figure
+    path = tmp_path / "rel.yaml"
+    path.write_text(cfg.replace(relations={"span_poolings": ["mean", "attention"], "epochs": 2,
+                                           "bootstrap": 100}).to_yaml())
+    assert rel.main([str(path)]) == 0
+    out = tmp_path / "results" / cfg.name / "relations"
+    assert (out / "results.csv").is_file() and (out / "figures" / "relations_by_layer.png").is_file()
 
     from matplotlib.figure import Figure
     fig = rel.relations_by_layer(df, tmp_path / "fig" / "rel", formats=("png",))

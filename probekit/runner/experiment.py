@@ -202,7 +202,7 @@ def _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, eras
     if neuron_res is not None:
         figs += neuron_figures(neuron_res, folder / "figures", formats=cfg.figures)
     if relations is not None:
-        for m in (m for m in cfg.models if "@random" not in m):
+        for m in (m for m in cfg.models if not ModelName.parse(m).is_random):
             stem = folder / "figures" / f"relations_by_layer_{m.replace('/', '_')}"
             relations_by_layer(df, stem, formats=cfg.figures, model=m)
             figs += figure_paths(stem, cfg.figures)

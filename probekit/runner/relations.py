@@ -22,7 +22,6 @@ Finished units (model x task x pooling) are kept under ``results/<experiment>/re
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,9 +37,11 @@ from probekit.probing.pairs import arc_targets, fit_arc_layers, pair_features
 from probekit.probing.spans import check_pooling, fit_attention_layers, span_features
 from probekit.probing.structural import StructuralSettings
 from probekit.report.relations_figures import relations_by_layer
+from probekit.report.style import figure_paths
 from probekit.results.significance import bootstrap_interval, resample_weights, score, sentence_counts
-from probekit.results.table import load_unit, row, save_unit, to_frames, write_csv
+from probekit.results.table import load_unit, row, save_unit, to_frames
 from probekit.runner.data import load_data, model_list, study_model
+from probekit.runner.study_main import study_main
 from probekit.runner.units import study_unit_key
 from probekit.tasks.base import RELATION_LEVELS, RelationItems, get_task
 
@@ -242,21 +243,15 @@ def load_relations_config(path: str | Path) -> tuple[ExperimentConfig, Relations
     return cfg, RelationsConfig.from_dict(cfg.relations, source=str(path))
 
 
+def _figures(result: RelationsResult, folder: Path, formats) -> list[Path]:
+    stem = folder / "relations_by_layer"
+    relations_by_layer(result.table(), stem, formats=formats)
+    return figure_paths(stem, formats)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m probekit.runner.relations CONFIG``: run and write ``results/<name>/relations/results.csv``."""
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m probekit.runner.relations CONFIG.yaml", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    cfg, rcfg = load_relations_config(argv[0])
-    res = run_relations(cfg, rcfg)
-    df = res.table()
-    out = Path(cfg.results_dir) / cfg.name / "relations" / "results.csv"
-    write_csv(df, out)
-    relations_by_layer(df, out.parent / "figures" / "relations_by_layer", formats=cfg.figures)
-    print(f"wrote {out} ({len(df)} rows) and {out.parent / 'figures'}/relations_by_layer.*")
-    return 0
+    return study_main(argv, study="relations", load=load_relations_config, run=run_relations, figures=_figures)
 
 
 if __name__ == "__main__":

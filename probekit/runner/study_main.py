@@ -1,8 +1,8 @@
 """The command line of a study runner: ``python -m probekit.runner.<study> CONFIG`` runs the study of an experiment
 config alone and writes ``<results_dir>/<name>/<study>/results.csv`` and its ``figures/``.
 
-The structural probes (:mod:`probekit.runner.structural`) and the neuron analysis (:mod:`probekit.runner.neurons`)
-share it; ``probekit run`` runs the same studies inside the whole experiment.
+The structural probes (:mod:`probekit.runner.structural`), the pair and span probes (:mod:`probekit.runner.relations`)
+and the neuron analysis (:mod:`probekit.runner.neurons`) share it; ``probekit run`` runs the same studies inside the whole experiment.
 """
 from __future__ import annotations
 
