@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from probekit._device import resolve_device
 from probekit.errors import ConfigError, DataError
 from probekit.probing.features import check_finite, standardise
 
@@ -73,11 +74,6 @@ class ElasticNetFit:
         return masked_predict(self, X, zero)
 
 
-def _device(device: str | None) -> str:
-    import torch
-
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
-
 
 def _check(X: np.ndarray, y: np.ndarray, n_classes: int) -> None:
     if X.ndim != 3:
@@ -101,7 +97,7 @@ def fit_elastic_net(X: np.ndarray, y: np.ndarray, *, n_classes: int, settings: E
     st = settings or ElasticNetSettings()
     y = np.asarray(y, dtype=np.int64)
     _check(X, y, n_classes)
-    dev = _device(st.device)
+    dev = resolve_device(st.device)
     Xs, mean, scale = standardise(X, dev)
     G, N, d = Xs.shape
     K = n_classes

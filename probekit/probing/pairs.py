@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from probekit._device import small_problem_threads, torch_threads
+from probekit._device import resolve_device, small_problem_threads, torch_threads
 from probekit.errors import DataError
-from probekit.probing.structural import StructuralSettings, _as_tensor, _device
+from probekit.probing.structural import StructuralSettings, _as_tensor
 from probekit.tasks.base import RelationItems
 
 
@@ -109,7 +109,7 @@ def fit_arc_layers(X_train, train: ArcTargets, X_dev, dev: ArcTargets, X_test, t
     if not (train.n_scored and dev.n_scored and test.n_scored):
         raise DataError("dep_arc: a split has no scored words (every head left out?).")
     st = settings or StructuralSettings()
-    device = _device(st.device)
+    device = resolve_device(st.device)
     L, _, d = X_train.shape
     with torch_threads(small_problem_threads(L * d * d, device)):
         return _fit_arcs(X_train, train, X_dev, dev, X_test, test, st, device)

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from probekit._device import small_problem_threads, torch_threads
+from probekit._device import resolve_device, small_problem_threads, torch_threads
 from probekit.errors import ConfigError, DataError
-from probekit.probing.structural import _device
+from probekit.probing.features import standardise_torch
 from probekit.tasks.base import RelationItems
 
 POOLINGS = ("mean", "max", "endpoints", "attention")
@@ -89,7 +89,7 @@ def fit_attention_layers(X: dict, items: dict, *, n_classes: int, epochs: int = 
     (dev cross-entropy) and stops when that epoch is more than ``patience`` epochs back. Returns per layer
     ``{"pred": [test spans] class ids, "epochs", "dev_loss", "n_params"}``.
     """
-    device = _device(device)
+    device = resolve_device(device)
     L, _, d = X["train"].shape
     with torch_threads(small_problem_threads(L * d * n_classes * 64, device)):
         return _fit_attention(X, items, n_classes, epochs, lr, batch_size, weight_decay, patience, seed, device)
@@ -101,8 +101,7 @@ def _fit_attention(X, items, n_classes, epochs, lr, batch_size, weight_decay, pa
 
     L, _, d = X["train"].shape
     Xt = {r: torch.as_tensor(np.asarray(X[r], dtype=np.float32), device=device) for r in X}
-    mean = Xt["train"].mean(1, keepdim=True)
-    scale = Xt["train"].std(1, keepdim=True).clamp_min(1e-6)
+    _, mean, scale = standardise_torch(Xt["train"], ddof=1, small_to_one=False)
     Xt = {r: (v - mean) / scale for r, v in Xt.items()}
     pads = {r: _padded(items[r], device) for r in X}
     ys = {r: torch.as_tensor(items[r].y, device=device) for r in X}

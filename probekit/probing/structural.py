@@ -28,7 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
-from probekit._device import small_problem_threads, torch_threads
+from probekit._device import resolve_device, small_problem_threads, torch_threads
 from probekit.errors import ConfigError, DataError
 from probekit.probing.control import control_parents
 from probekit.tasks.relations import check_tree, distances_from_parents, punct_mask
@@ -81,11 +81,6 @@ class LayerScores:
 
 
 # ----------------------------------------------------------------------------------------------- training
-
-def _device(device: str | None) -> str:
-    import torch
-
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def check_rank(rank: int | None, d: int) -> int:
@@ -170,7 +165,7 @@ def fit_structural(X_train: np.ndarray, train: SplitTargets, X_dev: np.ndarray, 
     st = settings or StructuralSettings()
     L, _, d = X_train.shape
     k = check_rank(st.rank, d)
-    device = _device(st.device)
+    device = resolve_device(st.device)
     # a step is a few small tensor ops on the [L, d, k] parameter: one thread unless it is large
     with torch_threads(small_problem_threads(L * d * k, device)):
         return _fit(X_train, train, X_dev, dev, kind, st, k, device)
@@ -236,7 +231,7 @@ def _fit(X_train, train: SplitTargets, X_dev, dev: SplitTargets, kind: str, st: 
 def predict_structural(X: np.ndarray, data: SplitTargets, B: np.ndarray, *, kind: str, batch_size: int = 64,
                        device: str | None = None) -> list[np.ndarray]:
     """Per sentence, ``[L, n, n]`` predicted squared distances or ``[L, n]`` squared norms (float32)."""
-    device = _device(device)
+    device = resolve_device(device)
     with torch_threads(small_problem_threads(B.size, device)):
         return _predict(X, data, B, kind, batch_size, device)
 
