@@ -106,16 +106,24 @@ def cmd_models(args) -> int:
     return 0
 
 
+#: How `probekit extract` writes less, for the disk guard's refusal (it has no layers, sites or dtype options).
+EXTRACT_SHRINK = "--limit N (first N sentences), or --store-dir on a bigger disk"
+
+
 def cmd_extract(args) -> int:
-    from probekit.activations.extract import extract
+    from probekit.activations.budget import check_disk, describe_stores, extraction_bytes
+    from probekit.activations.extract import default_store_root, extract
     from probekit.activations.models import load_model
     from probekit.data.datasets import load_split
 
     lm = load_model(args.model, device=args.device, dtype=args.weights_dtype)
     sents = load_split(args.dataset, args.split, data_dir=args.data_dir, limit=args.limit)
-    st = extract(lm, sents, dataset=args.dataset, split=args.split, store_root=args.store_dir,
-                 word_pooling=args.pooling, batch_tokens=args.batch_tokens, strict=args.strict,
-                 precision=args.precision, progress=not args.quiet)
+    where = dict(dataset=args.dataset, split=args.split, store_root=args.store_dir, word_pooling=args.pooling,
+                 precision=args.precision)
+    # the disk guard of `probekit run`: say what will be written, refuse before writing when the disk has no room
+    check_disk({args.split: extraction_bytes(lm, sents, **where)}, args.store_dir or default_store_root(),
+               describe=describe_stores(lm, ["resid_post"], None, "float16"), shrink=EXTRACT_SHRINK)
+    st = extract(lm, sents, **where, batch_tokens=args.batch_tokens, strict=args.strict, progress=not args.quiet)
     print(st)
     return 0
 

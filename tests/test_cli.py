@@ -179,3 +179,28 @@ def test_cache_list_and_clean_stay_inside_the_root(tmp_path, capsys):
     assert not (root / "b-dev-2").exists()
     assert main(["cache", "clean", "--store-dir", str(root)]) == 0
     assert (outside / "manifest.json").is_file() and (root / "not-a-store").is_dir()
+
+
+def test_extract_goes_through_the_disk_guard(tiny_bert_dir, mini_sents, tmp_path, monkeypatch, capsys, caplog):
+    import logging
+
+    import probekit.activations.budget as budget
+    import probekit.data.datasets as datasets
+
+    monkeypatch.setattr(datasets, "load_split", lambda *a, **kw: mini_sents)  # no treebank needed
+    argv = ["extract", str(tiny_bert_dir), "--store-dir", str(tmp_path / "stores"), "--device", "cpu"]
+    monkeypatch.setattr(budget, "free_bytes", lambda path: 10**6)  # a fake free-space figure
+    assert main(["-q", *argv]) == 1
+    err = capsys.readouterr().err
+    assert "Not enough disk" in err and "dev 0.00 GB" in err and "--limit N" in err and "Traceback" not in err
+    assert not list((tmp_path / "stores").glob("*/manifest.json"))  # refused before writing
+    monkeypatch.setattr(budget, "free_bytes", lambda path: 10**12)
+    with caplog.at_level(logging.INFO, logger="probekit.activations.budget"):
+        assert main(argv) == 0
+    said = [r.getMessage() for r in caplog.records if r.name == "probekit.activations.budget"]
+    assert len(said) == 1 and "Activation stores to write" in said[0] and "dev " in said[0]
+    assert len(list((tmp_path / "stores").glob("*/manifest.json"))) == 1
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="probekit.activations.budget"):
+        assert main(argv) == 0  # the store is reused: nothing to write
+    assert "nothing to write" in caplog.records[-1].getMessage()

@@ -24,8 +24,10 @@ log = logging.getLogger(__name__)
 #: Room left free after the extraction: the guard refuses a run that would leave less than this on the disk.
 RESERVE_BYTES = 1 << 30
 
-#: The config keys that shrink what an extraction writes (named in the refusal).
+#: The config keys that shrink what an extraction writes (named in the refusal of ``probekit run``).
 SHRINK_KEYS = ("layers", "sites", "train_sentences (or limit)", "dtype: bfloat16/float16 (store dtype)")
+#: What the refusal advises by default: the config keys, or a bigger disk.
+SHRINK_CONFIG = f"the config keys {', '.join(SHRINK_KEYS)}, or set store_dir to a bigger disk"
 
 
 def npy_bytes(shape: Sequence[int], dtype) -> int:
@@ -74,8 +76,16 @@ def gb(n: int) -> str:
     return f"{n / 1e9:.2f} GB"
 
 
+def describe_stores(model, sites: Sequence[str], layers, dtype: str) -> str:
+    """What an extraction writes, for the guard's messages: model, sites, layers kept, width and store dtype."""
+    n_layers = len(layers) if layers is not None else model.num_layers + 1
+    return (f"{model.name}: sites {', '.join(sites)}, {n_layers} of {model.num_layers + 1} layers"
+            + (" (sub-layer sites: no layer 0)" if list(sites) != ["resid_post"] else "")
+            + f", width {model.hidden_size}, {dtype}")
+
+
 def check_disk(per_split: dict[str, int], root: str | Path, *, free: int | None = None,
-               describe: str = "") -> None:
+               describe: str = "", shrink: str = SHRINK_CONFIG) -> None:
     """Say what the extraction will write (GB per split) and refuse it when the disk under ``root`` has no room.
 
     Args:
@@ -83,8 +93,9 @@ def check_disk(per_split: dict[str, int], root: str | Path, *, free: int | None 
         root: the store folder.
         free: the free bytes to check against (default: the disk's; tests pass a figure).
         describe: what is written (sites, layers, width, dtype), for the message.
+        shrink: how to write less, for the refusal (default: the config keys; the command line names its options).
     Raises:
-        StoreError: one line naming the sizes, the free space and the config keys that shrink the stores.
+        StoreError: one line naming the sizes, the free space and how to shrink the stores.
     """
     need = sum(per_split.values())
     parts = ", ".join(f"{split} {gb(n)}" for split, n in per_split.items())
@@ -96,5 +107,4 @@ def check_disk(per_split: dict[str, int], root: str | Path, *, free: int | None 
              gb(free))
     if need + RESERVE_BYTES > free:
         raise StoreError(f"Not enough disk for the activation stores in {root}: {gb(need)} to write ({parts}; "
-                         f"{describe}), {gb(free)} free, {gb(RESERVE_BYTES)} kept free. Shrink them with the config "
-                         f"keys {', '.join(SHRINK_KEYS)}, or set store_dir to a bigger disk.")
+                         f"{describe}), {gb(free)} free, {gb(RESERVE_BYTES)} kept free. Shrink them with {shrink}.")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from probekit._io import cache_root, sha256_file
-from probekit.activations.budget import check_disk, extraction_bytes
+from probekit.activations.budget import check_disk, describe_stores, extraction_bytes
 from probekit.activations.extract import default_store_root, extract_sites
 from probekit.activations.models import ModelName, load_model
 from probekit.activations.sites import check_sites
@@ -101,11 +101,8 @@ def extract_site_stores(cfg: ExperimentConfig, lm, data: dict, data_fp: dict, *,
     common = dict(sites=sites, layers=cfg.layers, dtype=cfg.dtype, word_pooling=cfg.word_pooling,
                   precision=cfg.precision)
     per_split = {kw[role]["split"]: extraction_bytes(lm, data[role], **common, **kw[role]) for role in ROLES}
-    n_layers = len(cfg.layers) if cfg.layers is not None else lm.num_layers + 1
     check_disk(per_split, cfg.store_dir or default_store_root(),
-               describe=f"{lm.name}: sites {', '.join(sites)}, {n_layers} of {lm.num_layers + 1} layers"
-                        + (" (sub-layer sites: no layer 0)" if sites != ["resid_post"] else "")
-                        + f", width {lm.hidden_size}, {cfg.dtype}")
+               describe=describe_stores(lm, sites, cfg.layers, cfg.dtype))
     out: dict = {s: {} for s in sites}
     for role in ROLES:
         got = extract_sites(lm, data[role], **common, **kw[role], batch_tokens=cfg.batch_tokens, strict=cfg.strict,
