@@ -9,6 +9,12 @@ experiment and its random-weights twin:
 * ``span`` tasks (``subject_span``): the linear probe on each fixed span pooling (mean, max, endpoints) and
   Tenney's self-attentive pooling (:mod:`probekit.probing.spans`); the ``pooling`` column names the span pooling.
 
+``features`` says what represents the words: ``hidden`` (the default: the block outputs above) and/or ``attention``
+(Clark et al. 2019's attention-as-structure, :mod:`probekit.probing.attention_pairs`: a pair is the attention
+between its two words in every head, both directions; pair and choice tasks only). Attention rows have ``site`` =
+:data:`ATTENTION_SITE`, ``probe`` = linear, ``pooling`` = :data:`ATTENTION_POOLING`; a row per block (that block's
+heads) and one with no layer (every chosen block's heads together, Clark et al.'s probe).
+
 Rows: ``accuracy`` and ``macro_f1`` (``uas`` for a choice task), ``pos_f1`` for two-class tasks, each with
 ``<metric>_ci_low`` / ``<metric>_ci_high``: a percentile interval of the sentence bootstrap of
 :mod:`probekit.results.significance` (test sentences resampled with replacement, one set of resamples shared by
@@ -28,11 +34,14 @@ from pathlib import Path
 
 import numpy as np
 
+from probekit.activations.attention import word_attention
+from probekit.activations.extract import Extractor
 from probekit.activations.models import fingerprint
 from probekit.config import ExperimentConfig, section_settings
 from probekit.errors import ConfigError, DataError
 from probekit.probing.features import layer_groups
 from probekit.probing.linear import fit_layers
+from probekit.probing.attention_pairs import arc_candidates, attention_pair_features, fit_attention_arcs
 from probekit.probing.pairs import arc_targets, fit_arc_layers, pair_features
 from probekit.probing.spans import check_pooling, fit_attention_layers, span_features
 from probekit.probing.structural import StructuralSettings
@@ -40,7 +49,7 @@ from probekit.report.relations_figures import relations_by_layer
 from probekit.report.style import figure_paths
 from probekit.results.significance import bootstrap_interval, resample_weights, score, sentence_counts
 from probekit.results.table import load_unit, row, save_unit, to_frames
-from probekit.runner.data import load_data, model_list, study_model
+from probekit.runner.data import load_config_model, load_data, model_list, study_model
 from probekit.runner.study_main import study_main
 from probekit.runner.units import study_unit_key
 from probekit.tasks.base import RELATION_LEVELS, RelationItems, get_task
@@ -51,6 +60,13 @@ log = logging.getLogger(__name__)
 UNIT_VERSION = 2
 #: Largest feature block (bytes, float32, train + dev + test) built for one layer group.
 BUDGET = 1 << 30
+#: What can represent the words of a relation item (``relations.features``).
+FEATURES = ("hidden", "attention")
+#: The ``site`` of attention-feature rows: the attention pattern (TransformerLens's ``hook_pattern``).
+ATTENTION_SITE = "attn_pattern"
+#: The ``pooling`` of attention-feature rows: subwords to words as Clark et al. (sum of the attention to a word's
+#: subwords, mean of its subwords' attention rows).
+ATTENTION_POOLING = "sum_to_mean_from"
 
 
 @dataclass
@@ -66,10 +82,17 @@ class RelationsConfig:
     patience: int = 4
     bootstrap: int = 1000
     confidence: float = 0.95
+    #: what represents the words: hidden (block outputs) and/or attention (pair and choice tasks)
+    features: list = field(default_factory=lambda: ["hidden"])
 
     @classmethod
     def from_dict(cls, d: dict | None, *, source: str = "config") -> "RelationsConfig":
         out = section_settings(cls, d, "relations", source)
+        if isinstance(out.features, str):
+            out.features = [out.features]
+        if not out.features or any(f not in FEATURES for f in out.features):
+            raise ConfigError(f"{source}: 'relations.features' = {out.features!r}; give one or both of "
+                              f"{', '.join(FEATURES)}.")
         if not out.tasks:
             raise ConfigError(f"{source}: 'relations.tasks' is empty; name at least one of dep_arc, dep_label, "
                               "subject_of, subject_span (or a pair/span/choice task of your own).")
@@ -135,6 +158,32 @@ def _fit_group(task, items: dict, X: dict, pooling: str | None, rcfg: RelationsC
     return [{"pred": f.predict(F["test"][i]), "n_params": f.n_params, "reg": f.C} for i, f in enumerate(fits)]
 
 
+def _attention_layers(cfg: ExperimentConfig, n_blocks: int) -> list[int]:
+    """The blocks (1..L) whose attention the config's ``layers`` chooses (layer 0, the embeddings, has none)."""
+    chosen = cfg.layers if cfg.layers is not None else range(n_blocks + 1)
+    return [int(x) for x in chosen if 0 < int(x) <= n_blocks]
+
+
+def _fit_attention(task, items: dict, att: dict, blocks: list[int], cfg: ExperimentConfig) -> list[dict]:
+    """The attention probes of one task: one per block in ``blocks`` (its heads), then one on all of them; each
+    ``{"pred": test predictions, "n_params": ..., "reg": C}``."""
+    sets = [[b - 1] for b in blocks] + [[b - 1 for b in blocks]]
+    if task.level == "choice":
+        cands = {r: arc_candidates(att[r], arc_targets(items[r])) for r in items}
+        res = fit_attention_arcs(cands["train"], cands["dev"], cands["test"], layer_sets=sets, Cs=tuple(cfg.Cs),
+                                 device=cfg.device)
+        rows = items["test"].rows("a")
+        return [{"pred": r["pred"][rows], "n_params": r["n_params"], "reg": r["C"]} for r in res]
+    out = []
+    for group in (sets[:-1], sets[-1:]):  # the per-block probes as one batched problem, then all blocks together
+        F = {r: np.stack([attention_pair_features(att[r], items[r], s) for s in group]) for r in items}
+        fits = fit_layers(F["train"], items["train"].y, n_classes=len(task.labels), Cs=tuple(cfg.Cs),
+                          X_dev=F["dev"], y_dev=items["dev"].y, layers=list(range(len(group))), device=cfg.device,
+                          seed=cfg.seeds[0])
+        out += [{"pred": f.predict(F["test"][i]), "n_params": f.n_params, "reg": f.C} for i, f in enumerate(fits)]
+    return out
+
+
 def _metric_names(task) -> list[str]:
     if task.level == "choice":
         return ["uas"]
@@ -164,6 +213,37 @@ def score_rows(task, test: RelationItems, pred: np.ndarray, weights: np.ndarray 
     return out
 
 
+def _attention_units(cfg: ExperimentConfig, lm, info: dict, data: dict, items: dict, pending: list, weights,
+                     rcfg: RelationsConfig, progress: bool) -> dict:
+    """The rows of the pending attention-feature units of one model, saved as the hidden-state units are:
+    ``{key: rows}``. The word-level attention of the three splits is computed once for all of them."""
+    folder = Path(cfg.results_dir) / cfg.name / "relations" / "runs"
+    t0 = time.perf_counter()
+    ex = Extractor(lm, word_pooling=cfg.word_pooling, batch_tokens=cfg.batch_tokens, precision=cfg.precision)
+    att = {role: word_attention(ex, data[role], progress=progress) for role in ("train", "dev", "test")}
+    log.info("%s: word-level attention of train, dev and test in %.1fs", info["model"], time.perf_counter() - t0)
+    blocks = _attention_layers(cfg, lm.num_layers)
+    out = {}
+    for t, pooling, key in pending:
+        t0 = time.perf_counter()
+        it = items[t.name]
+        common = dict(experiment=cfg.name, **info, task=t.name, task_version=t.version, level=t.level,
+                      method="probe", probe="linear", pooling=pooling, site=ATTENTION_SITE, n_layers=lm.num_layers,
+                      seed=cfg.seeds[0], control=False, train_size=len(it["train"].y))
+        fits = _fit_attention(t, it, att, blocks, cfg)
+        rows = []
+        for layer, f in zip(blocks + [None], fits):
+            rows += score_rows(t, it["test"], f["pred"], weights, rcfg.confidence, {**common, "layer": layer},
+                               trainable_params=f["n_params"], reg=f["reg"])
+        secs = time.perf_counter() - t0
+        for r in rows:
+            r["train_seconds"] = secs / len(fits)
+        save_unit(folder / f"{key}.json", rows)
+        out[key] = rows
+        log.info("%s %s attention: %.1fs", info["model"], t.name, secs)
+    return out
+
+
 def majority_prediction(task, items: dict) -> np.ndarray:
     """The majority baseline's test predictions (see the module doc)."""
     train, test = items["train"], items["test"]
@@ -184,18 +264,27 @@ def run_relations(cfg: ExperimentConfig, rcfg: RelationsConfig | None = None, *,
     items = {t.name: task_items(t, data) for t in tasks}
     n_test = len(data["test"])
     weights = resample_weights(n_test, rcfg.bootstrap, seed=cfg.seeds[0]) if rcfg.bootstrap else None
-    settings = {k: v for k, v in asdict(rcfg).items() if k not in ("tasks", "span_poolings")}
+    # features is not in the settings: a hidden-state unit keeps the key it had before attention features existed
+    settings = {k: v for k, v in asdict(rcfg).items() if k not in ("tasks", "span_poolings", "features")}
     all_rows: list[dict] = []
     for m in model_list(cfg):
         fp = fingerprint(m)
-        plan = []  # (task, pooling, key)
+        plan = []  # (task, pooling, key); pooling ATTENTION_POOLING: the attention-feature unit
         for t in tasks:
-            for pooling in (rcfg.span_poolings if t.level == "span" else [None]):
+            poolings = rcfg.span_poolings if t.level == "span" else [None]
+            if "hidden" not in rcfg.features:
+                poolings = []
+            if "attention" in rcfg.features and t.level != "span":
+                poolings = poolings + [ATTENTION_POOLING]
+            for pooling in poolings:
+                extra = {"features": "attention"} if pooling == ATTENTION_POOLING else {}
                 plan.append((t, pooling, study_unit_key(cfg, fp, data_fp, version=UNIT_VERSION, task=t.fingerprint,
-                                                        pooling=pooling,
-                                                        seed=cfg.seeds[0], Cs=list(cfg.Cs), settings=settings)))
+                                                        pooling=pooling, seed=cfg.seeds[0], Cs=list(cfg.Cs),
+                                                        settings=settings, **extra)))
         done = {key: load_unit(folder / f"{key}.json", key=key, strict=cfg.strict) for *_, key in plan}
-        pending = [p for p in plan if done[p[2]] is None]
+        pending = [p for p in plan if done[p[2]] is None and p[1] != ATTENTION_POOLING]
+        pending_att = [p for p in plan if done[p[2]] is None and p[1] == ATTENTION_POOLING]
+        lm = None
         if pending:
             lm, stores, info = study_model(cfg, m, data, data_fp, progress=progress)
             n_layers = stores["train"].n_layers
@@ -225,7 +314,12 @@ def run_relations(cfg: ExperimentConfig, rcfg: RelationsConfig | None = None, *,
                 save_unit(folder / f"{key}.json", rows)
                 done[key] = rows
                 log.info("%s %s %s: %.1fs", m, t.name, pooling or "", secs)
-            del lm
+        if pending_att:
+            if lm is None:
+                lm = load_config_model(cfg, m)
+                info = {"model": m, "model_kind": lm.kind, "model_hash": lm.weights_hash[:16]}
+            done.update(_attention_units(cfg, lm, info, data, items, pending_att, weights, rcfg, progress))
+        del lm
         for *_, key in plan:
             all_rows += done[key]
         for t in tasks:
