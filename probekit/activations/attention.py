@@ -11,11 +11,13 @@ attention features of a word pair and the hidden-state features of its words rea
 For each sentence of ``n`` words, :func:`word_attention` gives (layers = blocks ``1..L``, as the sub-layer sites):
 
 * ``maps``      ``[L, H, n, n]``: ``maps[l, h, i, j]`` = attention of head h of block l from word i to word j;
-* ``to_special``  ``[L, H, n]``: attention from word i to the special tokens (``[CLS]``/``[SEP]``, a decoder's BOS);
-* ``from_special`` ``[L, H, n]``: the mean over the special tokens of their attention to word i (0 where no special
-  token can see the word, e.g. a decoder's BOS, which attends only to itself).
+* ``to_other``  ``[L, H, n]``: attention from word i to the *other* tokens: the special tokens (``[CLS]``/``[SEP]``,
+  a decoder's BOS) and any subword the alignment gives to no word (a lone space token of a byte-level BPE);
+* ``from_other`` ``[L, H, n]``: the mean over the other tokens of their attention to word i (0 where none can see
+  the word, e.g. a decoder's BOS, which attends only to itself).
 
-Clark et al. score the artificial ROOT from the attention to ``[CLS]`` and ``[SEP]``; the two ``*_special`` arrays
+So the attention from each word sums to one over the words and the other tokens (``maps.sum(-1) + to_other``).
+Clark et al. score the artificial ROOT from the attention to ``[CLS]`` and ``[SEP]``; the two ``*_other`` arrays
 carry that (:mod:`probekit.probing.attention_pairs`).
 
 A sentence longer than the model's window is cut into the extraction's overlapping windows
@@ -47,8 +49,8 @@ class WordAttention:
     """The word-level attention of one sentence (see the module docstring); float32."""
 
     maps: np.ndarray
-    to_special: np.ndarray
-    from_special: np.ndarray
+    to_other: np.ndarray
+    from_other: np.ndarray
 
     @property
     def n_words(self) -> int:
@@ -75,25 +77,28 @@ def word_level(token_maps: np.ndarray, word_tokens: Sequence[Sequence[int]]) -> 
 
 def _token_attention(aligned: AlignedSentence, windows, owner, attn_of_window, n_layers: int, n_heads: int,
                      n_prefix: int, n_suffix: int):
-    """Token-level ``[L, H, T, T]`` attention of one sentence and its ``[L, H, T]`` attention to / from the special
-    tokens, each token's row (and the specials' attention to it) read from its owner window."""
+    """Token-level ``[L, H, T, T]`` attention of one sentence and its ``[L, H, T]`` attention to / from the other
+    tokens, each token's row (and the other tokens' attention to it) read from its owner window."""
     T = aligned.n_tokens
+    in_word = np.zeros(T, dtype=bool)
+    in_word[[t for toks in aligned.word_tokens for t in toks]] = True
     A = np.zeros((n_layers, n_heads, T, T), dtype=np.float32)
-    to_sp = np.zeros((n_layers, n_heads, T), dtype=np.float32)
-    from_sp = np.zeros((n_layers, n_heads, T), dtype=np.float32)
+    to_other = np.zeros((n_layers, n_heads, T), dtype=np.float32)
+    from_other = np.zeros((n_layers, n_heads, T), dtype=np.float32)
     for wi, (s, e) in enumerate(windows):
         a = attn_of_window(wi)  # [L, H, P + (e - s) + S, same] of this window
         own = np.flatnonzero(owner[s:e] == wi)  # window positions (content) of the tokens it owns
         if not len(own):
             continue
         content = slice(n_prefix, n_prefix + e - s)
-        special = list(range(n_prefix)) + list(range(n_prefix + e - s, n_prefix + e - s + n_suffix))
+        other = (list(range(n_prefix)) + [n_prefix + k for k in np.flatnonzero(~in_word[s:e])]
+                 + list(range(n_prefix + e - s, n_prefix + e - s + n_suffix)))
         rows = a[:, :, n_prefix + own]  # [L, H, owned, window length]
         A[:, :, s + own, s:e] = rows[:, :, :, content]
-        to_sp[:, :, s + own] = rows[:, :, :, special].sum(-1)
-        if special:
-            from_sp[:, :, s + own] = a[:, :, special][:, :, :, n_prefix + own].mean(2)
-    return A, to_sp, from_sp
+        to_other[:, :, s + own] = rows[:, :, :, other].sum(-1)
+        if other:
+            from_other[:, :, s + own] = a[:, :, other][:, :, :, n_prefix + own].mean(2)
+    return A, to_other, from_other
 
 
 @contextmanager
@@ -104,7 +109,8 @@ def eager_attention(model):
     that weights came back."""
     before = getattr(model.config, "_attn_implementation", None)
     switched = False
-    if before not in (None, "eager") and hasattr(model, "set_attn_implementation"):
+    can = getattr(model, "_can_set_attn_implementation", lambda: hasattr(model, "set_attn_implementation"))
+    if before not in (None, "eager") and hasattr(model, "set_attn_implementation") and can():
         try:
             model.set_attn_implementation("eager")
             switched = model.config._attn_implementation == "eager"
@@ -168,13 +174,13 @@ def word_attention(ex, sentences: Sequence[Sentence], *, progress: bool = False)
                 if left[si] == 0:  # its last window: build its word-level attention and free the windows
                     windows, owner = plans[si]
                     a = aligned[si]
-                    A, to_sp, from_sp = _token_attention(a, windows, owner, lambda w, si=si: got[(si, w)], n_layers,
+                    A, to_o, from_o = _token_attention(a, windows, owner, lambda w, si=si: got[(si, w)], n_layers,
                                                          n_heads, P, S)
                     for w in range(len(windows)):
                         del got[(si, w)]
                     to_word, from_word = _word_matrices(a.n_tokens, a.word_tokens)
-                    out[si] = WordAttention(maps=from_word @ A @ to_word, to_special=to_sp @ from_word.T,
-                                            from_special=from_sp @ to_word)
+                    out[si] = WordAttention(maps=from_word @ A @ to_word, to_other=to_o @ from_word.T,
+                                            from_other=from_o @ to_word)
                     bar.update(1)
             del res, att
             i = j

@@ -7,8 +7,9 @@ A word pair (i, j) is represented by the word-level attention between the two wo
 * ``dep_arc`` (:func:`fit_attention_arcs`): Clark et al.'s attention-only probe, a linear combination of the
   attention maps and their transposes, ``p(j | i) = softmax_j(w . f(i, j))`` over the candidate heads j of word i.
   probekit's ``dep_arc`` lets the root word choose itself; that candidate stands for Clark et al.'s ROOT and is
-  scored from the word's attention to the special tokens and theirs to it (``f(i, i) = [alpha_{i->special},
-  alpha_{special->i}]``; Clark et al. use the attention to ``[CLS]`` and ``[SEP]`` with two learned scalars).
+  scored from the word's attention to the other tokens (the special tokens, and subwords of no word) and
+  theirs to it (``f(i, i) = [alpha_{i->other},
+  alpha_{other->i}]``; Clark et al. use the attention to ``[CLS]`` and ``[SEP]`` with two learned scalars).
   The probe is a convex conditional-logit model: fitted to its optimum by full-batch L-BFGS with an L2 penalty
   ``||w||^2 / (2 C N)`` (N scored words; C from the experiment's ``Cs``, chosen by dev UAS), on features scaled
   to unit variance on train.
@@ -28,6 +29,12 @@ from probekit.errors import DataError
 from probekit.probing.pairs import ArcTargets
 from probekit.tasks.base import RelationItems
 
+#: The ``site`` of attention-feature rows in a results table: the attention pattern (TransformerLens's
+#: ``hook_pattern``).
+ATTENTION_SITE = "attn_pattern"
+#: The ``pooling`` of attention-feature rows: subwords to words as Clark et al. (the attention to a word is the sum over
+#: its subwords, the attention from it the mean of its subwords' rows).
+ATTENTION_POOLING = "sum_to_mean_from"
 #: L-BFGS iterations per fit (the problem is convex and small: it converges well before on EWT slices).
 MAX_ITER = 200
 
@@ -72,7 +79,8 @@ class ArcCandidates:
 
 def arc_candidates(att: Sequence[WordAttention], targets: ArcTargets) -> ArcCandidates:
     """:class:`ArcCandidates` of a split: for word i, candidate j != i has ``f(i, j)``; candidate i (the root's
-    self-choice, Clark et al.'s ROOT) has the attention to / from the special tokens."""
+    self-choice, Clark et al.'s ROOT) has the attention to / from the other tokens (special tokens, subwords of no
+    word)."""
     _check(att, targets.offsets)
     lengths = targets.lengths
     n_pairs = int((lengths ** 2).sum())
@@ -86,8 +94,8 @@ def arc_candidates(att: Sequence[WordAttention], targets: ArcTargets) -> ArcCand
         m = a.maps  # [L, H, n, n]
         blk = np.stack([m, m.transpose(0, 1, 3, 2)], -1)  # [L, H, i, j, 2]: i->j, j->i
         idx = np.arange(n)
-        blk[:, :, idx, idx, 0] = a.to_special
-        blk[:, :, idx, idx, 1] = a.from_special
+        blk[:, :, idx, idx, 0] = a.to_other
+        blk[:, :, idx, idx, 1] = a.from_other
         X[p:p + n * n] = blk.transpose(2, 3, 0, 1, 4).reshape(n * n, L, H, 2)
         w0 = int(targets.offsets[s])
         word[p:p + n * n] = w0 + np.repeat(idx, n)
@@ -141,7 +149,7 @@ def fit_attention_arcs(train: ArcCandidates, dev: ArcCandidates, test: ArcCandid
             keep = np.flatnonzero(gt >= 0)
             keep_t, gold_t = t(keep), t(gt[keep])
             v = torch.zeros(Xt.shape[1], dtype=torch.float64, device=dev_name, requires_grad=True)
-            best = None
+            best: tuple | None = None
             for C in sorted(Cs):
                 opt = torch.optim.LBFGS([v], lr=1.0, max_iter=MAX_ITER, tolerance_grad=1e-7, tolerance_change=1e-10,
                                         history_size=20, line_search_fn="strong_wolfe")
@@ -158,6 +166,7 @@ def fit_attention_arcs(train: ArcCandidates, dev: ArcCandidates, test: ArcCandid
                     uas = _uas(data["dev"], v * inv, dev_name)
                 if best is None or uas > best[0]:
                     best = (uas, C, (v * inv).detach().clone())
+            assert best is not None  # Cs is not empty
             uas, C, w = best
             with torch.no_grad():
                 pred = test.cand[_best_rows(data["test"], w, dev_name)]

@@ -3,13 +3,15 @@
 :func:`relations_by_layer` draws, for one model, each task's headline score by layer (UAS for a choice task,
 positive-class F1 for a two-class task, accuracy otherwise) with its 95% sentence-bootstrap band, the
 random-weights twin dotted in the same colour and the majority baseline as a dashed horizontal line; a span task
-gets one line per span pooling.
+gets one line per span pooling, and a task probed with attention features (site ``attn_pattern``) one line for
+them, labelled "attention", by block (the row on all blocks together has no layer and is not drawn).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from probekit.activations.models import ModelName
+from probekit.probing.attention_pairs import ATTENTION_SITE
 from probekit.report.style import ONE_COLUMN, color, finish, new_figure, only_model, paper_style
 
 SHORT = {"uas": "UAS", "pos_f1": "F1", "accuracy": "acc."}
@@ -35,7 +37,7 @@ def relations_by_layer(df, stem: Path | None = None, formats=("pdf", "png"), *, 
     df = df[df.level.isin(["pair", "span", "choice"])]
     if df.empty:
         return None
-    probes = df[df.method == "probe"]
+    probes = df[(df.method == "probe") & df.layer.notna()]
     models = sorted(m for m in probes.model.unique() if "@random" not in m) or sorted(probes.model.unique())
     models = only_model(models, model, "relations_by_layer")
     m = models[0]
@@ -52,7 +54,8 @@ def relations_by_layer(df, stem: Path | None = None, formats=("pdf", "png"), *, 
         for i, (task, pooling) in enumerate(lines):
             metric = headline_metric(df, task)
             span = (probes[probes.task == task].level == "span").any()
-            label = f"{task} {pooling}" if span else task
+            attention = (probes[(probes.task == task) & (probes.pooling == pooling)].site == ATTENTION_SITE).any()
+            label = f"{task} {pooling}" if span else f"{task} attention" if attention else task
             cur = _curve(probes, model=m, task=task, pooling=pooling, metric=metric)
             if cur.empty:
                 continue

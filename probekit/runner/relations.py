@@ -39,9 +39,15 @@ from probekit.activations.extract import Extractor
 from probekit.activations.models import fingerprint
 from probekit.config import ExperimentConfig, section_settings
 from probekit.errors import ConfigError, DataError
+from probekit.probing.attention_pairs import (
+    ATTENTION_POOLING,
+    ATTENTION_SITE,
+    arc_candidates,
+    attention_pair_features,
+    fit_attention_arcs,
+)
 from probekit.probing.features import layer_groups
 from probekit.probing.linear import fit_layers
-from probekit.probing.attention_pairs import arc_candidates, attention_pair_features, fit_attention_arcs
 from probekit.probing.pairs import arc_targets, fit_arc_layers, pair_features
 from probekit.probing.spans import check_pooling, fit_attention_layers, span_features
 from probekit.probing.structural import StructuralSettings
@@ -62,11 +68,6 @@ UNIT_VERSION = 2
 BUDGET = 1 << 30
 #: What can represent the words of a relation item (``relations.features``).
 FEATURES = ("hidden", "attention")
-#: The ``site`` of attention-feature rows: the attention pattern (TransformerLens's ``hook_pattern``).
-ATTENTION_SITE = "attn_pattern"
-#: The ``pooling`` of attention-feature rows: subwords to words as Clark et al. (sum of the attention to a word's
-#: subwords, mean of its subwords' attention rows).
-ATTENTION_POOLING = "sum_to_mean_from"
 
 
 @dataclass
