@@ -37,6 +37,7 @@ import numpy as np
 
 from probekit._progress import progress_bar
 from probekit.activations.align import AlignedSentence, align_batch, plan_windows
+from probekit.activations.batching import inputs, pack
 from probekit.activations.precision import autocast
 from probekit.data.conllu_io import Sentence
 from probekit.errors import ModelError
@@ -126,7 +127,8 @@ def eager_attention(model):
 def word_attention(ex, sentences: Sequence[Sentence], *, progress: bool = False) -> list[WordAttention]:
     """The word-level attention of every sentence (module docstring), every block and head, read with the settings
     of ``ex`` (an :class:`~probekit.activations.extract.Extractor`: its model, special tokens, window length,
-    precision and token budget). Sentences are batched by subword length; padding is masked."""
+    precision, token budget and padding limit). Windows are batched as extraction batches them
+    (:func:`probekit.activations.batching.pack`); padding is masked."""
     import torch
 
     lm = ex.lm
@@ -148,20 +150,10 @@ def word_attention(ex, sentences: Sequence[Sentence], *, progress: bool = False)
     out: list[WordAttention | None] = [None] * len(sentences)
     bar = progress_bar(len(sentences), f"attention {lm.name}", unit="sentence", enabled=progress)
     t0 = time.perf_counter()
-    i = 0
+    token_ids = [a.token_ids for a in aligned]
     with torch.inference_mode(), eager_attention(model), autocast(ex.device, ex.precision):
-        while i < len(pieces):
-            longest = pieces[i][0]
-            j = i + 1
-            while j < len(pieces) and pieces[j][0] * (j - i + 1) <= ex.batch_tokens:
-                j += 1
-            batch = pieces[i:j]
-            longest = batch[-1][0]
-            ids = np.full((len(batch), longest), ex.pad_id, dtype=np.int64)
-            mask = np.zeros((len(batch), longest), dtype=np.int64)
-            for b, (ln, si, wi, s, e) in enumerate(batch):
-                ids[b, :ln] = ex.prefix + aligned[si].token_ids[s:e] + ex.suffix
-                mask[b, :ln] = 1
+        for batch in pack(pieces, ex.batch_tokens, ex.max_padding):
+            ids, mask = inputs(batch, token_ids, ex.prefix, ex.suffix, ex.pad_id)
             res = model(input_ids=torch.from_numpy(ids).to(ex.device),
                         attention_mask=torch.from_numpy(mask).to(ex.device), output_attentions=True)
             if res.attentions is None or len(res.attentions) != n_layers:
@@ -175,7 +167,7 @@ def word_attention(ex, sentences: Sequence[Sentence], *, progress: bool = False)
                     windows, owner = plans[si]
                     a = aligned[si]
                     A, to_o, from_o = _token_attention(a, windows, owner, lambda w, si=si: got[(si, w)], n_layers,
-                                                         n_heads, P, S)
+                                                       n_heads, P, S)
                     for w in range(len(windows)):
                         del got[(si, w)]
                     to_word, from_word = _word_matrices(a.n_tokens, a.word_tokens)
@@ -183,7 +175,6 @@ def word_attention(ex, sentences: Sequence[Sentence], *, progress: bool = False)
                                             from_other=from_o @ to_word)
                     bar.update(1)
             del res, att
-            i = j
     bar.close()
     log.info("%s: word-level attention of %d sentences in %.1fs", lm.name, len(sentences), time.perf_counter() - t0)
     return out  # type: ignore[return-value]

@@ -111,10 +111,11 @@ def _take(c: ArcCandidates, layers: Sequence[int]) -> np.ndarray:
 
 
 def _scores(X, word, n_words: int, v):
-    """Per word: log-normaliser over its candidates, and every candidate's score ``[pairs]``."""
+    """Per word: log-normaliser over its candidates, and every candidate's score ``[pairs]`` (float64; ``X`` may be
+    float32)."""
     import torch
 
-    s = X @ v
+    s = (X @ v.to(X.dtype)).double()
     top = torch.full((n_words,), -torch.inf, dtype=s.dtype, device=s.device).scatter_reduce(
         0, word, s.detach(), reduce="amax")
     z = torch.zeros(n_words, dtype=s.dtype, device=s.device).index_add_(0, word, torch.exp(s - top[word]))
@@ -144,7 +145,7 @@ def fit_attention_arcs(train: ArcCandidates, dev: ArcCandidates, test: ArcCandid
             data = {}
             for role, c, X in (("train", train, Xtr), ("dev", dev, None), ("test", test, None)):
                 X = _take(c, layers) if X is None else X
-                data[role] = (t(X).double(), t(c.word), c.n_words, c.gold)
+                data[role] = (t(X), t(c.word), c.n_words, c.gold)  # float32: the scores are summed in float64
             Xt, wt, nt, gt = data["train"]
             keep = np.flatnonzero(gt >= 0)
             keep_t, gold_t = t(keep), t(gt[keep])
@@ -179,7 +180,7 @@ def _best_rows(data, w, device: str) -> np.ndarray:
     import torch
 
     X, word, n_words, _ = data
-    s = X @ w
+    s = X @ w.to(X.dtype)
     top = torch.full((n_words,), -torch.inf, dtype=s.dtype, device=device).scatter_reduce(0, word, s, reduce="amax")
     rows = np.flatnonzero((s == top[word]).cpu().numpy())[::-1]  # written last = the first candidate
     best = np.full(n_words, -1, dtype=np.int64)
