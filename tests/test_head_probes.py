@@ -41,6 +41,7 @@ def test_every_head_of_every_block_is_probed(tmp_path, tiny_bert_dir, monkeypatc
     assert sorted(set(zip(acc.task, acc.layer.astype(int), acc.site))) == [
         (t, layer, f"heads.{h}") for t in ("upos", "voice") for layer in (1, 2) for h in (0, 1)]
     assert acc.value.between(0, 1).all() and set(df.probe) == {"linear", "majority"}
+    assert set(acc.n_layers) == {2}  # blocks, as in every probe row
     base = df[(df.method == "baseline") & (df.metric == "accuracy")]
     assert sorted(base.task) == ["upos", "voice"] and base.layer.isna().all()
     # a head's probe reads d_head = 16 features (hidden 32 over 2 heads): 17 weights per upos class

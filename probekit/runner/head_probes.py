@@ -86,7 +86,7 @@ def _task_rows(cfg: ExperimentConfig, task, stores: dict, data: dict, info: dict
     n_classes = len(task.labels)
     common = dict(experiment=cfg.name, **info, task=task.name, task_version=task.version, level=task.level,
                   method="probe", probe="linear", control=False,
-                  pooling=pooling or stores["train"].manifest["word_pooling"], n_layers=stores["train"].n_layers,
+                  pooling=pooling or stores["train"].manifest["word_pooling"], n_layers=stores["train"].n_layers - 1,
                   seed=cfg.seeds[0], train_size=len(items["train"].y))
     majority = int(np.bincount(items["train"].y, minlength=n_classes).argmax())
     rows = [row(**{**common, "method": "baseline", "probe": "majority"}, site=SITE, layer=None, split="test",
