@@ -218,3 +218,17 @@ def test_pack_keeps_the_budget_and_the_padding_limit():
     ids, mask = inputs(batches[0], [[7, 8, 9]] * 3, [1], [2], pad_id=0)
     assert ids.tolist() == [[1, 7, 8, 2, 0], [1, 7, 8, 2, 0], [1, 7, 8, 9, 2]]
     assert mask.sum(1).tolist() == [4, 4, 5]
+
+
+def test_probekit_run_carries_the_attention_rows(tmp_path, tiny_bert_dir):
+    from probekit.runner.experiment import run_experiment
+
+    cfg = _cfg(tmp_path, tiny_bert_dir, control_tasks=False,
+               relations={"tasks": ["dep_arc"], "features": "attention", "bootstrap": 100})
+    res = run_experiment(cfg, progress=False)
+    att = res.table[res.table.site == rel.ATTENTION_SITE]
+    assert set(att.task) == {"dep_arc"} and att.layer.isna().any() and len(att[att.metric == "uas"]) == 3
+    # the summary keeps the all-blocks row (no layer) beside the per-block ones
+    s = res.summary[(res.summary.site == rel.ATTENTION_SITE) & (res.summary.metric == "uas")]
+    assert sorted(s.layer.astype(str)) == ["", "1", "2"]
+    assert not (res.table.level == "choice")[res.table.site == "resid_post"].any()  # features: attention only
