@@ -63,10 +63,11 @@ def heads_heatmap(df, stem: Path | None = None, formats=("pdf", "png"), *, model
             a.set_xlabel("head")
             a.set_ylabel("layer (block)")
             a.grid(False)
+            digits = 1 if 100 * (np.nanmax(grid) - np.nanmin(grid)) < 5 else 0  # a narrow range needs a decimal
             for i in range(grid.shape[0]):
                 for j in range(grid.shape[1]):
                     if np.isfinite(grid[i, j]):
-                        a.text(j, i, f"{100 * grid[i, j]:.0f}", ha="center", va="center", fontsize=5,
+                        a.text(j, i, f"{100 * grid[i, j]:.{digits}f}", ha="center", va="center", fontsize=5,
                                color="white" if grid[i, j] < np.nanmean(grid) else "black")
             a.set_title(f"{Path(model).name} {t}: test accuracy (%) of each head's probe"
                         + _majority(df, model, t))

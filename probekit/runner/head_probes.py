@@ -140,7 +140,8 @@ def run_head_probes(cfg: ExperimentConfig, tasks: list[str] | None = None, *, da
                 rows = _task_rows(cfg, t, stores, data, info, n_heads)
                 save_unit(folder / f"{key}.json", rows)
                 done[key] = rows
-                log.info("%s %s: %d layers x %d heads probed", m, t.name, len({r["layer"] for r in rows}), n_heads)
+                log.info("%s %s: %d layers x %d heads probed", m, t.name,
+                         len({r["layer"] for r in rows if r["method"] == "probe"}), n_heads)
             del lm
         for _, key in plan:
             all_rows += done[key]
