@@ -101,7 +101,7 @@ def best_layer_table(summary):
             best = part.loc[part["mean"].astype(float).idxmax()]
             chosen_on = "test"
         sel = s[(s["model"] == model) & (s["task"] == task) & (s["probe"] == probe) & (s["pooling"] == pooling)
-                & ((s["site"] == site) if "site" in s else True)]
+                & (s["method"] == "probe") & ((s["site"] == site) if "site" in s else True)]
         def one(metric, layer=None):
             r = sel[sel["metric"] == metric]
             if layer is not None:
@@ -115,9 +115,8 @@ def best_layer_table(summary):
             return float(r["mean"].iloc[0]) if len(r) else np.nan
         mdl = sel[sel["metric"] == "mdl_codelength_kbits"]
         mdl_best = mdl.loc[mdl["mean"].astype(float).idxmin(), "layer"] if len(mdl) else ""
-        maj = s[(s["model"] == model) & (s["task"] == task) & (s["probe"] == "majority") & (s["metric"] == "accuracy")]
-        wmaj = s[(s["model"] == model) & (s["task"] == task) & (s["probe"] == "word_majority")
-                 & (s["metric"] == "accuracy")]
+        base = s[(s["model"] == model) & (s["task"] == task) & (s["method"] == "probe") & (s["metric"] == "accuracy")]
+        maj, wmaj = base[base["probe"] == "majority"], base[base["probe"] == "word_majority"]
         recs.append({"model": model, "task": task, "probe": probe, "pooling": pooling,
                      "site": site, "best_layer": best["layer"],
                      "chosen_on": chosen_on,
@@ -161,7 +160,7 @@ def layer_table(summary, *, metric: str = "accuracy", probe: str = "linear", mod
     """Tasks × layers matrix of the mean test metric (for the heatmap and the README); a sentence task has one row
     per pooling, ``task (pooling)``."""
     s = summary
-    sel = s[(s["metric"] == metric) & (s["split"] == "test") & (s["probe"] == probe)
+    sel = s[(s["metric"] == metric) & (s["split"] == "test") & (s["probe"] == probe) & (s["method"] == "probe")
             & control_mask(s, False) & (s["layer"] != "")]
     if model is not None:
         sel = sel[sel["model"] == model]

@@ -25,6 +25,7 @@ from probekit.config import ExperimentConfig
 from probekit.errors import DataError
 from probekit.probing.features import FeatureCache
 from probekit.report import figures
+from probekit.report.erasure_figures import erasure_figures
 from probekit.report.neuron_figures import neuron_figures
 from probekit.report.relations_figures import relations_by_layer
 from probekit.report.structural_figures import structural_figures
@@ -197,6 +198,8 @@ def _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, eras
     # the resolved config: `probekit run <folder>/config.yaml` runs this experiment again
     atomic_write_bytes(folder / "config.yaml", cfg.to_yaml().encode())
     figs = figures.experiment_figures(df, summary, folder, formats=cfg.figures)
+    if erasure is not None:
+        figs += erasure_figures(df, folder / "figures", formats=cfg.figures)
     if struct_res is not None:
         figs += structural_figures(struct_res, folder / "figures", formats=cfg.figures)
     if neuron_res is not None:
