@@ -144,7 +144,8 @@ def erase_task(cfg: ExperimentConfig, settings: ErasureSettings, lm, stores: dic
         probes[other.name] = (other.encode(sents), fits)
     head = lm_head_weight(lm) if lm.kind == "decoder" else None
     effects = intervention_effects(lm, sents, task.encode(sents), erasers.erasers, majority=majority, head=head,
-                                   probes=probes, control_seed=settings.control_seed, batch_tokens=cfg.batch_tokens)
+                                   probes=probes, control_seed=settings.control_seed, batch_tokens=cfg.batch_tokens,
+                                   word_pooling=cfg.word_pooling, precision=cfg.precision)
     for e in effects:
         out += e.rows(**common, method=f"intervention:{erasers.method}")
     return out
