@@ -127,3 +127,22 @@ def test_decoder_report_has_loss_columns_and_leaves_out_what_was_not_run(tmp_pat
         assert absent not in md, absent
     name = str(tiny_llama_dir).replace("/", "_")
     assert (res.folder / "figures" / f"erasure_{name}_aux_verb.png").is_file()
+
+
+def test_layer_subset_scores_only_the_configured_offsets_the_store_holds(tmp_path, tiny_bert_dir):
+    """`layers: [0, 2]` with `later: [1, 2]`: erasing layer 0 is scored at layer 2 only (layer 1 is not stored;
+    it used to stop the run), erasing layer 2 at none; the report's column is the offset +2."""
+    pytest.importorskip("concept_erasure")
+    from probekit.report.tables import summarize
+    from probekit.runner.experiment import run_experiment
+
+    cfg = _cfg(tmp_path, tiny_bert_dir, layers=[0, 2], control_tasks=False, mdl=False,
+               erasure={"effect_sentences": 4, "later": [1, 2], "sanity_mlp": False})
+    df = run_experiment(cfg, progress=False).table
+    eff = df[(df.method == "intervention:leace") & df.metric.str.startswith("accuracy_change")
+             & ~df.metric.str.contains("_ci_")]
+    assert set(zip(eff.task, eff.layer.astype(int), eff.metric)) == {
+        ("aux_verb", 0, "accuracy_change:subject:layer2"), ("subject", 0, "accuracy_change:aux_verb:layer2")}
+    t = erasure_table(summarize(df))
+    assert sorted(c for c in t if c.startswith("accuracy_change") and not c.endswith(("_lo", "_hi", "_control"))) == [
+        "accuracy_change:aux_verb:+2", "accuracy_change:subject:+2"]

@@ -19,6 +19,7 @@ loss change over total tokens: :func:`probekit.results.significance.bootstrap_ra
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,8 +59,8 @@ def _split(y: np.ndarray, sentences) -> list[np.ndarray]:
 
 def intervention_effects(lm, sentences, y: np.ndarray, erasers: dict[int, LayerEraser], *, majority: int,
                          head=None, probes: dict | None = None, control_seed: int = 0, batch_tokens: int | None = None,
-                         word_pooling: str | None = None, precision: str | None = "auto", seed: int = 0
-                         ) -> list[Effect]:
+                         word_pooling: str | None = None, precision: str | None = "auto",
+                         offsets: Sequence[int] | None = None, seed: int = 0) -> list[Effect]:
     """Effects of erasing each layer's concept (and of its random control) on ``sentences``.
 
     Args:
@@ -70,6 +71,8 @@ def intervention_effects(lm, sentences, y: np.ndarray, erasers: dict[int, LayerE
         head: ``[vocab, d_model]`` (:func:`~probekit.causal.intervene.lm_head_weight`) for the loss effects.
         probes: ``{task name: (labels [word] like y, {layer: LayerFit})}`` trained on clean features, for the
             accuracy effects at the later layers they cover.
+        offsets: the later layers scored after erasing layer l are ``l + k`` for ``k`` in ``offsets`` (None: every
+            later layer the probes cover).
         batch_tokens, word_pooling, precision: the extraction's, so that the clean run gives the store's vectors.
     """
     probes = probes or {}
@@ -84,7 +87,7 @@ def intervention_effects(lm, sentences, y: np.ndarray, erasers: dict[int, LayerE
     order = sorted(clean)
     out: list[Effect] = []
     for layer, er in sorted(erasers.items()):
-        later = [k for k in keep if k > layer]
+        later = [k for k in keep if k > layer and (offsets is None or k - layer in offsets)]
         for edit in (er, random_control(er, seed=control_seed)):
             runs = {r.index: _summary(r, head, focus, probes, probe_y, later, clean_emb=clean[r.index]["emb"])
                     for r in forward(lm, sentences, layer=layer, edit=edit.torch_apply, edit_words=edit_words,

@@ -130,7 +130,8 @@ def erase_task(cfg: ExperimentConfig, settings: ErasureSettings, lm, stores: dic
     y_train = labelled_rows(task, data["train"])[1]
     majority = int(np.bincount(y_train, minlength=len(task.labels)).argmax())
     probes = {}
-    wanted = sorted({k + o for k in layers for o in settings.later if k + o <= lm.num_layers})
+    # the later layers the store holds (a config's `layers:` subset leaves some out)
+    wanted = sorted({k + o for k in layers for o in settings.later} & set(stores["train"].layer_ids))
     for other in (t for t in others if t.level == "word"):
         rows_tr, y_tr = labelled_rows(other, data["train"])
         rows_dev, y_dev = labelled_rows(other, data["dev"])
@@ -145,7 +146,7 @@ def erase_task(cfg: ExperimentConfig, settings: ErasureSettings, lm, stores: dic
     head = lm_head_weight(lm) if lm.kind == "decoder" else None
     effects = intervention_effects(lm, sents, task.encode(sents), erasers.erasers, majority=majority, head=head,
                                    probes=probes, control_seed=settings.control_seed, batch_tokens=cfg.batch_tokens,
-                                   word_pooling=cfg.word_pooling, precision=cfg.precision)
+                                   word_pooling=cfg.word_pooling, precision=cfg.precision, offsets=settings.later)
     for e in effects:
         out += e.rows(**common, method=f"intervention:{erasers.method}")
     return out
