@@ -30,7 +30,7 @@ from probekit.activations.align import (
     pool_words,
     special_layout,
 )
-from probekit.activations.precision import autocast, resolve_precision
+from probekit.activations.precision import autocast, matmul_weights_cast, resolve_precision
 from probekit.activations.sites import check_sites, record_sites, site_layers, site_width
 from probekit.activations.store import (
     DTYPES,
@@ -178,7 +178,8 @@ class Extractor:
         model = self.lm.model
         p = len(self.prefix)
         i = 0
-        with torch.inference_mode(), autocast(self.device, self.precision), record_sites(model, sites) as recorded:
+        with (matmul_weights_cast(model, self.precision), torch.inference_mode(), autocast(self.device, self.precision),
+              record_sites(model, sites) as recorded):
             while i < len(pieces):
                 j, real = i + 1, pieces[i][0]
                 # grow the batch while it fits the token budget and padding stays under max_padding
