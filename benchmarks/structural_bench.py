@@ -1,8 +1,8 @@
 """Structural-probe training: all layers as one batched problem vs a per-layer PyTorch loop (reference style).
 
 Both train the distance probe of Hewitt & Manning (full rank) on MiniLM's layers (all 7, or --layers), the same EWT
-sentences in the same order, from the same initial ``B``, with the same settings (Adam lr 0.001, batches of 20, ReduceLROnPlateau(patience 0), the reference code's early stop,
-at most --epochs epochs), and are scored by the same UUAS code on EWT test sentences:
+sentences in the same order, from the same initial ``B``, with the same settings (Adam lr 0.001, batches of 20,
+ReduceLROnPlateau(patience 0), the reference code's early stop, at most --epochs epochs), and are scored by the same UUAS code on EWT test sentences:
 
 * ours: :func:`probekit.probing.structural.fit_structural`, one ``[layer, d, k]`` parameter for all layers;
 * reference style: for each layer, the loop of john-hewitt/structural-probes (``TwoWordPSDProbe``: the
