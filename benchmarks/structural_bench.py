@@ -124,7 +124,7 @@ def main() -> None:
     X, data = {}, {}
     for role, split, n in (("train", "train", args.train), ("dev", "dev", args.dev), ("test", "test", args.test)):
         sents = load_split("ud_ewt", split, limit=n)
-        store = extract(lm, sents, dataset="ud_ewt", split=f"{split}[:{n}]", progress=False)
+        store = extract(lm, sents, dataset="ud_ewt", split=f"{split}-first{n}", progress=False)
         X[role] = store.layers(args.layers if args.layers else list(range(store.n_layers)))
         data[role] = split_targets(sents, "distance")
     st = StructuralSettings(epochs=args.epochs, device="cpu")
