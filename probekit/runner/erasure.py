@@ -17,6 +17,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -35,7 +36,7 @@ from probekit.errors import ConfigError, unknown_name
 from probekit.keys import content_key
 from probekit.probing.linear import fit_layers
 from probekit.results.table import to_frames, write_csv
-from probekit.runner.data import data_checksum, extract_stores, load_config_model, load_data
+from probekit.runner.data import data_checksum, load_data, study_model
 from probekit.tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -77,28 +78,45 @@ def run_erasure(cfg: ExperimentConfig, settings: ErasureSettings, *, data: dict 
                 progress: bool = True) -> list[dict]:
     """Every row of the erasure study (models x tasks x layers); also written to ``<results>/<name>/erasure.csv``.
 
-    ``probekit run`` calls it for a config with an ``erasure:`` section, with the data it has loaded.
+    ``probekit run`` calls :func:`erasure_rows` (per model) and :func:`write_erasure_table` instead, with the data it
+    has loaded and the models it has loaded.
     """
 
     if data is None or fp is None:
         data, fp = load_data(cfg)
+    rows = erasure_rows(cfg, settings, data=data, fp=fp, progress=progress)
+    write_erasure_table(cfg, rows)
+    return rows
+
+
+def erasure_rows(cfg: ExperimentConfig, settings: ErasureSettings, *, data: dict, fp: dict, progress: bool = True,
+                 models: list[str] | None = None, load: Callable | None = None) -> list[dict]:
+    """The rows of the erasure study for the config's models (or ``models``: real models only, as the config's).
+    ``load(model) -> (lm, stores, info)`` (default :func:`~probekit.runner.data.study_model`) gives the model and
+    its stores."""
+    if load is None:
+        def load(m):
+            return study_model(cfg, m, data, fp, progress=progress)
     folder = Path(cfg.results_dir) / cfg.name
     rows: list[dict] = []
     timings = []
-    for model in cfg.models:
-        lm = load_config_model(cfg, model)
+    for model in models if models is not None else cfg.models:
         t0 = time.perf_counter()
-        stores = extract_stores(cfg, lm, data, fp, progress=progress)
-        timings.append({"model": model, "stage": "extract", "seconds": time.perf_counter() - t0})
+        lm, stores, _ = load(model)
+        timings.append({"model": model, "stage": "load and extract", "seconds": time.perf_counter() - t0})
         tasks = [get_task(t) for t in cfg.tasks]
         for task in tasks:
             t0 = time.perf_counter()
             rows += erase_task(cfg, settings, lm, stores, data, fp, task, [t for t in tasks if t is not task], folder)
             timings.append({"model": model, "stage": f"erasure:{task.name}", "seconds": time.perf_counter() - t0})
-    df, _ = to_frames(rows)
-    write_csv(df, folder / "erasure.csv")
-    log.info("erasure study %s: %d rows in %s; times %s", cfg.name, len(rows), folder, json.dumps(timings))
+    log.info("erasure study %s: %d rows; times %s", cfg.name, len(rows), json.dumps(timings))
     return rows
+
+
+def write_erasure_table(cfg: ExperimentConfig, rows: list[dict]) -> None:
+    """The erasure study's rows as ``<results>/<name>/erasure.csv``."""
+    df, _ = to_frames(rows)
+    write_csv(df, Path(cfg.results_dir) / cfg.name / "erasure.csv")
 
 
 def erase_task(cfg: ExperimentConfig, settings: ErasureSettings, lm, stores: dict, data: dict, fp: dict, task,
