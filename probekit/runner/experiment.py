@@ -36,7 +36,7 @@ from probekit.results.table import (
     to_frames,
     write_csv,
 )
-from probekit.runner.data import extract_site_stores, load_config_model, load_data, model_list
+from probekit.runner.data import RunModels, load_data, model_list
 from probekit.runner.probe_task import probe_task
 from probekit.runner.studies import present as present_studies
 from probekit.runner.units import ProbePolicy, Unit, plan_units
@@ -102,6 +102,10 @@ def _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, stud
     models_info = {}
     forward_passes = 0
     policy = ProbePolicy.from_config(cfg)
+    # each model is loaded at most once, when some unit needs it, and shared by the probes and every study section;
+    # the work goes model by model, and a model is released before the next one is loaded
+    loaded = RunModels(cfg, data, data_fp, progress=progress)
+    parts: dict[str, list] = {study.section: [] for study, _ in studies}
     for m in model_list(cfg):
         fp = fingerprint(m)
         units = plan_units(cfg, m, fp, data_fp)
@@ -116,8 +120,8 @@ def _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, stud
         models_info[m] = {"fingerprint": fp}
         if pending:
             log.info("%s: %d of %d units to compute", m, len(pending), len(units))
-            lm = load_config_model(cfg, m)
-            site_stores = extract_site_stores(cfg, lm, data, data_fp, progress=progress)
+            lm = loaded.model(m)
+            site_stores = loaded.site_stores(m)
             forward_passes += max(sum(st.computed_shards for st in stores.values()) for stores in site_stores.values())
             info = {"name": m, "kind": lm.kind, "hash": lm.weights_hash}
             first = site_stores[cfg.sites[0]]
@@ -146,14 +150,16 @@ def _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, stud
         for u in units:
             all_rows.extend(unit_rows[u])
         unit_keys += [u.key for u in units]
+        for study, settings in studies:
+            if m in study.models(cfg):
+                parts[study.section].append(study.run(cfg, settings, data=data, data_fp=data_fp, models=[m],
+                                                      load=loaded.study, progress=progress))
+        loaded.release(m)
     if cfg.baselines:
         all_rows.extend(run_config_baselines(cfg, data, progress=progress))
-    outputs = []
-    for study, settings in studies:
-        part = study.run(cfg, settings, data=data, data_fp=data_fp, models=study.models(cfg), load=None,
-                         progress=progress)
-        outputs.append((study, study.combine(cfg, settings, [part])))
-        all_rows.extend(outputs[-1][1].rows)
+    outputs = [(study, study.combine(cfg, settings, parts[study.section])) for study, settings in studies]
+    for _, out in outputs:
+        all_rows.extend(out.rows)
     df, timings = to_frames(all_rows)
     # the folder's files are one commit: .writing marks it open until committed.json lists them (results/table.py)
     begin_folder_write(folder)
