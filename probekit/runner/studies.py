@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from probekit.activations.models import ModelName
 from probekit.config import ExperimentConfig
+from probekit.errors import unknown_name
 from probekit.report.neuron_figures import neuron_figures
 from probekit.report.relations_figures import relations_by_layer
 from probekit.report.structural_figures import structural_figures
@@ -56,6 +57,14 @@ class Study:
     combine: Callable[[ExperimentConfig, Any, list[StudyOutput]], StudyOutput] = _concat
     figures: Callable[[ExperimentConfig, StudyOutput, Any, Path], list[Path]] | None = None
     models: Callable[[ExperimentConfig], list[str]] = model_list
+
+
+def study_named(section: str) -> Study:
+    """The registration of the study section ``section``."""
+    for s in STUDIES:
+        if s.section == section:
+            return s
+    raise unknown_name("study section", section, [s.section for s in STUDIES])
 
 
 def present(cfg: ExperimentConfig) -> list[tuple[Study, Any]]:
@@ -131,13 +140,8 @@ def _relations_figures(cfg, out: StudyOutput, table, folder: Path) -> list[Path]
     return paths
 
 
-def _erasure_unfinished(cfg, settings, model, data_fp) -> int:
-    """Erasure keeps no finished units (its erasers are reused, its rows recomputed): always work left."""
-    return len(cfg.tasks)
-
-
 STUDIES: tuple[Study, ...] = (
-    Study("erasure", lambda cfg: erasure.ErasureSettings.from_dict(cfg.erasure), _erasure_run, _erasure_unfinished,
+    Study("erasure", lambda cfg: erasure.ErasureSettings.from_dict(cfg.erasure), _erasure_run, erasure.unfinished_units,
           combine=_erasure_combine, models=lambda cfg: list(cfg.models)),
     Study("structural", lambda cfg: structural.StructuralConfig.from_dict(cfg.structural), _structural_run,
           structural.unfinished_units, combine=_structural_combine, figures=_structural_figures),
