@@ -9,7 +9,6 @@ from __future__ import annotations
 import pickle
 
 import pytest
-
 from conftest import MINI_CONLLU
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -71,16 +70,28 @@ def test_sweep_runs_every_study_section_per_model(tmp_path, tiny_bert_dir, monke
         df.drop(columns=["train_seconds"], errors="ignore"))
 
 
-def test_a_finished_study_unit_makes_its_cell_done_and_a_bad_section_fails_the_plan(tmp_path, tiny_bert_dir):
-    from probekit.errors import ConfigError
-    from probekit.runner.sweep import plan_sweep, run_study_cell
+def test_a_finished_study_unit_makes_its_cell_done_and_a_bad_section_fails_the_plan(tmp_path, tiny_bert_dir, capsys):
+    import argparse
 
-    cfg = _cfg(tmp_path, tiny_bert_dir, random_baseline=False, structural=SECTIONS["structural"])
+    from probekit.errors import ConfigError
+    from probekit.runner.sweep import plan_sweep, run_study_cell, run_sweep_cli
+
+    cfg = _cfg(tmp_path, tiny_bert_dir, random_baseline=False, structural={**SECTIONS["structural"],
+                                                                           "kinds": ["distance"]})
     plan = plan_sweep(cfg)
     (cell,) = [c for c in plan.cells if c.kind == "study"]
     assert (cell.model, cell.method, cell.done) == (str(tiny_bert_dir), "structural", False)
-    assert run_study_cell(plan.cell_spec(cell)).computed_units == 1  # depth, full rank, no control: one unit
+    assert run_study_cell(plan.cell_spec(cell)).computed_units == 1  # distance, full rank, no control: one unit
     assert [c.done for c in plan_sweep(cfg).cells if c.kind == "study"] == [True]
     assert run_study_cell(plan.cell_spec(cell)).computed_units == 0
+    # `probekit sweep`: the plan lists the finished study cell; the study's non-probe rows (the right-branching
+    # baseline) are not counted as tuning baselines
+    path = tmp_path / "sweep.yaml"
+    path.write_text(cfg.to_yaml())
+    capsys.readouterr()
+    assert run_sweep_cli(argparse.Namespace(config=str(path), overrides=None, address=None, executor="local",
+                                            workers=1, dry_run=False, quiet=True)) == 0
+    out = capsys.readouterr().out
+    assert "study cells: 1 total, 1 finished (skipped), 0 to run" in out and "tuning baselines" not in out
     with pytest.raises(ConfigError, match="Unknown neurons setting"):
         plan_sweep(cfg.replace(neurons={"k": 3}))

@@ -83,7 +83,8 @@ def run_sweep_cli(args) -> int:
                     progress=not getattr(args, "quiet", False), plan=plan)
     print(f"\n{res.computed_cells} cell(s) ({res.computed_units} unit(s)) computed in {fmt_s(res.seconds)}; results: "
           f"{res.folder}/results.csv ({len(res.result.table)} rows), figures in {res.folder}/figures", flush=True)
-    tuning = int((res.result.table["method"] != "probe").sum())
+    # tuning-baseline rows by their method (study sections write other non-probe rows: majority, erasure, neurons)
+    tuning = int(res.result.table["method"].isin(baseline_methods(cfg)).sum())
     if tuning:
         print(f"tuning baselines: {tuning} rows in results.csv")
     print(f"tables: probekit report {res.folder}")
