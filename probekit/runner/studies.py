@@ -74,6 +74,29 @@ def present(cfg: ExperimentConfig) -> list[tuple[Study, Any]]:
 
 # ----------------------------------------------------------------------------------------------- registrations
 
+def _run_by(run_fn: Callable) -> Callable[..., StudyOutput]:
+    """A study runner (``run_structural`` etc.: rows, or a result with ``.rows``) as a registration's ``run``."""
+    def run(cfg, settings, **kw) -> StudyOutput:
+        res = run_fn(cfg, settings, **kw)
+        return StudyOutput(res) if isinstance(res, list) else StudyOutput(res.rows, res)
+    return run
+
+
+def _merged(result_cls) -> Callable[..., StudyOutput]:
+    """``combine`` by the result class's ``merge`` (rows and what the figures draw, e.g. structural's records)."""
+    def combine(cfg, settings, parts: list[StudyOutput]) -> StudyOutput:
+        res = result_cls.merge([p.result for p in parts])
+        return StudyOutput(res.rows, res)
+    return combine
+
+
+def _drawn(figures_fn) -> Callable[..., list[Path]]:
+    """``figures`` by a figure function of the study's result (``structural_figures(result, folder, formats=)``)."""
+    def figures(cfg, out: StudyOutput, table, folder: Path) -> list[Path]:
+        return figures_fn(out.result, folder, formats=cfg.figures)
+    return figures
+
+
 def _erasure_run(cfg, settings, *, data, data_fp, models, load, progress) -> StudyOutput:
     return StudyOutput(erasure.erasure_rows(cfg, settings, data=data, fp=data_fp, progress=progress, models=models,
                                             load=load))
@@ -85,49 +108,10 @@ def _erasure_combine(cfg, settings, parts) -> StudyOutput:
     return out
 
 
-def _structural_run(cfg, settings, *, data, data_fp, models, load, progress) -> StudyOutput:
-    res = structural.run_structural(cfg, settings, data=data, data_fp=data_fp, progress=progress, models=models,
-                                    load=load)
-    return StudyOutput(res.rows, res)
-
-
-def _structural_combine(cfg, settings, parts) -> StudyOutput:
-    res = structural.StructuralResult.merge([p.result for p in parts])
-    return StudyOutput(res.rows, res)
-
-
-def _structural_figures(cfg, out: StudyOutput, table, folder: Path) -> list[Path]:
-    return structural_figures(out.result, folder, formats=cfg.figures)
-
-
 def _scalar_mix_settings(cfg: ExperimentConfig) -> scalar_mix.ScalarMixConfig:
     out = scalar_mix.ScalarMixConfig.from_dict(cfg.scalar_mix)
     out.task_names(cfg)  # its task errors too
     return out
-
-
-def _scalar_mix_run(cfg, settings, *, data, data_fp, models, load, progress) -> StudyOutput:
-    return StudyOutput(scalar_mix.run_scalar_mix(cfg, settings, data=data, data_fp=data_fp, progress=progress,
-                                                 models=models, load=load))
-
-
-def _neurons_run(cfg, settings, *, data, data_fp, models, load, progress) -> StudyOutput:
-    res = neurons.run_neurons(cfg, settings, data=data, data_fp=data_fp, progress=progress, models=models, load=load)
-    return StudyOutput(res.rows, res)
-
-
-def _neurons_combine(cfg, settings, parts) -> StudyOutput:
-    res = neurons.NeuronsResult.merge([p.result for p in parts])
-    return StudyOutput(res.rows, res)
-
-
-def _neurons_figures(cfg, out: StudyOutput, table, folder: Path) -> list[Path]:
-    return neuron_figures(out.result, folder, formats=cfg.figures)
-
-
-def _relations_run(cfg, settings, *, data, data_fp, models, load, progress) -> StudyOutput:
-    return StudyOutput(relations.run_relations(cfg, settings, data=data, data_fp=data_fp, progress=progress,
-                                               models=models, load=load).rows)
 
 
 def _relations_figures(cfg, out: StudyOutput, table, folder: Path) -> list[Path]:
@@ -141,13 +125,14 @@ def _relations_figures(cfg, out: StudyOutput, table, folder: Path) -> list[Path]
 
 
 STUDIES: tuple[Study, ...] = (
-    Study("erasure", lambda cfg: erasure.ErasureSettings.from_dict(cfg.erasure), _erasure_run, erasure.unfinished_units,
-          combine=_erasure_combine, models=lambda cfg: list(cfg.models)),
-    Study("structural", lambda cfg: structural.StructuralConfig.from_dict(cfg.structural), _structural_run,
-          structural.unfinished_units, combine=_structural_combine, figures=_structural_figures),
-    Study("scalar_mix", _scalar_mix_settings, _scalar_mix_run, scalar_mix.unfinished_units),
-    Study("neurons", lambda cfg: neurons.NeuronsConfig.from_dict(cfg.neurons), _neurons_run, neurons.unfinished_units,
-          combine=_neurons_combine, figures=_neurons_figures),
-    Study("relations", lambda cfg: relations.RelationsConfig.from_dict(cfg.relations), _relations_run,
-          relations.unfinished_units, figures=_relations_figures),
+    Study("erasure", lambda cfg: erasure.ErasureSettings.from_dict(cfg.erasure), _erasure_run,
+          erasure.unfinished_units, combine=_erasure_combine, models=lambda cfg: list(cfg.models)),
+    Study("structural", lambda cfg: structural.StructuralConfig.from_dict(cfg.structural),
+          _run_by(structural.run_structural), structural.unfinished_units,
+          combine=_merged(structural.StructuralResult), figures=_drawn(structural_figures)),
+    Study("scalar_mix", _scalar_mix_settings, _run_by(scalar_mix.run_scalar_mix), scalar_mix.unfinished_units),
+    Study("neurons", lambda cfg: neurons.NeuronsConfig.from_dict(cfg.neurons), _run_by(neurons.run_neurons),
+          neurons.unfinished_units, combine=_merged(neurons.NeuronsResult), figures=_drawn(neuron_figures)),
+    Study("relations", lambda cfg: relations.RelationsConfig.from_dict(cfg.relations),
+          _run_by(relations.run_relations), relations.unfinished_units, figures=_relations_figures),
 )
