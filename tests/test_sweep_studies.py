@@ -95,3 +95,22 @@ def test_a_finished_study_unit_makes_its_cell_done_and_a_bad_section_fails_the_p
     assert "study cells: 1 total, 1 finished (skipped), 0 to run" in out and "tuning baselines" not in out
     with pytest.raises(ConfigError, match="Unknown neurons setting"):
         plan_sweep(cfg.replace(neurons={"k": 3}))
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_ray_runs_study_cells(tmp_path, tiny_bert_dir):
+    """On Ray a study cell is a task of its own (it loads its model); its units are the ones `probekit run` reads."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'probekit-nlp[ray]')")
+    from probekit.runner.sweep import plan_sweep, run_sweep
+
+    cfg = _cfg(tmp_path, tiny_bert_dir, random_baseline=False, structural=SECTIONS["structural"],
+               relations=SECTIONS["relations"])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        res = run_sweep(cfg, executor="ray", progress=False)
+    finally:
+        ray.shutdown()
+    assert res.computed_cells == 3  # one probe cell, two study cells
+    assert all(c.done for c in plan_sweep(cfg).cells)
+    assert {"tree_depth", "subject_span"} <= set(res.result.table.task)
