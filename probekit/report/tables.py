@@ -5,7 +5,7 @@ import numpy as np
 
 from probekit.errors import DataError
 from probekit.probing.scalar_mix import CUMULATIVE_PROBE, MIX_PROBE
-from probekit.results.stats import expected_layer, mean_ci
+from probekit.results.stats import expected_layer, over_seeds
 from probekit.results.table import control_mask
 
 KEYS = ["experiment", "model", "model_kind", "task", "level", "method", "probe", "control", "pooling", "site", "layer",
@@ -35,7 +35,8 @@ def _derived_rows(df):
 
 def summarize(df, confidence: float = 0.95):
     """Mean, 95% CI and n over seeds for every row group, plus selectivity and ``expected_layer_cummax`` per
-    model × task × probe × pooling.
+    model × task × probe × pooling. A count metric (``results.stats.COUNT_METRICS``, e.g. ``fit_iterations``) gets
+    no interval but its range over seeds, ``seed_min`` / ``seed_max`` (empty for every other metric).
 
     Tenney et al.'s ``expected_layer`` and ``center_of_gravity`` are rows of the scalar-mix study
     (:mod:`probekit.runner.scalar_mix`: cumulative scores and mixing weights) and are aggregated over seeds like any
@@ -51,8 +52,10 @@ def summarize(df, confidence: float = 0.95):
     recs = []
     for key, part in g:
         vals = part["value"].astype(float).to_numpy()
-        mean, lo, hi = mean_ci(vals, confidence)
-        recs.append({**dict(zip(keys, key)), "mean": mean, "ci_lo": lo, "ci_hi": hi, "n_seeds": int(len(vals))})
+        group = dict(zip(keys, key))
+        stats = over_seeds(vals, group.get("metric"), confidence)  # a count gets its range over seeds, no interval
+        recs.append({**group, "mean": stats["mean"], "ci_lo": stats["ci_lo"], "ci_hi": stats["ci_hi"],
+                     "n_seeds": int(len(vals)), "seed_min": stats["seed_min"], "seed_max": stats["seed_max"]})
     out = pd.DataFrame(recs)
     extra = []
     acc = out[(out["metric"] == "accuracy") & (out["split"] == "test") & (out["method"] == "probe")
