@@ -254,7 +254,7 @@ def bench_probes(n_sent: int, max_layers: int | None, task_name: str = "upos", l
     task = get_task(task_name)
     tr = load_split("ud_ewt", "train", limit=n_sent)
     te = load_split("ud_ewt", "test")
-    st_tr = extract(lm, tr, dataset="ud_ewt", split=f"train[:{n_sent}]", progress=False)
+    st_tr = extract(lm, tr, dataset="ud_ewt", split=f"train-first{n_sent}", progress=False)
     st_te = extract(lm, te, dataset="ud_ewt", split="test", progress=False)
     ytr, yte = task.encode(tr), task.encode(te)
     layers = list(range(st_tr.n_layers))[:max_layers]

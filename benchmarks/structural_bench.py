@@ -1,8 +1,8 @@
 """Structural-probe training: all layers as one batched problem vs a per-layer PyTorch loop (reference style).
 
-Both train the distance probe of Hewitt & Manning (full rank) on MiniLM's layers 0..6, the same EWT sentences and
-the same settings (Adam lr 0.001, batches of 20, ReduceLROnPlateau(patience 0), the reference code's early stop,
-at most --epochs epochs), and are scored by the same UUAS code on EWT test sentences:
+Both train the distance probe of Hewitt & Manning (full rank) on MiniLM's layers (all 7, or --layers), the same EWT
+sentences in the same order, from the same initial ``B``, with the same settings (Adam lr 0.001, batches of 20,
+ReduceLROnPlateau(patience 0), the reference code's early stop, at most --epochs epochs), and are scored by the same UUAS code on EWT test sentences:
 
 * ours: :func:`probekit.probing.structural.fit_structural`, one ``[layer, d, k]`` parameter for all layers;
 * reference style: for each layer, the loop of john-hewitt/structural-probes (``TwoWordPSDProbe``: the
@@ -24,8 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def reference_loop(X_train, train, X_dev, dev, *, epochs: int, batch_size: int = 20, seed: int = 0):
-    """One probe per layer, trained in turn as the reference code does; returns B ``[L, d, d]``."""
+def reference_loop(X_train, train, X_dev, dev, *, epochs: int, B0, batch_size: int = 20, seed: int = 0):
+    """One probe per layer, trained in turn as the reference code does, from the initial ``B0`` ``[L, d, d]`` that
+    the batched fit starts from (so that the two differ only in how they compute); returns B ``[L, d, d]``."""
     import numpy as np
     import torch
 
@@ -56,9 +57,7 @@ def reference_loop(X_train, train, X_dev, dev, *, epochs: int, batch_size: int =
 
     out = []
     for layer in range(L):
-        torch.manual_seed(seed + layer)
-        proj = torch.nn.Parameter(torch.zeros(d, d))
-        torch.nn.init.uniform_(proj, -0.05, 0.05)
+        proj = torch.nn.Parameter(B0[layer].clone())
         opt = torch.optim.Adam([proj], lr=0.001)
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.1, patience=0)
         rng = np.random.default_rng(seed)
@@ -85,6 +84,14 @@ def reference_loop(X_train, train, X_dev, dev, *, epochs: int, batch_size: int =
     return np.stack(out)
 
 
+def initial_B(L: int, d: int, seed: int):
+    """The full-rank ``B`` that :func:`probekit.probing.structural.fit_structural` starts from: uniform in
+    [-0.05, 0.05) from a torch generator seeded with ``seed`` (the reference code's init range)."""
+    import torch
+
+    return torch.rand(L, d, d, generator=torch.Generator().manual_seed(seed)) * 0.1 - 0.05
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--train", type=int, default=600, help="EWT train sentences (the first ones)")
@@ -92,6 +99,7 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=300)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--layers", type=int, nargs="*", default=None, help="minilm layers (default: all 7)")
     args = ap.parse_args()
     os.environ.setdefault("PROBEKIT_DATA_DIR", str(ROOT.parent / "shared" / "data"))
     sys.path.insert(0, str(ROOT))
@@ -116,8 +124,8 @@ def main() -> None:
     X, data = {}, {}
     for role, split, n in (("train", "train", args.train), ("dev", "dev", args.dev), ("test", "test", args.test)):
         sents = load_split("ud_ewt", split, limit=n)
-        store = extract(lm, sents, dataset="ud_ewt", split=f"{split}[:{n}]", progress=False)
-        X[role] = store.layers(list(range(store.n_layers)))
+        store = extract(lm, sents, dataset="ud_ewt", split=f"{split}-first{n}", progress=False)
+        X[role] = store.layers(args.layers if args.layers else list(range(store.n_layers)))
         data[role] = split_targets(sents, "distance")
     st = StructuralSettings(epochs=args.epochs, device="cpu")
     t = time.perf_counter()
@@ -125,7 +133,8 @@ def main() -> None:
                                             settings=st)
     ours = time.perf_counter() - t
     t = time.perf_counter()
-    B_ref = reference_loop(X["train"], data["train"], X["dev"], data["dev"], epochs=args.epochs)
+    B_ref = reference_loop(X["train"], data["train"], X["dev"], data["dev"], epochs=args.epochs,
+                           B0=initial_B(X["train"].shape[0], X["train"].shape[2], st.seed))
     ref = time.perf_counter() - t
 
     def uuas(B):
@@ -135,7 +144,7 @@ def main() -> None:
 
     u_ours, u_ref = uuas(B_ours), uuas(B_ref)
     gap = 100 * np.abs(u_ours - u_ref)
-    print(f"structural probe (distance, full rank, minilm layers 0..{B_ours.shape[0] - 1}, {args.train} train "
+    print(f"structural probe (distance, full rank, minilm layers {args.layers or 'all'}, {args.train} train "
           f"sentences, <= {args.epochs} epochs, {args.threads} thread(s)): all layers batched {ours:.1f}s, "
           f"per-layer reference loop {ref:.1f}s, ratio {ref / ours:.2f}x; UUAS ours "
           f"{np.round(100 * u_ours, 1).tolist()}, reference {np.round(100 * u_ref, 1).tolist()}, "

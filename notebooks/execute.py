@@ -24,6 +24,8 @@ SMALL = {
                               "TASKS": ["aux_verb", "upos"]},
     "03_baselines": {"LIMIT": {"train": 60, "dev": 30, "test": 60}, "TRAIN_SENTENCES": 60, "EPOCHS": 1},
     "04_beyond_words": {"LIMIT": {"train": 300, "dev": 100, "test": 100}, "EPOCHS": 5},
+    "05_does_the_model_use_it": {"LIMIT": {"train": 300, "dev": 100, "test": 100}, "LAYERS": [3, 5],
+                                 "EFFECT_SENTENCES": 50, "MLP_EPOCHS": 10},
 }
 
 

@@ -207,19 +207,6 @@ def test_features_are_checked():
     assert rel.RelationsConfig.from_dict({}).features == ["hidden"]
 
 
-def test_pack_keeps_the_budget_and_the_padding_limit():
-    from probekit.activations.batching import inputs, pack
-
-    pieces = [(n, k, 0, 0, n - 2) for k, n in enumerate([4, 4, 5, 9, 10, 30])]
-    batches = list(pack(pieces, batch_tokens=24, max_padding=0.2))
-    assert [[p[1] for p in b] for b in batches] == [[0, 1, 2], [3, 4], [5]]  # 5 x 3 = 15 <= 1.2 * 13; 30 alone
-    for b in batches[:-1]:
-        assert max(p[0] for p in b) * len(b) <= 24
-    ids, mask = inputs(batches[0], [[7, 8, 9]] * 3, [1], [2], pad_id=0)
-    assert ids.tolist() == [[1, 7, 8, 2, 0], [1, 7, 8, 2, 0], [1, 7, 8, 9, 2]]
-    assert mask.sum(1).tolist() == [4, 4, 5]
-
-
 def test_probekit_run_carries_the_attention_rows(tmp_path, tiny_bert_dir):
     from probekit.runner.experiment import run_experiment
 

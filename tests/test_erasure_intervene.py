@@ -77,3 +77,26 @@ def test_layer_out_of_range(lm):
     with pytest.raises(ConfigError, match="out of range"):
         LayerEdit(lm, -(lm.num_layers + 2))
     assert check_layer(lm, -1) == lm.num_layers
+
+
+def test_edit_free_run_gives_the_stores_vectors_in_the_same_batches(lm, mini_sents, tmp_path):
+    """The intervention batches, pads and pools as extraction does (activations/batching.py, align.pool_words): with
+    no edit, every layer's word vectors equal the fp32 store's to 1e-5 (in fact to the bit), over several batches (a
+    small token budget), and the sentence embedding is the store's mean pooling of the last layer."""
+    from probekit.activations.extract import extract
+
+    sents = [s for s in mini_sents if len(s) <= 14]  # one window of the tiny models (64 positions)
+    assert len(sents) >= 8
+    store = extract(lm, sents, store_root=tmp_path, dtype="float32", precision="fp32", batch_tokens=96,
+                    progress=False)
+    layers = list(range(lm.num_layers + 1))
+    runs = list(forward(lm, sents, keep_layers=layers, batch_tokens=96, precision="fp32"))
+    assert [r.index for r in runs] == list(range(len(sents)))
+    for k in layers:
+        got = np.concatenate([r.words[k] for r in runs])
+        assert np.abs(got - store.layer(k)).max() <= 1e-5, k
+        # same batches, same kernels: the same bits (the intervention's own batching, without the padding cap,
+        # put the tiny BERT's sentences in other batches and differed in the last bits)
+        assert np.array_equal(got, store.layer(k)), k
+    sent_mean = np.stack([r.sent_mean for r in runs])
+    assert np.abs(sent_mean - store.sentence_vectors("mean", lm.num_layers)).max() <= 1e-5

@@ -22,7 +22,7 @@ _spec.loader.exec_module(execute)
 run_notebook = execute.run_notebook
 
 NOTEBOOKS = sorted((tiny.repo_root() / "notebooks").glob("*.ipynb"))
-NAMES = ["01_quickstart", "02_layerwise_analysis", "03_baselines", "04_beyond_words"]
+NAMES = ["01_quickstart", "02_layerwise_analysis", "03_baselines", "04_beyond_words", "05_does_the_model_use_it"]
 
 
 def _read(path: Path):
@@ -193,3 +193,23 @@ def test_beyond_words_runs(kernel_name, shared, tmp_path):
     assert {"tree_distance", "dep_arc", "dep_label", "subject_span"} <= set(df["task"])
     assert (df["metric"] == "expected_layer").any() and _images(nb) >= 1
     print(f"04_beyond_words: {time.time() - t0:.0f} s")
+
+
+@pytest.mark.slow
+def test_erasure_notebook_runs(kernel_name, shared, tmp_path):
+    pytest.importorskip("concept_erasure")
+    t0 = time.time()
+    nb = run_notebook(tiny.repo_root() / "notebooks" / "05_does_the_model_use_it.ipynb",
+                      {**shared, "LIMIT": {"train": 60, "dev": 30, "test": 30}, "LAYERS": [3, 5],
+                       "EFFECT_SENTENCES": 10, "MLP_EPOCHS": 2, "RESULTS_DIR": str(tmp_path / "results")},
+                      tmp_path, kernel_name)
+    import pandas as pd
+
+    folder = tmp_path / "results" / "notebook_erasure"
+    df = pd.read_csv(folder / "results.csv")
+    assert {"erasure:leace", "intervention:leace"} <= set(df["method"]) and {"aux_verb", "upos"} <= set(df["task"])
+    assert (folder / "figures" / "erasure_minilm_aux_verb.png").is_file()
+    report = "".join(o.get("data", {}).get("text/markdown", "") for c in nb.cells for o in c.get("outputs", []))
+    assert "| Linear erased (%) |" in report and "Δ acc. upos at l+2 (pts)" in report
+    assert _images(nb) >= 2
+    print(f"05_does_the_model_use_it: {time.time() - t0:.0f} s")

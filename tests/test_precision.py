@@ -141,3 +141,43 @@ def test_weights_dtype_by_name_and_gguf_dequantised_to_it(tiny_bert_dir, tmp_pat
     b16 = convert_gguf(src, "m.gguf", cache_dir=tmp_path / "c", dtype="bfloat16")
     assert asked == [torch.float32, torch.bfloat16]
     assert b16 != f32 and b16.name == f32.name + "-bfloat16"  # float32 conversions keep their cache name
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama"])
+def test_weights_cast_once_give_bitwise_the_autocast_outputs(family, request):
+    """Linear weights held in bf16 for the block (nn.Linear; GPT-2's Conv1D) give the very hidden states of plain
+    bf16 autocast, and every parameter is float32 again afterwards."""
+    import torch
+
+    from probekit.activations.models import load_model
+    from probekit.activations.precision import autocast, matmul_weights_cast
+
+    lm = load_model(str(request.getfixturevalue(f"tiny_{family}_dir")), device="cpu")
+    before = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
+    ids = torch.tensor([[5, 17, 33, 8, 21, 40], [9, 4, 12, 30, 7, 2]])
+    with torch.inference_mode(), autocast("cpu", "bf16"):
+        plain = lm.model(input_ids=ids, output_hidden_states=True).hidden_states
+    with matmul_weights_cast(lm.model, "bf16"), torch.inference_mode(), autocast("cpu", "bf16"):
+        assert any(p.dtype == torch.bfloat16 for p in lm.model.parameters())  # the cast really happened
+        cast = lm.model(input_ids=ids, output_hidden_states=True).hidden_states
+    for a, b in zip(plain, cast):
+        assert torch.equal(a, b)
+    for n, p in lm.model.named_parameters():
+        assert p.dtype == torch.float32 and torch.equal(p, before[n]), n
+
+
+def test_weights_cast_leaves_shared_parameters_alone():
+    """A weight tied to an embedding is read outside the matmuls too: it stays float32 inside the block."""
+    import torch
+
+    from probekit.activations.precision import matmul_weights_cast
+
+    emb, head, other = torch.nn.Embedding(10, 4), torch.nn.Linear(4, 10, bias=False), torch.nn.Linear(4, 4)
+    head.weight = emb.weight
+    model = torch.nn.ModuleDict({"emb": emb, "head": head, "other": other})
+    with matmul_weights_cast(model, "bf16"):
+        assert emb.weight.dtype == torch.float32 and head.weight.dtype == torch.float32
+        assert other.weight.dtype == torch.bfloat16 and other.bias.dtype == torch.bfloat16
+    assert other.weight.dtype == torch.float32
+    with matmul_weights_cast(model, "fp32"):
+        assert other.weight.dtype == torch.float32

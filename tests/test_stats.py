@@ -111,3 +111,21 @@ def test_expected_layer_degenerate_and_errors():
         expected_layer([0.5])
     with pytest.raises(DataError):
         expected_layer({0: 0.1, 2: 0.3})
+
+
+def test_counts_get_their_range_over_seeds_not_a_t_interval():
+    """fit_iterations over three seeds (3, 40, 5): the t-interval would reach below zero; a count gets no interval
+    but seed_min / seed_max, in aggregate_seeds and in summary.csv's summarize; a score keeps its t-interval."""
+    from probekit.report.tables import summarize
+
+    rows = [_row(layer=0, seed=s, value=v, split="train", metric="fit_iterations") for s, v in enumerate([3, 40, 5])]
+    rows += [_row(layer=0, seed=s, value=v) for s, v in enumerate([0.8, 0.9, 1.0])]
+    df = pd.DataFrame(rows)
+    assert mean_ci([3, 40, 5])[1] < 0  # what a count used to get
+    for out in (aggregate_seeds(df), summarize(df)):
+        it = out[out.metric == "fit_iterations"].iloc[0]
+        assert it["mean"] == pytest.approx(16.0) and math.isnan(it["ci_lo"]) and math.isnan(it["ci_hi"])
+        assert (it["seed_min"], it["seed_max"]) == (3.0, 40.0)
+        acc = out[out.metric == "accuracy"].iloc[0]
+        assert acc["ci_hi"] - acc["mean"] == pytest.approx(T_975_2 * 0.1 / math.sqrt(3))
+        assert math.isnan(acc["seed_min"]) and math.isnan(acc["seed_max"])

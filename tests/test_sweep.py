@@ -65,7 +65,7 @@ def test_plan_before_running(models, tmp_path):
     assert "time estimate: unknown" in text  # nothing measured in a fresh results folder
     assert "not swept" not in text
     studies = describe_plan(plan_sweep(cfg.replace(structural={"epochs": 1}, neurons={})))
-    assert "not swept: the structural, neurons section(s)" in studies  # said, not silently dropped
+    assert "study cells: 4 total, 0 finished (skipped), 4 to run" in studies  # model × section, planned
     # MLP probes: one cell per seed; unit keys are the runner's
     from probekit.activations.models import fingerprint
     from probekit.runner.units import plan_units

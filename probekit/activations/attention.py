@@ -37,7 +37,7 @@ import numpy as np
 
 from probekit._progress import progress_bar
 from probekit.activations.align import AlignedSentence, align_batch, plan_windows
-from probekit.activations.batching import inputs, pack
+from probekit.activations.batching import batch_inputs, pack_batches
 from probekit.activations.precision import autocast
 from probekit.data.conllu_io import Sentence
 from probekit.errors import ModelError
@@ -128,7 +128,7 @@ def word_attention(ex, sentences: Sequence[Sentence], *, progress: bool = False)
     """The word-level attention of every sentence (module docstring), every block and head, read with the settings
     of ``ex`` (an :class:`~probekit.activations.extract.Extractor`: its model, special tokens, window length,
     precision, token budget and padding limit). Windows are batched as extraction batches them
-    (:func:`probekit.activations.batching.pack`); padding is masked."""
+    (:func:`probekit.activations.batching.pack_batches`); padding is masked."""
     import torch
 
     lm = ex.lm
@@ -144,16 +144,14 @@ def word_attention(ex, sentences: Sequence[Sentence], *, progress: bool = False)
         plans.append((windows, owner))
         for wi, (s, e) in enumerate(windows):
             pieces.append((P + (e - s) + S, si, wi, s, e))
-    pieces.sort(key=lambda p: (p[0], p[1], p[2]))
     got: dict[tuple[int, int], np.ndarray] = {}
     left = [len(w) for w, _ in plans]
     out: list[WordAttention | None] = [None] * len(sentences)
     bar = progress_bar(len(sentences), f"attention {lm.name}", unit="sentence", enabled=progress)
     t0 = time.perf_counter()
-    token_ids = [a.token_ids for a in aligned]
     with torch.inference_mode(), eager_attention(model), autocast(ex.device, ex.precision):
-        for batch in pack(pieces, ex.batch_tokens, ex.max_padding):
-            ids, mask = inputs(batch, token_ids, ex.prefix, ex.suffix, ex.pad_id)
+        for batch in pack_batches(pieces, ex.batch_tokens, ex.max_padding):
+            ids, mask = batch_inputs(batch, aligned, ex.prefix, ex.suffix, ex.pad_id)
             res = model(input_ids=torch.from_numpy(ids).to(ex.device),
                         attention_mask=torch.from_numpy(mask).to(ex.device), output_attentions=True)
             if res.attentions is None or len(res.attentions) != n_layers:

@@ -4,7 +4,7 @@
 * Sentences are tokenized once as natural text (:mod:`probekit.activations.align`); long sentences are cut
   into overlapping windows (never truncated).
 * Within a shard, windows are sorted by subword length and packed into batches under a token
-  budget, each batch padded by at most :data:`MAX_PADDING` of its tokens.
+  budget, each batch padded by at most :data:`MAX_PADDING` of its tokens (:mod:`probekit.activations.batching`).
 * Each finished shard is committed atomically (:func:`probekit.activations.store.write_shard`); memory use is
   bounded by one shard, whatever the corpus size.
 * The forward pass runs in fp32, or under bf16/fp16 autocast when asked (``precision``; ``auto`` is fp32, see
@@ -30,7 +30,8 @@ from probekit.activations.align import (
     pool_words,
     special_layout,
 )
-from probekit.activations.precision import autocast, resolve_precision
+from probekit.activations.batching import batch_inputs, pack_batches
+from probekit.activations.precision import autocast, matmul_weights_cast, resolve_precision
 from probekit.activations.sites import check_sites, record_sites, site_layers, site_width
 from probekit.activations.store import (
     DTYPES,
@@ -174,25 +175,13 @@ class Extractor:
             result[site] = (words, sents)
             out_t[site] = (torch.from_numpy(words), {k: torch.from_numpy(v) for k, v in sents.items()})
         pending: dict[tuple[str, int], np.ndarray] = {}  # (site, sentence) -> float32 token buffer (windowed ones)
-        pieces.sort(key=lambda p: (p[0], p[1], p[2]))  # stable, deterministic batch composition
         model = self.lm.model
         p = len(self.prefix)
-        i = 0
-        with torch.inference_mode(), autocast(self.device, self.precision), record_sites(model, sites) as recorded:
-            while i < len(pieces):
-                j, real = i + 1, pieces[i][0]
-                # grow the batch while it fits the token budget and padding stays under max_padding
-                while (j < len(pieces) and pieces[j][0] * (j - i + 1) <= self.batch_tokens
-                       and pieces[j][0] * (j - i + 1) <= (1 + self.max_padding) * (real + pieces[j][0])):
-                    real += pieces[j][0]
-                    j += 1
-                batch = pieces[i:j]
-                longest = batch[-1][0]
-                ids = np.full((len(batch), longest), self.pad_id, dtype=np.int64)
-                mask = np.zeros((len(batch), longest), dtype=np.int64)
-                for b, (ln, si, wi, s, e) in enumerate(batch):
-                    ids[b, :ln] = self.prefix + aligned[si].token_ids[s:e] + self.suffix
-                    mask[b, :ln] = 1
+        with (matmul_weights_cast(model, self.precision), torch.inference_mode(), autocast(self.device, self.precision),
+              record_sites(model, sites) as recorded):
+            for batch in pack_batches(pieces, self.batch_tokens, self.max_padding):
+                ids, mask = batch_inputs(batch, aligned, self.prefix, self.suffix, self.pad_id)
+                longest = ids.shape[1]
                 t0 = time.perf_counter()
                 try:
                     out = model(input_ids=torch.from_numpy(ids).to(self.device),
@@ -242,7 +231,6 @@ class Extractor:
                 self.stats["forward_seconds"] += time.perf_counter() - t0
                 self.stats["tokens"] += int(mask.sum())
                 self.stats["padded_tokens"] += ids.size
-                i = j
         return result
 
     def _pool_whole(self, hidden_states, whole, aligned, word_off, longest, words_t, sents_t) -> None:

@@ -56,4 +56,39 @@ def autocast(device: str, precision: str):
 
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device.split(":")[0], dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+    return torch.autocast(device.split(":")[0], dtype=getattr(torch, _DTYPES[precision]))
+
+
+_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
+
+
+@contextlib.contextmanager
+def matmul_weights_cast(model, precision: str):
+    """Hold the float32 weights and biases of ``model``'s linear layers (``nn.Linear`` and GPT-2's ``Conv1D``) in
+    the autocast dtype of ``precision`` while the block runs, and give the float32 ones back after it.
+
+    Autocast casts a frozen weight again at every call (its cast cache keeps only weights that require grad); cast
+    once, the same values reach the same kernels, so the outputs are bitwise those of plain autocast
+    (tests/test_precision.py). A parameter that any other module shares (a tied embedding) is left alone: it is read
+    outside autocast's matmuls too. No-op for fp32.
+    """
+    import torch
+
+    if precision == "fp32":
+        yield model
+        return
+    dtype = getattr(torch, _DTYPES[precision])
+    linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D"]
+    linear_ids = {id(m) for m in linear}
+    shared = {id(p) for m in model.modules() if id(m) not in linear_ids for p in m.parameters(recurse=False)}
+    swapped = {}  # id -> (parameter, its float32 data)
+    for m in linear:
+        for p in m.parameters(recurse=False):
+            if p.dtype == torch.float32 and id(p) not in shared and id(p) not in swapped:
+                swapped[id(p)] = (p, p.data)
+                p.data = p.data.to(dtype)
+    try:
+        yield model
+    finally:
+        for p, data in swapped.values():
+            p.data = data

@@ -19,6 +19,7 @@ loss change over total tokens: :func:`probekit.results.significance.bootstrap_ra
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,7 +59,8 @@ def _split(y: np.ndarray, sentences) -> list[np.ndarray]:
 
 def intervention_effects(lm, sentences, y: np.ndarray, erasers: dict[int, LayerEraser], *, majority: int,
                          head=None, probes: dict | None = None, control_seed: int = 0, batch_tokens: int | None = None,
-                         seed: int = 0) -> list[Effect]:
+                         word_pooling: str | None = None, precision: str | None = "auto",
+                         offsets: Sequence[int] | None = None, seed: int = 0) -> list[Effect]:
     """Effects of erasing each layer's concept (and of its random control) on ``sentences``.
 
     Args:
@@ -69,23 +71,27 @@ def intervention_effects(lm, sentences, y: np.ndarray, erasers: dict[int, LayerE
         head: ``[vocab, d_model]`` (:func:`~probekit.causal.intervene.lm_head_weight`) for the loss effects.
         probes: ``{task name: (labels [word] like y, {layer: LayerFit})}`` trained on clean features, for the
             accuracy effects at the later layers they cover.
+        offsets: the later layers scored after erasing layer l are ``l + k`` for ``k`` in ``offsets`` (None: every
+            later layer the probes cover).
+        batch_tokens, word_pooling, precision: the extraction's, so that the clean run gives the store's vectors.
     """
     probes = probes or {}
+    run_kw = dict(batch_tokens=batch_tokens, word_pooling=word_pooling, precision=precision)
     ys = _split(y, sentences)
     edit_words = [np.flatnonzero(v >= 0) for v in ys]
     focus = [np.flatnonzero((v >= 0) & (v != majority)) for v in ys]
     probe_y = {t: _split(lab, sentences) for t, (lab, _) in probes.items()}
     keep = sorted({k for _, fits in probes.values() for k in fits})
     clean = {r.index: _summary(r, head, focus, probes, probe_y, keep) for r in
-             forward(lm, sentences, head=head, keep_layers=keep, batch_tokens=batch_tokens)}
+             forward(lm, sentences, head=head, keep_layers=keep, **run_kw)}
     order = sorted(clean)
     out: list[Effect] = []
     for layer, er in sorted(erasers.items()):
-        later = [k for k in keep if k > layer]
+        later = [k for k in keep if k > layer and (offsets is None or k - layer in offsets)]
         for edit in (er, random_control(er, seed=control_seed)):
             runs = {r.index: _summary(r, head, focus, probes, probe_y, later, clean_emb=clean[r.index]["emb"])
                     for r in forward(lm, sentences, layer=layer, edit=edit.torch_apply, edit_words=edit_words,
-                                     head=head, keep_layers=later, batch_tokens=batch_tokens)}
+                                     head=head, keep_layers=later, **run_kw)}
 
             def eff(metric, num, den=None, layer=layer, edit=edit):
                 v, lo, hi = bootstrap_ratio(num, den, seed=seed)

@@ -20,9 +20,11 @@ does that in a few lines, runs wherever the model runs (CPU, GPU, autocast), and
 follow transformers'. Those libraries pay off for interventions across many sites, training interventions or remote
 models, none of which this needs.
 
-Tokenization, special tokens, padding and batching are the extractor's (:class:`~probekit.activations.extract.
-Extractor`'s settings, :func:`~probekit.activations.align.align_batch`, one call of the tokenizer per chunk of
-sentences, never per word), so that the vectors the eraser was fitted on are the vectors it edits. Sentences longer
+Tokenization, alignment, special tokens, padding and batching are the extractor's (:class:`~probekit.activations.
+extract.Extractor`'s settings, :func:`~probekit.activations.align.align_batch` and
+:func:`~probekit.activations.align.pool_words`, :mod:`probekit.activations.batching`'s batches), so that the vectors
+the eraser was fitted on are the vectors it edits: an edit-free run gives the store's vectors (a test checks it to
+1e-5 in fp32). Sentences longer
 than one window of the model are skipped (and counted): an edit cannot cross the windows that extraction stitches.
 """
 from __future__ import annotations
@@ -34,8 +36,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from probekit.activations.align import align_batch, pool_words
+from probekit.activations.batching import batch_inputs, pack_batches
 from probekit.activations.extract import Extractor
-from probekit.activations.precision import autocast
+from probekit.activations.precision import autocast, matmul_weights_cast
 from probekit.activations.sites import LAYOUTS
 from probekit.data.conllu_io import Sentence
 from probekit.errors import ConfigError, ModelError
@@ -166,7 +169,8 @@ def lm_head_weight(lm):
 
 def forward(lm, sentences: Sequence[Sentence], *, layer: int | None = None, edit: Callable | None = None,
             edit_words: Sequence[np.ndarray] | None = None, keep_layers: Sequence[int] = (), head=None,
-            batch_tokens: int | None = None, word_pooling: str | None = None) -> Iterator[SentenceRun]:
+            batch_tokens: int | None = None, word_pooling: str | None = None, precision: str | None = "auto"
+            ) -> Iterator[SentenceRun]:
     """Forward ``sentences`` through ``lm`` (optionally editing ``layer`` at ``edit_words``), one result per sentence.
 
     Args:
@@ -176,11 +180,13 @@ def forward(lm, sentences: Sequence[Sentence], *, layer: int | None = None, edit
         edit_words: per sentence, the word indices to edit (all their subwords are edited).
         keep_layers: layers whose word vectors are returned.
         head: ``[vocab, d_model]`` output embedding (:func:`lm_head_weight`) to compute the next-token loss.
+        batch_tokens, word_pooling, precision: the extraction's (:class:`~probekit.activations.extract.Extractor`),
+            so that the clean run gives the store's vectors.
     Yields :class:`SentenceRun` in input order, skipping sentences longer than one window (logged).
     """
     import torch
 
-    ex = Extractor(lm, word_pooling=word_pooling, batch_tokens=batch_tokens)
+    ex = Extractor(lm, word_pooling=word_pooling, batch_tokens=batch_tokens, precision=precision)
     keep = [check_layer(lm, k) for k in keep_layers]
     aligned = align_batch(lm.tokenizer, sentences)
     fits = [i for i, a in enumerate(aligned) if 0 < a.n_tokens <= ex.max_content]
@@ -188,33 +194,23 @@ def forward(lm, sentences: Sequence[Sentence], *, layer: int | None = None, edit
         log.warning("%d of %d sentences are longer than %s's window (%d subwords) and are skipped", len(aligned) -
                     len(fits), len(aligned), lm.name, ex.max_content)
     p = len(ex.prefix)
-    order = sorted(fits, key=lambda i: (aligned[i].n_tokens, i))
+    # one piece per sentence, the whole of it: the rows and batches extraction makes for these sentences
+    pieces = [(p + aligned[si].n_tokens + len(ex.suffix), si, 0, 0, aligned[si].n_tokens) for si in fits]
     hook = LayerEdit(lm, layer, edit) if edit is not None else None
     results: dict[int, SentenceRun] = {}
-    with torch.inference_mode(), autocast(ex.device, ex.precision), (hook or _Nothing()):
-        i = 0
-        while i < len(order):
-            j = i + 1
-            while j < len(order) and (aligned[order[j]].n_tokens + p + len(ex.suffix)) * (j - i + 1) <= ex.batch_tokens:
-                j += 1
-            batch = order[i:j]
-            longest = aligned[batch[-1]].n_tokens + p + len(ex.suffix)
-            ids = np.full((len(batch), longest), ex.pad_id, dtype=np.int64)
-            mask = np.zeros_like(ids)
-            where = []
-            for b, si in enumerate(batch):
-                a = aligned[si]
-                ids[b, :a.n_tokens + p + len(ex.suffix)] = ex.prefix + a.token_ids + ex.suffix
-                mask[b, :a.n_tokens + p + len(ex.suffix)] = 1
-                if hook is not None and edit_words is not None:
-                    toks = [t for w in np.asarray(edit_words[si], dtype=np.int64) for t in a.word_tokens[w]]
-                    where.extend(b * longest + p + t for t in toks)
-            if hook is not None:
+    with (matmul_weights_cast(lm.model, ex.precision), torch.inference_mode(), autocast(ex.device, ex.precision),
+          (hook or _Nothing())):
+        for batch in pack_batches(pieces, ex.batch_tokens, ex.max_padding):
+            ids, mask = batch_inputs(batch, aligned, ex.prefix, ex.suffix, ex.pad_id)
+            longest = ids.shape[1]
+            if hook is not None and edit_words is not None:
+                where = [b * longest + p + t for b, (_, si, _, _, _) in enumerate(batch)
+                         for w in np.asarray(edit_words[si], dtype=np.int64) for t in aligned[si].word_tokens[w]]
                 hook.index = torch.as_tensor(np.asarray(where, dtype=np.int64), device=ex.device)
             out = lm.model(input_ids=torch.from_numpy(ids).to(ex.device),
                            attention_mask=torch.from_numpy(mask).to(ex.device), output_hidden_states=bool(keep))
             last = out.last_hidden_state.float()
-            for b, si in enumerate(batch):
+            for b, (_, si, _, _, _) in enumerate(batch):
                 a = aligned[si]
                 content = last[b, p:p + a.n_tokens]
                 run = SentenceRun(si, content.mean(0).cpu().numpy(), a.word_tokens)
@@ -225,7 +221,6 @@ def forward(lm, sentences: Sequence[Sentence], *, layer: int | None = None, edit
                 if head is not None:
                     run.nll = _next_token_nll(last[b], head, ids[b], p, a.n_tokens)
                 results[si] = run
-            i = j
     for si in fits:
         yield results.pop(si)
 

@@ -118,6 +118,15 @@ def check_finite(X, what: str) -> None:
                     "dtype='float32' (config 'dtype').")
 
 
+def as_tensor(X, device: str):
+    """A feature block (numpy, any dtype) as a torch tensor on ``device``, in its own dtype (float16 stays float16):
+    a C-contiguous copy only when ``X`` is not, and on the CPU a tensor that shares ``X``'s memory (do not write to
+    it). The structural and pair probes move their blocks with it."""
+    import torch
+
+    return torch.as_tensor(np.ascontiguousarray(X), device=device)
+
+
 # ----------------------------------------------------------------------------------------------- standardisation
 
 def standardise(X, device: str):

@@ -29,7 +29,8 @@ import numpy as np
 
 from probekit._device import resolve_device, small_problem_threads, torch_threads
 from probekit.errors import DataError
-from probekit.probing.structural import StructuralSettings, _as_tensor
+from probekit.probing.features import as_tensor
+from probekit.probing.structural import StructuralSettings
 from probekit.tasks.base import RelationItems
 
 
@@ -121,7 +122,7 @@ def _fit_arcs(X_train, train, X_dev, dev, X_test, test, st, device):
     L, _, d = X_train.shape
     gen = torch.Generator().manual_seed(st.seed)
     A = ((torch.rand(L, d, d, generator=gen) * 0.1 - 0.05) / math.sqrt(d)).to(device).requires_grad_(True)
-    Xt, Xd, Xs = (_as_tensor(X, device) for X in (X_train, X_dev, X_test))
+    Xt, Xd, Xs = (as_tensor(X, device) for X in (X_train, X_dev, X_test))
     # a layer's gradient depends on its own A[l] only, and Adam is elementwise: one Adam over [L, d, d] is L
     # independent Adams. A stopped layer's gradient is zeroed; the test uses each layer's best-dev-epoch A.
     opt = torch.optim.Adam([A], lr=st.lr)

@@ -31,6 +31,7 @@ import numpy as np
 from probekit._device import resolve_device, small_problem_threads, torch_threads
 from probekit.errors import ConfigError, DataError
 from probekit.probing.control import control_parents
+from probekit.probing.features import as_tensor
 from probekit.tasks.relations import check_tree, distances_from_parents, punct_mask
 
 KINDS = ("distance", "depth")
@@ -148,12 +149,6 @@ def _l1_loss(pred, gold, lens, kind: str):
     return per_sent.sum(-1) / len(lens)
 
 
-def _as_tensor(X, device: str):
-    import torch
-
-    return torch.as_tensor(np.ascontiguousarray(X), device=device)
-
-
 def fit_structural(X_train: np.ndarray, train: SplitTargets, X_dev: np.ndarray, dev: SplitTargets, *, kind: str,
                    settings: StructuralSettings | None = None):
     """Fit one probe per layer of ``X_*`` (``[L, words, d]``, float16 or float32) as one batched problem.
@@ -178,7 +173,7 @@ def _fit(X_train, train: SplitTargets, X_dev, dev: SplitTargets, kind: str, st: 
     L, _, d = X_train.shape
     gen = torch.Generator().manual_seed(st.seed)
     B = (torch.rand(L, d, k, generator=gen) * 0.1 - 0.05).to(device)
-    Xt, Xd = _as_tensor(X_train, device), _as_tensor(X_dev, device)
+    Xt, Xd = as_tensor(X_train, device), as_tensor(X_dev, device)
     bt, bd = _Batcher(train, kind, device), _Batcher(dev, kind, device)
     dev_batches = [bd(s) for s in _batches(np.arange(len(dev.lengths)), st.batch_size)]
     # Adam (torch defaults: betas 0.9/0.999, eps 1e-8) with per-layer lr, step count and freezing
@@ -239,7 +234,7 @@ def predict_structural(X: np.ndarray, data: SplitTargets, B: np.ndarray, *, kind
 def _predict(X, data: SplitTargets, B: np.ndarray, kind: str, batch_size: int, device: str) -> list[np.ndarray]:
     import torch
 
-    Xt, Bt = _as_tensor(X, device), torch.as_tensor(B, device=device, dtype=torch.float32)
+    Xt, Bt = as_tensor(X, device), torch.as_tensor(B, device=device, dtype=torch.float32)
     batcher = _Batcher(data, kind, device)
     out = []
     with torch.no_grad():

@@ -8,8 +8,12 @@ recomputes the summary (mean and 95% CI over seeds, selectivity, expected layer)
 * ``tables/best_layers.md``    the same table in Markdown (same DataFrame, same numbers);
 * ``tables/best_layers.csv``   the unformatted numbers;
 * ``tables/layers.md``         test accuracy of every layer (tasks × layers, per model);
+* ``tables/erasure.tex`` / ``.md`` / ``.csv``  with an erasure study: per model × task, a row per layer with the
+  probe's accuracy, selectivity and MDL beside the sanity probes and the effects of erasing that layer, each with
+  its control (:mod:`probekit.report.erasure_tables`);
 * ``figures/*``                every figure of :func:`probekit.report.figures.experiment_figures`
-  (redrawn), including the heatmap and, with baselines, accuracy vs trainable parameters.
+  (redrawn), including the heatmap and, with baselines, accuracy vs trainable parameters, and the erasure
+  figures (:func:`probekit.report.erasure_figures.erasure_figures`).
 """
 from __future__ import annotations
 
@@ -20,6 +24,8 @@ from typing import Sequence
 
 from probekit._io import atomic_write_bytes
 from probekit.errors import DataError, unknown_name
+from probekit.report.erasure_figures import erasure_figures
+from probekit.report.erasure_tables import erasure_latex, erasure_markdown, erasure_table
 from probekit.report.figures import experiment_figures
 from probekit.report.latex import best_layer_latex, best_layer_markdown, layer_markdown
 from probekit.report.tables import best_layer_table, layer_table, summarize
@@ -92,7 +98,16 @@ def build_report(folder: str | os.PathLike, formats: Sequence[str] = ("pdf", "pn
         atomic_write_bytes(tables / "layers.md", ("Test accuracy (%) of linear probes by layer (0 = embeddings), "
                                                   "mean over seeds.\n\n" + layer_markdown(matrix)).encode("utf-8"))
         out.append(tables / "layers.md")
+    erasure = erasure_table(summary)
+    if len(erasure):
+        for fname, text in (("erasure.tex", erasure_latex(erasure, label=f"tab:{name}-erasure")),
+                            ("erasure.md", erasure_markdown(erasure))):
+            atomic_write_bytes(tables / fname, text.encode("utf-8"))
+            out.append(tables / fname)
+        write_csv(erasure, tables / "erasure.csv")
+        out.append(tables / "erasure.csv")
     if figures:
         out += experiment_figures(df, summary, folder, formats=tuple(formats))
+        out += erasure_figures(summary, folder / "figures", formats=tuple(formats))
     log.info("report of %s: %d files", folder, len(out))
     return out

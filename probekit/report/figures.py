@@ -59,7 +59,9 @@ def _sel(s, **kw):
 
 
 def _curve(s, *, model, task, metric="accuracy", probe="linear", control=False, pooling=None, split="test"):
-    kw = dict(model=model, task=task, metric=metric, probe=probe, control=control, split=split)
+    # method "probe": the per-layer probes (a study's rows, e.g. erasure:leace's linear probe on erased features,
+    # share the probe and metric names)
+    kw = dict(model=model, task=task, method="probe", metric=metric, probe=probe, control=control, split=split)
     if pooling is not None:
         kw["pooling"] = pooling
     part = _sel(s, **kw)
@@ -72,7 +74,7 @@ def _curve(s, *, model, task, metric="accuracy", probe="linear", control=False, 
 
 
 def _majority(s, model, task):
-    part = _sel(s, model=model, task=task, probe="majority", metric="accuracy", split="test")
+    part = _sel(s, model=model, task=task, method="probe", probe="majority", metric="accuracy", split="test")
     return float(part["mean"].iloc[0]) if len(part) else None
 
 

@@ -5,7 +5,7 @@ import numpy as np
 
 from probekit.errors import DataError
 from probekit.probing.scalar_mix import CUMULATIVE_PROBE, MIX_PROBE
-from probekit.results.stats import expected_layer, mean_ci
+from probekit.results.stats import expected_layer, over_seeds
 from probekit.results.table import control_mask
 
 KEYS = ["experiment", "model", "model_kind", "task", "level", "method", "probe", "control", "pooling", "site", "layer",
@@ -35,7 +35,8 @@ def _derived_rows(df):
 
 def summarize(df, confidence: float = 0.95):
     """Mean, 95% CI and n over seeds for every row group, plus selectivity and ``expected_layer_cummax`` per
-    model × task × probe × pooling.
+    model × task × probe × pooling. A count metric (``results.stats.COUNT_METRICS``, e.g. ``fit_iterations``) gets
+    no interval but its range over seeds, ``seed_min`` / ``seed_max`` (empty for every other metric).
 
     Tenney et al.'s ``expected_layer`` and ``center_of_gravity`` are rows of the scalar-mix study
     (:mod:`probekit.runner.scalar_mix`: cumulative scores and mixing weights) and are aggregated over seeds like any
@@ -51,8 +52,10 @@ def summarize(df, confidence: float = 0.95):
     recs = []
     for key, part in g:
         vals = part["value"].astype(float).to_numpy()
-        mean, lo, hi = mean_ci(vals, confidence)
-        recs.append({**dict(zip(keys, key)), "mean": mean, "ci_lo": lo, "ci_hi": hi, "n_seeds": int(len(vals))})
+        group = dict(zip(keys, key))
+        stats = over_seeds(vals, group.get("metric"), confidence)  # a count gets its range over seeds, no interval
+        recs.append({**group, "mean": stats["mean"], "ci_lo": stats["ci_lo"], "ci_hi": stats["ci_hi"],
+                     "n_seeds": int(len(vals)), "seed_min": stats["seed_min"], "seed_max": stats["seed_max"]})
     out = pd.DataFrame(recs)
     extra = []
     acc = out[(out["metric"] == "accuracy") & (out["split"] == "test") & (out["method"] == "probe")
@@ -101,7 +104,7 @@ def best_layer_table(summary):
             best = part.loc[part["mean"].astype(float).idxmax()]
             chosen_on = "test"
         sel = s[(s["model"] == model) & (s["task"] == task) & (s["probe"] == probe) & (s["pooling"] == pooling)
-                & ((s["site"] == site) if "site" in s else True)]
+                & (s["method"] == "probe") & ((s["site"] == site) if "site" in s else True)]
         def one(metric, layer=None):
             r = sel[sel["metric"] == metric]
             if layer is not None:
@@ -115,9 +118,8 @@ def best_layer_table(summary):
             return float(r["mean"].iloc[0]) if len(r) else np.nan
         mdl = sel[sel["metric"] == "mdl_codelength_kbits"]
         mdl_best = mdl.loc[mdl["mean"].astype(float).idxmin(), "layer"] if len(mdl) else ""
-        maj = s[(s["model"] == model) & (s["task"] == task) & (s["probe"] == "majority") & (s["metric"] == "accuracy")]
-        wmaj = s[(s["model"] == model) & (s["task"] == task) & (s["probe"] == "word_majority")
-                 & (s["metric"] == "accuracy")]
+        base = s[(s["model"] == model) & (s["task"] == task) & (s["method"] == "probe") & (s["metric"] == "accuracy")]
+        maj, wmaj = base[base["probe"] == "majority"], base[base["probe"] == "word_majority"]
         recs.append({"model": model, "task": task, "probe": probe, "pooling": pooling,
                      "site": site, "best_layer": best["layer"],
                      "chosen_on": chosen_on,
@@ -161,7 +163,7 @@ def layer_table(summary, *, metric: str = "accuracy", probe: str = "linear", mod
     """Tasks × layers matrix of the mean test metric (for the heatmap and the README); a sentence task has one row
     per pooling, ``task (pooling)``."""
     s = summary
-    sel = s[(s["metric"] == metric) & (s["split"] == "test") & (s["probe"] == probe)
+    sel = s[(s["metric"] == metric) & (s["split"] == "test") & (s["probe"] == probe) & (s["method"] == "probe")
             & control_mask(s, False) & (s["layer"] != "")]
     if model is not None:
         sel = sel[sel["model"] == model]

@@ -99,7 +99,7 @@ def _with_word_majority(folder: Path, summary):
     if not path.is_file() or summary.empty:
         return summary
     wm = pd.read_csv(path)
-    maj = summary[summary["probe"] == "majority"]
+    maj = summary[(summary["probe"] == "majority") & (summary["method"] == "probe")]  # not a study's majority rows
     rows = []
     for r in wm.itertuples():
         for _, base in maj[(maj["task"] == r.task) & (maj["metric"] == r.metric)].iterrows():

@@ -21,13 +21,31 @@ from probekit.results.significance import score
 
 log = logging.getLogger(__name__)
 
-__all__ = ["mean_ci", "aggregate_seeds", "center_of_gravity", "expected_layer", "cumulative_summary", "SEED_COLUMNS"]
+__all__ = ["mean_ci", "over_seeds", "COUNT_METRICS", "aggregate_seeds", "center_of_gravity", "expected_layer", "cumulative_summary", "SEED_COLUMNS"]
 
 #: Columns that vary across seeds of one configuration and are therefore not grouping keys (train_size: a tuning
 #: baseline with train_sentences draws its own subset per seed, so its word count differs by seed; it is averaged).
 SEED_COLUMNS = ("seed", "value", "train_seconds", "train_size")
 
 Scores = Union[Sequence[float], np.ndarray, Mapping[int, float]]
+
+#: Metrics that count something (a solver's iterations, the items a task leaves out, an eraser's rank). A Student-t
+#: interval over seeds means nothing for them (it can go below zero); their spread is the range over seeds instead,
+#: ``seed_min`` .. ``seed_max``, and ``ci_lo`` / ``ci_hi`` stay empty.
+COUNT_METRICS = frozenset({"fit_iterations", "left_out", "eraser_rank"})
+
+
+def over_seeds(values, metric: str | None, confidence: float = 0.95) -> dict:
+    """One row group's values over seeds: ``mean``, ``ci_lo``, ``ci_hi`` (:func:`mean_ci`) and, for a count metric
+    (:data:`COUNT_METRICS`), no interval (NaN) but ``seed_min`` and ``seed_max``, the range over the finite values
+    (NaN for the other metrics)."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    mean, lo, hi = mean_ci(v, confidence)
+    if metric not in COUNT_METRICS:
+        return {"mean": mean, "ci_lo": lo, "ci_hi": hi, "seed_min": math.nan, "seed_max": math.nan}
+    v = v[np.isfinite(v)]
+    return {"mean": mean, "ci_lo": math.nan, "ci_hi": math.nan,
+            "seed_min": float(v.min()) if v.size else math.nan, "seed_max": float(v.max()) if v.size else math.nan}
 
 
 def mean_ci(values, confidence: float = 0.95) -> tuple[float, float, float]:
@@ -68,7 +86,8 @@ def aggregate_seeds(df, confidence: float = 0.95):
 
     Groups by every column except ``seed``, ``value``, ``train_seconds`` and ``train_size`` (missing keys such
     as ``None`` form their own group) and returns one row per group with the key columns plus
-    ``mean``, ``ci_lo``, ``ci_hi`` (:func:`mean_ci`), ``n_seeds``, ``std`` (ddof = 1; NaN for one seed)
+    ``mean``, ``ci_lo``, ``ci_hi`` (:func:`over_seeds`: no interval for a count metric), ``n_seeds``, ``std``
+    (ddof = 1; NaN for one seed), ``seed_min``, ``seed_max`` (count metrics only)
     and, when the input has them, ``train_seconds`` and ``train_size`` (means over seeds: a tuning baseline's
     per-seed training subset can differ in size).
 
@@ -89,7 +108,7 @@ def aggregate_seeds(df, confidence: float = 0.95):
         if col not in df.columns:
             raise DataError(f"Results table has no {col!r} column (columns: {list(df.columns)}).")
     keys = [c for c in df.columns if c not in SEED_COLUMNS]
-    out_cols = keys + ["mean", "ci_lo", "ci_hi", "n_seeds", "std"]
+    out_cols = keys + ["mean", "ci_lo", "ci_hi", "n_seeds", "std", "seed_min", "seed_max"]
     averaged = [c for c in ("train_seconds", "train_size") if c in df.columns]
     out_cols += averaged
     if df.empty:
@@ -109,11 +128,10 @@ def aggregate_seeds(df, confidence: float = 0.95):
             raise DataError(f"Results have more than one row for seed {dup!r} in group ({desc}); "
                             f"drop duplicate rows before aggregating.")
         vals = pd.to_numeric(g["value"], errors="coerce").to_numpy(dtype=np.float64)
-        m, lo, hi = mean_ci(vals, confidence)
         finite = vals[np.isfinite(vals)]
         row = dict(zip(keys, key))
-        row.update(mean=m, ci_lo=lo, ci_hi=hi, n_seeds=int(finite.size),
-                   std=float(finite.std(ddof=1)) if finite.size > 1 else math.nan)
+        stats = over_seeds(vals, row.get("metric"), confidence)
+        row.update(stats, n_seeds=int(finite.size), std=float(finite.std(ddof=1)) if finite.size > 1 else math.nan)
         for c in averaged:
             t = pd.to_numeric(g[c], errors="coerce")
             row[c] = float(t.mean()) if t.notna().any() else math.nan

@@ -118,10 +118,59 @@ def extract_stores(cfg: ExperimentConfig, lm, data: dict, data_fp: dict, *, prog
     return extract_site_stores(cfg, lm, data, data_fp, sites=["resid_post"], progress=progress)["resid_post"]
 
 
+def model_info(name: str, lm) -> dict:
+    """The model columns of a study's result rows."""
+    return {"model": name, "model_kind": lm.kind, "model_hash": lm.weights_hash[:16]}
+
+
 def study_model(cfg: ExperimentConfig, m: str, data: dict, data_fp: dict, *, progress: bool = True):
     """What a study section needs of model ``m`` once it has work to do: ``(lm, stores, info)``, the model loaded as
     the config says (:func:`load_config_model`), its ``resid_post`` stores for the config's data
     (:func:`extract_stores`) and ``info``, the model columns of its result rows."""
     lm = load_config_model(cfg, m)
     stores = extract_stores(cfg, lm, data, data_fp, progress=progress)
-    return lm, stores, {"model": m, "model_kind": lm.kind, "model_hash": lm.weights_hash[:16]}
+    return lm, stores, model_info(m, lm)
+
+
+class RunModels:
+    """The models of one run (``probekit run``, a sweep cell), each loaded at most once and only when a piece of
+    work asks for it: the probes (:meth:`model`, :meth:`site_stores`) and every study section (:meth:`study`, the
+    ``load`` of the study runners) share one loaded model and its stores. A run whose units are all finished asks
+    for nothing and so loads nothing.
+
+    Loaded models are held until :meth:`release`: the experiment runner works model by model and releases each one
+    before the next is loaded, so at most one model is in memory.
+    """
+
+    def __init__(self, cfg: ExperimentConfig, data: dict, data_fp: dict, *, progress: bool = True):
+        self.cfg, self.data, self.data_fp, self.progress = cfg, data, data_fp, progress
+        self._models: dict = {}
+        self._stores: dict = {}  # (model, site) -> {role: ActivationStore}
+
+    def model(self, name: str):
+        """The model ``name`` loaded as the config says (:func:`load_config_model`), once."""
+        if name not in self._models:
+            self._models[name] = load_config_model(self.cfg, name)
+        return self._models[name]
+
+    def site_stores(self, name: str, sites=None) -> dict:
+        """:func:`extract_site_stores` of the model for ``sites`` (default: the config's); a site extracted (or
+        found finished) once in this run is not checked again."""
+        sites = check_sites(sites or self.cfg.sites)
+        missing = [s for s in sites if (name, s) not in self._stores]
+        if missing:
+            got = extract_site_stores(self.cfg, self.model(name), self.data, self.data_fp, sites=missing,
+                                      progress=self.progress)
+            self._stores.update({(name, s): stores for s, stores in got.items()})
+        return {s: self._stores[(name, s)] for s in sites}
+
+    def study(self, name: str):
+        """What a study section needs of the model (as :func:`study_model`): ``(lm, resid_post stores, info)``."""
+        stores = self.site_stores(name, ["resid_post"])["resid_post"]
+        return self.model(name), stores, model_info(name, self.model(name))
+
+    def release(self, name: str) -> None:
+        """Forget the model ``name`` and its stores (its memory is freed once no caller holds it)."""
+        self._models.pop(name, None)
+        for key in [k for k in self._stores if k[0] == name]:
+            del self._stores[key]

@@ -4,7 +4,9 @@ erasing on the model, as rows of the results table.
 A config is an experiment config (``probekit.config.ExperimentConfig``: models, tasks, layers, data...) with one
 more section, ``erasure:`` (:class:`ErasureSettings`). The stores are the experiment's (:func:`~probekit.runner.
 experiment.extract_stores`), so a probing run and an erasure run of the same config extract once. Erasers are saved
-to ``<results_dir>/<name>/erasers/`` and reused when the model, task, data and settings are the same.
+to ``<results_dir>/<name>/erasers/`` and reused when the model, task, data and settings are the same; the rows of
+each finished model x task are kept under ``<results_dir>/<name>/erasure/runs/`` and reused by a rerun (or a sweep's
+aggregation), which then loads no model.
 
 Rows (``method`` column): ``erasure:<method>`` for the sanity probes (:mod:`probekit.causal.sanity`),
 ``intervention:<method>`` for the effects (:mod:`probekit.causal.effects`; ``control`` = True for the
@@ -15,11 +17,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
+from probekit.activations.models import fingerprint
 from probekit.causal.effects import intervention_effects
 from probekit.causal.erasure import (
     METHODS,
@@ -34,11 +38,16 @@ from probekit.config import ExperimentConfig, section_settings
 from probekit.errors import ConfigError, unknown_name
 from probekit.keys import content_key
 from probekit.probing.linear import fit_layers
-from probekit.results.table import to_frames, write_csv
-from probekit.runner.data import data_checksum, extract_stores, load_config_model, load_data
+from probekit.results.table import load_unit, save_unit, to_frames, write_csv
+from probekit.runner.data import data_checksum, load_data, study_model
+from probekit.runner.units import study_unit_key
 from probekit.tasks import get_task
 
 log = logging.getLogger(__name__)
+
+#: Part of every unit's key: bumped when the code changes the numbers (or the rows) it gives (2: the intervention
+#: runs in extraction's batches, with the config's pooling and precision; later layers only at the `later` offsets).
+UNIT_VERSION = 2
 
 
 @dataclass
@@ -77,28 +86,81 @@ def run_erasure(cfg: ExperimentConfig, settings: ErasureSettings, *, data: dict 
                 progress: bool = True) -> list[dict]:
     """Every row of the erasure study (models x tasks x layers); also written to ``<results>/<name>/erasure.csv``.
 
-    ``probekit run`` calls it for a config with an ``erasure:`` section, with the data it has loaded.
+    ``probekit run`` calls :func:`erasure_rows` (per model) and :func:`write_erasure_table` instead, with the data it
+    has loaded and the models it has loaded.
     """
 
     if data is None or fp is None:
         data, fp = load_data(cfg)
+    rows = erasure_rows(cfg, settings, data=data, fp=fp, progress=progress)
+    write_erasure_table(cfg, rows)
+    return rows
+
+
+def erasure_rows(cfg: ExperimentConfig, settings: ErasureSettings, *, data: dict, fp: dict, progress: bool = True,
+                 models: list[str] | None = None, load: Callable | None = None) -> list[dict]:
+    """The rows of the erasure study for the config's models (or ``models``: real models only, as the config's).
+    ``load(model) -> (lm, stores, info)`` (default :func:`~probekit.runner.data.study_model`) gives the model and
+    its stores."""
+    if load is None:
+        def load(m):
+            return study_model(cfg, m, data, fp, progress=progress)
     folder = Path(cfg.results_dir) / cfg.name
+    runs = runs_folder(cfg)
     rows: list[dict] = []
     timings = []
-    for model in cfg.models:
-        lm = load_config_model(cfg, model)
-        t0 = time.perf_counter()
-        stores = extract_stores(cfg, lm, data, fp, progress=progress)
-        timings.append({"model": model, "stage": "extract", "seconds": time.perf_counter() - t0})
-        tasks = [get_task(t) for t in cfg.tasks]
-        for task in tasks:
+    tasks = [get_task(t) for t in cfg.tasks]
+    for model in models if models is not None else cfg.models:
+        plan = plan_erasure(cfg, settings, model, fp)
+        done = {key: load_unit(runs / f"{key}.json", key=key, strict=cfg.strict) for key in plan.values()}
+        if any(v is None for v in done.values()):
             t0 = time.perf_counter()
-            rows += erase_task(cfg, settings, lm, stores, data, fp, task, [t for t in tasks if t is not task], folder)
-            timings.append({"model": model, "stage": f"erasure:{task.name}", "seconds": time.perf_counter() - t0})
-    df, _ = to_frames(rows)
-    write_csv(df, folder / "erasure.csv")
-    log.info("erasure study %s: %d rows in %s; times %s", cfg.name, len(rows), folder, json.dumps(timings))
+            lm, stores, _ = load(model)
+            timings.append({"model": model, "stage": "load and extract", "seconds": time.perf_counter() - t0})
+            for task in tasks:
+                key = plan[task.name]
+                if done[key] is not None:
+                    continue
+                t0 = time.perf_counter()
+                done[key] = erase_task(cfg, settings, lm, stores, data, fp, task, [t for t in tasks if t is not task],
+                                       folder)
+                save_unit(runs / f"{key}.json", done[key])
+                timings.append({"model": model, "stage": f"erasure:{task.name}", "seconds": time.perf_counter() - t0})
+        for task in tasks:
+            rows += done[plan[task.name]]
+    log.info("erasure study %s: %d rows; times %s", cfg.name, len(rows), json.dumps(timings))
     return rows
+
+
+def runs_folder(cfg: ExperimentConfig) -> Path:
+    """Where the finished units (model x task) of the erasure study are kept."""
+    return Path(cfg.results_dir) / cfg.name / "erasure" / "runs"
+
+
+def plan_erasure(cfg: ExperimentConfig, settings: ErasureSettings, model: str, data_fp: dict) -> dict[str, str]:
+    """The units of one model: ``{task name: key}``. A unit's rows depend on its task and on the other tasks (their
+    probes score the effects), the settings, the probes' C grid and MLP settings and the vectors (the erasers'
+    own key, :func:`erase_task`, is a subset of it)."""
+    fp = fingerprint(model)
+    tasks = [get_task(t) for t in cfg.tasks]
+    return {task.name: study_unit_key(cfg, fp, data_fp, version=UNIT_VERSION,
+                                      task=[task.name, task.version, task.fingerprint],
+                                      others=[[t.name, t.version, t.fingerprint] for t in tasks if t is not task],
+                                      settings=asdict(settings), Cs=list(cfg.Cs), mlp=cfg.mlp)
+            for task in tasks}
+
+
+def unfinished_units(cfg: ExperimentConfig, settings: ErasureSettings, model: str, data_fp: dict) -> int:
+    """How many units of ``model`` are still to compute (the sweep's status of an erasure cell)."""
+    runs = runs_folder(cfg)
+    return sum(load_unit(runs / f"{key}.json", key=key) is None
+               for key in plan_erasure(cfg, settings, model, data_fp).values())
+
+
+def write_erasure_table(cfg: ExperimentConfig, rows: list[dict]) -> None:
+    """The erasure study's rows as ``<results>/<name>/erasure.csv``."""
+    df, _ = to_frames(rows)
+    write_csv(df, Path(cfg.results_dir) / cfg.name / "erasure.csv")
 
 
 def erase_task(cfg: ExperimentConfig, settings: ErasureSettings, lm, stores: dict, data: dict, fp: dict, task,
@@ -130,7 +192,8 @@ def erase_task(cfg: ExperimentConfig, settings: ErasureSettings, lm, stores: dic
     y_train = labelled_rows(task, data["train"])[1]
     majority = int(np.bincount(y_train, minlength=len(task.labels)).argmax())
     probes = {}
-    wanted = sorted({k + o for k in layers for o in settings.later if k + o <= lm.num_layers})
+    # the later layers the store holds (a config's `layers:` subset leaves some out)
+    wanted = sorted({k + o for k in layers for o in settings.later} & set(stores["train"].layer_ids))
     for other in (t for t in others if t.level == "word"):
         rows_tr, y_tr = labelled_rows(other, data["train"])
         rows_dev, y_dev = labelled_rows(other, data["dev"])
@@ -144,7 +207,8 @@ def erase_task(cfg: ExperimentConfig, settings: ErasureSettings, lm, stores: dic
         probes[other.name] = (other.encode(sents), fits)
     head = lm_head_weight(lm) if lm.kind == "decoder" else None
     effects = intervention_effects(lm, sents, task.encode(sents), erasers.erasers, majority=majority, head=head,
-                                   probes=probes, control_seed=settings.control_seed, batch_tokens=cfg.batch_tokens)
+                                   probes=probes, control_seed=settings.control_seed, batch_tokens=cfg.batch_tokens,
+                                   word_pooling=cfg.word_pooling, precision=cfg.precision, offsets=settings.later)
     for e in effects:
         out += e.rows(**common, method=f"intervention:{erasers.method}")
     return out

@@ -25,10 +25,6 @@ from probekit.config import ExperimentConfig
 from probekit.errors import DataError
 from probekit.probing.features import FeatureCache
 from probekit.report import figures
-from probekit.report.neuron_figures import neuron_figures
-from probekit.report.relations_figures import relations_by_layer
-from probekit.report.structural_figures import structural_figures
-from probekit.report.style import figure_paths
 from probekit.report.tables import best_layer_table, summarize
 from probekit.results.analysis import analyse
 from probekit.results.table import (
@@ -40,13 +36,9 @@ from probekit.results.table import (
     to_frames,
     write_csv,
 )
-from probekit.runner.data import extract_site_stores, load_config_model, load_data, model_list
-from probekit.runner.erasure import ErasureSettings, run_erasure
-from probekit.runner.neurons import NeuronsConfig, run_neurons
+from probekit.runner.data import RunModels, load_data, model_list
 from probekit.runner.probe_task import probe_task
-from probekit.runner.relations import RelationsConfig, run_relations
-from probekit.runner.scalar_mix import ScalarMixConfig, run_scalar_mix
-from probekit.runner.structural import StructuralConfig, run_structural
+from probekit.runner.studies import present as present_studies
 from probekit.runner.units import ProbePolicy, Unit, plan_units
 from probekit.tasks import get_task
 from probekit.tracking import log_experiment
@@ -85,21 +77,13 @@ def run_experiment(cfg: ExperimentConfig, *, progress: bool = True) -> Experimen
     # but an unusable results_dir (a file, no permission) fails now, not after the extraction and the probes
     Path(cfg.results_dir).mkdir(parents=True, exist_ok=True)
     tasks = [get_task(t) for t in cfg.tasks]
-    # the optional studies' settings: their errors before any work
-    erasure = ErasureSettings.from_dict(cfg.erasure) if cfg.erasure is not None else None
-    structural = StructuralConfig.from_dict(cfg.structural) if cfg.structural is not None else None
-    scalar_mix = ScalarMixConfig.from_dict(cfg.scalar_mix) if cfg.scalar_mix is not None else None
-    if scalar_mix is not None:
-        scalar_mix.task_names(cfg)  # its task errors too
-    neurons = NeuronsConfig.from_dict(cfg.neurons) if cfg.neurons is not None else None
-    relations = RelationsConfig.from_dict(cfg.relations) if cfg.relations is not None else None
+    studies = present_studies(cfg)  # the optional study sections' settings: their errors before any work
     data, data_fp = load_data(cfg)
     # a second run of the same experiment waits, then reuses the first one's units instead of computing them again
     lock = acquire_lock(Path(cfg.results_dir) / f".{cfg.name}.lock", f"The results folder {folder}", DataError)
     try:
         _remove_temporaries(folder)
-        return _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, erasure, structural,
-                           scalar_mix, neurons, relations)
+        return _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, studies)
     finally:
         lock.release()
 
@@ -112,13 +96,16 @@ def _remove_temporaries(folder: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, erasure, structural,
-                scalar_mix, neurons, relations) -> ExperimentResult:
+def _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, studies) -> ExperimentResult:
     all_rows: list[dict] = []
     unit_keys: list[str] = []
     models_info = {}
     forward_passes = 0
     policy = ProbePolicy.from_config(cfg)
+    # each model is loaded at most once, when some unit needs it, and shared by the probes and every study section;
+    # the work goes model by model, and a model is released before the next one is loaded
+    loaded = RunModels(cfg, data, data_fp, progress=progress)
+    parts: dict[str, list] = {study.section: [] for study, _ in studies}
     for m in model_list(cfg):
         fp = fingerprint(m)
         units = plan_units(cfg, m, fp, data_fp)
@@ -133,8 +120,8 @@ def _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, eras
         models_info[m] = {"fingerprint": fp}
         if pending:
             log.info("%s: %d of %d units to compute", m, len(pending), len(units))
-            lm = load_config_model(cfg, m)
-            site_stores = extract_site_stores(cfg, lm, data, data_fp, progress=progress)
+            lm = loaded.model(m)
+            site_stores = loaded.site_stores(m)
             forward_passes += max(sum(st.computed_shards for st in stores.values()) for stores in site_stores.values())
             info = {"name": m, "kind": lm.kind, "hash": lm.weights_hash}
             first = site_stores[cfg.sites[0]]
@@ -163,22 +150,16 @@ def _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, eras
         for u in units:
             all_rows.extend(unit_rows[u])
         unit_keys += [u.key for u in units]
+        for study, settings in studies:
+            if m in study.models(cfg):
+                parts[study.section].append(study.run(cfg, settings, data=data, data_fp=data_fp, models=[m],
+                                                      load=loaded.study, progress=progress))
+        loaded.release(m)
     if cfg.baselines:
         all_rows.extend(run_config_baselines(cfg, data, progress=progress))
-    if erasure is not None:
-        all_rows.extend(run_erasure(cfg, erasure, data=data, fp=data_fp, progress=progress))
-    struct_res = None
-    if structural is not None:
-        struct_res = run_structural(cfg, structural, data=data, data_fp=data_fp, progress=progress)
-        all_rows.extend(struct_res.rows)
-    if scalar_mix is not None:
-        all_rows.extend(run_scalar_mix(cfg, scalar_mix, data=data, data_fp=data_fp, progress=progress))
-    neuron_res = None
-    if neurons is not None:
-        neuron_res = run_neurons(cfg, neurons, data=data, data_fp=data_fp, progress=progress)
-        all_rows.extend(neuron_res.rows)
-    if relations is not None:
-        all_rows.extend(run_relations(cfg, relations, data=data, data_fp=data_fp, progress=progress).rows)
+    outputs = [(study, study.combine(cfg, settings, parts[study.section])) for study, settings in studies]
+    for _, out in outputs:
+        all_rows.extend(out.rows)
     df, timings = to_frames(all_rows)
     # the folder's files are one commit: .writing marks it open until committed.json lists them (results/table.py)
     begin_folder_write(folder)
@@ -197,15 +178,9 @@ def _run_locked(cfg, folder, runs, tasks, data, data_fp, t_start, progress, eras
     # the resolved config: `probekit run <folder>/config.yaml` runs this experiment again
     atomic_write_bytes(folder / "config.yaml", cfg.to_yaml().encode())
     figs = figures.experiment_figures(df, summary, folder, formats=cfg.figures)
-    if struct_res is not None:
-        figs += structural_figures(struct_res, folder / "figures", formats=cfg.figures)
-    if neuron_res is not None:
-        figs += neuron_figures(neuron_res, folder / "figures", formats=cfg.figures)
-    if relations is not None:
-        for m in (m for m in cfg.models if not ModelName.parse(m).is_random):
-            stem = folder / "figures" / f"relations_by_layer_{m.replace('/', '_')}"
-            relations_by_layer(df, stem, formats=cfg.figures, model=m)
-            figs += figure_paths(stem, cfg.figures)
+    for study, out in outputs:
+        if study.figures is not None:
+            figs += study.figures(cfg, out, df, folder / "figures")
     commit_folder(folder, ["results.csv", "timings.csv", "summary.csv", "provenance.json", "config.yaml"])
     _append_run_log(folder, {"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t_start)),
                              "seconds": round(time.time() - t_start, 2), "forward_passes": forward_passes})

@@ -26,6 +26,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -134,6 +135,12 @@ class NeuronsResult:
     def table(self):
         return to_frames(self.rows)[0]
 
+    @classmethod
+    def merge(cls, parts: list["NeuronsResult"]) -> "NeuronsResult":
+        """One result of the parts of one run (e.g. one per model): their rows and rankings together."""
+        return cls(rows=[r for p in parts for r in p.rows],
+                   rankings={k: v for p in parts for k, v in p.rankings.items()})
+
 
 def probe_name(selection: str, fraction: float) -> str:
     return f"{selection}_k{fraction:g}"
@@ -240,41 +247,72 @@ def _model_stem(model: str) -> str:
     return Path(model).name.replace("@", "_")
 
 
+def word_tasks(cfg: ExperimentConfig) -> list:
+    """The config's word-level tasks, which the analysis runs on (ConfigError when there is none)."""
+    tasks = [t for t in map(get_task, cfg.tasks) if t.level == "word"]
+    if not tasks:
+        raise ConfigError(f"neurons: the config has no word-level task (tasks: {cfg.tasks}); the neuron analysis "
+                          "probes words. Add one, e.g. upos.")
+    return tasks
+
+
+def runs_folder(cfg: ExperimentConfig) -> Path:
+    """Where the finished units of the neuron analysis are kept."""
+    return Path(cfg.results_dir) / cfg.name / "neurons" / "runs"
+
+
+def plan_neurons(cfg: ExperimentConfig, ncfg: NeuronsConfig, model: str, data_fp: dict) -> dict[str, str]:
+    """The units of one model: ``{task name: key}``."""
+    fp = fingerprint(model)
+    return {task.name: study_unit_key(cfg, fp, data_fp, version=UNIT_VERSION,
+                                      task=[task.name, task.version, task.fingerprint],
+                                      seed=cfg.seeds[0], max_train=cfg.max_train_items, settings=asdict(ncfg))
+            for task in word_tasks(cfg)}
+
+
+def _finished(runs: Path, key: str, strict: bool = False) -> tuple | None:
+    """A unit's (rows, ranking), or None unless both files are there and sound."""
+    rows, rank = load_unit(runs / f"{key}.json", key=key, strict=strict), _load_ranking(runs / f"{key}.ranking.json")
+    return None if rows is None or rank is None else (rows, rank)
+
+
+def unfinished_units(cfg: ExperimentConfig, ncfg: NeuronsConfig, model: str, data_fp: dict) -> int:
+    """How many units of ``model`` are still to compute (the sweep's status of a neurons cell)."""
+    runs = runs_folder(cfg)
+    return sum(_finished(runs, key) is None for key in plan_neurons(cfg, ncfg, model, data_fp).values())
+
+
 def run_neurons(cfg: ExperimentConfig, ncfg: NeuronsConfig | None = None, *, data: dict | None = None,
-                data_fp: dict | None = None, progress: bool = True) -> NeuronsResult:
-    """The neuron analysis of every model x word-level task of ``cfg``; see the module docstring."""
+                data_fp: dict | None = None, progress: bool = True, models: list[str] | None = None,
+                load: Callable | None = None) -> NeuronsResult:
+    """The neuron analysis of every model (or each of ``models``) x word-level task of ``cfg``; see the module
+    docstring. ``load(model) -> (lm, stores, info)`` (default :func:`~probekit.runner.data.study_model`) is called
+    only for a model with units to compute."""
 
     ncfg = ncfg or NeuronsConfig()
     ncfg.check()
     root = Path(cfg.results_dir) / cfg.name / "neurons"
-    runs = root / "runs"
+    runs = runs_folder(cfg)
     if data is None or data_fp is None:
         data, data_fp = load_data(cfg)
-    tasks = [get_task(t) for t in cfg.tasks]
-    skipped = [t.name for t in tasks if t.level != "word"]
+    if load is None:
+        def load(m):
+            return study_model(cfg, m, data, data_fp, progress=progress)
+    skipped = [t.name for t in map(get_task, cfg.tasks) if t.level != "word"]
     if skipped:
         log.info("neurons: sentence-level tasks %s skipped (the analysis ranks word representations)", skipped)
-    tasks = [t for t in tasks if t.level == "word"]
-    if not tasks:
-        raise ConfigError(f"neurons: the config has no word-level task (tasks: {cfg.tasks}); the neuron analysis "
-                          "probes words. Add one, e.g. upos.")
+    tasks = word_tasks(cfg)
     all_rows, rankings = [], {}
-    for m in model_list(cfg):
-        fp = fingerprint(m)
-        plan = {}
-        for task in tasks:
-            plan[task.name] = study_unit_key(cfg, fp, data_fp, version=UNIT_VERSION,
-                                             task=[task.name, task.version, task.fingerprint],
-                                             seed=cfg.seeds[0], max_train=cfg.max_train_items, settings=asdict(ncfg))
+    for m in models if models is not None else model_list(cfg):
+        plan = plan_neurons(cfg, ncfg, m, data_fp)
         done = {}
         for name, key in plan.items():
-            rows = load_unit(runs / f"{key}.json", key=key, strict=cfg.strict)
-            rank = _load_ranking(runs / f"{key}.ranking.json")
-            if rows is not None and rank is not None:
-                done[name] = (rows, rank)
+            got = _finished(runs, key, cfg.strict)
+            if got is not None:
+                done[name] = got
         pending = [t for t in tasks if t.name not in done]
         if pending:
-            lm, stores, info = study_model(cfg, m, data, data_fp, progress=progress)
+            lm, stores, info = load(m)
             n_layers = stores["train"].n_layers
             layers = cfg.layers if cfg.layers is not None else list(range(n_layers))
             for task in pending:

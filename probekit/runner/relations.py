@@ -31,6 +31,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -218,7 +219,7 @@ def _attention_units(cfg: ExperimentConfig, lm, info: dict, data: dict, items: d
                      rcfg: RelationsConfig, progress: bool) -> dict:
     """The rows of the pending attention-feature units of one model, saved as the hidden-state units are:
     ``{key: rows}``. The word-level attention of the three splits is computed once for all of them."""
-    folder = Path(cfg.results_dir) / cfg.name / "relations" / "runs"
+    folder = runs_folder(cfg)
     t0 = time.perf_counter()
     ex = Extractor(lm, word_pooling=cfg.word_pooling, batch_tokens=cfg.batch_tokens, precision=cfg.precision)
     att = {role: word_attention(ex, data[role], progress=progress) for role in ("train", "dev", "test")}
@@ -254,40 +255,63 @@ def majority_prediction(task, items: dict) -> np.ndarray:
     return np.full(len(test.y), np.bincount(train.y, minlength=len(task.labels)).argmax())
 
 
+def runs_folder(cfg: ExperimentConfig) -> Path:
+    """Where the finished units of the relations study are kept."""
+    return Path(cfg.results_dir) / cfg.name / "relations" / "runs"
+
+
+def plan_relations(cfg: ExperimentConfig, rcfg: RelationsConfig, model: str, data_fp: dict) -> list[tuple]:
+    """The units of one model: ``(task, pooling, key)``; pooling :data:`ATTENTION_POOLING` is a task's
+    attention-feature unit."""
+    fp = fingerprint(model)
+    # features is not in the settings: a hidden-state unit keeps the key it had before attention features existed
+    settings = {k: v for k, v in asdict(rcfg).items() if k not in ("tasks", "span_poolings", "features")}
+    plan = []
+    for t in (get_task(name) for name in rcfg.tasks):
+        poolings = (rcfg.span_poolings if t.level == "span" else [None]) if "hidden" in rcfg.features else []
+        if "attention" in rcfg.features and t.level != "span":
+            poolings = poolings + [ATTENTION_POOLING]
+        for pooling in poolings:
+            extra = {"features": "attention"} if pooling == ATTENTION_POOLING else {}
+            plan.append((t, pooling, study_unit_key(cfg, fp, data_fp, version=UNIT_VERSION, task=t.fingerprint,
+                                                    pooling=pooling, seed=cfg.seeds[0], Cs=list(cfg.Cs),
+                                                    settings=settings, **extra)))
+    return plan
+
+
+def unfinished_units(cfg: ExperimentConfig, rcfg: RelationsConfig, model: str, data_fp: dict) -> int:
+    """How many units of ``model`` are still to compute (the sweep's status of a relations cell)."""
+    folder = runs_folder(cfg)
+    return sum(load_unit(folder / f"{key}.json", key=key) is None for *_, key in plan_relations(cfg, rcfg, model,
+                                                                                                 data_fp))
+
+
 def run_relations(cfg: ExperimentConfig, rcfg: RelationsConfig | None = None, *, data: dict | None = None,
-                  data_fp: dict | None = None, progress: bool = True) -> RelationsResult:
-    """Relation-level probes (and majority baselines) for every model of ``cfg``; see the module docstring."""
+                  data_fp: dict | None = None, progress: bool = True, models: list[str] | None = None,
+                  load: Callable | None = None) -> RelationsResult:
+    """Relation-level probes (and majority baselines) for every model of ``cfg`` (or of ``models``); see the module
+    docstring. ``load(model) -> (lm, stores, info)`` (default :func:`~probekit.runner.data.study_model`) is called
+    only for a model with units to compute."""
     rcfg = rcfg or RelationsConfig()
-    folder = Path(cfg.results_dir) / cfg.name / "relations" / "runs"
+    folder = runs_folder(cfg)
     if data is None or data_fp is None:
         data, data_fp = load_data(cfg)
+    if load is None:
+        def load(m):
+            return study_model(cfg, m, data, data_fp, progress=progress)
     tasks = [get_task(t) for t in rcfg.tasks]
     items = {t.name: task_items(t, data) for t in tasks}
     n_test = len(data["test"])
     weights = resample_weights(n_test, rcfg.bootstrap, seed=cfg.seeds[0]) if rcfg.bootstrap else None
-    # features is not in the settings: a hidden-state unit keeps the key it had before attention features existed
-    settings = {k: v for k, v in asdict(rcfg).items() if k not in ("tasks", "span_poolings", "features")}
     all_rows: list[dict] = []
-    for m in model_list(cfg):
-        fp = fingerprint(m)
-        plan = []  # (task, pooling, key); pooling ATTENTION_POOLING: the attention-feature unit
-        for t in tasks:
-            poolings = rcfg.span_poolings if t.level == "span" else [None]
-            if "hidden" not in rcfg.features:
-                poolings = []
-            if "attention" in rcfg.features and t.level != "span":
-                poolings = poolings + [ATTENTION_POOLING]
-            for pooling in poolings:
-                extra = {"features": "attention"} if pooling == ATTENTION_POOLING else {}
-                plan.append((t, pooling, study_unit_key(cfg, fp, data_fp, version=UNIT_VERSION, task=t.fingerprint,
-                                                        pooling=pooling, seed=cfg.seeds[0], Cs=list(cfg.Cs),
-                                                        settings=settings, **extra)))
+    for m in models if models is not None else model_list(cfg):
+        plan = plan_relations(cfg, rcfg, m, data_fp)
         done = {key: load_unit(folder / f"{key}.json", key=key, strict=cfg.strict) for *_, key in plan}
         pending = [p for p in plan if done[p[2]] is None and p[1] != ATTENTION_POOLING]
         pending_att = [p for p in plan if done[p[2]] is None and p[1] == ATTENTION_POOLING]
         lm = None
         if pending:
-            lm, stores, info = study_model(cfg, m, data, data_fp, progress=progress)
+            lm, stores, info = load(m)
             n_layers = stores["train"].n_layers
             layers = cfg.layers if cfg.layers is not None else list(range(n_layers))
             d = stores["train"].hidden_size
@@ -316,7 +340,7 @@ def run_relations(cfg: ExperimentConfig, rcfg: RelationsConfig | None = None, *,
                 done[key] = rows
                 log.info("%s %s %s: %.1fs", m, t.name, pooling or "", secs)
         if pending_att:
-            if lm is None:
+            if lm is None:  # the attention needs the model, not its stores
                 lm = load_config_model(cfg, m)
                 info = {"model": m, "model_kind": lm.kind, "model_hash": lm.weights_hash[:16]}
             done.update(_attention_units(cfg, lm, info, data, items, pending_att, weights, rcfg, progress))

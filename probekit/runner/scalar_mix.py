@@ -25,6 +25,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -115,32 +116,54 @@ class ScalarMixConfig:
         return names
 
 
+def runs_folder(cfg: ExperimentConfig) -> Path:
+    """Where the finished units of the scalar-mix study are kept."""
+    return Path(cfg.results_dir) / cfg.name / "scalar_mix" / "runs"
+
+
+def plan_scalar_mix(cfg: ExperimentConfig, mcfg: ScalarMixConfig, model: str, data_fp: dict) -> list[tuple]:
+    """The units of one model: ``(task, seed, key)``."""
+    fp = fingerprint(model)
+    settings = {k: v for k, v in asdict(mcfg).items() if k != "tasks"}
+    return [(task, seed, study_unit_key(
+        cfg, fp, data_fp, version=UNIT_VERSION, task=task.name, task_version=task.version, task_fp=task.fingerprint,
+        labels=task.labels, seed=seed, Cs=mcfg.Cs if mcfg.Cs is not None else cfg.Cs, max_train=cfg.max_train_items,
+        settings=settings)) for task in (get_task(t) for t in mcfg.task_names(cfg)) for seed in cfg.seeds]
+
+
+def unfinished_units(cfg: ExperimentConfig, mcfg: ScalarMixConfig, model: str, data_fp: dict) -> int:
+    """How many units of ``model`` are still to compute (the sweep's status of a scalar-mix cell)."""
+    folder = runs_folder(cfg)
+    return sum(load_unit(folder / f"{key}.json", key=key) is None
+               for *_, key in plan_scalar_mix(cfg, mcfg, model, data_fp))
+
+
 def run_scalar_mix(cfg: ExperimentConfig, mcfg: ScalarMixConfig | None = None, *, data: dict | None = None,
-                   data_fp: dict | None = None, progress: bool = True) -> list[dict]:
-    """Every row of the scalar-mix study (module docstring). ``probekit run`` calls it for a config with a
-    ``scalar_mix:`` section, with the data it has loaded."""
+                   data_fp: dict | None = None, progress: bool = True, models: list[str] | None = None,
+                   load: Callable | None = None) -> list[dict]:
+    """Every row of the scalar-mix study (module docstring) for every model of ``cfg`` (or of ``models``).
+    ``probekit run`` calls it for a config with a ``scalar_mix:`` section, with the data it has loaded and its
+    ``load(model) -> (lm, stores, info)`` (default :func:`~probekit.runner.data.study_model`), called only for a
+    model with units to compute."""
 
     mcfg = mcfg or ScalarMixConfig()
-    tasks = [get_task(t) for t in mcfg.task_names(cfg)]
-    if not tasks:
+    if not mcfg.task_names(cfg):
         log.info("scalar_mix: the config has no word-level task; nothing to run")
         return []
     if data is None or data_fp is None:
         data, data_fp = load_data(cfg)
-    folder = Path(cfg.results_dir) / cfg.name / "scalar_mix" / "runs"
+    if load is None:
+        def load(m):
+            return study_model(cfg, m, data, data_fp, progress=progress)
+    folder = runs_folder(cfg)
     policy = ProbePolicy.from_config(cfg)
-    settings = {k: v for k, v in asdict(mcfg).items() if k != "tasks"}
     out: list[dict] = []
-    for m in model_list(cfg):
-        fp = fingerprint(m)
-        plan = [(task, seed, study_unit_key(
-            cfg, fp, data_fp, version=UNIT_VERSION, task=task.name, task_version=task.version, task_fp=task.fingerprint, labels=task.labels,
-            seed=seed, Cs=mcfg.Cs if mcfg.Cs is not None else cfg.Cs, max_train=cfg.max_train_items,
-            settings=settings)) for task in tasks for seed in cfg.seeds]
+    for m in models if models is not None else model_list(cfg):
+        plan = plan_scalar_mix(cfg, mcfg, m, data_fp)
         done = {key: load_unit(folder / f"{key}.json", key=key, strict=cfg.strict) for *_, key in plan}
         pending = [p for p in plan if done[p[2]] is None]
         if pending:
-            lm, stores, info = study_model(cfg, m, data, data_fp, progress=progress)
+            lm, stores, info = load(m)
             cache = FeatureCache()
             for task, seed, key in pending:
                 t0 = time.perf_counter()

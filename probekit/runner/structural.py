@@ -18,6 +18,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -118,6 +119,12 @@ class StructuralResult:
     def table(self):
         return to_frames(self.rows)[0]
 
+    @classmethod
+    def merge(cls, parts: list["StructuralResult"]) -> "StructuralResult":
+        """One result of the parts of one run (e.g. one per model): their rows and records together."""
+        return cls(rows=[r for p in parts for r in p.rows], records={k: v for p in parts for k, v in p.records.items()},
+                   test_sentences=parts[0].test_sentences if parts else [])
+
 
 def _save_records(path: Path, layers: list[int], records: list[dict], preds: list[np.ndarray]) -> None:
     arrays = {f"L{layer}__{k}": v for layer, rec in zip(layers, records) for k, v in rec.items()}
@@ -150,35 +157,57 @@ def _rows_for(common: dict, probe: str, control: bool, layer, split_metrics: dic
     return out
 
 
+def runs_folder(cfg: ExperimentConfig) -> Path:
+    """Where the finished units of the structural study are kept."""
+    return Path(cfg.results_dir) / cfg.name / "structural" / "runs"
+
+
+def plan_structural(cfg: ExperimentConfig, scfg: StructuralConfig, model: str, data_fp: dict) -> list[tuple]:
+    """The units of one model: ``(kind, rank, control, key)``."""
+    fp = fingerprint(model)
+    settings = {k: v for k, v in asdict(scfg).items() if k not in ("kinds", "ranks", "control")}
+    return [(kind, rank, ctl, study_unit_key(cfg, fp, data_fp, version=UNIT_VERSION, kind=kind, rank=rank,
+                                             control=ctl, seed=cfg.seeds[0], settings=settings))
+            for kind in scfg.kinds for rank in scfg.ranks for ctl in ((False, True) if scfg.control else (False,))]
+
+
+def _finished(folder: Path, key: str, strict: bool = False) -> tuple | None:
+    """A unit's (rows, records), or None unless both files are there and sound."""
+    rows, recs = load_unit(folder / f"{key}.json", key=key, strict=strict), load_records(folder / f"{key}.npz")
+    return None if rows is None or recs is None else (rows, recs)
+
+
+def unfinished_units(cfg: ExperimentConfig, scfg: StructuralConfig, model: str, data_fp: dict) -> int:
+    """How many units of ``model`` are still to compute (the sweep's status of a structural cell)."""
+    folder = runs_folder(cfg)
+    return sum(_finished(folder, key) is None for *_, key in plan_structural(cfg, scfg, model, data_fp))
+
+
 def run_structural(cfg: ExperimentConfig, scfg: StructuralConfig | None = None, *, data: dict | None = None,
-                   data_fp: dict | None = None, progress: bool = True) -> StructuralResult:
-    """Structural probes (and baselines) for every model of ``cfg``; see the module docstring. ``probekit run``
-    calls it for a config with a ``structural:`` section, with the data it has loaded."""
+                   data_fp: dict | None = None, progress: bool = True, models: list[str] | None = None,
+                   load: Callable | None = None) -> StructuralResult:
+    """Structural probes (and baselines) for every model of ``cfg`` (or of ``models``); see the module docstring.
+    ``probekit run`` calls it for a config with a ``structural:`` section, with the data it has loaded and its
+    ``load(model) -> (lm, stores, info)`` (default :func:`~probekit.runner.data.study_model`), called only for a
+    model with units to compute."""
 
     scfg = scfg or StructuralConfig()
-    folder = Path(cfg.results_dir) / cfg.name / "structural" / "runs"
+    folder = runs_folder(cfg)
     if data is None or data_fp is None:
         data, data_fp = load_data(cfg)
+    if load is None:
+        def load(m):
+            return study_model(cfg, m, data, data_fp, progress=progress)
     targets = {(kind, ctl): {role: split_targets(data[role], kind, control_seed=cfg.seeds[0] if ctl else None)
                              for role in ("train", "dev", "test")}
                for kind in scfg.kinds for ctl in ((False, True) if scfg.control else (False,))}
     all_rows, all_records = [], {}
-    for m in model_list(cfg):
-        fp = fingerprint(m)
-        plan = []  # (kind, rank, control, key)
-        settings = {k: v for k, v in asdict(scfg).items() if k not in ("kinds", "ranks", "control")}
-        for kind in scfg.kinds:
-            for rank in scfg.ranks:
-                for ctl in (False, True) if scfg.control else (False,):
-                    key = study_unit_key(cfg, fp, data_fp, version=UNIT_VERSION, kind=kind, rank=rank, control=ctl,
-                                         seed=cfg.seeds[0],
-                                         settings=settings)
-                    plan.append((kind, rank, ctl, key))
-        done = {key: (load_unit(folder / f"{key}.json", key=key, strict=cfg.strict), load_records(folder / f"{key}.npz"))
-                for *_, key in plan}
-        pending = [p for p in plan if done[p[3]][0] is None or done[p[3]][1] is None]
+    for m in models if models is not None else model_list(cfg):
+        plan = plan_structural(cfg, scfg, m, data_fp)
+        done = {key: _finished(folder, key, cfg.strict) for *_, key in plan}
+        pending = [p for p in plan if done[p[3]] is None]
         if pending:
-            lm, stores, info = study_model(cfg, m, data, data_fp, progress=progress)
+            lm, stores, info = load(m)
             n_layers = stores["train"].n_layers
             layers = cfg.layers if cfg.layers is not None else list(range(n_layers))
             d = stores["train"].hidden_size

@@ -17,9 +17,13 @@ runs them in parallel, on local worker processes or on a Ray cluster:
   ``probekit run`` on the same config recomputes nothing.
 * **baseline cells** (model × tuning method × task × seed, when the config has ``baselines``):
   one :func:`probekit.baselines.train.run_baselines` run each, resumable through its run record.
+* **study cells** (model × study section, for each of the config's ``erasure``, ``structural``, ``scalar_mix``,
+  ``neurons``, ``relations`` sections; :mod:`probekit.runner.studies`): the study's own run function for that
+  model, which loads the model, reuses (or writes) its ``resid_post`` stores and writes the study's unit files,
+  the ones ``probekit run`` reads.
 
 When every cell is finished, the driver aggregates: it calls :func:`run_experiment`, which finds
-every unit (and baseline run) done, loads no model, and writes ``results.csv`` (probe and tuning
+every unit (baseline run, study unit) done, loads no model, and writes ``results.csv`` (probe, tuning and study
 rows), ``summary.csv`` and the figures.
 
 The package, by job: :mod:`.cells` (the plan's cells and the typed specs workers receive), :mod:`.plan`,
@@ -34,8 +38,9 @@ from probekit.runner.sweep.command import describe_plan, run_sweep_cli
 from probekit.runner.sweep.executors import SWEEP_DIR, SweepError, import_ray
 from probekit.runner.sweep.plan import SweepPlan, plan_sweep, resolve_paths
 from probekit.runner.sweep.run import EXECUTORS, SweepResult, load_sweep_config, run_sweep
-from probekit.runner.sweep.workers import extract_model, run_baseline_cell, run_probe_cell
+from probekit.runner.sweep.workers import extract_model, run_baseline_cell, run_probe_cell, run_study_cell
 
 __all__ = ["Cell", "CellDone", "CellSpec", "EXECUTORS", "Extracted", "ExtractionSpec", "SWEEP_DIR", "SweepError",
            "SweepPlan", "SweepResult", "describe_plan", "extract_model", "import_ray", "load_sweep_config",
-           "plan_sweep", "resolve_paths", "run_baseline_cell", "run_probe_cell", "run_sweep", "run_sweep_cli"]
+           "plan_sweep", "resolve_paths", "run_baseline_cell", "run_probe_cell", "run_study_cell", "run_sweep",
+           "run_sweep_cli"]

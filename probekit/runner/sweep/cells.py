@@ -45,9 +45,11 @@ def seeds_text(seeds) -> str:
 class Cell:
     """One independent piece of a sweep, as the plan lists it.
 
-    ``kind`` is ``"probe"`` (``method`` = probe type, all layers, every pooling of the task) or
-    ``"baseline"`` (``method`` = tuning method). ``seeds`` holds one seed, or every seed of a probe whose
-    seeds share work (:func:`seeds_share_a_cell`). ``units`` are the runner's unit keys of a probe cell.
+    ``kind`` is ``"probe"`` (``method`` = probe type, all layers, every pooling of the task),
+    ``"baseline"`` (``method`` = tuning method) or ``"study"`` (``method`` = a study section of the config, e.g.
+    ``structural``, run for one model; ``task`` empty: the section says which tasks). ``seeds`` holds one seed, or
+    every seed of a probe whose seeds share work (:func:`seeds_share_a_cell`), or the config's seeds for a study.
+    ``units`` are the runner's unit keys of a probe cell.
     """
 
     kind: str
@@ -61,6 +63,8 @@ class Cell:
 
     @property
     def label(self) -> str:
+        if self.kind == "study":
+            return f"study {self.model} / {self.method}"
         return f"{self.kind} {self.model} / {self.task} / {self.method} / {seeds_text(self.seeds)}"
 
     def spec(self, config: ExperimentConfig, data_fp: dict, model_fp: dict | None = None) -> "CellSpec":
@@ -78,10 +82,10 @@ class CellSpec:
     fingerprints: the worker checks that it reads the same data, and plans its unit keys from them.
     """
 
-    kind: str  # "probe" or "baseline"
+    kind: str  # "probe", "baseline" or "study"
     model: str
     task: str
-    method: str  # probe type or tuning method
+    method: str  # probe type, tuning method or study section
     seeds: tuple[int, ...]
     units: tuple[str, ...]
     config: ExperimentConfig

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from probekit.config import STUDY_SECTIONS, resolve_config
+from probekit.config import resolve_config
 from probekit.errors import ConfigError
 from probekit.runner.sweep.plan import SweepPlan, baseline_methods, plan_sweep
 from probekit.runner.sweep.run import run_sweep
@@ -26,7 +26,7 @@ def describe_plan(plan: SweepPlan, *, workers: int = 1) -> str:
     methods = baseline_methods(cfg)
     lines.append(f"  {len(plan.models)} model(s) × {len(cfg.tasks)} task(s) × {len(cfg.probes)} probe(s) × "
                  f"{len(cfg.seeds)} seed(s)" + (f" + baselines ({', '.join(methods)})" if methods else ""))
-    for kind in ("probe", "baseline"):
+    for kind in ("probe", "baseline", "study"):
         cells = [c for c in plan.cells if c.kind == kind]
         if not cells:
             continue
@@ -36,14 +36,13 @@ def describe_plan(plan: SweepPlan, *, workers: int = 1) -> str:
             n_units = sum(len(c.units) for c in cells)
             lines.append(f"    ({n_units} result units; the seeds of a linear probe share one cell, as its "
                          "control heads are one problem over the seeds)")
+        if kind == "study":
+            lines.append(f"    (one per model × section: {', '.join(dict.fromkeys(c.method for c in cells))}; each "
+                         "loads its model)")
         for m in plan.models:
             mc = [c for c in cells if c.model == m]
             if mc:
                 lines.append(f"    {m:28} {len(mc):4} cells, {sum(not c.done for c in mc):4} to run")
-    studies = [name for name in STUDY_SECTIONS if getattr(cfg, name) is not None]
-    if studies:
-        lines.append(f"  not swept: the {', '.join(studies)} section(s) of the config; `probekit run` runs them "
-                     "(on the stores this sweep extracts)")
     pm = plan.pending_models()
     if pm:
         parts = []
@@ -84,7 +83,8 @@ def run_sweep_cli(args) -> int:
                     progress=not getattr(args, "quiet", False), plan=plan)
     print(f"\n{res.computed_cells} cell(s) ({res.computed_units} unit(s)) computed in {fmt_s(res.seconds)}; results: "
           f"{res.folder}/results.csv ({len(res.result.table)} rows), figures in {res.folder}/figures", flush=True)
-    tuning = int((res.result.table["method"] != "probe").sum())
+    # tuning-baseline rows by their method (study sections write other non-probe rows: majority, erasure, neurons)
+    tuning = int(res.result.table["method"].isin(baseline_methods(cfg)).sum())
     if tuning:
         print(f"tuning baselines: {tuning} rows in results.csv")
     print(f"tables: probekit report {res.folder}")

@@ -10,7 +10,8 @@ Each source is read through its owner's public reader:
   0 when finished stores of the model hold this very data, else the forward-pass seconds per word recorded in the
   model's other stores × the words to extract;
 * baseline cells: ``train_seconds`` of the experiment's earlier run records of the same model × method × task
-  (:func:`probekit.baselines.records.iter_runs`).
+  (:func:`probekit.baselines.records.iter_runs`);
+* study cells: none (unknown).
 """
 from __future__ import annotations
 
@@ -41,8 +42,9 @@ def estimate_cells(cfg: ExperimentConfig, folder: Path, cells: list[Cell], model
             continue
         if c.kind == "probe":
             c.estimate_s = probe_cell_estimate(cfg, c, items[c.task], measured.get((c.model, c.task, c.method), []))
-        else:
+        elif c.kind == "baseline":
             c.estimate_s = baseline_estimate(folder / "baselines", c)
+        # a study cell stays unknown: its units record no cost the sweep could scale
     stores = stores_by_model(Path(cfg.store_dir))
     return {m: extraction_estimate(cfg, m, data_fp, stores.get(m, [])) for m in models}
 

@@ -1,6 +1,7 @@
 """The three ways a sweep's cells run: in this process (serial), on a local process pool, or as Ray tasks.
 
-Every executor runs each pending model's extraction first (a probe cell reads its model's stores), then the cells,
+Every executor runs each pending model's extraction first (a probe cell reads its model's stores), then the cells
+(a study cell loads its model itself and reuses or writes its stores),
 and logs each finished step to ``results/<experiment>/sweep/`` (:class:`SweepLog`). Parallelism comes from
 :class:`concurrent.futures.ProcessPoolExecutor` or Ray; there is no scheduler of probekit's own. Ray is an optional
 extra, imported only when asked for.
@@ -19,7 +20,14 @@ from probekit._extras import require
 from probekit.errors import ProbekitError
 from probekit.runner.sweep.cells import CellDone, Extracted, seeds_text
 from probekit.runner.sweep.plan import SweepPlan
-from probekit.runner.sweep.workers import extract_model, init_worker, run_baseline_cell, run_probe_cell
+from probekit.runner.sweep.workers import (
+    extract_model,
+    init_worker,
+    run_baseline_cell,
+    run_cell,
+    run_probe_cell,
+    run_study_cell,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +94,7 @@ def run_serial(plan: SweepPlan, rec: SweepLog) -> int:
     pending = plan.pending
     for c in pending:
         spec = plan.cell_spec(c)
-        rec.finished(run_probe_cell(spec, infos[c.model]) if c.kind == "probe" else run_baseline_cell(spec),
-                     len(pending))
+        rec.finished(run_cell(spec, infos.get(c.model)), len(pending))
     return rec.cells
 
 
@@ -128,12 +135,9 @@ def _submit_all(pool: ProcessPoolExecutor, plan: SweepPlan, rec: SweepLog, failu
     pending = plan.pending
     cell_futs: dict = {}
     for c in pending:
-        if c.kind == "probe":
-            if c.model not in infos:
-                continue  # its extraction failed (reported)
-            f = pool.submit(run_probe_cell, plan.cell_spec(c), infos[c.model])
-        else:
-            f = pool.submit(run_baseline_cell, plan.cell_spec(c))
+        if c.kind == "probe" and c.model not in infos:
+            continue  # its extraction failed (reported)
+        f = pool.submit(run_cell, plan.cell_spec(c), infos.get(c.model))
         cell_futs[f] = c
     for f in as_completed(cell_futs):
         try:
@@ -178,6 +182,7 @@ def run_ray(plan: SweepPlan, address: str | None, rec: SweepLog) -> int:
         extract_task = ray.remote(num_cpus=1, num_gpus=gpu)(extract_model)
         cell_task = ray.remote(num_cpus=1, num_gpus=0)(run_probe_cell)
         baseline_task = ray.remote(num_cpus=1, num_gpus=gpu)(run_baseline_cell)
+        study_task = ray.remote(num_cpus=1, num_gpus=gpu)(run_study_cell)  # loads its model
         ext = {m: extract_task.remote(plan.extraction_spec(m)) for m in plan.pending_models()}
         # probe cells are CPU tasks: without an explicit device they run on the CPU
         probe_cfg = plan.config if plan.config.device else plan.config.replace(device="cpu")
@@ -186,7 +191,7 @@ def run_ray(plan: SweepPlan, address: str | None, rec: SweepLog) -> int:
             if c.kind == "probe":
                 ref = cell_task.remote(plan.cell_spec(c, probe_cfg), ext[c.model])
             else:
-                ref = baseline_task.remote(plan.cell_spec(c))
+                ref = (study_task if c.kind == "study" else baseline_task).remote(plan.cell_spec(c))
             refs[ref] = c
         failures = _Failures()
         for m, ref in ext.items():

@@ -15,6 +15,7 @@ from probekit.baselines.records import data_identity, finished_run, run_identity
 from probekit.config import ExperimentConfig
 from probekit.results.table import load_unit
 from probekit.runner.data import model_list
+from probekit.runner.studies import present as present_studies
 from probekit.runner.sweep.cells import Cell, CellSpec, ExtractionSpec, seeds_share_a_cell
 from probekit.runner.sweep.estimate import estimate_cells
 from probekit.runner.sweep.workers import load_data_cached
@@ -96,6 +97,7 @@ def plan_sweep(cfg: ExperimentConfig) -> SweepPlan:
             cells.append(Cell("probe", m, task, probe, sorted({u.seed for u in units}), units=keys, done=done))
     if cfg.baselines:
         cells += _baseline_cells(cfg, folder, data)
+    cells += _study_cells(cfg, data_fp)
     plan = SweepPlan(config=cfg, folder=folder, models=models, cells=cells, data_fp=data_fp, model_fps=fps)
     plan.extraction_s = estimate_cells(cfg, folder, cells, plan.pending_models(), data, data_fp)
     return plan
@@ -119,3 +121,11 @@ def _baseline_cells(cfg: ExperimentConfig, folder: Path, data: dict) -> list[Cel
                     done = finished_run(path, identity) is not None
                     out.append(Cell("baseline", m, task.name, method, [seed], done=done))
     return out
+
+
+def _study_cells(cfg: ExperimentConfig, data_fp: dict) -> list[Cell]:
+    """Model × study section (:mod:`probekit.runner.studies`), on the models the section runs on; a cell is done
+    when every unit of the study for that model is finished (then ``probekit run`` loads no model for it)."""
+    return [Cell("study", m, "", study.section, list(cfg.seeds),
+                 done=study.unfinished(cfg, settings, m, data_fp) == 0)
+            for study, settings in present_studies(cfg) for m in study.models(cfg)]

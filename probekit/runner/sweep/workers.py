@@ -17,8 +17,9 @@ from probekit.baselines.train import run_baselines
 from probekit.config import ExperimentConfig
 from probekit.errors import DataError, ProbekitError
 from probekit.results.table import load_unit, save_unit
-from probekit.runner.data import data_checksum, extract_site_stores, load_config_model, load_data
+from probekit.runner.data import RunModels, data_checksum, extract_site_stores, load_config_model, load_data
 from probekit.runner.probe_task import probe_task
+from probekit.runner.studies import study_named
 from probekit.runner.sweep.cells import CellDone, CellSpec, Extracted, ExtractionSpec
 from probekit.runner.units import ProbePolicy, plan_units
 
@@ -117,6 +118,31 @@ def _one_blas_thread():
 
         return contextlib.nullcontext()
     return threadpool_limits(limits=1, user_api="blas")
+
+
+def run_study_cell(spec: CellSpec) -> CellDone:
+    """One study cell: the study section ``spec.method`` for the model ``spec.model``, through the study's own run
+    function (:mod:`probekit.runner.studies`), which writes its unit files; the model is loaded (once) only when a
+    unit is unfinished. Its stores are the runner's (``resid_post``, written or reused)."""
+    cfg = spec.config
+    study = study_named(spec.method)
+    settings = study.settings(cfg)
+    todo = study.unfinished(cfg, settings, spec.model, spec.data_fp)
+    t0 = time.perf_counter()
+    if todo:
+        data = _check_data(cfg, spec.data_fp)
+        loaded = RunModels(cfg, data, spec.data_fp, progress=False)
+        study.run(cfg, settings, data=data, data_fp=spec.data_fp, models=[spec.model], load=loaded.study,
+                  progress=False)
+        loaded.release(spec.model)
+    return spec.done(todo, time.perf_counter() - t0, os.uname().nodename)
+
+
+def run_cell(spec: CellSpec, extracted: Extracted | None = None) -> CellDone:
+    """Any cell: a probe cell (on its model's ``extracted`` stores), a baseline cell or a study cell."""
+    if spec.kind == "probe":
+        return run_probe_cell(spec, extracted)
+    return run_study_cell(spec) if spec.kind == "study" else run_baseline_cell(spec)
 
 
 def run_baseline_cell(spec: CellSpec) -> CellDone:
