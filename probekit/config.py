@@ -123,6 +123,9 @@ class ExperimentConfig:
     relations: dict | None = _help(None, "Pair and span probes (dep_arc, dep_label, subject_of, subject_span): "
                                          "tasks, span poolings, training settings (see docs/relations.md); run by "
                                          "probekit run.")
+    head_probes: dict | None = _help(None, "Per-head probes: each attention head's slice of the heads site probed "
+                                           "alone, by layer x head, with a heatmap: tasks (default the experiment's) "
+                                           "(see docs/large_models.md); run by probekit run.")
     figures: list = _help(["pdf", "png"], "Figure formats (pdf, png, svg).")
     track: list = _help([], "Experiment trackers to log the finished run to: mlflow, tensorboard, wandb (extra "
                             "[track]; see probekit/tracking.py for where each writes).")
@@ -361,9 +364,8 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 #: config keys whose value is a mapping: ``--set KEY.SUB=VALUE`` sets one entry, ``--set KEY={...}`` merges
 #: The optional studies beside the per-layer probes: config sections that `probekit run` runs after the probes.
-STUDY_SECTIONS = ("erasure", "structural", "scalar_mix", "neurons", "relations")
-MAPPING_KEYS = ("splits", "files", "columns", "limit", "mlp", "baselines", "erasure", "structural", "scalar_mix",
-                "neurons", "relations")
+STUDY_SECTIONS = ("erasure", "structural", "scalar_mix", "neurons", "relations", "head_probes")
+MAPPING_KEYS = ("splits", "files", "columns", "limit", "mlp", "baselines", *STUDY_SECTIONS)
 
 
 def apply_overrides(base: dict, overrides: dict) -> dict:

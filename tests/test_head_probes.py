@@ -9,6 +9,7 @@ from probekit.config import ExperimentConfig
 from probekit.errors import ConfigError
 from probekit.report.head_figures import head_grid, heads_heatmap
 from probekit.runner import head_probes as hp
+from probekit.runner.experiment import run_experiment
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -63,7 +64,9 @@ def test_every_head_of_every_block_is_probed(tmp_path, tiny_bert_dir, monkeypatc
     def no_model(*a, **k):
         raise AssertionError("a rerun must reuse the finished units")
 
-    monkeypatch.setattr(hp, "load_config_model", no_model)
+    import probekit.runner.data as rd
+
+    monkeypatch.setattr(rd, "load_config_model", no_model)
     assert hp.run_head_probes(cfg, progress=False).table().equals(df)
     # the command line writes the table and a heatmap per model
     path = tmp_path / "h.yaml"
@@ -75,4 +78,29 @@ def test_every_head_of_every_block_is_probed(tmp_path, tiny_bert_dir, monkeypatc
 
 def test_relation_tasks_are_refused(tmp_path, tiny_bert_dir):
     with pytest.raises(ConfigError, match="word and sentence tasks; dep_arc"):
-        hp.run_head_probes(_cfg(tmp_path, tiny_bert_dir), tasks=["dep_arc"], progress=False)
+        hp.run_head_probes(_cfg(tmp_path, tiny_bert_dir), hp.HeadProbesConfig(tasks=["dep_arc"]), progress=False)
+    with pytest.raises(ConfigError, match="word and sentence tasks; dep_arc"):  # before any work in probekit run
+        run_experiment(_cfg(tmp_path, tiny_bert_dir, head_probes={"tasks": ["dep_arc"]}), progress=False)
+
+
+def test_probekit_run_runs_the_head_probes_section(tmp_path, tiny_bert_dir, monkeypatch):
+    """``head_probes:`` is a study section of probekit run: the same rows as the module's own run, its heatmap
+    drawn, and a rerun loads no model."""
+    cfg = _cfg(tmp_path, tiny_bert_dir, tasks=["upos"], head_probes={})
+    res = run_experiment(cfg, progress=False)
+    heads = res.table[res.table.site.astype(str).str.startswith("heads.")]
+    assert sorted(set(heads.site)) == ["heads.0", "heads.1"] and set(heads.layer.dropna().astype(int)) == {1, 2}
+    assert (res.table.site == "resid_post").any()  # the per-layer probes ran beside it
+    assert any(p.name.startswith("heads_accuracy_") for p in res.figures)
+    alone = hp.run_head_probes(cfg, hp.HeadProbesConfig(), progress=False).table()
+    acc = alone[(alone.method == "probe") & (alone.split == "test") & (alone.metric == "accuracy")]
+    ran = heads[(heads.split == "test") & (heads.metric == "accuracy")]
+    assert sorted(acc.value.round(9)) == sorted(ran.value.round(9))
+
+    import probekit.runner.data as rd
+
+    def no_model(*a, **k):
+        raise AssertionError("a rerun must reuse the finished units")
+
+    monkeypatch.setattr(rd, "load_config_model", no_model)
+    assert len(run_experiment(cfg, progress=False).table) == len(res.table)

@@ -112,23 +112,18 @@ def extract_site_stores(cfg: ExperimentConfig, lm, data: dict, data_fp: dict, *,
     return out
 
 
-def extract_stores(cfg: ExperimentConfig, lm, data: dict, data_fp: dict, *, progress: bool = True) -> dict:
-    """The ``resid_post`` stores of :func:`extract_site_stores`: ``{role: ActivationStore}`` (the block outputs,
-    which the structural probes and the erasure study read)."""
-    return extract_site_stores(cfg, lm, data, data_fp, sites=["resid_post"], progress=progress)["resid_post"]
-
-
 def model_info(name: str, lm) -> dict:
     """The model columns of a study's result rows."""
     return {"model": name, "model_kind": lm.kind, "model_hash": lm.weights_hash[:16]}
 
 
-def study_model(cfg: ExperimentConfig, m: str, data: dict, data_fp: dict, *, progress: bool = True):
+def study_model(cfg: ExperimentConfig, m: str, data: dict, data_fp: dict, *, progress: bool = True,
+                site: str = "resid_post"):
     """What a study section needs of model ``m`` once it has work to do: ``(lm, stores, info)``, the model loaded as
-    the config says (:func:`load_config_model`), its ``resid_post`` stores for the config's data
-    (:func:`extract_stores`) and ``info``, the model columns of its result rows."""
+    the config says (:func:`load_config_model`), its stores of ``site`` (default the block outputs) for the config's
+    data and ``info``, the model columns of its result rows."""
     lm = load_config_model(cfg, m)
-    stores = extract_stores(cfg, lm, data, data_fp, progress=progress)
+    stores = extract_site_stores(cfg, lm, data, data_fp, sites=[site], progress=progress)[site]
     return lm, stores, model_info(m, lm)
 
 
@@ -164,9 +159,9 @@ class RunModels:
             self._stores.update({(name, s): stores for s, stores in got.items()})
         return {s: self._stores[(name, s)] for s in sites}
 
-    def study(self, name: str):
-        """What a study section needs of the model (as :func:`study_model`): ``(lm, resid_post stores, info)``."""
-        stores = self.site_stores(name, ["resid_post"])["resid_post"]
+    def study(self, name: str, site: str = "resid_post"):
+        """What a study section needs of the model (as :func:`study_model`): ``(lm, stores of site, info)``."""
+        stores = self.site_stores(name, [site])[site]
         return self.model(name), stores, model_info(name, self.model(name))
 
     def release(self, name: str) -> None:

@@ -3,7 +3,7 @@ erasing on the model, as rows of the results table.
 
 A config is an experiment config (``probekit.config.ExperimentConfig``: models, tasks, layers, data...) with one
 more section, ``erasure:`` (:class:`ErasureSettings`). The stores are the experiment's (:func:`~probekit.runner.
-experiment.extract_stores`), so a probing run and an erasure run of the same config extract once. Erasers are saved
+data.extract_site_stores`), so a probing run and an erasure run of the same config extract once. Erasers are saved
 to ``<results_dir>/<name>/erasers/`` and reused when the model, task, data and settings are the same; the rows of
 each finished model x task are kept under ``<results_dir>/<name>/erasure/runs/`` and reused by a rerun (or a sweep's
 aggregation), which then loads no model.

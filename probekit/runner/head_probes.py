@@ -15,7 +15,8 @@ label for every test item).
 
 Finished units (model x task) are kept under ``results/<experiment>/heads/runs`` and reused; the ``heads`` stores
 are the experiment's (same keys as ``sites: [heads]``), so a run with that site shares them.
-``python -m probekit.runner.head_probes CONFIG`` runs it on an experiment config.
+A ``head_probes:`` section (:class:`HeadProbesConfig`) makes it one of the study sections of ``probekit run``
+(:mod:`probekit.runner.studies`); ``python -m probekit.runner.head_probes CONFIG`` runs it alone.
 """
 from __future__ import annotations
 
@@ -23,18 +24,19 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from probekit.activations.models import fingerprint
-from probekit.config import ExperimentConfig
+from probekit.config import ExperimentConfig, section_settings
 from probekit.errors import ConfigError, TaskError
 from probekit.probing.features import ROLES, feature_groups, labelled
 from probekit.probing.linear import fit_layers
 from probekit.report.head_figures import heads_heatmap
 from probekit.report.style import figure_paths
 from probekit.results.table import classification_metrics, load_unit, row, save_unit, to_frames
-from probekit.runner.data import extract_site_stores, load_config_model, load_data, model_list
+from probekit.runner.data import load_data, model_list, study_model
 from probekit.runner.study_main import study_main
 from probekit.runner.units import study_unit_key
 from probekit.tasks import get_task
@@ -64,10 +66,54 @@ def split_heads(X: np.ndarray, n_heads: int) -> np.ndarray:
 
 
 @dataclass
+class HeadProbesConfig:
+    """The ``head_probes:`` section: ``tasks``, the word and sentence tasks probed per head (default: the
+    experiment's ``tasks``)."""
+
+    tasks: list | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "HeadProbesConfig":
+        return section_settings(cls, d, "head_probes")
+
+    def task_objects(self, cfg: ExperimentConfig) -> list:
+        objs = [get_task(t) for t in (self.tasks if self.tasks is not None else cfg.tasks)]
+        if not objs:
+            raise ConfigError("Per-head probes: no task; name word or sentence tasks in the config's 'tasks' (or "
+                              "'head_probes: {tasks: [...]}').")
+        bad = [t.name for t in objs if t.level not in ("word", "sentence")]
+        if bad:
+            raise ConfigError(f"Per-head probes run word and sentence tasks; {', '.join(bad)} are not (set "
+                              "'head_probes: {tasks: [...]}' to the word and sentence tasks).")
+        return objs
+
+
+def plan_heads(cfg: ExperimentConfig, settings: HeadProbesConfig, model: str, data_fp: dict) -> list[tuple]:
+    """The units of one model: ``[(task, key)]``."""
+    fp = fingerprint(model)
+    return [(t, study_unit_key(cfg, fp, data_fp, version=UNIT_VERSION, study="heads", task=t.fingerprint,
+                               seed=cfg.seeds[0], Cs=list(cfg.Cs))) for t in settings.task_objects(cfg)]
+
+
+def _runs(cfg: ExperimentConfig) -> Path:
+    return Path(cfg.results_dir) / cfg.name / "heads" / "runs"
+
+
+def unfinished_units(cfg: ExperimentConfig, settings: HeadProbesConfig, model: str, data_fp: dict) -> int:
+    """How many units of ``model`` are still to compute (the sweep's status of a head-probes cell)."""
+    return sum(load_unit(_runs(cfg) / f"{key}.json", key=key) is None
+               for _, key in plan_heads(cfg, settings, model, data_fp))
+
+
+@dataclass
 class HeadsResult:
     """What :func:`run_head_probes` returns: the rows of the results table."""
 
     rows: list
+
+    @classmethod
+    def merge(cls, parts: list["HeadsResult"]) -> "HeadsResult":
+        return cls([r for p in parts for r in p.rows])
 
     def table(self):
         return to_frames(self.rows)[0]
@@ -75,8 +121,6 @@ class HeadsResult:
 
 def _task_rows(cfg: ExperimentConfig, task, stores: dict, data: dict, info: dict, n_heads: int) -> list[dict]:
     """The rows of one task: a probe per layer x head."""
-    if task.level not in ("word", "sentence"):
-        raise ConfigError(f"Per-head probes run word and sentence tasks; {task.name} is a {task.level}-level task.")
     items = {role: labelled(task, data[role]) for role in ROLES}
     for role in ROLES:
         if not len(items[role].rows):
@@ -114,27 +158,26 @@ def _task_rows(cfg: ExperimentConfig, task, stores: dict, data: dict, info: dict
     return rows
 
 
-def run_head_probes(cfg: ExperimentConfig, tasks: list[str] | None = None, *, data: dict | None = None,
-                    data_fp: dict | None = None, progress: bool = True) -> HeadsResult:
-    """Per-head probes of ``tasks`` (default: the experiment's ``tasks``) for every model of ``cfg`` and its
-    random-weights twin; see the module docstring."""
-    task_objs = [get_task(t) for t in (tasks if tasks is not None else cfg.tasks)]
-    if not task_objs:
-        raise ConfigError("Per-head probes: no task; name word or sentence tasks in the config's 'tasks'.")
-    folder = Path(cfg.results_dir) / cfg.name / "heads" / "runs"
+def run_head_probes(cfg: ExperimentConfig, settings: HeadProbesConfig | None = None, *, data: dict | None = None,
+                    data_fp: dict | None = None, progress: bool = True, models: list[str] | None = None,
+                    load: Callable | None = None) -> HeadsResult:
+    """Per-head probes of the section's tasks for every model of ``cfg`` and its random-weights twin (or each of
+    ``models``); see the module docstring. ``load(model, site) -> (lm, stores, info)`` (default
+    :func:`~probekit.runner.data.study_model`) is called only for a model with units to compute."""
+    settings = settings or HeadProbesConfig()
+    folder = _runs(cfg)
     if data is None or data_fp is None:
         data, data_fp = load_data(cfg)
+    if load is None:
+        def load(m, site):
+            return study_model(cfg, m, data, data_fp, progress=progress, site=site)
     all_rows: list[dict] = []
-    for m in model_list(cfg):
-        fp = fingerprint(m)
-        plan = [(t, study_unit_key(cfg, fp, data_fp, version=UNIT_VERSION, study="heads", task=t.fingerprint,
-                                   seed=cfg.seeds[0], Cs=list(cfg.Cs))) for t in task_objs]
+    for m in models if models is not None else model_list(cfg):
+        plan = plan_heads(cfg, settings, m, data_fp)
         done = {key: load_unit(folder / f"{key}.json", key=key, strict=cfg.strict) for _, key in plan}
         pending = [(t, key) for t, key in plan if done[key] is None]
         if pending:
-            lm = load_config_model(cfg, m)
-            stores = extract_site_stores(cfg, lm, data, data_fp, sites=[SITE], progress=progress)[SITE]
-            info = {"model": m, "model_kind": lm.kind, "model_hash": lm.weights_hash[:16]}
+            lm, stores, info = load(m, SITE)
             n_heads = int(lm.model.config.num_attention_heads)
             for t, key in pending:
                 rows = _task_rows(cfg, t, stores, data, info, n_heads)
@@ -142,17 +185,19 @@ def run_head_probes(cfg: ExperimentConfig, tasks: list[str] | None = None, *, da
                 done[key] = rows
                 log.info("%s %s: %d layers x %d heads probed", m, t.name,
                          len({r["layer"] for r in rows if r["method"] == "probe"}), n_heads)
-            del lm
+            del lm, stores
         for _, key in plan:
             all_rows += done[key]
     return HeadsResult(rows=all_rows)
 
 
 def _load(path: str | Path):
-    return ExperimentConfig.from_yaml(path), None
+    cfg = ExperimentConfig.from_yaml(path)
+    return cfg, HeadProbesConfig.from_dict(cfg.head_probes)
 
 
-def _figures(result: HeadsResult, folder: Path, formats) -> list[Path]:
+def head_figures(result: HeadsResult, folder: Path, formats) -> list[Path]:
+    """A layer x head heatmap per model."""
     df = result.table()
     out = []
     for m in sorted(df.model.unique()):
@@ -165,7 +210,7 @@ def _figures(result: HeadsResult, folder: Path, formats) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     """``python -m probekit.runner.head_probes CONFIG``: write ``results/<name>/heads/results.csv`` and a heatmap per
     model."""
-    return study_main(argv, study="heads", load=_load, run=lambda cfg, _: run_head_probes(cfg), figures=_figures)
+    return study_main(argv, study="heads", load=_load, run=run_head_probes, figures=head_figures)
 
 
 if __name__ == "__main__":

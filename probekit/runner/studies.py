@@ -22,7 +22,7 @@ from probekit.report.neuron_figures import neuron_figures
 from probekit.report.relations_figures import relations_by_layer
 from probekit.report.structural_figures import structural_figures
 from probekit.report.style import figure_paths
-from probekit.runner import erasure, neurons, relations, scalar_mix, structural
+from probekit.runner import erasure, head_probes, neurons, relations, scalar_mix, structural
 from probekit.runner.data import model_list
 
 
@@ -121,6 +121,12 @@ def _scalar_mix_settings(cfg: ExperimentConfig) -> scalar_mix.ScalarMixConfig:
     return out
 
 
+def _head_probes_settings(cfg: ExperimentConfig) -> head_probes.HeadProbesConfig:
+    out = head_probes.HeadProbesConfig.from_dict(cfg.head_probes)
+    out.task_objects(cfg)  # its task errors too
+    return out
+
+
 def _relations_figures(cfg, out: StudyOutput, table, folder: Path) -> list[Path]:
     """One figure per real model, from the whole results table."""
     paths: list[Path] = []
@@ -143,4 +149,6 @@ STUDIES: tuple[Study, ...] = (
           neurons.unfinished_units, combine=_merged(neurons.NeuronsResult), figures=_drawn(neuron_figures)),
     Study("relations", lambda cfg: relations.RelationsConfig.from_dict(cfg.relations),
           _run_by(relations.run_relations), relations.unfinished_units, figures=_relations_figures),
+    Study("head_probes", _head_probes_settings, _run_by(head_probes.run_head_probes), head_probes.unfinished_units,
+          combine=_merged(head_probes.HeadsResult), figures=_drawn(head_probes.head_figures)),
 )

@@ -55,7 +55,7 @@ def _check_data(cfg: ExperimentConfig, data_fp: dict) -> dict:
 def extract_model(spec: ExtractionSpec) -> Extracted:
     """Extraction step of one model: write or reuse its train/dev/test stores.
 
-    It calls :func:`probekit.runner.data.extract_stores`, as ``probekit run`` does, so the stores are the
+    It calls :func:`probekit.runner.data.extract_site_stores`, as ``probekit run`` does, so the stores are the
     ones ``probekit run`` would use.
     """
     cfg = spec.config
