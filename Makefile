@@ -63,8 +63,12 @@ test-transformers5: $(VENV5)/bin/.probekit-setup
 notebooks: setup
 	$(BIN)/python notebooks/execute.py
 
+# extraction, probes, memory, cache, precision; then structural-probe training (batched vs per-layer loop, 3 layers)
+# and the erasure study's cost against extraction
 bench: setup
 	$(BIN)/python benchmarks/bench.py
+	$(BIN)/python benchmarks/structural_bench.py --train 400 --dev 100 --test 200 --epochs 8 --layers 0 3 6
+	$(BIN)/python benchmarks/erasure_bench.py
 
 clean-results:
 	rm -rf results/*/
