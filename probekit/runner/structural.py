@@ -63,6 +63,7 @@ class StructuralConfig:
     lr: float = 1e-3
     patience: int = 4
     control: bool = True
+    rescale: bool = False  # see StructuralSettings.rescale
     bootstrap: int = 1000
     confidence: float = 0.95
 
@@ -83,7 +84,7 @@ class StructuralConfig:
 
     def settings(self, rank: int | None, seed: int, device: str | None) -> StructuralSettings:
         return StructuralSettings(rank=rank, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                                  patience=self.patience, seed=seed, device=device)
+                                  patience=self.patience, seed=seed, device=device, rescale=self.rescale)
 
 
 def load_structural_config(path: str | Path) -> tuple[ExperimentConfig, StructuralConfig]:
@@ -166,7 +167,8 @@ def run_structural(cfg: ExperimentConfig, scfg: StructuralConfig | None = None, 
     for m in model_list(cfg):
         fp = fingerprint(m)
         plan = []  # (kind, rank, control, key)
-        settings = {k: v for k, v in asdict(scfg).items() if k not in ("kinds", "ranks", "control")}
+        settings = {k: v for k, v in asdict(scfg).items() if k not in ("kinds", "ranks", "control")
+                    and not (k == "rescale" and not v)}  # the keys of runs made before `rescale` existed
         for kind in scfg.kinds:
             for rank in scfg.ranks:
                 for ctl in (False, True) if scfg.control else (False,):
