@@ -56,3 +56,22 @@ def test_runner_rows_and_eraser_reuse(tiny_bert_dir, data_dir, tmp_path):
     mtimes = [f.stat().st_mtime_ns for f in files]
     assert run_erasure(cfg, s, progress=False) == rows  # erasers reused (not rewritten), same rows
     assert [f.stat().st_mtime_ns for f in files] == mtimes
+
+
+def test_erasure_layers_pick_among_the_stored_layers(tiny_bert_dir, data_dir, tmp_path):
+    from probekit.config import ExperimentConfig
+
+    cfg = ExperimentConfig(name="e", models=[str(tiny_bert_dir)], data_dir=str(data_dir),
+                           limit={"train": 40, "dev": 20, "test": 20}, tasks=["aux_verb", "subject"], layers=[0, 2],
+                           results_dir=str(tmp_path), store_dir=str(tmp_path / "stores"), device="cpu",
+                           random_baseline=False)
+    rows = run_erasure(cfg, ErasureSettings(effect_sentences=5, later=[1, 2], sanity_mlp=False, layers=[0]),
+                       progress=False)
+    erased = {r["layer"] for r in rows if r["method"] == "intervention:leace" and r["layer"] is not None}
+    assert erased == {0} and {r["layer"] for r in rows if r["method"] == "erasure:leace"} == {0}
+    later = {r["metric"] for r in rows if r["metric"].startswith("accuracy_change:") and "_ci_" not in r["metric"]}
+    assert later == {"accuracy_change:subject:layer2", "accuracy_change:aux_verb:layer2"}  # layer 1 is not stored
+    with pytest.raises(ConfigError, match="Layer 1 is not in this store"):
+        run_erasure(cfg, ErasureSettings(effect_sentences=5, layers=[1]), progress=False)
+    with pytest.raises(ConfigError, match="erasure.layers must be null"):
+        ErasureSettings(layers=[])

@@ -16,6 +16,7 @@ from probekit.probing.structural import (
     fit_score_layers,
     fit_structural,
     layer_records,
+    layer_scales,
     linear_distances,
     mst_edges,
     predict_structural,
@@ -149,3 +150,24 @@ def test_batched_training_learns_the_tree_vectors(kind):
     assert scores[0].metrics[main] >= 0.95, scores[0].metrics
     assert scores[1].metrics[main] < 0.6, scores[1].metrics
     assert scores[0].per_sentence["length"].shape == (20,)
+
+
+def test_rescale_makes_training_blind_to_the_vectors_scale():
+    """With ``rescale`` the probe learns the tree from vectors 1000x too large as from vectors 1000x too small (the
+    same inputs after dividing by each layer's RMS spread); without it the reference's init and lr see a different
+    problem at each scale."""
+    rng = np.random.default_rng(2)
+    sents = [random_sentence(rng, int(n), f"s{i}") for i, n in enumerate(rng.integers(5, 12, size=100))]
+    X, _ = tree_vectors(sents, 12, rng)
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in sents])])
+    parts = {"train": slice(0, 80), "dev": slice(80, 90), "test": slice(90, 100)}
+    data = {r: split_targets(sents[p], "distance") for r, p in parts.items()}
+    st = StructuralSettings(batch_size=4, device="cpu", rescale=True)
+    got = []
+    for c in (1e3, 1e-3):
+        Xd = {r: (c * X[None, offsets[p.start]:offsets[p.stop]]).astype(np.float32) for r, p in parts.items()}
+        spread = np.sqrt(((Xd["train"][0] - Xd["train"][0].mean(0)) ** 2).sum(1).mean())
+        assert layer_scales(Xd["train"]) == pytest.approx([spread], rel=1e-5)
+        got.append(fit_score_layers(Xd, data, [0], kind="distance", settings=st)[0].metrics)
+    assert got[0]["uuas"] == got[1]["uuas"] >= 0.95 and got[0]["dspr"] == pytest.approx(got[1]["dspr"], abs=1e-3)
+    assert layer_scales(np.zeros((2, 3, 4))).tolist() == [1.0, 1.0]

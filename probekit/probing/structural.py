@@ -51,6 +51,10 @@ class StructuralSettings:
     patience: int = 4
     seed: int = 0
     device: str | None = None
+    #: divide each layer's vectors by one number, the RMS distance of its train vectors to their mean
+    #: (:func:`layer_scales`). B absorbs a scalar, so the probe family and the (scale-free) metrics are the same; only
+    #: the optimisation changes: the reference's init and lr fit BERT-sized vectors, not states 10x larger.
+    rescale: bool = False
 
 
 @dataclass
@@ -376,6 +380,9 @@ def fit_score_layers(X: dict, data: dict, layers: Sequence[int], *, kind: str,
         if X[role].shape[0] != len(layers) or X[role].shape[1] != data[role].offsets[-1]:
             raise DataError(f"Structural probe: the {role} vectors have shape {X[role].shape}, expected "
                             f"[{len(layers)}, {data[role].offsets[-1]}, d] (layers x words of the split).")
+    if st.rescale:
+        scale = layer_scales(X["train"]).astype(np.float32)[:, None, None]
+        X = {role: (v / scale).astype(v.dtype) for role, v in X.items()}
     B, epochs, dev_loss = fit_structural(X["train"], data["train"], X["dev"], data["dev"], kind=kind, settings=st)
     preds = predict_structural(X["test"], data["test"], B, kind=kind, device=st.device)
     records_fn, metrics_fn = METRICS[kind]
@@ -387,6 +394,17 @@ def fit_score_layers(X: dict, data: dict, layers: Sequence[int], *, kind: str,
                                epochs=int(epochs[i]), dev_loss=float(dev_loss[i]),
                                n_params=int(B.shape[1] * B.shape[2]),
                                kept_predictions=[p[i] for p in preds[:keep]]))
+    return out
+
+
+def layer_scales(X: np.ndarray) -> np.ndarray:
+    """``[L]``: per layer of ``X`` (``[L, words, d]``), the root mean squared distance of its vectors to their mean
+    (float64 sums, one layer at a time); 1 where that is 0."""
+    out = np.ones(X.shape[0])
+    for i in range(X.shape[0]):
+        x = X[i].astype(np.float64)
+        rms = float(np.sqrt(((x - x.mean(0)) ** 2).sum(1).mean())) if len(x) else 0.0
+        out[i] = rms if rms > 0 else 1.0
     return out
 
 

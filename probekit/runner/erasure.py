@@ -61,6 +61,8 @@ class ErasureSettings:
         "help": "Offsets k: the other tasks' probes are scored at layer l + k after erasing at layer l."})
     sanity_mlp: bool = field(default=True, metadata={"help": "Also train an MLP probe on the erased features."})
     control_seed: int = field(default=0, metadata={"help": "Seed of the random-subspace control."})
+    layers: list | None = field(default=None, metadata={
+        "help": "Layers to erase, among those the config stores; null = every layer the config stores."})
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -69,6 +71,10 @@ class ErasureSettings:
             raise ConfigError(f"erasure.effect_sentences must be >= 1 or null, got {self.effect_sentences}.")
         if any(not isinstance(k, int) or k < 1 for k in self.later):
             raise ConfigError(f"erasure.later must list positive layer offsets, got {self.later}.")
+        if self.layers is not None and (not self.layers or any(isinstance(k, bool) or not isinstance(k, int) or k < 0
+                                                               for k in self.layers)):
+            raise ConfigError(f"erasure.layers must be null (the config's layers) or a non-empty list of layer "
+                              f"numbers >= 0, got {self.layers!r}.")
 
     @classmethod
     def from_dict(cls, section: dict | None, source: str = "the config") -> "ErasureSettings":
@@ -167,7 +173,8 @@ def erase_task(cfg: ExperimentConfig, settings: ErasureSettings, lm, stores: dic
                others: list, folder: Path) -> list[dict]:
     """Rows of one model x task: fit (or reuse) the erasers, the sanity probes, the intervention effects."""
 
-    layers = [stores["train"]._check_layer(k) for k in (cfg.layers or range(stores["train"].n_layers))]
+    stored = stores["train"].layer_ids
+    layers = [stores["train"]._check_layer(k) for k in (settings.layers if settings.layers is not None else stored)]
     pooling = "mean" if task.level == "sentence" else None
     key = content_key("eraser", [lm.identity, {r: data_checksum(fp[r]) for r in fp}, task.name, task.version,
                                  task.fingerprint, layers, settings.method, pooling])

@@ -64,6 +64,7 @@ class StructuralConfig:
     lr: float = 1e-3
     patience: int = 4
     control: bool = True
+    rescale: bool = False  # see StructuralSettings.rescale
     bootstrap: int = 1000
     confidence: float = 0.95
 
@@ -84,7 +85,7 @@ class StructuralConfig:
 
     def settings(self, rank: int | None, seed: int, device: str | None) -> StructuralSettings:
         return StructuralSettings(rank=rank, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                                  patience=self.patience, seed=seed, device=device)
+                                  patience=self.patience, seed=seed, device=device, rescale=self.rescale)
 
 
 def load_structural_config(path: str | Path) -> tuple[ExperimentConfig, StructuralConfig]:
@@ -165,7 +166,8 @@ def runs_folder(cfg: ExperimentConfig) -> Path:
 def plan_structural(cfg: ExperimentConfig, scfg: StructuralConfig, model: str, data_fp: dict) -> list[tuple]:
     """The units of one model: ``(kind, rank, control, key)``."""
     fp = fingerprint(model)
-    settings = {k: v for k, v in asdict(scfg).items() if k not in ("kinds", "ranks", "control")}
+    settings = {k: v for k, v in asdict(scfg).items() if k not in ("kinds", "ranks", "control")
+                and not (k == "rescale" and not v)}  # the keys of runs made before `rescale` existed
     return [(kind, rank, ctl, study_unit_key(cfg, fp, data_fp, version=UNIT_VERSION, kind=kind, rank=rank,
                                              control=ctl, seed=cfg.seeds[0], settings=settings))
             for kind in scfg.kinds for rank in scfg.ranks for ctl in ((False, True) if scfg.control else (False,))]
