@@ -38,7 +38,7 @@ import numpy as np
 from probekit._progress import progress_bar
 from probekit.activations.align import AlignedSentence, align_batch, plan_windows
 from probekit.activations.batching import batch_inputs, pack_batches
-from probekit.activations.precision import autocast
+from probekit.activations.precision import forward_context
 from probekit.data.conllu_io import Sentence
 from probekit.errors import ModelError
 
@@ -149,7 +149,7 @@ def word_attention(ex, sentences: Sequence[Sentence], *, progress: bool = False)
     out: list[WordAttention | None] = [None] * len(sentences)
     bar = progress_bar(len(sentences), f"attention {lm.name}", unit="sentence", enabled=progress)
     t0 = time.perf_counter()
-    with torch.inference_mode(), eager_attention(model), autocast(ex.device, ex.precision):
+    with forward_context(model, ex.device, ex.precision), eager_attention(model):
         for batch in pack_batches(pieces, ex.batch_tokens, ex.max_padding):
             ids, mask = batch_inputs(batch, aligned, ex.prefix, ex.suffix, ex.pad_id)
             res = model(input_ids=torch.from_numpy(ids).to(ex.device),

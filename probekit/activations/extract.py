@@ -31,7 +31,7 @@ from probekit.activations.align import (
     special_layout,
 )
 from probekit.activations.batching import batch_inputs, pack_batches
-from probekit.activations.precision import autocast, matmul_weights_cast, resolve_precision
+from probekit.activations.precision import forward_context, resolve_precision
 from probekit.activations.sites import check_sites, record_sites, site_layers, site_width
 from probekit.activations.store import (
     DTYPES,
@@ -177,8 +177,7 @@ class Extractor:
         pending: dict[tuple[str, int], np.ndarray] = {}  # (site, sentence) -> float32 token buffer (windowed ones)
         model = self.lm.model
         p = len(self.prefix)
-        with (matmul_weights_cast(model, self.precision), torch.inference_mode(), autocast(self.device, self.precision),
-              record_sites(model, sites) as recorded):
+        with forward_context(model, self.device, self.precision), record_sites(model, sites) as recorded:
             for batch in pack_batches(pieces, self.batch_tokens, self.max_padding):
                 ids, mask = batch_inputs(batch, aligned, self.prefix, self.suffix, self.pad_id)
                 longest = ids.shape[1]

@@ -50,6 +50,10 @@ def resolve_precision(device: str, precision: str | None = "auto") -> str:
     return precision
 
 
+#: The torch dtype (by name) of each autocast precision.
+_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
+
+
 def autocast(device: str, precision: str):
     """A no-op for fp32, else ``torch.autocast`` on the device's type in the precision's dtype."""
     import torch
@@ -57,9 +61,6 @@ def autocast(device: str, precision: str):
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.split(":")[0], dtype=getattr(torch, _DTYPES[precision]))
-
-
-_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
 
 
 @contextlib.contextmanager
@@ -92,3 +93,14 @@ def matmul_weights_cast(model, precision: str):
     finally:
         for p, data in swapped.values():
             p.data = data
+
+
+@contextlib.contextmanager
+def forward_context(model, device: str, precision: str):
+    """How every frozen forward pass of probekit runs (extraction, the intervention, attention maps): the linear
+    weights held in the autocast dtype (:func:`matmul_weights_cast`, entered first, outside inference mode), then
+    ``torch.inference_mode`` and :func:`autocast`."""
+    import torch
+
+    with matmul_weights_cast(model, precision), torch.inference_mode(), autocast(device, precision):
+        yield model

@@ -38,7 +38,7 @@ import numpy as np
 from probekit.activations.align import align_batch, pool_words
 from probekit.activations.batching import batch_inputs, pack_batches
 from probekit.activations.extract import Extractor
-from probekit.activations.precision import autocast, matmul_weights_cast
+from probekit.activations.precision import forward_context
 from probekit.activations.sites import LAYOUTS
 from probekit.data.conllu_io import Sentence
 from probekit.errors import ConfigError, ModelError
@@ -198,8 +198,7 @@ def forward(lm, sentences: Sequence[Sentence], *, layer: int | None = None, edit
     pieces = [(p + aligned[si].n_tokens + len(ex.suffix), si, 0, 0, aligned[si].n_tokens) for si in fits]
     hook = LayerEdit(lm, layer, edit) if edit is not None else None
     results: dict[int, SentenceRun] = {}
-    with (matmul_weights_cast(lm.model, ex.precision), torch.inference_mode(), autocast(ex.device, ex.precision),
-          (hook or _Nothing())):
+    with forward_context(lm.model, ex.device, ex.precision), (hook or _Nothing()):
         for batch in pack_batches(pieces, ex.batch_tokens, ex.max_padding):
             ids, mask = batch_inputs(batch, aligned, ex.prefix, ex.suffix, ex.pad_id)
             longest = ids.shape[1]
