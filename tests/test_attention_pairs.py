@@ -15,6 +15,7 @@ from probekit.config import ExperimentConfig
 from probekit.errors import ConfigError
 from probekit.probing.attention_pairs import arc_candidates, attention_pair_features, fit_attention_arcs
 from probekit.probing.pairs import ArcTargets
+from probekit.runner import data as rd
 from probekit.runner import relations as rel
 from probekit.tasks.base import RelationItems
 
@@ -177,7 +178,7 @@ def test_runner_attention_rows_end_to_end(request, which, tmp_path, monkeypatch)
     def no_stores(*a, **k):
         raise AssertionError("the hidden-state units keep their keys: they are reused, no store is read")
 
-    monkeypatch.setattr(rel, "study_model", no_stores)
+    monkeypatch.setattr(rd, "extract_site_stores", no_stores)
     df = rel.run_relations(cfg, both, progress=False).table()
     att = df[df.site == rel.ATTENTION_SITE]
     assert set(att.probe) == {"linear"} and set(att.pooling) == {rel.ATTENTION_POOLING}

@@ -9,6 +9,7 @@ from probekit.config import ExperimentConfig
 from probekit.data.conllu_io import Sentence, read_conllu
 from probekit.errors import ConfigError, DataError, TaskError
 from probekit.probing.spans import fit_attention_layers, span_features
+from probekit.runner import data as rd
 from probekit.runner import relations as rel
 from probekit.tasks import get_task
 from probekit.tasks.base import RelationItems
@@ -171,7 +172,7 @@ def test_runner_rows_baselines_cis_resume_and_figure(tmp_path, tiny_bert_dir, mo
     def no_model(*a, **k):
         raise AssertionError("a rerun must reuse the finished units")
 
-    monkeypatch.setattr(rel, "study_model", no_model)
+    monkeypatch.setattr(rd, "load_config_model", no_model)
     again = rel.run_relations(cfg, rcfg, progress=False).table()
     assert again.equals(df)
     # the command line runs the same units (finished: no model is loaded) and writes the table and the figure

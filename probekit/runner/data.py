@@ -118,13 +118,24 @@ def model_info(name: str, lm) -> dict:
 
 
 def study_model(cfg: ExperimentConfig, m: str, data: dict, data_fp: dict, *, progress: bool = True,
-                site: str = "resid_post"):
+                site: str | None = "resid_post"):
     """What a study section needs of model ``m`` once it has work to do: ``(lm, stores, info)``, the model loaded as
-    the config says (:func:`load_config_model`), its stores of ``site`` (default the block outputs) for the config's
-    data and ``info``, the model columns of its result rows."""
+    the config says (:func:`load_config_model`), its stores of ``site`` (default the block outputs; None: no stores,
+    for a study that runs the model but reads no vectors) for the config's data and ``info``, the model columns of
+    its result rows."""
     lm = load_config_model(cfg, m)
-    stores = extract_site_stores(cfg, lm, data, data_fp, sites=[site], progress=progress)[site]
+    stores = None if site is None else extract_site_stores(cfg, lm, data, data_fp, sites=[site],
+                                                           progress=progress)[site]
     return lm, stores, model_info(m, lm)
+
+
+def study_loader(cfg: ExperimentConfig, data: dict, data_fp: dict, *, progress: bool = True):
+    """The ``load(model, site="resid_post") -> (lm, stores, info)`` of a study runner called on its own
+    (:func:`study_model` at each call); ``probekit run`` and the sweep pass :meth:`RunModels.study` instead, which
+    loads each model once."""
+    def load(m: str, site: str | None = "resid_post"):
+        return study_model(cfg, m, data, data_fp, progress=progress, site=site)
+    return load
 
 
 class RunModels:
@@ -159,9 +170,10 @@ class RunModels:
             self._stores.update({(name, s): stores for s, stores in got.items()})
         return {s: self._stores[(name, s)] for s in sites}
 
-    def study(self, name: str, site: str = "resid_post"):
-        """What a study section needs of the model (as :func:`study_model`): ``(lm, stores of site, info)``."""
-        stores = self.site_stores(name, [site])[site]
+    def study(self, name: str, site: str | None = "resid_post"):
+        """What a study section needs of the model (as :func:`study_model`): ``(lm, stores of site, info)``; site
+        None: no stores."""
+        stores = None if site is None else self.site_stores(name, [site])[site]
         return self.model(name), stores, model_info(name, self.model(name))
 
     def release(self, name: str) -> None:

@@ -39,7 +39,7 @@ from probekit.errors import ConfigError, unknown_name
 from probekit.keys import content_key
 from probekit.probing.linear import fit_layers
 from probekit.results.table import load_unit, save_unit, to_frames, write_csv
-from probekit.runner.data import data_checksum, load_data, study_model
+from probekit.runner.data import data_checksum, load_data, study_loader
 from probekit.runner.units import study_unit_key
 from probekit.tasks import get_task
 
@@ -106,11 +106,9 @@ def run_erasure(cfg: ExperimentConfig, settings: ErasureSettings, *, data: dict 
 def erasure_rows(cfg: ExperimentConfig, settings: ErasureSettings, *, data: dict, fp: dict, progress: bool = True,
                  models: list[str] | None = None, load: Callable | None = None) -> list[dict]:
     """The rows of the erasure study for the config's models (or ``models``: real models only, as the config's).
-    ``load(model) -> (lm, stores, info)`` (default :func:`~probekit.runner.data.study_model`) gives the model and
+    ``load(model, site) -> (lm, stores, info)`` (default :func:`~probekit.runner.data.study_loader`) gives the model and
     its stores."""
-    if load is None:
-        def load(m):
-            return study_model(cfg, m, data, fp, progress=progress)
+    load = load or study_loader(cfg, data, fp, progress=progress)
     folder = Path(cfg.results_dir) / cfg.name
     runs = runs_folder(cfg)
     rows: list[dict] = []

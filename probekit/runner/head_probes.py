@@ -36,7 +36,7 @@ from probekit.probing.linear import fit_layers
 from probekit.report.head_figures import heads_heatmap
 from probekit.report.style import figure_paths
 from probekit.results.table import classification_metrics, load_unit, row, save_unit, to_frames
-from probekit.runner.data import load_data, model_list, study_model
+from probekit.runner.data import load_data, model_list, study_loader
 from probekit.runner.study_main import study_main
 from probekit.runner.units import study_unit_key
 from probekit.tasks import get_task
@@ -163,14 +163,12 @@ def run_head_probes(cfg: ExperimentConfig, settings: HeadProbesConfig | None = N
                     load: Callable | None = None) -> HeadsResult:
     """Per-head probes of the section's tasks for every model of ``cfg`` and its random-weights twin (or each of
     ``models``); see the module docstring. ``load(model, site) -> (lm, stores, info)`` (default
-    :func:`~probekit.runner.data.study_model`) is called only for a model with units to compute."""
+    :func:`~probekit.runner.data.study_loader`) is called only for a model with units to compute."""
     settings = settings or HeadProbesConfig()
     folder = _runs(cfg)
     if data is None or data_fp is None:
         data, data_fp = load_data(cfg)
-    if load is None:
-        def load(m, site):
-            return study_model(cfg, m, data, data_fp, progress=progress, site=site)
+    load = load or study_loader(cfg, data, data_fp, progress=progress)
     all_rows: list[dict] = []
     for m in models if models is not None else model_list(cfg):
         plan = plan_heads(cfg, settings, m, data_fp)

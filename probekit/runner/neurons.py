@@ -48,7 +48,7 @@ from probekit.report.neuron_figures import neuron_figures
 from probekit.results.predictions import item_index
 from probekit.results.significance import MIN_RESAMPLES, bootstrap_interval, resample_weights, sentence_counts
 from probekit.results.table import load_unit, row, save_unit, to_frames
-from probekit.runner.data import load_data, model_list, study_model
+from probekit.runner.data import load_data, model_list, study_loader
 from probekit.runner.study_main import study_main
 from probekit.runner.units import study_unit_key
 from probekit.tasks import get_task
@@ -286,8 +286,8 @@ def run_neurons(cfg: ExperimentConfig, ncfg: NeuronsConfig | None = None, *, dat
                 data_fp: dict | None = None, progress: bool = True, models: list[str] | None = None,
                 load: Callable | None = None) -> NeuronsResult:
     """The neuron analysis of every model (or each of ``models``) x word-level task of ``cfg``; see the module
-    docstring. ``load(model) -> (lm, stores, info)`` (default :func:`~probekit.runner.data.study_model`) is called
-    only for a model with units to compute."""
+    docstring. ``load(model, site) -> (lm, stores, info)`` (default :func:`~probekit.runner.data.study_loader`) is
+    called only for a model with units to compute."""
 
     ncfg = ncfg or NeuronsConfig()
     ncfg.check()
@@ -295,9 +295,7 @@ def run_neurons(cfg: ExperimentConfig, ncfg: NeuronsConfig | None = None, *, dat
     runs = runs_folder(cfg)
     if data is None or data_fp is None:
         data, data_fp = load_data(cfg)
-    if load is None:
-        def load(m):
-            return study_model(cfg, m, data, data_fp, progress=progress)
+    load = load or study_loader(cfg, data, data_fp, progress=progress)
     skipped = [t.name for t in map(get_task, cfg.tasks) if t.level != "word"]
     if skipped:
         log.info("neurons: sentence-level tasks %s skipped (the analysis ranks word representations)", skipped)

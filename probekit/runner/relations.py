@@ -56,7 +56,7 @@ from probekit.report.relations_figures import relations_by_layer
 from probekit.report.style import figure_paths
 from probekit.results.significance import bootstrap_interval, resample_weights, score, sentence_counts
 from probekit.results.table import load_unit, row, save_unit, to_frames
-from probekit.runner.data import load_config_model, load_data, model_list, study_model
+from probekit.runner.data import load_data, model_list, study_loader
 from probekit.runner.study_main import study_main
 from probekit.runner.units import study_unit_key
 from probekit.tasks.base import RELATION_LEVELS, RelationItems, get_task
@@ -290,15 +290,13 @@ def run_relations(cfg: ExperimentConfig, rcfg: RelationsConfig | None = None, *,
                   data_fp: dict | None = None, progress: bool = True, models: list[str] | None = None,
                   load: Callable | None = None) -> RelationsResult:
     """Relation-level probes (and majority baselines) for every model of ``cfg`` (or of ``models``); see the module
-    docstring. ``load(model) -> (lm, stores, info)`` (default :func:`~probekit.runner.data.study_model`) is called
-    only for a model with units to compute."""
+    docstring. ``load(model, site) -> (lm, stores, info)`` (default :func:`~probekit.runner.data.study_loader`) is
+    called only for a model with units to compute."""
     rcfg = rcfg or RelationsConfig()
     folder = runs_folder(cfg)
     if data is None or data_fp is None:
         data, data_fp = load_data(cfg)
-    if load is None:
-        def load(m):
-            return study_model(cfg, m, data, data_fp, progress=progress)
+    load = load or study_loader(cfg, data, data_fp, progress=progress)
     tasks = [get_task(t) for t in rcfg.tasks]
     items = {t.name: task_items(t, data) for t in tasks}
     n_test = len(data["test"])
@@ -341,8 +339,7 @@ def run_relations(cfg: ExperimentConfig, rcfg: RelationsConfig | None = None, *,
                 log.info("%s %s %s: %.1fs", m, t.name, pooling or "", secs)
         if pending_att:
             if lm is None:  # the attention needs the model, not its stores
-                lm = load_config_model(cfg, m)
-                info = {"model": m, "model_kind": lm.kind, "model_hash": lm.weights_hash[:16]}
+                lm, _, info = load(m, None)
             done.update(_attention_units(cfg, lm, info, data, items, pending_att, weights, rcfg, progress))
         del lm
         for *_, key in plan:

@@ -44,7 +44,7 @@ from probekit.results.significance import (
 )
 from probekit.results.stats import center_of_gravity, cumulative_summary
 from probekit.results.table import load_unit, row, save_unit
-from probekit.runner.data import load_data, model_list, study_model
+from probekit.runner.data import load_data, model_list, study_loader
 from probekit.runner.probe_task import labelled_items
 from probekit.runner.units import ProbePolicy, study_unit_key
 from probekit.tasks import get_task
@@ -143,7 +143,7 @@ def run_scalar_mix(cfg: ExperimentConfig, mcfg: ScalarMixConfig | None = None, *
                    load: Callable | None = None) -> list[dict]:
     """Every row of the scalar-mix study (module docstring) for every model of ``cfg`` (or of ``models``).
     ``probekit run`` calls it for a config with a ``scalar_mix:`` section, with the data it has loaded and its
-    ``load(model) -> (lm, stores, info)`` (default :func:`~probekit.runner.data.study_model`), called only for a
+    ``load(model, site) -> (lm, stores, info)`` (default :func:`~probekit.runner.data.study_loader`), called only for a
     model with units to compute."""
 
     mcfg = mcfg or ScalarMixConfig()
@@ -152,9 +152,7 @@ def run_scalar_mix(cfg: ExperimentConfig, mcfg: ScalarMixConfig | None = None, *
         return []
     if data is None or data_fp is None:
         data, data_fp = load_data(cfg)
-    if load is None:
-        def load(m):
-            return study_model(cfg, m, data, data_fp, progress=progress)
+    load = load or study_loader(cfg, data, data_fp, progress=progress)
     folder = runs_folder(cfg)
     policy = ProbePolicy.from_config(cfg)
     out: list[dict] = []

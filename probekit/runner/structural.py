@@ -40,7 +40,7 @@ from probekit.probing.structural import (
 from probekit.report.structural_figures import structural_figures
 from probekit.results.significance import MIN_RESAMPLES, percentile_interval, resample_indices
 from probekit.results.table import load_unit, row, save_unit, to_frames
-from probekit.runner.data import load_data, model_list, study_model
+from probekit.runner.data import load_data, model_list, study_loader
 from probekit.runner.study_main import study_main
 from probekit.runner.units import study_unit_key
 
@@ -190,16 +190,14 @@ def run_structural(cfg: ExperimentConfig, scfg: StructuralConfig | None = None, 
                    load: Callable | None = None) -> StructuralResult:
     """Structural probes (and baselines) for every model of ``cfg`` (or of ``models``); see the module docstring.
     ``probekit run`` calls it for a config with a ``structural:`` section, with the data it has loaded and its
-    ``load(model) -> (lm, stores, info)`` (default :func:`~probekit.runner.data.study_model`), called only for a
+    ``load(model, site) -> (lm, stores, info)`` (default :func:`~probekit.runner.data.study_loader`), called only for a
     model with units to compute."""
 
     scfg = scfg or StructuralConfig()
     folder = runs_folder(cfg)
     if data is None or data_fp is None:
         data, data_fp = load_data(cfg)
-    if load is None:
-        def load(m):
-            return study_model(cfg, m, data, data_fp, progress=progress)
+    load = load or study_loader(cfg, data, data_fp, progress=progress)
     targets = {(kind, ctl): {role: split_targets(data[role], kind, control_seed=cfg.seeds[0] if ctl else None)
                              for role in ("train", "dev", "test")}
                for kind in scfg.kinds for ctl in ((False, True) if scfg.control else (False,))}

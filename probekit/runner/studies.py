@@ -44,7 +44,8 @@ class Study:
 
     * ``settings(cfg)``: the section parsed and checked (ConfigError naming the key);
     * ``run(cfg, settings, data=, data_fp=, models=, load=, progress=)``: a :class:`StudyOutput` for ``models``;
-      ``load(model) -> (lm, stores, info)`` is called only for a model with work left;
+      ``load(model, site="resid_post") -> (lm, stores, info)`` (site None: no stores) is called only for a model
+      with work left;
     * ``combine(cfg, settings, parts)``: one output of the parts (one per model) of a run;
     * ``figures(cfg, output, table, folder)``: the figure files written into ``folder``;
     * ``models(cfg)``: the models it runs on (default: the config's and their random-weights twins);

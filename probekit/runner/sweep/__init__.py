@@ -17,10 +17,9 @@ runs them in parallel, on local worker processes or on a Ray cluster:
   ``probekit run`` on the same config recomputes nothing.
 * **baseline cells** (model × tuning method × task × seed, when the config has ``baselines``):
   one :func:`probekit.baselines.train.run_baselines` run each, resumable through its run record.
-* **study cells** (model × study section, for each of the config's ``erasure``, ``structural``, ``scalar_mix``,
-  ``neurons``, ``relations`` sections; :mod:`probekit.runner.studies`): the study's own run function for that
-  model, which loads the model, reuses (or writes) its ``resid_post`` stores and writes the study's unit files,
-  the ones ``probekit run`` reads.
+* **study cells** (model × study section, for each study section of the config, ``config.STUDY_SECTIONS``;
+  :mod:`probekit.runner.studies`): the study's own run function for that model, which loads the model, reuses (or
+  writes) the stores it reads and writes the study's unit files, the ones ``probekit run`` reads.
 
 When every cell is finished, the driver aggregates: it calls :func:`run_experiment`, which finds
 every unit (baseline run, study unit) done, loads no model, and writes ``results.csv`` (probe, tuning and study
