@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import re
 
-from probekit.report.latex import latex_escape
+from probekit.report.latex import latex_escape, layer_text, pct, pct_ci
 from probekit.results.table import block_outputs, control_mask
 
 #: Prefixes of the ``method`` column: the sanity probes and the effects (``erasure:leace``, ``intervention:leace``).
@@ -151,22 +151,15 @@ def _fmt_effect(name: str, v: float, lo: float, hi: float) -> str:
     return f(v) + ("" if math.isnan(lo) or math.isnan(hi) else f" [{f(lo)}, {f(hi)}]")
 
 
-def _pct(v: float) -> str:
-    return "--" if math.isnan(v) else f"{100 * v:.1f}"
-
-
 def _fmt_base(key: str, r) -> str:
     v = _num(r.get(key))
     if key in ("layer", "eraser_rank"):
-        return "--" if math.isnan(v) else str(int(round(v)))
+        return layer_text(v)
     if key == "accuracy":
-        ci = _num(r.get("accuracy_ci"))
-        return _pct(v) + (f" ± {100 * ci:.1f}" if not math.isnan(ci) and 100 * ci >= 0.05 else "")
-    if key == "selectivity":
-        return "--" if math.isnan(v) else f"{100 * v:.1f}"
+        return pct_ci(v, r.get("accuracy_ci"))
     if key == "mdl_kbits":
         return "--" if math.isnan(v) else f"{v:.2f}"
-    return _pct(v)
+    return pct(v)
 
 
 def format_erasure_table(table) -> list[tuple[tuple[str, str, str], list[tuple[str, str]], list[list[str]], str]]:

@@ -50,14 +50,23 @@ def _num(v) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _layer(v) -> str:
+def layer_text(v) -> str:
+    """A layer number (or a count) as a table cell; ``--`` when missing."""
     f = _num(v)
     return "--" if f is None else str(int(round(f)))
 
 
-def _pct(v, digits: int = 1) -> str:
+def pct(v, digits: int = 1) -> str:
+    """A fraction as percent points for a table cell; ``--`` when missing."""
     f = _num(v)
     return "--" if f is None else f"{100 * f:.{digits}f}"
+
+
+def pct_ci(v, ci) -> str:
+    """:func:`pct` of ``v`` with ``± x`` when the interval half-width ``ci`` rounds to at least 0.1 points (one
+    seed, or seeds that agree, show the bare mean)."""
+    c = _num(ci)
+    return pct(v) + (f" ± {100 * c:.1f}" if c is not None and 100 * c >= 0.05 else "")
 
 
 def format_best_layer_table(table, *, drop_constant: bool = True):
@@ -73,24 +82,23 @@ def format_best_layer_table(table, *, drop_constant: bool = True):
 
     recs = []
     for _, r in table.iterrows():
-        acc, ci = _num(r.get("test_acc")), _num(r.get("ci"))
-        # "± x" when the CI rounds to at least 0.1 points (one seed, or seeds that agree, show the bare mean)
-        acc_s = _pct(acc) + (f" ± {100 * ci:.1f}" if ci is not None and 100 * ci >= 0.05 else "")
+        acc = _num(r.get("test_acc"))
+        acc_s = pct_ci(acc, r.get("ci"))
         sel = _num(r.get("selectivity"))
         sel_f1 = _num(r.get("selectivity_f1"))
         lo, hi = _num(r.get("sent_lo")), _num(r.get("sent_hi"))
         el = _num(r.get("expected_layer"))
         cg = _num(r.get("center_of_gravity"))
         recs.append({"model": str(r["model"]), "task": str(r["task"]), "probe": str(r.get("probe", "")),
-                     "pooling": str(r.get("pooling", "")), "best_layer": _layer(r.get("best_layer")),
-                     "test_acc": acc_s, "majority": _pct(r.get("majority")),
-                     "word_majority": _pct(r.get("word_majority")),
-                     "sent_ci": "--" if lo is None or hi is None else f"[{_pct(lo)}, {_pct(hi)}]",
+                     "pooling": str(r.get("pooling", "")), "best_layer": layer_text(r.get("best_layer")),
+                     "test_acc": acc_s, "majority": pct(r.get("majority")),
+                     "word_majority": pct(r.get("word_majority")),
+                     "sent_ci": "--" if lo is None or hi is None else f"[{pct(lo)}, {pct(hi)}]",
                      "selectivity_f1": "--" if sel_f1 is None else f"{100 * sel_f1:.1f}",
                      "selectivity": "--" if sel is None else f"{100 * sel:.1f}",
                      "expected_layer": "--" if el is None else f"{el:.2f}",
                      "center_of_gravity": "--" if cg is None else f"{cg:.2f}",
-                     "mdl_best_layer": _layer(r.get("mdl_best_layer")), "_acc": acc if acc is not None else -1.0})
+                     "mdl_best_layer": layer_text(r.get("mdl_best_layer")), "_acc": acc if acc is not None else -1.0})
     cols = [c for c, _, _ in COLUMNS]
     out = pd.DataFrame(recs, columns=cols + ["_acc"])
     if len(out):
@@ -178,6 +186,6 @@ def layer_markdown(matrix, *, digits: int = 1) -> str:
     lines = ["| model | task | " + " | ".join(cols) + " |", "|:---|:---|" + "|".join("---:" for _ in cols) + "|"]
     for idx, row in matrix.iterrows():
         model, task = idx if isinstance(idx, tuple) else ("", idx)
-        vals = [_pct(v, digits) for v in row.to_numpy()]
+        vals = [pct(v, digits) for v in row.to_numpy()]
         lines.append(f"| {model} | {task} | " + " | ".join(vals) + " |")
     return "\n".join(lines) + "\n"
