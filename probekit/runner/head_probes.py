@@ -95,13 +95,14 @@ def plan_heads(cfg: ExperimentConfig, settings: HeadProbesConfig, model: str, da
                                seed=cfg.seeds[0], Cs=list(cfg.Cs))) for t in settings.task_objects(cfg)]
 
 
-def _runs(cfg: ExperimentConfig) -> Path:
+def runs_folder(cfg: ExperimentConfig) -> Path:
+    """Where the finished units of the per-head probes are kept."""
     return Path(cfg.results_dir) / cfg.name / "heads" / "runs"
 
 
 def unfinished_units(cfg: ExperimentConfig, settings: HeadProbesConfig, model: str, data_fp: dict) -> int:
     """How many units of ``model`` are still to compute (the sweep's status of a head-probes cell)."""
-    return sum(load_unit(_runs(cfg) / f"{key}.json", key=key) is None
+    return sum(load_unit(runs_folder(cfg) / f"{key}.json", key=key) is None
                for _, key in plan_heads(cfg, settings, model, data_fp))
 
 
@@ -165,7 +166,7 @@ def run_head_probes(cfg: ExperimentConfig, settings: HeadProbesConfig | None = N
     ``models``); see the module docstring. ``load(model, site) -> (lm, stores, info)`` (default
     :func:`~probekit.runner.data.study_loader`) is called only for a model with units to compute."""
     settings = settings or HeadProbesConfig()
-    folder = _runs(cfg)
+    folder = runs_folder(cfg)
     if data is None or data_fp is None:
         data, data_fp = load_data(cfg)
     load = load or study_loader(cfg, data, data_fp, progress=progress)
