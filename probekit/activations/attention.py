@@ -37,7 +37,7 @@ import numpy as np
 
 from probekit._progress import progress_bar
 from probekit.activations.align import AlignedSentence, align_batch, plan_windows
-from probekit.activations.batching import batch_inputs, pack_batches
+from probekit.activations.batching import make_batches
 from probekit.activations.precision import forward_context
 from probekit.data.conllu_io import Sentence
 from probekit.errors import ModelError
@@ -128,7 +128,7 @@ def word_attention(ex, sentences: Sequence[Sentence], *, progress: bool = False)
     """The word-level attention of every sentence (module docstring), every block and head, read with the settings
     of ``ex`` (an :class:`~probekit.activations.extract.Extractor`: its model, special tokens, window length,
     precision, token budget and padding limit). Windows are batched as extraction batches them
-    (:func:`probekit.activations.batching.pack_batches`); padding is masked."""
+    (:func:`probekit.activations.batching.make_batches`, one piece per row); padding is masked."""
     import torch
 
     lm = ex.lm
@@ -150,15 +150,15 @@ def word_attention(ex, sentences: Sequence[Sentence], *, progress: bool = False)
     bar = progress_bar(len(sentences), f"attention {lm.name}", unit="sentence", enabled=progress)
     t0 = time.perf_counter()
     with forward_context(model, ex.device, ex.precision), eager_attention(model):
-        for batch in pack_batches(pieces, ex.batch_tokens, ex.max_padding):
-            ids, mask = batch_inputs(batch, aligned, ex.prefix, ex.suffix, ex.pad_id)
-            res = model(input_ids=torch.from_numpy(ids).to(ex.device),
-                        attention_mask=torch.from_numpy(mask).to(ex.device), output_attentions=True)
+        # one piece per row (padded batches): the maps of a packed row would mix pieces
+        for batch in make_batches(pieces, aligned, ex.prefix, ex.suffix, ex.pad_id, batch_tokens=ex.batch_tokens,
+                                  max_padding=ex.max_padding):
+            res = model(**batch.model_inputs(ex.device), output_attentions=True)
             if res.attentions is None or len(res.attentions) != n_layers:
                 raise ModelError(f"{lm.name} returned no attention weights for output_attentions=True; probekit "
                                  "cannot read attention features from it.")
             att = torch.stack([a.float() for a in res.attentions], 1).cpu().numpy()  # [B, L, H, len, len]
-            for b, (ln, si, wi, s, e) in enumerate(batch):
+            for b, (ln, si, wi, s, e) in enumerate(batch.pieces):
                 got[(si, wi)] = att[b, :, :, :ln, :ln]
                 left[si] -= 1
                 if left[si] == 0:  # its last window: build its word-level attention and free the windows

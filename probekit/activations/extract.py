@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -30,7 +31,7 @@ from probekit.activations.align import (
     pool_words,
     special_layout,
 )
-from probekit.activations.batching import batch_inputs, pack_batches
+from probekit.activations.batching import make_batches, negotiate_packing
 from probekit.activations.precision import forward_context, resolve_precision
 from probekit.activations.sites import check_sites, record_sites, site_layers, site_width
 from probekit.activations.store import (
@@ -77,7 +78,8 @@ class Extractor:
     """Runs a frozen :class:`~probekit.activations.models.LoadedModel` over sentences, all layers at once."""
 
     def __init__(self, model, *, word_pooling: str | None = None, prepend_bos: bool | None = None,
-                 batch_tokens: int | None = None, max_length: int | None = None, precision: str | None = "auto"):
+                 batch_tokens: int | None = None, max_length: int | None = None, precision: str | None = "auto",
+                 packing: bool = True):
         self.lm = model
         self.word_pooling = check_pooling(word_pooling or model.default_word_pooling)
         # Decoders get a BOS first by default so that no word sits at position 0 (the attention sink).
@@ -103,6 +105,12 @@ class Extractor:
         self.causal = model.kind == "decoder"
         self.sentence_poolings = [p for p in SENTENCE_POOLINGS if p != "cls" or (self.prefix and not self.causal)]
         self.pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+        # several pieces per row where the model takes it (checked on the model: batching.negotiate_packing); a row
+        # never exceeds the model's window (its position tables and buffers end there)
+        found = negotiate_packing(model.model, model.tokenizer, self.prefix, self.suffix, self.pad_id,
+                                  causal=self.causal) if packing and model.max_length >= 32 else None
+        self.packing = (dataclasses.replace(found, row_tokens=min(found.row_tokens, model.max_length))
+                        if found is not None else None)
         self.stats = {"tokens": 0, "padded_tokens": 0, "forward_seconds": 0.0, "windowed_sentences": 0,
                       "repaired_words": 0, "borrowed_words": 0}
 
@@ -178,65 +186,67 @@ class Extractor:
         model = self.lm.model
         p = len(self.prefix)
         with forward_context(model, self.device, self.precision), record_sites(model, sites) as recorded:
-            for batch in pack_batches(pieces, self.batch_tokens, self.max_padding):
-                ids, mask = batch_inputs(batch, aligned, self.prefix, self.suffix, self.pad_id)
-                longest = ids.shape[1]
+            for batch in self.batches(pieces, aligned):
                 t0 = time.perf_counter()
                 try:
-                    out = model(input_ids=torch.from_numpy(ids).to(self.device),
-                                attention_mask=torch.from_numpy(mask).to(self.device), output_hidden_states=True)
+                    out = model(**batch.model_inputs(self.device), output_hidden_states=True)
                 except RuntimeError as e:
                     if "out of memory" in str(e).lower() or "can't allocate" in str(e).lower():
-                        raise ModelError(f"Out of memory running {self.lm.name} on a batch of {len(batch)} x "
-                                         f"{longest} tokens. Lower batch_tokens (now {self.batch_tokens}, e.g. "
+                        raise ModelError(f"Out of memory running {self.lm.name} on a batch of {batch.ids.shape[0]} x "
+                                         f"{batch.width} tokens. Lower batch_tokens (now {self.batch_tokens}, e.g. "
                                          f"--batch-tokens {max(256, self.batch_tokens // 4)}), or use a smaller "
                                          "model or dtype.") from None
                     raise
                 # each site's tensors of the kept layers (sub-layer site lists hold blocks 1..L at 0..L-1)
                 tensors = {site: [out.hidden_states[k] if site == "resid_post" else recorded[site][k - 1]
                                   for k in layers[site]] for site in sites}
-                whole_rows = [(b, piece[1]) for b, piece in enumerate(batch) if whole[piece[1]]]
+                whole_rows = [(start, piece[1]) for start, piece in zip(batch.starts, batch.pieces) if whole[piece[1]]]
                 for site in sites:
-                    self._pool_whole(tensors[site], whole_rows, aligned, word_off, longest, *out_t[site])
-                parts = [(b, piece) for b, piece in enumerate(batch) if not whole[piece[1]]]
-                if parts:
-                    hs = {site: torch.stack([h[[b for b, _ in parts]].float() for h in tensors[site]]).cpu().numpy()
-                          for site in sites}
-                    for k, (b, (ln, si, wi, s, e)) in enumerate(parts):
-                        a = aligned[si]
-                        own = owners[si][s:e] == wi
-                        n_windows[si] -= 1
-                        for site in sites:
-                            words, sents = result[site]
-                            h = hs[site]
-                            buf = pending.setdefault((site, si), np.zeros((h.shape[0], max(a.n_tokens, 1),
-                                                                           h.shape[-1]), dtype=np.float32))
-                            if a.n_tokens:
-                                buf[:, s:e][:, own] = h[:, k, p:p + (e - s)][:, own]
-                            if wi == 0 and "cls" in sents:
-                                sents["cls"][:, si] = h[:, k, 0]
-                            if n_windows[si] == 0:  # its last window: pool it and free its buffer
-                                buf = pending.pop((site, si))
-                                words[:, word_off[si]:word_off[si + 1]] = pool_words(buf, a.word_tokens,
-                                                                                     self.word_pooling, a.heads)
-                                if "mean" in sents:
-                                    sents["mean"][:, si] = buf.mean(axis=1)
-                                if "last" in sents:
-                                    sents["last"][:, si] = buf[:, -1]
+                    self._pool_whole(tensors[site], whole_rows, aligned, word_off, *out_t[site])
+                parts = [(start, piece) for start, piece in zip(batch.starts, batch.pieces) if not whole[piece[1]]]
+                for start, (ln, si, wi, s, e) in parts:  # windowed sentences: into their token buffers
+                    a = aligned[si]
+                    own = owners[si][s:e] == wi
+                    n_windows[si] -= 1
+                    for site in sites:
+                        words, sents = result[site]
+                        # this window's tokens, [layer, token, width]
+                        h = torch.stack([t.reshape(-1, t.shape[-1])[start:start + ln].float()
+                                         for t in tensors[site]]).cpu().numpy()
+                        buf = pending.setdefault((site, si), np.zeros((h.shape[0], max(a.n_tokens, 1), h.shape[-1]),
+                                                                      dtype=np.float32))
+                        if a.n_tokens:
+                            buf[:, s:e][:, own] = h[:, p:p + (e - s)][:, own]
+                        if wi == 0 and "cls" in sents:
+                            sents["cls"][:, si] = h[:, 0]
+                        if n_windows[si] == 0:  # its last window: pool it and free its buffer
+                            buf = pending.pop((site, si))
+                            words[:, word_off[si]:word_off[si + 1]] = pool_words(buf, a.word_tokens,
+                                                                                 self.word_pooling, a.heads)
+                            if "mean" in sents:
+                                sents["mean"][:, si] = buf.mean(axis=1)
+                            if "last" in sents:
+                                sents["last"][:, si] = buf[:, -1]
                 del out, tensors
                 # hand the batch's freed buffers back to the OS: without this, peak memory grows with the corpus
                 # through heap fragmentation (see `writer.release_freed_memory`)
                 release_freed_memory()
                 self.stats["forward_seconds"] += time.perf_counter() - t0
-                self.stats["tokens"] += int(mask.sum())
-                self.stats["padded_tokens"] += ids.size
+                self.stats["tokens"] += batch.real_tokens
+                self.stats["padded_tokens"] += batch.ids.size
         return result
 
-    def _pool_whole(self, hidden_states, whole, aligned, word_off, longest, words_t, sents_t) -> None:
+    def batches(self, pieces, aligned):
+        """The batches that run ``pieces`` with this extractor's layout (:func:`~probekit.activations.batching.make_batches`):
+        the one batching of extraction and the intervention."""
+        return make_batches(pieces, aligned, self.prefix, self.suffix, self.pad_id, batch_tokens=self.batch_tokens,
+                            max_padding=self.max_padding, packing=self.packing)
+
+    def _pool_whole(self, hidden_states, whole, aligned, word_off, words_t, sents_t) -> None:
         """Pool the sentences of a batch that fit one window, layer by layer, into the output tensors.
 
-        ``whole`` lists (batch row, sentence index). Gathers index the flattened ``[row * longest + position]``
-        hidden states; mean pooling sums with ``index_add_`` and divides by the counts.
+        ``whole`` lists (flat index of the piece's first token, sentence index). Gathers index the flattened
+        ``[row * width + position]`` hidden states; mean pooling sums with ``index_add_`` and divides by the counts.
         """
         import torch
 
@@ -249,9 +259,9 @@ class Extractor:
         sent_rows = []  # global sentence index of each entry of `whole`
         tok_rows, tok_sent = [], []  # every content token -> local sentence (sentence mean)
         last_rows, cls_rows = [], []
-        for k, (b, si) in enumerate(whole):
+        for k, (start, si) in enumerate(whole):
             a = aligned[si]
-            base = b * longest + p
+            base = start + p
             for toks, head in zip(a.word_tokens, a.heads):
                 if self.word_pooling == "first":
                     src.append(base + head)
@@ -266,7 +276,7 @@ class Extractor:
             tok_rows.extend(range(base, base + a.n_tokens))
             tok_sent.extend([k] * a.n_tokens)
             last_rows.append(base + a.n_tokens - 1)
-            cls_rows.append(b * longest)
+            cls_rows.append(start)
 
         def idx(x):
             return torch.as_tensor(np.asarray(x, dtype=np.int64), device=dev)
@@ -350,7 +360,7 @@ def extract_sites(model, sentences: Sequence[Sentence], *, sites: Sequence[str] 
                   word_pooling: str | None = None, dtype: str = "float16", prepend_bos: bool | None = None,
                   batch_tokens: int | None = None, shard_words: int | None = None, strict: bool = False,
                   progress: bool = True, max_length: int | None = None, precision: str | None = "auto",
-                  _stop_after_shards: int | None = None) -> dict[str, ActivationStore]:
+                  packing: bool = True, _stop_after_shards: int | None = None) -> dict[str, ActivationStore]:
     """Extract (or reuse) the activation stores of ``sentences`` for ``model``, one per site, all sites read in the
     same forward passes: ``{site: ActivationStore}``.
 
@@ -370,6 +380,8 @@ def extract_sites(model, sentences: Sequence[Sentence], *, sites: Sequence[str] 
         dtype: ``float16`` (default), ``bfloat16`` or ``float32`` on disk.
         strict: a corrupt or foreign shard stops the run (StoreError) instead of being recomputed.
         precision: ``auto`` (default), ``fp32``, ``bf16`` or ``fp16`` (autocast); see :func:`resolve_precision`.
+        packing: several sentences per row where the model takes it (:mod:`probekit.activations.batching`); False
+            runs one per row. Either way each sentence runs as it would alone: the vectors differ in the last bits only.
     """
     if not sentences:
         raise StoreError(f"No sentences to extract for {dataset}/{split}: the split is empty.")
@@ -380,7 +392,7 @@ def extract_sites(model, sentences: Sequence[Sentence], *, sites: Sequence[str] 
     if dtype not in DTYPES:
         raise unknown_name("store dtype", dtype, DTYPES)
     ex = Extractor(model, word_pooling=word_pooling, prepend_bos=prepend_bos, batch_tokens=batch_tokens,
-                   max_length=max_length, precision=precision)
+                   max_length=max_length, precision=precision, packing=packing)
     plans_by_site = plan_stores(model, ex, sentences, sites=sites, layers=layers, dataset=dataset, split=split,
                                 data_checksum=data_checksum, store_root=store_root, dtype=dtype)
     words_per = [len(s) for s in sentences]

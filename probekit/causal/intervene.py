@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from probekit.activations.align import align_batch, pool_words
-from probekit.activations.batching import batch_inputs, pack_batches
 from probekit.activations.extract import Extractor
 from probekit.activations.precision import forward_context
 from probekit.activations.sites import LAYOUTS
@@ -86,7 +85,7 @@ def _edited(h, index, fn):
 
 
 class LayerEdit:
-    """A hook on one layer's hidden state; ``index`` (flat ``row * length + position`` of the batch) and ``fn`` say
+    """A hook on one layer's hidden state; ``index`` (flat ``row * width + position`` of the batch) and ``fn`` say
     where and what to write. Use as a context manager (the hook is removed on exit)."""
 
     def __init__(self, lm, layer: int, fn: Callable | None = None):
@@ -199,26 +198,26 @@ def forward(lm, sentences: Sequence[Sentence], *, layer: int | None = None, edit
     hook = LayerEdit(lm, layer, edit) if edit is not None else None
     results: dict[int, SentenceRun] = {}
     with forward_context(lm.model, ex.device, ex.precision), (hook or _Nothing()):
-        for batch in pack_batches(pieces, ex.batch_tokens, ex.max_padding):
-            ids, mask = batch_inputs(batch, aligned, ex.prefix, ex.suffix, ex.pad_id)
-            longest = ids.shape[1]
+        for batch in ex.batches(pieces, aligned):
             if hook is not None and edit_words is not None:
-                where = [b * longest + p + t for b, (_, si, _, _, _) in enumerate(batch)
+                where = [start + p + t for start, (_, si, _, _, _) in zip(batch.starts, batch.pieces)
                          for w in np.asarray(edit_words[si], dtype=np.int64) for t in aligned[si].word_tokens[w]]
                 hook.index = torch.as_tensor(np.asarray(where, dtype=np.int64), device=ex.device)
-            out = lm.model(input_ids=torch.from_numpy(ids).to(ex.device),
-                           attention_mask=torch.from_numpy(mask).to(ex.device), output_hidden_states=bool(keep))
-            last = out.last_hidden_state.float()
-            for b, (_, si, _, _, _) in enumerate(batch):
+            out = lm.model(**batch.model_inputs(ex.device), output_hidden_states=bool(keep))
+            d = out.last_hidden_state.shape[-1]
+            last = out.last_hidden_state.reshape(-1, d).float()
+            flat_ids = batch.ids.reshape(-1)
+            for start, (ln, si, _, _, _) in zip(batch.starts, batch.pieces):
                 a = aligned[si]
-                content = last[b, p:p + a.n_tokens]
+                content = last[start + p:start + p + a.n_tokens]
                 run = SentenceRun(si, content.mean(0).cpu().numpy(), a.word_tokens)
                 if keep:
-                    hs = torch.stack([out.hidden_states[k][b, p:p + a.n_tokens].float() for k in keep]).cpu().numpy()
+                    hs = torch.stack([out.hidden_states[k].reshape(-1, d)[start + p:start + p + a.n_tokens].float()
+                                      for k in keep]).cpu().numpy()
                     pooled = pool_words(hs, a.word_tokens, ex.word_pooling, a.heads)
                     run.words = {k: pooled[n] for n, k in enumerate(keep)}
                 if head is not None:
-                    run.nll = _next_token_nll(last[b], head, ids[b], p, a.n_tokens)
+                    run.nll = _next_token_nll(last[start:start + ln], head, flat_ids[start:start + ln], p, a.n_tokens)
                 results[si] = run
     for si in fits:
         yield results.pop(si)
