@@ -162,7 +162,7 @@ def _by_overlap(text: str, spans, offsets, word_tokens) -> None:
     owner = {t: w for w, toks in enumerate(word_tokens) for t in toks}
     for t, w in owner.items():
         x, y = offsets[t]
-        if y - x < 2:
+        if y - x < 2 or (spans[w][0] <= x and y <= spans[w][1]):  # inside its word: straddles nothing
             continue
         share = [(min(b, y) - max(a, x), -v) for v, (a, b) in enumerate(spans) if a < y and b > x and v != w]
         if not share or len(word_tokens[w]) < 2:
