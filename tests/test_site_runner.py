@@ -82,6 +82,21 @@ def test_summary_figure_and_best_layer_table_by_site(run, tmp_path):
     assert accuracy_by_site(res.summary[res.summary.site.isin(["resid_post", ""])]) is None
 
 
+def test_every_site_gets_sentence_intervals(run):
+    from probekit.results import analysis
+
+    _, res = run
+    s = res.summary
+    acc = s[(s.probe == "linear") & (s.split == "test") & (s.metric == "accuracy") & (s.control.astype(str) == "False")
+            & (s.layer.astype(str) != "")]
+    assert set(acc.site) == set(SITES) and acc.sent_lo.notna().all()
+    assert ((acc.sent_lo <= acc["mean"] + 1e-9) & (acc["mean"] <= acc.sent_hi + 1e-9)).all()
+    assert (acc.sent_hi - acc.sent_lo > 0).all()
+    # `probekit report` redoes them from the finished folder: the sites' from runs/, the block outputs' from the table
+    again = analysis.from_folder(res.folder, s.drop(columns=["sent_lo", "sent_hi"]))
+    pd.testing.assert_series_equal(again.loc[acc.index, "sent_lo"], acc.sent_lo)
+
+
 def test_warm_rerun_reuses_all_sites(run):
     cfg, res = run
     again = run_experiment(cfg, progress=False)

@@ -4,8 +4,9 @@ error analysis.
 :func:`analyse` (called by the runner) gathers the units' saved test predictions and writes, under
 ``results/<experiment>/``:
 
-* ``predictions.csv.gz``: every test item's gold and predicted label, per model, task, probe, pooling and layer, of
-  the first seed (the linear probe's seeds fit alike; 3 seeds would triple the file and the time to write it);
+* ``predictions.csv.gz``: every test item's gold and predicted label at the block outputs, per model, task, probe,
+  pooling and layer, of the first seed (the linear probe's seeds fit alike; 3 seeds would triple the file and the
+  time to write it); the sub-layer sites' predictions stay in ``runs/`` and give their rows' sentence intervals;
 * ``significance.csv`` / ``significance.md``: paired tests between layers and between each model and its
   random-weights twin (:mod:`probekit.results.sentence_stats`), and the same in words;
 * ``errors/per_label.csv``, ``errors/confusion/<model>__<task>__<probe>__<pooling>__L<layer>.csv``,
@@ -47,9 +48,10 @@ def analyse(folder: Path, unit_keys, data: dict, tasks, summary):
     import pandas as pd
 
     folder = Path(folder)
-    records = predictions.gather(folder / "runs", unit_keys)
+    records, others = _by_site(predictions.gather(folder / "runs", unit_keys))
     if not records:
-        log.info("%s: no saved test predictions; no sentence intervals or significance tests", folder)
+        log.info("%s: no saved test predictions at the block outputs; no sentence intervals or significance tests",
+                 folder)
         return summary
     counts, n_sent = sentence_stats.counts_from_records(records, labels_of)
     first = min(r["seed"] for r in records)  # the error analysis and the intervals read the first seed
@@ -69,13 +71,25 @@ def analyse(folder: Path, unit_keys, data: dict, tasks, summary):
             wm.append({"task": task.name, "metric": metric, "value": value})
     write_csv(error_analysis.by_word_type(pred, type_counts), errors / "by_word_type.csv")
     write_csv(pd.DataFrame(wm, columns=["task", "metric", "value"]), errors / "word_majority.csv")
-    return _summary_and_tests(folder, summary, counts, n_sent)
+    return _summary_and_tests(folder, summary, counts, n_sent, _site_counts(others))
 
 
-def _summary_and_tests(folder: Path, summary, counts: dict, n_sent: int):
+def _by_site(records: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(the block outputs' records, the sub-layer sites' records)."""
+    return ([r for r in records if r["site"] == "resid_post"], [r for r in records if r["site"] != "resid_post"])
+
+
+def _site_counts(records: list[dict]) -> dict:
+    """{site: counts} of the sub-layer sites' records (:func:`sentence_stats.counts_from_records`)."""
+    sites = sorted({r["site"] for r in records})
+    return {site: sentence_stats.counts_from_records([r for r in records if r["site"] == site], labels_of)[0]
+            for site in sites}
+
+
+def _summary_and_tests(folder: Path, summary, counts: dict, n_sent: int, site_counts: dict):
     import pandas as pd
 
-    summary = sentence_stats.add_intervals(summary, counts, n_sent)
+    summary = sentence_stats.add_intervals(summary, counts, n_sent, site_counts=site_counts)
     summary = _with_word_majority(folder, summary)
     best = sentence_stats.best_layers(summary)
     models = {k[0] for k in counts}
@@ -115,4 +129,5 @@ def from_folder(folder, summary):
     if not (folder / predictions.FILE).is_file():
         return summary
     counts, n_sent = sentence_stats.counts_table(predictions.read_predictions(folder), labels_of)
-    return _summary_and_tests(folder, summary, counts, n_sent)
+    _, others = _by_site(predictions.gather(folder / "runs"))
+    return _summary_and_tests(folder, summary, counts, n_sent, _site_counts(others))

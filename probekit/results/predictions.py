@@ -1,7 +1,9 @@
 """Per-item test predictions of every probe: kept beside the unit files, gathered into ``predictions.csv.gz``.
 
 The runner hands each layer's test predictions to :func:`save_layer` (one ``.npz`` per unit and layer under
-``runs/``, written atomically before the unit's row file, so a finished unit always has them).
+``runs/``, written atomically before the unit's row file, so a finished unit always has them), at every site; the
+table below and the analyses built on it (significance, error analysis) hold the block outputs (``resid_post``),
+while the sentence intervals cover every site.
 :func:`gather` collects the files of an experiment's units; :func:`write_predictions` writes the table a notebook
 reads (one row per test item, layer and seed: ``sentence_id, sentence, word_index, word, gold, predicted,
 probability, layer``, plus model, task, probe, pooling, seed); :func:`read_predictions` reads it back.
@@ -36,11 +38,11 @@ def item_index(sentences, mask: np.ndarray, level: str) -> dict:
 
 
 def save_layer(runs: Path, unit_key: str, *, gold, pred, proba, items: dict, model: str, task: str, probe: str,
-               pooling: str, seed: int, layer: int) -> None:
+               pooling: str, seed: int, layer: int, site: str = "resid_post") -> None:
     """Write one layer's test predictions of one unit (``proba``: the probability of the predicted class)."""
     buf = io.BytesIO()
     np.savez(buf, model=np.str_(model), task=np.str_(task), probe=np.str_(probe), pooling=np.str_(pooling),
-             seed=np.int64(seed), layer=np.int64(layer),
+             site=np.str_(site), seed=np.int64(seed), layer=np.int64(layer),
              gold=np.asarray(gold, dtype=np.int16), pred=np.asarray(pred, dtype=np.int16),
              proba=np.asarray(proba, dtype=np.float32), sentence=np.asarray(items["sentence"], dtype=np.int32),
              word_index=np.asarray(items["word_index"], dtype=np.int32),
@@ -48,15 +50,18 @@ def save_layer(runs: Path, unit_key: str, *, gold, pred, proba, items: dict, mod
     atomic_write_bytes(Path(runs) / f"{unit_key}.pred-L{int(layer)}.npz", buf.getvalue())
 
 
-def gather(runs: Path, unit_keys) -> list[dict]:
-    """The saved predictions of the units ``unit_keys``: one dict per unit and layer with the arrays and keys of
-    :func:`save_layer`. A unit without files (computed before predictions were saved) contributes nothing."""
+def gather(runs: Path, unit_keys=None) -> list[dict]:
+    """The saved predictions of the units ``unit_keys`` (None: every unit under ``runs``): one dict per unit and
+    layer with the arrays and keys of :func:`save_layer`. A unit without files (computed before predictions were
+    saved) contributes nothing; files written before sites were saved are ``resid_post``'s."""
     out = []
-    for key in unit_keys:
-        for p in sorted(Path(runs).glob(f"{key}.pred-L*.npz")):
+    patterns = ["*.pred-L*.npz"] if unit_keys is None else [f"{key}.pred-L*.npz" for key in unit_keys]
+    for pattern in patterns:
+        for p in sorted(Path(runs).glob(pattern)):
             with np.load(p) as z:
                 rec = {k: z[k] for k in z.files}
-            for k in ("model", "task", "probe", "pooling"):
+            rec.setdefault("site", "resid_post")
+            for k in ("model", "task", "probe", "pooling", "site"):
                 rec[k] = str(rec[k])
             for k in ("seed", "layer", "n_sentences"):
                 rec[k] = int(rec[k])

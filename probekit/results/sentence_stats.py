@@ -3,7 +3,7 @@
 Reads the per-item predictions (:mod:`probekit.results.predictions`) and applies :mod:`probekit.results.significance`:
 
 * :func:`add_intervals`: ``sent_lo`` / ``sent_hi`` columns of the summary: the 95% sentence-bootstrap interval of every
-  test score of a probe (accuracy, macro-F1, positive-class F1) of the first seed (the linear probe's seeds fit
+  test score of a probe (accuracy, macro-F1, positive-class F1), at every site, of the first seed (the linear probe's seeds fit
   alike; the seeds' own spread is the summary's ``ci_lo`` / ``ci_hi``).
 * :func:`layer_tests`: per model x task x probe x pooling, each layer against the best layer (chosen on dev, as the
   best-layer table does) and each layer against the next one; Holm-adjusted within each family.
@@ -85,19 +85,23 @@ def counts_from_records(records: list[dict], labels_of) -> tuple[dict, int]:
     return out, n_sent
 
 
-def add_intervals(summary, counts: dict, n_sentences: int, *, n_resamples: int = N_RESAMPLES, seed: int = 0,
-                  confidence: float = 0.95):
-    """``summary`` with ``sent_lo`` / ``sent_hi``: the sentence-bootstrap interval of each probe's test score."""
+def add_intervals(summary, counts: dict, n_sentences: int, *, site_counts: dict | None = None,
+                  n_resamples: int = N_RESAMPLES, seed: int = 0, confidence: float = 0.95):
+    """``summary`` with ``sent_lo`` / ``sent_hi``: the sentence-bootstrap interval of each probe's test score.
+
+    ``counts`` holds the block outputs' (:func:`counts_table`), ``site_counts`` the sub-layer sites' ({site: counts},
+    the same keys); the rows of a site without counts get none."""
     W = resample_weights(n_sentences, n_resamples, seed)
     lo = np.full(len(summary), np.nan)
     hi = np.full(len(summary), np.nan)
     s = summary
     is_test = ((s["split"] == "test") & (s["method"] == "probe") & control_mask(s, False)
-               & (s["layer"].astype(str) != "")
-               & s.index.isin(block_outputs(s).index)).to_numpy()  # predictions are saved for block outputs only
+               & (s["layer"].astype(str) != "")).to_numpy()
+    block = s.index.isin(block_outputs(s).index)
     for i in np.flatnonzero(is_test):
         r = s.iloc[i]
-        c = counts.get((r["model"], r["task"], r["probe"], r["pooling"], _int(r["layer"])), {}).get(r["metric"])
+        by_key = counts if block[i] else (site_counts or {}).get(r.get("site"), {})
+        c = by_key.get((r["model"], r["task"], r["probe"], r["pooling"], _int(r["layer"])), {}).get(r["metric"])
         if c is not None:
             _, lo[i], hi[i] = bootstrap_interval(r["metric"], c, W, confidence)
     return summary.assign(sent_lo=lo, sent_hi=hi)

@@ -125,8 +125,8 @@ def probe_task(*, lm_info: dict, stores: dict, data: dict, task, policy: ProbePo
     # and a unit's numbers must not depend on which other units happen to be pending
     seeds = sorted(set(policy.seeds) | {u.seed for u in units})
     controls = _control_labels(task, data, items, seeds, n_classes) if policy.control_tasks else {}
-    # the sentence-level analyses (intervals, significance, errors) read the block outputs' predictions only
-    save_predictions = predictions_dir is not None and site == "resid_post"
+    # every site's: the sentence intervals read them all (significance and errors the block outputs' only)
+    save_predictions = predictions_dir is not None
     test_items = predictions.item_index(data["test"], items["test"].rows, level) if save_predictions else None
     t = _Task(items, n_classes, common, controls)
     out: dict[Unit, list[dict]] = {u: [] for u in units}
@@ -167,7 +167,7 @@ def _probe_pooling(pooling: str, punits: list[Unit], t: _Task, stores: dict, ite
                     predictions.save_layer(predictions_dir, u.key, gold=t.y["test"], pred=res.pred_test,
                                            proba=res.proba_test, items=test_items, model=t.common["model"],
                                            task=t.common["task"], probe=u.probe, pooling=pool_name, seed=u.seed,
-                                           layer=layer)
+                                           layer=layer, site=u.site)
             bar.update(len(group))
         t0 = time.perf_counter()
 
