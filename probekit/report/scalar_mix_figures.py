@@ -89,14 +89,16 @@ def mixing_weights(summary, stem: Path | None = None, formats=("pdf", "png"), *,
             a.set_yticks(np.arange(len(tasks)) + 0.4)
             a.set_yticklabels(tasks[::-1])
             a.set_ylim(-0.2, len(tasks) + 0.1)
-            a.set_xticks(range(top + 1))
+            a.set_xticks(range(0, top + 1, 1 if top <= 12 else 5))  # every layer of a small model, else every 5th
             a.set_xlabel("layer (0 = embeddings)")
             a.set_title(m, fontsize=8)
             a.grid(False)
         handles, labels = axes[0].get_legend_handles_labels()
         if handles:
             if own:
-                fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)))
+                # a one-column figure holds two legend entries per row
+                fig.legend(handles, labels, loc="outside lower center",
+                           ncol=min(4 if len(models) > 1 else 2, len(labels)))
             else:
                 axes[0].legend(handles, labels, fontsize=6)
         return finish(fig, stem, formats)
