@@ -221,10 +221,15 @@ def negotiate_packing(model, tokenizer, prefix: list[int], suffix: list[int], pa
     found = None
     with torch.inference_mode():
         alone = []
-        for piece in pieces:
-            b = _lay_out([[piece]], aligned, prefix, suffix, pad_id, None)
-            alone.append([h[0].float() for h in model(**b.model_inputs(_device(model)),
-                                                      output_hidden_states=True).hidden_states])
+        try:
+            for piece in pieces:
+                b = _lay_out([[piece]], aligned, prefix, suffix, pad_id, None)
+                alone.append([h[0].float() for h in model(**b.model_inputs(_device(model)),
+                                                          output_hidden_states=True).hidden_states])
+        except Exception as e:  # noqa: BLE001 - the plain forward fails: extraction reports it with its own message
+            log.debug("packing not tried on %s: its plain forward pass fails: %s", type(model).__name__, e)
+            memo[key] = None
+            return None
         for form in ("4d", "3d"):
             packing = Packing(form, causal, _position_offset(model))
             b = _lay_out([pieces], aligned, prefix, suffix, pad_id, packing)
