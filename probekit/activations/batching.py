@@ -214,7 +214,7 @@ def negotiate_packing(model, tokenizer, prefix: list[int], suffix: list[int], pa
     if key in memo:
         return memo[key]
     text = "Probes read every layer of the frozen model, one word at a time."
-    ids = [i for i in tokenizer(text, add_special_tokens=False)["input_ids"]][:12]
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])[:12]
     aligned = [_Ids(ids[:5]), _Ids(ids[5:12]), _Ids(ids[:3])]
     P, S = len(prefix), len(suffix)
     pieces = [(P + len(a.token_ids) + S, si, 0, 0, len(a.token_ids)) for si, a in enumerate(aligned)]

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -31,7 +32,7 @@ from probekit.activations.align import (
     pool_words,
     special_layout,
 )
-from probekit.activations.batching import make_batches, negotiate_packing
+from probekit.activations.batching import Packing, make_batches, negotiate_packing
 from probekit.activations.precision import forward_context, resolve_precision
 from probekit.activations.sites import check_sites, record_sites, site_layers, site_width
 from probekit.activations.store import (
@@ -105,12 +106,7 @@ class Extractor:
         self.causal = model.kind == "decoder"
         self.sentence_poolings = [p for p in SENTENCE_POOLINGS if p != "cls" or (self.prefix and not self.causal)]
         self.pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
-        # several pieces per row where the model takes it (checked on the model: batching.negotiate_packing); a row
-        # never exceeds the model's window (its position tables and buffers end there)
-        found = negotiate_packing(model.model, model.tokenizer, self.prefix, self.suffix, self.pad_id,
-                                  causal=self.causal) if packing and model.max_length >= 32 else None
-        self.packing = (dataclasses.replace(found, row_tokens=min(found.row_tokens, model.max_length))
-                        if found is not None else None)
+        self._may_pack = packing
         self.stats = {"tokens": 0, "padded_tokens": 0, "forward_seconds": 0.0, "windowed_sentences": 0,
                       "repaired_words": 0, "borrowed_words": 0}
 
@@ -185,8 +181,9 @@ class Extractor:
         pending: dict[tuple[str, int], np.ndarray] = {}  # (site, sentence) -> float32 token buffer (windowed ones)
         model = self.lm.model
         p = len(self.prefix)
+        batches = self.batches(pieces, aligned)  # before the context and hooks (see `batches`)
         with forward_context(model, self.device, self.precision), record_sites(model, sites) as recorded:
-            for batch in self.batches(pieces, aligned):
+            for batch in batches:
                 t0 = time.perf_counter()
                 try:
                     out = model(**batch.model_inputs(self.device), output_hidden_states=True)
@@ -236,9 +233,21 @@ class Extractor:
                 self.stats["padded_tokens"] += batch.ids.size
         return result
 
+    @functools.cached_property
+    def packing(self) -> Packing | None:
+        """Several pieces per row where the model takes it (checked on the model, once per model object:
+        :func:`~probekit.activations.batching.negotiate_packing`), else None (padded rows). A row never exceeds the
+        model's window (its position tables and buffers end there); the check's three pieces need ~25 positions.
+        Resolved on first use, so that planning and reusing stores run no forward pass."""
+        lm = self.lm
+        found = negotiate_packing(lm.model, lm.tokenizer, self.prefix, self.suffix, self.pad_id,
+                                  causal=self.causal) if self._may_pack and lm.max_length >= 32 else None
+        return dataclasses.replace(found, row_tokens=min(found.row_tokens, lm.max_length)) if found else None
+
     def batches(self, pieces, aligned):
         """The batches that run ``pieces`` with this extractor's layout (:func:`~probekit.activations.batching.make_batches`):
-        the one batching of extraction and the intervention."""
+        the one batching of extraction and the intervention. Call it before entering the forward context or any hook:
+        it resolves :attr:`packing`, whose check must run the plain model."""
         return make_batches(pieces, aligned, self.prefix, self.suffix, self.pad_id, batch_tokens=self.batch_tokens,
                             max_padding=self.max_padding, packing=self.packing)
 

@@ -197,8 +197,9 @@ def forward(lm, sentences: Sequence[Sentence], *, layer: int | None = None, edit
     pieces = [(p + aligned[si].n_tokens + len(ex.suffix), si, 0, 0, aligned[si].n_tokens) for si in fits]
     hook = LayerEdit(lm, layer, edit) if edit is not None else None
     results: dict[int, SentenceRun] = {}
+    batches = ex.batches(pieces, aligned)  # before the context and the hook (Extractor.batches)
     with forward_context(lm.model, ex.device, ex.precision), (hook or _Nothing()):
-        for batch in ex.batches(pieces, aligned):
+        for batch in batches:
             if hook is not None and edit_words is not None:
                 where = [start + p + t for start, (_, si, _, _, _) in zip(batch.starts, batch.pieces)
                          for w in np.asarray(edit_words[si], dtype=np.int64) for t in aligned[si].word_tokens[w]]

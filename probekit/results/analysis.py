@@ -129,5 +129,5 @@ def from_folder(folder, summary):
     if not (folder / predictions.FILE).is_file():
         return summary
     counts, n_sent = sentence_stats.counts_table(predictions.read_predictions(folder), labels_of)
-    _, others = _by_site(predictions.gather(folder / "runs"))
+    others = predictions.gather(folder / "runs", skip_site="resid_post")  # the table holds resid_post's
     return _summary_and_tests(folder, summary, counts, n_sent, _site_counts(others))

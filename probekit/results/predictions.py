@@ -50,17 +50,21 @@ def save_layer(runs: Path, unit_key: str, *, gold, pred, proba, items: dict, mod
     atomic_write_bytes(Path(runs) / f"{unit_key}.pred-L{int(layer)}.npz", buf.getvalue())
 
 
-def gather(runs: Path, unit_keys=None) -> list[dict]:
+def gather(runs: Path, unit_keys=None, *, skip_site: str | None = None) -> list[dict]:
     """The saved predictions of the units ``unit_keys`` (None: every unit under ``runs``): one dict per unit and
-    layer with the arrays and keys of :func:`save_layer`. A unit without files (computed before predictions were
-    saved) contributes nothing; files written before sites were saved are ``resid_post``'s."""
+    layer with the arrays and keys of :func:`save_layer`, except those of site ``skip_site`` (their arrays are not
+    read). A unit without files (computed before predictions were saved) contributes nothing; files written before
+    sites were saved are ``resid_post``'s."""
     out = []
     patterns = ["*.pred-L*.npz"] if unit_keys is None else [f"{key}.pred-L*.npz" for key in unit_keys]
     for pattern in patterns:
         for p in sorted(Path(runs).glob(pattern)):
-            with np.load(p) as z:
+            with np.load(p) as z:  # an .npz reads each array when asked: a skipped file costs its site only
+                site = str(z["site"]) if "site" in z.files else "resid_post"
+                if site == skip_site:
+                    continue
                 rec = {k: z[k] for k in z.files}
-            rec.setdefault("site", "resid_post")
+            rec["site"] = site
             for k in ("model", "task", "probe", "pooling", "site"):
                 rec[k] = str(rec[k])
             for k in ("seed", "layer", "n_sentences"):
