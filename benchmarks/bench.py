@@ -2,8 +2,9 @@
 
 Prints ratios (ours / reference) for:
   1. extraction throughput in real (non-padding) subword tokens per second, side by side: a per-sentence fp32 loop
-     (one sentence per forward pass with output_hidden_states, as NeuroX does), a plain batched HF fp32 forward,
-     probekit extract in fp32 and in bf16; against the FLOP bound of each precision (measured matmul peak of the
+     (one sentence per forward pass with output_hidden_states, as NeuroX does), a plain batched HF forward in fp32
+     and under bf16 autocast, probekit extract with padded rows and with packed rows (the default), each in fp32
+     and in bf16; against the FLOP bound of each precision (measured matmul peak of the
      dtype / (2 x non-embedding parameters)); padding as a share of computed tokens; the CPU and what torch
      reports about it;
   2. probe training for all layers of `upos` vs scikit-learn LogisticRegression (lbfgs, default tol),
