@@ -3,7 +3,7 @@
 minilm over EWT train sentences, tokenized and aligned once beforehand; each layout is run through
 ``batching.make_batches`` and the model, nothing else (no pooling, no store). Real tokens per second, median of
 ``--repeats`` interleaved runs, fp32 and bf16 autocast (weights cast once, as extraction does). Run:
-``python benchmarks/packing_rows.py [--sentences 1000] [--repeats 3]``.
+``python benchmarks/packing_rows.py [--sentences 1000] [--repeats 3] [--widths 128,256,512]``.
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sentences", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--widths", default="128,256,512", help="packed row widths, comma-separated")
     args = ap.parse_args()
     lm = load_model("minilm", device="cpu")
     sents = load_split("ud_ewt", "train", limit=args.sentences)
@@ -39,7 +40,7 @@ def main() -> None:
     p, q = len(ex.prefix), len(ex.suffix)
     pieces = [(p + a.n_tokens + q, si, 0, 0, a.n_tokens) for si, a in enumerate(aligned)]
     layouts = {"padded rows": None, **{f"packed rows of {w}": dataclasses.replace(ex.packing, row_tokens=w)
-                                       for w in (128, 256, 512)}}
+                                       for w in map(int, args.widths.split(","))}}
 
     def run(packing, precision):
         t, real, computed = time.perf_counter(), 0, 0

@@ -28,6 +28,7 @@ Shapes: ``hidden`` arrays are ``[layer, token, d_model]``; word vectors ``[layer
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -80,10 +81,9 @@ def _assign(text: str, spans: Sequence[tuple[int, int]], offsets: Sequence[tuple
     Returns (word_tokens, orphans) where orphans are words that received no token, each with the
     index of a token that overlaps it (or -1 when no token overlaps it at all).
     """
-    n = len(text)
-    char_word = np.full(n + 1, -1, dtype=np.int64)
+    char_word = [-1] * (len(text) + 1)  # a list: indexing it from Python is ~10x cheaper than a numpy array
     for w, (a, b) in enumerate(spans):
-        char_word[a:b] = w
+        char_word[a:b] = [w] * (b - a)
     word_tokens: list[list[int]] = [[] for _ in spans]
     for t, (a, b) in enumerate(offsets):
         s = a
@@ -182,11 +182,15 @@ def _heads(text: str, spans, offsets, word_tokens) -> list[int]:
         head = toks[0]
         for t in toks:
             x, y = offsets[t]
-            if any(c.isalnum() for c in text[max(a, x):min(b, y)]):
+            if _ALNUM.search(text, max(a, x), min(b, y)):
                 head = t
                 break
         heads.append(head)
     return heads
+
+
+#: one character for which ``str.isalnum()`` holds: ``\w`` is exactly those plus the underscore (Python's re docs)
+_ALNUM = re.compile(r"[^\W_]")
 
 
 def align_batch(tokenizer, sentences: Sequence[Sentence], *, chunk: int = 2048) -> list[AlignedSentence]:

@@ -256,6 +256,9 @@ class Extractor:
 
         ``whole`` lists (flat index of the piece's first token, sentence index). Gathers index the flattened
         ``[row * width + position]`` hidden states; mean pooling sums with ``index_add_`` and divides by the counts.
+        The sentence mean adds every flat row straight into its sentence's slot (rows outside any sentence into a
+        spare one), without gathering the content rows first: the same additions in the same order, so the same
+        bits, for a third of the memory traffic.
         """
         import torch
 
@@ -266,7 +269,7 @@ class Extractor:
         src, dst, seg_count = [], [], []  # word pooling: flat token row -> local word
         n_local = 0
         sent_rows = []  # global sentence index of each entry of `whole`
-        tok_rows, tok_sent = [], []  # every content token -> local sentence (sentence mean)
+        row_sent = np.full(hidden_states[0].numel() // hidden_states[0].shape[-1], len(whole), dtype=np.int64)
         last_rows, cls_rows = [], []
         for k, (start, si) in enumerate(whole):
             a = aligned[si]
@@ -282,8 +285,7 @@ class Extractor:
                     seg_count.append(len(toks))
                 n_local += 1
             sent_rows.append(si)
-            tok_rows.extend(range(base, base + a.n_tokens))
-            tok_sent.extend([k] * a.n_tokens)
+            row_sent[base:base + a.n_tokens] = k  # every flat row -> its local sentence (sentence mean)
             last_rows.append(base + a.n_tokens - 1)
             cls_rows.append(start)
 
@@ -292,10 +294,10 @@ class Extractor:
 
         word_dst = idx(np.concatenate([np.arange(word_off[si], word_off[si + 1]) for _, si in whole]))
         sent_dst = idx(sent_rows)
-        src_t, tok_t = idx(src), idx(tok_rows)
+        src_t = idx(src)
         if self.word_pooling == "mean":
             dst_t, cnt_w = idx(dst), idx(seg_count).unsqueeze(1).float()
-        tok_sent_t = idx(tok_sent)
+        row_sent_t = idx(row_sent)
         cnt_s = idx([aligned[si].n_tokens for _, si in whole]).unsqueeze(1).float()
         last_t, cls_t = idx(last_rows), idx(cls_rows)
         out_dt = words_t.dtype
@@ -308,9 +310,8 @@ class Extractor:
                 w = flat.index_select(0, src_t)
             words_t[layer].index_copy_(0, word_dst, w.cpu().to(out_dt))
             if "mean" in sents_t:
-                m = torch.zeros(len(whole), flat.shape[1], device=dev).index_add_(0, tok_sent_t,
-                                                                                 flat.index_select(0, tok_t))
-                sents_t["mean"][layer].index_copy_(0, sent_dst, (m / cnt_s).cpu().to(out_dt))
+                m = torch.zeros(len(whole) + 1, flat.shape[1], device=dev).index_add_(0, row_sent_t, flat)
+                sents_t["mean"][layer].index_copy_(0, sent_dst, (m[:-1] / cnt_s).cpu().to(out_dt))
             if "last" in sents_t:
                 sents_t["last"][layer].index_copy_(0, sent_dst, flat.index_select(0, last_t).cpu().to(out_dt))
             if "cls" in sents_t:
