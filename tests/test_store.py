@@ -321,6 +321,36 @@ def test_write_shard_is_atomic(tmp_path):
     assert verify_shard(tmp_path, meta) is not None
 
 
+def test_write_shard_digests_every_layer_of_every_file(tmp_path):
+    # files and layers are written and hashed on several threads: each digest must land on its own file and layer
+    arrays = {f"a{k}": np.random.default_rng(k).random((5, 7, 3)).astype(np.float16) for k in range(4)}
+    meta = write_shard(tmp_path, 0, arrays, {})
+    for stem, arr in arrays.items():
+        assert meta["files"][f"{stem}.npy"]["sha256"] == [hashlib.sha256(arr[i].tobytes()).hexdigest()
+                                                          for i in range(5)]
+
+
+def test_write_shard_disk_full_names_shard_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+
+    import probekit.activations.store as store
+
+    real = store.os.fsync
+    calls = []
+
+    def full_on_second(fd):
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd)
+
+    monkeypatch.setattr(store.os, "fsync", full_on_second)
+    arrays = {f"a{k}": np.zeros((2, 3, 4), dtype=np.float16) for k in range(3)}
+    with pytest.raises(OSError, match=r"No space left on device writing .*shard-00003: 144 bytes needed"):
+        write_shard(tmp_path, 3, arrays, {})
+    assert list(tmp_path.iterdir()) == [], "no temporary folder and no shard left behind"
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.integers(1, 40), min_size=1, max_size=60), st.integers(1, 100))
 def test_plan_shards_covers_every_sentence_once(words, max_words):

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -75,18 +76,26 @@ def read_json(path: Path) -> dict | None:
     return obj if isinstance(obj, dict) else None
 
 
+#: Threads that hash and write a shard's files. hashlib and file writes release the GIL, and nothing else runs while
+#: a shard is committed or verified, so the CPUs the process may use share the work (docs/design.md 23).
+IO_THREADS = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+def _sha256(arr: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(arr).data).hexdigest()
+
+
 def _layer_digests(arr: np.ndarray) -> list[str]:
-    """sha256 of each layer's bytes of a ``[layer, n, d]`` array (a memmap is read once)."""
-    return [hashlib.sha256(np.ascontiguousarray(arr[i]).data).hexdigest() for i in range(arr.shape[0])]
+    """sha256 of each layer's bytes of a ``[layer, n, d]`` array (a memmap is read once), layers hashed in parallel."""
+    with ThreadPoolExecutor(IO_THREADS) as pool:
+        return list(pool.map(_sha256, [arr[i] for i in range(arr.shape[0])]))
 
 
-def save_npy_atomic(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
+def _save_synced(path: Path, arr: np.ndarray) -> None:
+    with open(path, "wb") as fh:
         np.save(fh, arr, allow_pickle=False)
         fh.flush()
         os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -116,20 +125,18 @@ def write_shard(store_dir: Path, index: int, arrays: dict[str, np.ndarray], meta
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    files = {}
-    for stem, arr in arrays.items():
-        fname = f"{stem}.npy"
-        try:
-            with open(tmp / fname, "wb") as fh:
-                np.save(fh, arr, allow_pickle=False)
-                fh.flush()
-                os.fsync(fh.fileno())
-        except OSError as e:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise disk_full_error(final, sum(a.nbytes for a in arrays.values()), e) from None
-            raise
-        files[fname] = {"shape": list(arr.shape), "dtype": str(arr.dtype), "sha256": _layer_digests(arr)}
+    with ThreadPoolExecutor(IO_THREADS) as pool:  # every file written and every layer hashed side by side
+        written = [pool.submit(_save_synced, tmp / f"{stem}.npy", arr) for stem, arr in arrays.items()]
+        digests = {stem: [pool.submit(_sha256, arr[i]) for i in range(arr.shape[0])]
+                   for stem, arr in arrays.items()}
+        failed = next((f.exception() for f in written if f.exception() is not None), None)
+    if failed is not None:  # after the pool is done, so that no write is still going into tmp
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(failed, OSError) and failed.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise disk_full_error(final, sum(a.nbytes for a in arrays.values()), failed) from None
+        raise failed
+    files = {f"{stem}.npy": {"shape": list(arr.shape), "dtype": str(arr.dtype),
+                             "sha256": [f.result() for f in digests[stem]]} for stem, arr in arrays.items()}
     meta = {**meta, "name": name, "files": files}
     if key is not None:
         meta["key"] = key
