@@ -88,8 +88,9 @@ def cpu_line() -> str:
 
 
 def non_embedding_params(model) -> int:
-    emb = sum(p.numel() for n, p in model.named_parameters() if "embed" in n)
-    return sum(p.numel() for p in model.parameters()) - emb
+    """Parameters every token multiplies through: all but the embeddings and BERT's pooler (which runs on one
+    token per row, so counting it would lower the bound by 1.4% on minilm)."""
+    return sum(p.numel() for n, p in model.named_parameters() if "embed" not in n and "pooler" not in n)
 
 
 def per_sentence_loop(lm, sents) -> tuple[float, int]:
