@@ -6,7 +6,7 @@ Prints ratios (ours / reference) for:
      and under bf16 autocast, probekit extract with padded rows and with packed rows (the default), each in fp32
      and in bf16; against the FLOP bound of each precision (measured matmul peak of the
      dtype / (2 x non-embedding parameters), the peak measured again in every round beside that round's runs, each
-     share of a bound the median of per-round shares); padding as a share of computed tokens; the CPU and what
+     share of a bound the median of per-round shares; the paths run in a new order each round); padding as a share of computed tokens; the CPU and what
      torch reports about it;
   2. probe training for all layers of `upos` vs scikit-learn LogisticRegression (lbfgs, default tol),
      fitted layer by layer on identical features, with the test accuracy gap per layer. Both solve the same
@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -163,11 +164,13 @@ def bench_extraction(n_sent: int, repeats: int = 3):
     flops_per_tok = 2 * non_embedding_params(lm.model)
     runs = {k: [] for k in paths}
     peaks = {"fp32": [], "bf16": []}  # matmul peak measured in each round, beside that round's runs
-    for _ in range(repeats):  # interleaved, so that load drifts hit every path alike
+    for r in range(repeats):  # interleaved, so that load drifts hit every path alike
         for p in peaks:
             peaks[p].append(matmul_gflops(p, repeats=5))
-        for name, fn in paths.items():
-            runs[name].append(fn(sents))
+        # in a new order every round: a path runs slower after some others (probekit fp32 after a plain HF bf16
+        # forward: 4.22 vs 3.66 s alone, medians of 4), so no path may always follow the same one
+        for name in random.Random(r).sample(list(paths), len(paths)):
+            runs[name].append(paths[name](sents))
     tps = {k: statistics.median(r[1] / r[0] for r in v) for k, v in runs.items()}
 
     def of_bound(name: str, p: str) -> float:
@@ -181,7 +184,7 @@ def bench_extraction(n_sent: int, repeats: int = 3):
     bound = {p: g * 1e9 / flops_per_tok for p, g in gf.items()}
     ref = tps["per-sentence loop fp32"]
     print(f"\n[1] Extraction, minilm, {n_sent} EWT train sentences ({real:,} real subword tokens incl. specials), "
-          f"medians of {repeats} interleaved rounds; auto = {auto} here")
+          f"medians of {repeats} interleaved rounds, paths in a new order each round; auto = {auto} here")
     print(f"    {cpu_line()}")
     print(f"    matmul peak (median of the rounds; each round measures it beside its runs) fp32 {gf['fp32']:.0f} "
           f"GFLOP/s ({min(peaks['fp32']):.0f}-{max(peaks['fp32']):.0f}), bf16 {gf['bf16']:.0f} GFLOP/s "
