@@ -81,7 +81,7 @@ def _assign(text: str, spans: Sequence[tuple[int, int]], offsets: Sequence[tuple
     Returns (word_tokens, orphans) where orphans are words that received no token, each with the
     index of a token that overlaps it (or -1 when no token overlaps it at all).
     """
-    char_word = [-1] * (len(text) + 1)  # a list: indexing it from Python is ~10x cheaper than a numpy array
+    char_word = [-1] * (len(text) + 1)  # a list: Python indexes it without making numpy scalars
     for w, (a, b) in enumerate(spans):
         char_word[a:b] = [w] * (b - a)
     word_tokens: list[list[int]] = [[] for _ in spans]

@@ -257,8 +257,8 @@ class Extractor:
         ``whole`` lists (flat index of the piece's first token, sentence index). Gathers index the flattened
         ``[row * width + position]`` hidden states; mean pooling sums with ``index_add_`` and divides by the counts.
         The sentence mean adds every flat row straight into its sentence's slot (rows outside any sentence into a
-        spare one), without gathering the content rows first: the same additions in the same order, so the same
-        bits, for a third of the memory traffic.
+        spare one), without gathering the content rows into a copy first: the same additions in the same order, so
+        the same bits.
         """
         import torch
 
