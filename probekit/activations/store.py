@@ -25,7 +25,7 @@ import json
 import logging
 import os
 import shutil
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -85,10 +85,16 @@ def _sha256(arr: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(arr).data).hexdigest()
 
 
+def _hash_layers(pool: ThreadPoolExecutor, arr: np.ndarray) -> list["Future[str]"]:
+    """sha256 of each layer's bytes of a ``[layer, n, d]`` array (a memmap is read once), one job per layer on
+    ``pool``: what the manifest records and :func:`verify_shard` compares."""
+    return [pool.submit(_sha256, arr[i]) for i in range(arr.shape[0])]
+
+
 def _layer_digests(arr: np.ndarray) -> list[str]:
-    """sha256 of each layer's bytes of a ``[layer, n, d]`` array (a memmap is read once), layers hashed in parallel."""
+    """:func:`_hash_layers` on a pool of its own, as strings."""
     with ThreadPoolExecutor(IO_THREADS) as pool:
-        return list(pool.map(_sha256, [arr[i] for i in range(arr.shape[0])]))
+        return [f.result() for f in _hash_layers(pool, arr)]
 
 
 def _save_synced(path: Path, arr: np.ndarray) -> None:
@@ -127,8 +133,7 @@ def write_shard(store_dir: Path, index: int, arrays: dict[str, np.ndarray], meta
     tmp.mkdir(parents=True)
     with ThreadPoolExecutor(IO_THREADS) as pool:  # every file written and every layer hashed side by side
         written = [pool.submit(_save_synced, tmp / f"{stem}.npy", arr) for stem, arr in arrays.items()]
-        digests = {stem: [pool.submit(_sha256, arr[i]) for i in range(arr.shape[0])]
-                   for stem, arr in arrays.items()}
+        digests = {stem: _hash_layers(pool, arr) for stem, arr in arrays.items()}
         failed = next((f.exception() for f in written if f.exception() is not None), None)
     if failed is not None:  # after the pool is done, so that no write is still going into tmp
         shutil.rmtree(tmp, ignore_errors=True)
