@@ -18,11 +18,14 @@ Prints ratios (ours / reference) for:
      other kernels;
   3. peak resident memory of extracting all of EWT train vs one eighth of it (separate processes);
   4. a warm rerun of the quickstart vs its cold run (cold time read from results/quickstart/run_log.json);
-  5. per-layer relative error of bf16 autocast against fp32 word vectors;
+  5. per-layer relative error of bf16 autocast against fp32 word vectors (with --device: on that device, and the
+     device's fp32 vectors against the CPU's);
   6. the probe test-accuracy difference bf16 minus fp32 on the quickstart tasks (a slice: --precision-train,
      --precision-limit), which decides what precision `auto` means (docs/design.md);
   7. smollm2-135m with weights loaded in bfloat16 vs float32: fidelity and probe-accuracy difference per layer.
 Machines are noisy: timings are medians of repeats where affordable. Run: `make bench` (< 10 min on 2 cores).
+On a lent GPU, sections 1 and 5 run there through `benchmarks/device_check.sh` (--device, --model, --conllu,
+--peak-tflops).
 """
 from __future__ import annotations
 
@@ -40,29 +43,42 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def median_time(fn, repeats=3):
+def sync(device: str = "cpu") -> None:
+    """Wait for the device's queued work (a GPU runs asynchronously; a host clock read before this lies)."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
+def median_time(fn, repeats=3, device: str = "cpu"):
     ts = []
     for _ in range(repeats):
+        sync(device)
         t = time.perf_counter()
         fn()
+        sync(device)
         ts.append(time.perf_counter() - t)
     return statistics.median(ts)
 
 
-#: matmul shapes the peak is taken over: square, and MiniLM's feed-forward shapes at a 2,048-token batch
+#: matmul shapes the peak is taken over: square, and MiniLM's feed-forward shapes at a 2,048-token batch; on a GPU
+#: also a large square one, since the small shapes leave most of its units idle
 MATMUL_SHAPES = ((1024, 1024, 1024), (2048, 384, 1536), (2048, 1536, 384))
+GPU_MATMUL_SHAPES = MATMUL_SHAPES + ((16384, 384, 1536), (8192, 8192, 8192))
 
 
-def matmul_gflops(dtype: str = "fp32", repeats=7) -> float:
-    """Measured matmul peak for a dtype: the best over :data:`MATMUL_SHAPES` of each shape's median GFLOP/s."""
+def matmul_gflops(dtype: str = "fp32", repeats=7, device: str = "cpu") -> float:
+    """Measured matmul peak for a dtype on a device: the best over the shapes of each shape's median GFLOP/s. On
+    CUDA, fp32 is true fp32 (torch's default, no TF32), as the fp32 forward passes run."""
     import torch
 
     dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     best = 0.0
-    for m, k, n in MATMUL_SHAPES:
-        a, b = torch.randn(m, k).to(dt), torch.randn(k, n).to(dt)
+    for m, k, n in GPU_MATMUL_SHAPES if device.startswith("cuda") else MATMUL_SHAPES:
+        a, b = torch.randn(m, k, device=device).to(dt), torch.randn(k, n, device=device).to(dt)
         a @ b
-        best = max(best, 2 * m * k * n / median_time(lambda: a @ b, repeats) / 1e9)
+        best = max(best, 2 * m * k * n / median_time(lambda: a @ b, repeats, device) / 1e9)
     return best
 
 
@@ -88,28 +104,41 @@ def cpu_line() -> str:
             + ", ".join(f"{k}={v}" for k, v in caps.items()))
 
 
+def device_line(device: str) -> str:
+    """:func:`cpu_line`, or on a GPU its name, memory and compute capability (and the CPU beside it)."""
+    if not device.startswith("cuda"):
+        return cpu_line()
+    import torch
+
+    p = torch.cuda.get_device_properties(device)
+    return (f"GPU {p.name}, {p.total_memory / 2**30:.0f} GiB, compute capability {p.major}.{p.minor}, "
+            f"{p.multi_processor_count} SMs, TF32 matmul {torch.backends.cuda.matmul.allow_tf32}; host {cpu_line()}")
+
+
 def non_embedding_params(model) -> int:
     """Parameters every token multiplies through: all but the embeddings and BERT's pooler (which runs on one
     token per row, so counting it would lower the bound by 1.4% on minilm)."""
     return sum(p.numel() for n, p in model.named_parameters() if "embed" not in n and "pooler" not in n)
 
 
-def per_sentence_loop(lm, sents) -> tuple[float, int]:
+def per_sentence_loop(lm, sents, device: str = "cpu") -> tuple[float, int]:
     """NeuroX-style reference: tokenizer + one forward per sentence, output_hidden_states."""
     import torch
 
     tok = lm.tokenizer
     n_tok = 0
+    sync(device)
     t = time.perf_counter()
     with torch.inference_mode():
         for s in sents:
-            enc = tok(s.text, return_tensors="pt", truncation=True, max_length=lm.max_length)
+            enc = tok(s.text, return_tensors="pt", truncation=True, max_length=lm.max_length).to(device)
             lm.model(**enc, output_hidden_states=True)
             n_tok += int(enc["input_ids"].shape[1])
+    sync(device)
     return time.perf_counter() - t, n_tok
 
 
-def plain_batched(lm, sents, batch_tokens=4096, precision="fp32") -> tuple[float, int]:
+def plain_batched(lm, sents, batch_tokens=4096, precision="fp32", device: str = "cpu") -> tuple[float, int]:
     """A plain HF forward: the tokenizer's ids sorted by length, batches grown under the same token budget as ours
     and padded by the tokenizer, output_hidden_states; no alignment, pooling or store. Real tokens counted. bf16 is
     plain ``torch.autocast`` (weights cast at every call, as a user would write it)."""
@@ -118,19 +147,33 @@ def plain_batched(lm, sents, batch_tokens=4096, precision="fp32") -> tuple[float
     import torch
 
     tok = lm.tokenizer
+    sync(device)
     t = time.perf_counter()
     ids = sorted((tok(s.text, truncation=True, max_length=lm.max_length)["input_ids"] for s in sents), key=len)
-    amp = (torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext())
+    amp = (torch.autocast(device.split(":")[0], dtype=torch.bfloat16) if precision == "bf16"
+           else contextlib.nullcontext())
     with torch.inference_mode(), amp:
         i = 0
         while i < len(ids):
             j = i + 1
             while j < len(ids) and len(ids[j]) * (j - i + 1) <= batch_tokens:
                 j += 1
-            enc = tok.pad({"input_ids": ids[i:j]}, return_tensors="pt")
+            enc = tok.pad({"input_ids": ids[i:j]}, return_tensors="pt").to(device)
             lm.model(**enc, output_hidden_states=True)
             i = j
+    sync(device)
     return time.perf_counter() - t, sum(len(x) for x in ids)
+
+
+def bench_sentences(split: str, n: int | None, conllu: str | None = None):
+    """The first ``n`` sentences of EWT's ``split``, or of the CoNLL-U file ``conllu`` where given (a machine that
+    has no treebank folder: the device check carries a slice of EWT train)."""
+    from probekit.data.conllu_io import read_conllu
+    from probekit.data.datasets import load_split
+
+    if conllu:
+        return read_conllu(Path(conllu), limit=n)
+    return load_split("ud_ewt", split, limit=n)
 
 
 def ours_extract(lm, sents, precision="fp32", packing=True) -> tuple[float, int, int]:
@@ -144,17 +187,17 @@ def ours_extract(lm, sents, precision="fp32", packing=True) -> tuple[float, int,
     return dt, stats["tokens"], stats["padded_tokens"]
 
 
-def bench_extraction(n_sent: int, repeats: int = 3):
+def bench_extraction(n_sent: int, repeats: int = 3, *, device: str = "cpu", model: str = "minilm",
+                     conllu: str | None = None, peak_tflops: float | None = None):
     from probekit.activations.models import load_model
     from probekit.activations.precision import resolve_precision
-    from probekit.data.datasets import load_split
 
-    lm = load_model("minilm", device="cpu")
-    sents = load_split("ud_ewt", "train", limit=n_sent)
-    auto = resolve_precision("cpu", "auto")
-    paths = {"per-sentence loop fp32": lambda ss: per_sentence_loop(lm, ss),
-             "plain batched HF fp32": lambda ss: plain_batched(lm, ss),
-             "plain batched HF bf16": lambda ss: plain_batched(lm, ss, precision="bf16"),
+    lm = load_model(model, device=device)
+    sents = bench_sentences("train", n_sent, conllu)
+    auto = resolve_precision(device, "auto")
+    paths = {"per-sentence loop fp32": lambda ss: per_sentence_loop(lm, ss, device),
+             "plain batched HF fp32": lambda ss: plain_batched(lm, ss, device=device),
+             "plain batched HF bf16": lambda ss: plain_batched(lm, ss, precision="bf16", device=device),
              "probekit padded rows fp32": lambda ss: ours_extract(lm, ss, "fp32", packing=False),
              "probekit padded rows bf16": lambda ss: ours_extract(lm, ss, "bf16", packing=False),
              "probekit extract fp32": lambda ss: ours_extract(lm, ss, "fp32"),
@@ -166,7 +209,7 @@ def bench_extraction(n_sent: int, repeats: int = 3):
     peaks = {"fp32": [], "bf16": []}  # matmul peak measured in each round, beside that round's runs
     for r in range(repeats):  # interleaved, so that load drifts hit every path alike
         for p in peaks:
-            peaks[p].append(matmul_gflops(p, repeats=5))
+            peaks[p].append(matmul_gflops(p, repeats=5, device=device))
         # in a new order every round: a path runs slower after some others (probekit fp32 after a plain HF bf16
         # forward: 4.22 vs 3.66 s alone, medians of 4), so no path may always follow the same one
         for name in random.Random(r).sample(list(paths), len(paths)):
@@ -183,9 +226,10 @@ def bench_extraction(n_sent: int, repeats: int = 3):
     gf = {p: statistics.median(v) for p, v in peaks.items()}
     bound = {p: g * 1e9 / flops_per_tok for p, g in gf.items()}
     ref = tps["per-sentence loop fp32"]
-    print(f"\n[1] Extraction, minilm, {n_sent} EWT train sentences ({real:,} real subword tokens incl. specials), "
-          f"medians of {repeats} interleaved rounds, paths in a new order each round; auto = {auto} here")
-    print(f"    {cpu_line()}")
+    print(f"\n[1] Extraction, {model} on {device}, {len(sents)} {conllu or 'EWT train'} sentences ({real:,} real "
+          f"subword tokens incl. specials), medians of {repeats} interleaved rounds, paths in a new order each round; "
+          f"auto = {auto} here")
+    print(f"    {device_line(device)}")
     print(f"    matmul peak (median of the rounds; each round measures it beside its runs) fp32 {gf['fp32']:.0f} "
           f"GFLOP/s ({min(peaks['fp32']):.0f}-{max(peaks['fp32']):.0f}), bf16 {gf['bf16']:.0f} GFLOP/s "
           f"({min(peaks['bf16']):.0f}-{max(peaks['bf16']):.0f}; {gf['bf16'] / gf['fp32']:.2f}x); "
@@ -196,6 +240,11 @@ def bench_extraction(n_sent: int, repeats: int = 3):
         print(f"    {name:26}: {v:8.0f} tok/s  {v / ref:5.2f}x per-sentence  {of_bound(name, 'fp32'):4.0%} of fp32 "
               "bound" + (f"  {of_bound(name, 'bf16'):4.0%} of bf16 bound" if p == "bf16" else ""))
     print(f"    padding {1 - real / computed:.1%} of computed tokens (target < 3%; padded rows: {padded_rows:.1%})")
+    mfu = {}
+    if peak_tflops:  # model FLOP utilisation against the device's nominal (data-sheet) bf16 peak, as papers give it
+        mfu = {k: v * flops_per_tok / (peak_tflops * 1e12) for k, v in tps.items()}
+        print(f"    MFU against the nominal bf16 peak {peak_tflops:g} TFLOP/s (--peak-tflops; the measured one is "
+              f"{gf['bf16'] / 1e3:.3g} TFLOP/s): " + ", ".join(f"{k} {v:.2%}" for k, v in mfu.items()))
     print(f"    RATIO ours fp32/per-sentence = {tps['probekit extract fp32'] / ref:.2f}x;  ours bf16/per-sentence = "
           f"{tps['probekit extract bf16'] / ref:.2f}x (target >= 4x with bf16 units);  bf16/fp32 = "
           f"{tps['probekit extract bf16'] / tps['probekit extract fp32']:.2f}x;  ours fp32/fp32 bound = "
@@ -204,36 +253,41 @@ def bench_extraction(n_sent: int, repeats: int = 3):
           f"{tps['probekit extract bf16'] / tps['plain batched HF bf16']:.2f};  packed/padded rows: fp32 "
           f"{tps['probekit extract fp32'] / tps['probekit padded rows fp32']:.2f}x, bf16 "
           f"{tps['probekit extract bf16'] / tps['probekit padded rows bf16']:.2f}x")
-    return {"tok_s": tps, "bound_tok_s": bound, "gflops": gf, "gflops_rounds": peaks,
+    return {"device": device_line(device), "model": model, "tok_s": tps, "bound_tok_s": bound, "gflops": gf,
+            "gflops_rounds": peaks, "mfu_nominal": mfu,
             "of_fp32_bound": {k: of_bound(k, "fp32") for k in tps}, "padding": 1 - real / computed, "auto": auto,
             "runs_s": {k: [r[0] for r in v] for k, v in runs.items()}}
 
 
-def bench_fidelity(n_sent: int, model: str = "minilm", **b_kw):
+def bench_fidelity(n_sent: int, model: str = "minilm", *, device: str = "cpu", conllu: str | None = None, **b_kw):
     """Per-layer error of bf16 autocast (or of ``b_kw``'s other setting) against fp32: median over words of the
-    relative L2 error and of the cosine, on float32 word vectors of the same sentences."""
+    relative L2 error and of the cosine, on float32 word vectors of the same sentences (EWT dev, or the last
+    ``n_sent`` sentences of ``conllu``)."""
     import numpy as np
 
     from probekit.activations.extract import Extractor
     from probekit.activations.models import load_model
-    from probekit.data.datasets import load_split
 
-    sents = load_split("ud_ewt", "dev", limit=n_sent)
-    lm = load_model(model, device="cpu")
+    sents = bench_sentences("dev", n_sent, None) if not conllu else bench_sentences("train", None, conllu)[-n_sent:]
+    lm = load_model(model, device=device)
     a, _ = Extractor(lm, precision="fp32").encode_shard(sents)
     if "weights_dtype" in b_kw:
-        lm = load_model(model, device="cpu", dtype=b_kw["weights_dtype"])
+        lm = load_model(model, device=device, dtype=b_kw["weights_dtype"])
         b, _ = Extractor(lm, precision="fp32").encode_shard(sents)
+    elif "other_device" in b_kw:  # the same fp32 extraction on another device
+        b, _ = Extractor(load_model(model, device=b_kw["other_device"]), precision="fp32").encode_shard(sents)
     else:
         b, _ = Extractor(lm, precision=b_kw.get("precision", "bf16")).encode_shard(sents)
     rel = np.linalg.norm(a - b, axis=2) / np.maximum(np.linalg.norm(a, axis=2), 1e-12)
     cos = (a * b).sum(2) / np.maximum(np.linalg.norm(a, axis=2) * np.linalg.norm(b, axis=2), 1e-12)
     out = [(float(np.median(r)), float(np.max(r)), float(np.median(c))) for r, c in zip(rel, cos)]
     what = ", ".join(f"{k}={v}" for k, v in b_kw.items()) or "precision=bf16"
-    print(f"\n[5] Fidelity of {what} vs fp32, {model}, {len(sents)} EWT dev sentences: per layer median (max) relative "
-          "L2 error of word vectors, median cosine")
+    print(f"\n[5] Fidelity of {what} vs fp32, {model} on {device}, {len(sents)} {conllu or 'EWT dev'} sentences: per "
+          "layer median (max) relative L2 error of word vectors, median cosine")
     for layer, (med, mx, c) in enumerate(out):
-        print(f"    layer {layer:2d}: {med:.3%} ({mx:.2%})  cos {c:.6f}")
+        small = mx < 1e-4  # fp32 against fp32 (another device): rounding-level, shown in full
+        print(f"    layer {layer:2d}: " + (f"{med:.1e} ({mx:.1e})" if small else f"{med:.3%} ({mx:.2%})")
+              + f"  cos {c:.6f}")
     return out
 
 
@@ -389,6 +443,12 @@ def main():
     ap.add_argument("--probe-layers", type=int, default=None)
     ap.add_argument("--precision-train", type=int, default=1000, help="train sentences of the accuracy slices")
     ap.add_argument("--precision-limit", type=int, default=500, help="dev/test sentences of the accuracy slices")
+    ap.add_argument("--device", default="cpu", help="device of sections 1 and 5 (e.g. cuda); the others run on cpu")
+    ap.add_argument("--model", default="minilm", help="model of sections 1 and 5 (alias or HF folder)")
+    ap.add_argument("--conllu", default=None, help="sections 1 and 5 read their sentences from this CoNLL-U file "
+                    "instead of EWT train/dev (section 5: its last sentences)")
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="the device's nominal bf16 peak (data sheet, dense): section 1 adds MFU against it")
     ap.add_argument("--skip", nargs="*", default=[],
                     choices=["extract", "probes", "memory", "cache", "fidelity", "accuracy", "weights"])
     args = ap.parse_args()
@@ -397,10 +457,11 @@ def main():
     import torch
 
     print(f"probekit benchmark: torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"device cpu, {time.strftime('%Y-%m-%d %H:%M')}\n{cpu_line()}")
+          f"device {args.device}, {time.strftime('%Y-%m-%d %H:%M')}\n{device_line(args.device)}")
     res = {}
     if "extract" not in args.skip:
-        res["extract"] = bench_extraction(args.extract_sentences, args.extract_repeats)
+        res["extract"] = bench_extraction(args.extract_sentences, args.extract_repeats, device=args.device,
+                                          model=args.model, conllu=args.conllu, peak_tflops=args.peak_tflops)
     if "probes" not in args.skip:
         res["probes"] = bench_probes(args.probe_sentences, args.probe_layers)
         # the target is on upos; a 2-class task guards the few-class code paths (BLAS picks other kernels there)
@@ -410,7 +471,9 @@ def main():
     if "cache" not in args.skip:
         res["cache"] = bench_cache()
     if "fidelity" not in args.skip:
-        res["fidelity_bf16"] = bench_fidelity(500)
+        res["fidelity_bf16"] = bench_fidelity(500, args.model, device=args.device, conllu=args.conllu)
+        if args.device != "cpu":  # the device's fp32 vectors against the CPU's: is the device path right at all?
+            res["fidelity_device"] = bench_fidelity(200, args.model, conllu=args.conllu, other_device=args.device)
     if "accuracy" not in args.skip:
         res["accuracy_bf16"] = bench_accuracy("minilm", args.precision_train, args.precision_limit,
                                               {"precision": "fp32"}, {"precision": "bf16"}, "6")
