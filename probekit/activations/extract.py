@@ -33,6 +33,7 @@ from probekit.activations.align import (
     special_layout,
 )
 from probekit.activations.batching import Packing, make_batches, negotiate_packing
+from probekit.activations.heap import kept_heap, trim_if_over
 from probekit.activations.precision import forward_context, resolve_precision
 from probekit.activations.sites import check_sites, record_sites, site_layers, site_width
 from probekit.activations.store import (
@@ -42,7 +43,7 @@ from probekit.activations.store import (
     store_key,
     to_disk,
 )
-from probekit.activations.writer import StorePlan, StoreWriter, release_freed_memory
+from probekit.activations.writer import StorePlan, StoreWriter
 from probekit.data.conllu_io import Sentence
 from probekit.errors import ConfigError, DataError, ModelError, StoreError, unknown_name
 
@@ -182,7 +183,7 @@ class Extractor:
         model = self.lm.model
         p = len(self.prefix)
         batches = self.batches(pieces, aligned)  # before the context and hooks (see `batches`)
-        with forward_context(model, self.device, self.precision), record_sites(model, sites) as recorded:
+        with kept_heap(), forward_context(model, self.device, self.precision), record_sites(model, sites) as recorded:
             for batch in batches:
                 t0 = time.perf_counter()
                 try:
@@ -224,10 +225,7 @@ class Extractor:
                                 sents["mean"][:, si] = buf.mean(axis=1)
                             if "last" in sents:
                                 sents["last"][:, si] = buf[:, -1]
-                del out, tensors
-                # hand the batch's freed buffers back to the OS: without this, peak memory grows with the corpus
-                # through heap fragmentation (see `writer.release_freed_memory`)
-                release_freed_memory()
+                del out, tensors  # the freed buffers stay in the heap for the next batch (`heap.kept_heap`)
                 self.stats["forward_seconds"] += time.perf_counter() - t0
                 self.stats["tokens"] += batch.real_tokens
                 self.stats["padded_tokens"] += batch.ids.size
@@ -424,21 +422,22 @@ def extract_sites(model, sentences: Sequence[Sentence], *, sites: Sequence[str] 
             bar = progress_bar(total_words, f"extract {Path(model.name).name} {split}", unit="word", enabled=progress)
             # bfloat16 has no numpy dtype: its shards are pooled in float32 and rounded when written
             np_dtype = np.float32 if dtype == "bfloat16" else DTYPES[dtype]
-            for n_done, p in enumerate(todo):
-                if _stop_after_shards is not None and n_done >= _stop_after_shards:
-                    break
-                need = [w for w in writers if p.index not in w.done]
-                got = ex.encode_sites(sentences[p.sent_start:p.sent_end], sites=[w.plan.site for w in need],
-                                      layers={w.plan.site: w.plan.layers for w in need}, out_dtype=np_dtype)
-                stats, ex.stats = ex.stats, {k: 0 for k in ex.stats}
-                for w in need:
-                    words, sents = got.pop(w.plan.site)
-                    arrays = {"words": to_disk(words, dtype), **{f"sent-{k}": to_disk(v, dtype)
-                                                                 for k, v in sents.items()}}
-                    w.commit(p, arrays, stats)
-                    del words, sents, arrays
-                release_freed_memory()
-                bar.update(p.word_end - p.word_start)
+            with kept_heap():  # one heap kept across the shards, handed back at the end
+                for n_done, p in enumerate(todo):
+                    if _stop_after_shards is not None and n_done >= _stop_after_shards:
+                        break
+                    need = [w for w in writers if p.index not in w.done]
+                    got = ex.encode_sites(sentences[p.sent_start:p.sent_end], sites=[w.plan.site for w in need],
+                                          layers={w.plan.site: w.plan.layers for w in need}, out_dtype=np_dtype)
+                    stats, ex.stats = ex.stats, {k: 0 for k in ex.stats}
+                    for w in need:
+                        words, sents = got.pop(w.plan.site)
+                        arrays = {"words": to_disk(words, dtype), **{f"sent-{k}": to_disk(v, dtype)
+                                                                     for k, v in sents.items()}}
+                        w.commit(p, arrays, stats)
+                        del words, sents, arrays
+                    trim_if_over()  # the heap kept for reuse stays bounded over any corpus
+                    bar.update(p.word_end - p.word_start)
             bar.close()
         for w in writers:
             w.finish()

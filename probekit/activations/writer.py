@@ -1,6 +1,5 @@
 """Writing one site's activation store during extraction: where it goes (:class:`StorePlan`), its manifest, the
-verified shards already done (resume), damaged shards and manifests rebuilt, each new shard committed atomically; and returning a batch's freed heap pages
-to the OS (glibc's ``malloc_trim``), which keeps extraction's peak memory flat over a corpus (docs/design.md 14).
+verified shards already done (resume), damaged shards and manifests rebuilt, each new shard committed atomically.
 """
 from __future__ import annotations
 
@@ -140,30 +139,6 @@ class StoreWriter:
         self.manifest["shards"] = [self.done[k] for k in sorted(self.done)]
         self.manifest["complete"] = len(self.done) == len(self.plans)
         atomic_write_bytes(self.manifest_path, json.dumps(self.manifest, indent=1).encode())
-
-
-def release_freed_memory() -> None:
-    """Hand freed buffers back to the OS (glibc ``malloc_trim``). Called after every batch and every shard.
-
-    A batch's temporaries (hidden states, attention and feed-forward buffers) are tens of MB of every size, below
-    glibc's dynamic mmap threshold, so they come from the heap, which fragments: its free space grew by 300 MB over
-    EWT train, and the pages a batch touched in it stayed resident. Peak RSS of extracting all of EWT train vs one
-    eighth (``make bench``, with interned treebank strings): 1,027 vs 813 MiB trimming every 4th batch (1.26),
-    879 vs 780 MiB trimming every batch (1.13). Trimming every batch cost about 4% of extraction throughput
-    (median of 3 interleaved runs: 2,312 vs 2,407 tokens/s). A no-op where glibc is not there."""
-    global _MALLOC_TRIM
-    if _MALLOC_TRIM is None:
-        try:
-            import ctypes
-
-            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _MALLOC_TRIM = False
-    if _MALLOC_TRIM:
-        _MALLOC_TRIM(0)
-
-
-_MALLOC_TRIM = None
 
 
 def shutil_rmtree(path: Path) -> None:

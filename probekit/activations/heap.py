@@ -1,0 +1,118 @@
+"""The C heap while extracting: a batch's freed buffers are kept for the next batch instead of being handed back to
+the OS and faulted in again (glibc; elsewhere nothing changes).
+
+Every batch of a forward pass allocates the same buffers again (hidden states, attention and feed-forward
+temporaries, up to tens of MB each). Each page glibc hands back to the OS is taken again by the next batch through a
+page fault that zeroes it, CPU time taken from the forward pass (docs/design.md 23). So inside :func:`kept_heap`:
+
+* buffers of up to 32 MiB come from the heap (``M_MMAP_THRESHOLD``, glibc's largest allowed value), not from fresh
+  mappings, and the heap's free top is handed back only beyond 1 GiB (``M_TRIM_THRESHOLD``);
+* :func:`trim_if_over` (called at a shard's end) hands the free heap back once it holds more than :data:`KEEP_FREE`,
+  so what is kept stays bounded however long the corpus;
+* leaving the outermost ``with`` hands all the free heap back, as extraction always did when it ended, and sets the
+  trim threshold to 64 MiB: glibc cannot return to its own adaptive thresholds once they are set, and 64 MiB (twice
+  the mmap threshold) is where those would stand after such buffers.
+
+A malloc setting of the user's own (``MALLOC_*_`` variables, ``glibc.malloc`` tunables) is left alone: then this
+module changes nothing.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+#: mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+#: buffers up to this size come from the heap while extracting (glibc refuses larger values)
+MMAP_THRESHOLD = 32 * 2**20
+#: the free top of the heap is handed back beyond this while extracting
+TRIM_THRESHOLD = 2**30
+#: the trim threshold left behind (glibc's own adaptive one stops at twice the mmap threshold)
+TRIM_AFTER = 2 * MMAP_THRESHOLD
+#: at most this much freed heap is kept at a shard's end (:func:`trim_if_over`)
+KEEP_FREE = 2**30
+
+_USER_VARS = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                 "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+_lock = threading.Lock()
+_depth = 0
+_libc_cache: list = []
+
+
+def _libc():
+    """glibc's malloc controls (``mallopt``, ``malloc_trim``; ``mallinfo2`` where glibc >= 2.33), or None."""
+    if not _libc_cache:
+        lib = None
+        try:
+            cand = ctypes.CDLL("libc.so.6")
+            if hasattr(cand, "mallopt") and hasattr(cand, "malloc_trim"):
+                lib = cand
+                if hasattr(cand, "mallinfo2"):
+                    cand.mallinfo2.restype = _MallInfo2
+        except OSError:  # not glibc (macOS, musl, Windows)
+            pass
+        _libc_cache.append(lib)
+    return _libc_cache[0]
+
+
+def user_tuned() -> bool:
+    """Whether the process was started with malloc settings of the user's own."""
+    return any(v in os.environ for v in _USER_VARS) or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "")
+
+
+def _controls():
+    return None if user_tuned() else _libc()
+
+
+@contextmanager
+def kept_heap() -> Iterator[None]:
+    """Keep freed buffers in the heap for reuse inside the ``with`` (module docstring); nests and is thread-safe:
+    the outermost ``with`` sets the thresholds and, on leaving, hands the free heap back."""
+    global _depth
+    lib = _controls()
+    if lib is None:
+        yield
+        return
+    with _lock:
+        if _depth == 0:
+            lib.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+            lib.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+        _depth += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0:
+                lib.malloc_trim(0)
+                lib.mallopt(M_TRIM_THRESHOLD, TRIM_AFTER)
+
+
+def free_heap_bytes() -> int | None:
+    """Free bytes held in the heap (``mallinfo2().fordblks``), or None where glibc cannot say."""
+    lib = _libc()
+    if lib is None or not hasattr(lib, "mallinfo2"):
+        return None
+    return int(lib.mallinfo2().fordblks)
+
+
+def trim_if_over(limit: int = KEEP_FREE) -> bool:
+    """Hand the free heap back to the OS if it holds more than ``limit`` bytes (or if glibc cannot say how much);
+    returns whether it did."""
+    lib = _controls()
+    if lib is None:
+        return False
+    free = free_heap_bytes()
+    if free is not None and free <= limit:
+        return False
+    lib.malloc_trim(0)
+    return True
