@@ -10,7 +10,8 @@ extractions per precision):
   adaptive glibc's adaptive thresholds and no trimming at all.
 The modes run in turn, --pairs times, in a new order each time (the machine's load drifts). Printed per mode and
 precision: medians over the children of each child's median wall seconds, system CPU seconds (page faults are
-kernel time) and minor page faults per extraction, and the per-turn wall ratios against `kept`.
+kernel time), minor page faults per extraction and the free heap at its end (glibc ``mallinfo2``: the most it
+held free), and the per-turn wall ratios against the first mode.
 
     python benchmarks/heap_reuse.py --sentences 1000 --repeats 3 --pairs 3
 """
@@ -33,6 +34,7 @@ from bench import cpu_line  # noqa: E402
 CHILD = """
 import ctypes, json, resource, statistics, sys, tempfile, time
 from probekit.activations.extract import extract
+from probekit.activations.heap import free_heap_bytes
 from probekit.activations.models import load_model
 from probekit.data.datasets import load_split
 
@@ -55,7 +57,8 @@ def one(precision, ss):
         extract(lm, ss, store_root=d, progress=False, precision=precision)
         wall = time.perf_counter() - t
         r1 = resource.getrusage(resource.RUSAGE_SELF)
-    return wall, r1.ru_stime - r0.ru_stime, r1.ru_minflt - r0.ru_minflt
+    # free heap at the end: the largest it grew to (pages handed back stay counted as free chunks)
+    return wall, r1.ru_stime - r0.ru_stime, r1.ru_minflt - r0.ru_minflt, (free_heap_bytes() or 0) / 2**20
 
 for p in precisions:
     one(p, sents[:50])
@@ -63,7 +66,7 @@ runs = {p: [] for p in precisions}
 for _ in range(repeats):
     for p in precisions:
         runs[p].append(one(p, sents))
-print(json.dumps({p: [statistics.median(r[i] for r in v) for i in range(3)] for p, v in runs.items()}))
+print(json.dumps({p: [statistics.median(r[i] for r in v) for i in range(4)] for p, v in runs.items()}))
 """
 
 MODES = ("kept", "trimmed", "adaptive")
@@ -88,21 +91,23 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=3, help="turns of all modes")
     ap.add_argument("--model", default="minilm")
     ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     args = ap.parse_args()
     os.environ.setdefault("PROBEKIT_DATA_DIR", str(ROOT.parent / "shared" / "data"))
-    res: dict[str, list[dict]] = {m: [] for m in MODES}
+    modes = [m for m in MODES if m in args.modes]
+    res: dict[str, list[dict]] = {m: [] for m in modes}
     for t in range(args.pairs):
-        for m in random.Random(t).sample(MODES, len(MODES)):
+        for m in random.Random(t).sample(modes, len(modes)):
             res[m].append(child(m, args))
     print(f"heap kept vs trimmed after every batch vs glibc's adaptive thresholds untrimmed: {args.model}, "
-          f"{args.sentences} EWT train sentences, {args.pairs} turns of one child process per mode, each the median "
+          f"the first {args.sentences} EWT train sentences (all if fewer), {args.pairs} turns of one child process per mode, each the median "
           f"of {args.repeats} extractions\n  {cpu_line()}")
     for p in args.precisions:
-        for m in MODES:
-            med = [statistics.median(r[p][i] for r in res[m]) for i in range(3)]
-            ratios = [r[p][0] / k[p][0] for r, k in zip(res[m], res["kept"])]
-            print(f"  {p} {m:9}: wall {med[0]:.2f} s (vs kept per turn {', '.join(f'{x:.2f}' for x in ratios)}), "
-                  f"system CPU {med[1]:.2f} s, minor faults {med[2]:,.0f}")
+        for m in modes:
+            med = [statistics.median(r[p][i] for r in res[m]) for i in range(4)]
+            ratios = [r[p][0] / k[p][0] for r, k in zip(res[m], res[modes[0]])]
+            print(f"  {p} {m:9}: wall {med[0]:.2f} s (vs {modes[0]} per turn {', '.join(f'{x:.2f}' for x in ratios)})"
+                  f", system CPU {med[1]:.2f} s, minor faults {med[2]:,.0f}, free heap at the end {med[3]:.0f} MiB")
 
 
 if __name__ == "__main__":
