@@ -124,18 +124,20 @@ else:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or _thp_always(),
                     reason="glibc's page reuse is seen through minor faults on Linux with 4 KiB pages")
-@pytest.mark.parametrize("mode", ["kept", "default"])
-def test_buffers_are_reused_not_faulted_in_again(mode, monkeypatch):
-    """In a fresh process (glibc's adaptive thresholds): under them the miniature forward pass above faults the
-    temporary's pages in again round after round; inside `kept_heap` the rounds after the third fault nothing."""
+def test_buffers_are_reused_not_faulted_in_again(monkeypatch):
+    """In fresh processes (glibc's adaptive thresholds): under them the miniature forward pass above faults the
+    temporary's pages in again round after round (rounds 4-10 faulted 60,576-178,976 pages in all over 10 runs here,
+    and at least 31,936 in a CI run: glibc settles on the pattern after some rounds in some runs, never in others);
+    inside `kept_heap` the rounds after the third fault nothing (0 in 10 runs)."""
     for v in heap._USER_VARS + ("GLIBC_TUNABLES",):
         monkeypatch.delenv(v, raising=False)
     root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, "-c", LAYERS, mode], capture_output=True, text=True, check=True,
-                         cwd=root, env={**os.environ, "PYTHONPATH": str(root)}).stdout
-    faults = ast.literal_eval(out.strip().splitlines()[-1])
-    if mode == "kept":  # the heap settles within three rounds (8 runs here: 0 faults from the fourth on)
-        assert sum(faults[3:]) < 1024, faults
-    else:  # the test's own check: this pattern does fault without it (19,000-25,600 a round in rounds 4-6 of 8 runs
-        # here; glibc's adaptation settles on it from round 7 in some runs)
-        assert min(faults[3:6]) > 6000, faults
+
+    def late_faults(mode: str) -> int:
+        out = subprocess.run([sys.executable, "-c", LAYERS, mode], capture_output=True, text=True, check=True,
+                             cwd=root, env={**os.environ, "PYTHONPATH": str(root)}).stdout
+        return sum(ast.literal_eval(out.strip().splitlines()[-1])[3:])
+
+    kept, default = late_faults("kept"), late_faults("default")
+    assert kept < 1024, kept
+    assert default > 10 * 1024, default  # the test's own check: without kept_heap this pattern does fault
