@@ -23,6 +23,9 @@ Prints ratios (ours / reference) for:
   6. the probe test-accuracy difference bf16 minus fp32 on the quickstart tasks (a slice: --precision-train,
      --precision-limit), which decides what precision `auto` means (docs/design.md);
   7. smollm2-135m with weights loaded in bfloat16 vs float32: fidelity and probe-accuracy difference per layer.
+Where the device has no bf16 matrix units (as torch reports them: a Zen 3 EPYC's bf16 matmul runs at 1.7 GFLOP/s,
+0.013x its fp32), the bf16 work is left out: section 1's bf16 paths, and sections 5, 6 and 7, which would take hours
+there and measure a precision nobody should choose on that CPU; the run says so and `--bf16-anyway` runs them.
 Machines are noisy: timings are medians of repeats where affordable. Run: `make bench` (< 10 min on 2 cores).
 On a lent GPU, sections 1 and 5 run there through `benchmarks/device_check.sh` (--device, --model, --conllu,
 --peak-tflops).
@@ -90,12 +93,18 @@ def cpu_line() -> str:
 
     name = platform.processor() or "?"
     try:
+        info = {}
         for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+            if not line.strip():
                 break
-        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
-    except (OSError, StopIteration):
+        name = info.get("model name", name)
+        # A virtual machine may report only "AMD EPYC": family and model tell the generation (23 = Zen 1/2, 25 = Zen 3/4)
+        if "cpu family" in info:
+            name += f" (family {info['cpu family']}, model {info.get('model', '?')})"
+        flags = info.get("flags", "").split()
+    except OSError:
         flags = []
     wanted = [f for f in flags if f in ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")]
     caps = {f: bool(getattr(torch.cpu, f"_is_{f}_supported", lambda: False)())
@@ -187,8 +196,26 @@ def ours_extract(lm, sents, precision="fp32", packing=True) -> tuple[float, int,
     return dt, stats["tokens"], stats["padded_tokens"]
 
 
+def ratio_line(tps: dict[str, float], fp32_share: float) -> str:
+    """Section 1's summary: ours against the loop, the bound, a plain HF forward and padded rows, per precision
+    measured (bf16 only where its paths ran)."""
+    ref = tps["per-sentence loop fp32"]
+    parts = [f"ours fp32/per-sentence = {tps['probekit extract fp32'] / ref:.2f}x"]
+    bf16 = "probekit extract bf16" in tps
+    if bf16:
+        parts += [f"ours bf16/per-sentence = {tps['probekit extract bf16'] / ref:.2f}x (target >= 4x with bf16 units)",
+                  f"bf16/fp32 = {tps['probekit extract bf16'] / tps['probekit extract fp32']:.2f}x"]
+    parts.append(f"ours fp32/fp32 bound = {fp32_share:.0%} (target >= 60%)")
+    precisions = ("fp32", "bf16") if bf16 else ("fp32",)
+    parts.append("ours/plain HF: " + ", ".join(
+        f"{p} {tps[f'probekit extract {p}'] / tps[f'plain batched HF {p}']:.2f}" for p in precisions))
+    parts.append("packed/padded rows: " + ", ".join(
+        f"{p} {tps[f'probekit extract {p}'] / tps[f'probekit padded rows {p}']:.2f}x" for p in precisions))
+    return ";  ".join(parts)
+
+
 def bench_extraction(n_sent: int, repeats: int = 3, *, device: str = "cpu", model: str = "minilm",
-                     conllu: str | None = None, peak_tflops: float | None = None):
+                     conllu: str | None = None, peak_tflops: float | None = None, bf16: bool = True):
     from probekit.activations.models import load_model
     from probekit.activations.precision import resolve_precision
 
@@ -202,13 +229,17 @@ def bench_extraction(n_sent: int, repeats: int = 3, *, device: str = "cpu", mode
              "probekit padded rows bf16": lambda ss: ours_extract(lm, ss, "bf16", packing=False),
              "probekit extract fp32": lambda ss: ours_extract(lm, ss, "fp32"),
              "probekit extract bf16": lambda ss: ours_extract(lm, ss, "bf16")}
+    if not bf16:  # no bf16 matrix units: the bf16 paths would run for hours (see the module docstring)
+        paths = {k: v for k, v in paths.items() if not k.endswith("bf16")}
     for fn in paths.values():  # warm-up every path on a few sentences
         fn(sents[:20])
     flops_per_tok = 2 * non_embedding_params(lm.model)
     runs = {k: [] for k in paths}
     peaks = {"fp32": [], "bf16": []}  # matmul peak measured in each round, beside that round's runs
+    if not bf16:  # once, to show what bf16 would cost here
+        peaks["bf16"].append(matmul_gflops("bf16", repeats=1, device=device))
     for r in range(repeats):  # interleaved, so that load drifts hit every path alike
-        for p in peaks:
+        for p in peaks if bf16 else ["fp32"]:
             peaks[p].append(matmul_gflops(p, repeats=5, device=device))
         # in a new order every round: a path runs slower after some others (probekit fp32 after a plain HF bf16
         # forward: 4.22 vs 3.66 s alone, medians of 4), so no path may always follow the same one
@@ -240,19 +271,15 @@ def bench_extraction(n_sent: int, repeats: int = 3, *, device: str = "cpu", mode
         print(f"    {name:26}: {v:8.0f} tok/s  {v / ref:5.2f}x per-sentence  {of_bound(name, 'fp32'):4.0%} of fp32 "
               "bound" + (f"  {of_bound(name, 'bf16'):4.0%} of bf16 bound" if p == "bf16" else ""))
     print(f"    padding {1 - real / computed:.1%} of computed tokens (target < 3%; padded rows: {padded_rows:.1%})")
+    if not bf16:
+        print(f"    bf16 paths left out: no bf16 matrix units here (bf16 matmul {gf['bf16']:.1f} GFLOP/s, "
+              f"{gf['bf16'] / gf['fp32']:.3f}x fp32); --bf16-anyway runs them")
     mfu = {}
     if peak_tflops:  # model FLOP utilisation against the device's nominal (data-sheet) bf16 peak, as papers give it
         mfu = {k: v * flops_per_tok / (peak_tflops * 1e12) for k, v in tps.items()}
         print(f"    MFU against the nominal bf16 peak {peak_tflops:g} TFLOP/s (--peak-tflops; the measured one is "
               f"{gf['bf16'] / 1e3:.3g} TFLOP/s): " + ", ".join(f"{k} {v:.2%}" for k, v in mfu.items()))
-    print(f"    RATIO ours fp32/per-sentence = {tps['probekit extract fp32'] / ref:.2f}x;  ours bf16/per-sentence = "
-          f"{tps['probekit extract bf16'] / ref:.2f}x (target >= 4x with bf16 units);  bf16/fp32 = "
-          f"{tps['probekit extract bf16'] / tps['probekit extract fp32']:.2f}x;  ours fp32/fp32 bound = "
-          f"{of_bound('probekit extract fp32', 'fp32'):.0%} (target >= 60%);  ours/plain HF: fp32 "
-          f"{tps['probekit extract fp32'] / tps['plain batched HF fp32']:.2f}, bf16 "
-          f"{tps['probekit extract bf16'] / tps['plain batched HF bf16']:.2f};  packed/padded rows: fp32 "
-          f"{tps['probekit extract fp32'] / tps['probekit padded rows fp32']:.2f}x, bf16 "
-          f"{tps['probekit extract bf16'] / tps['probekit padded rows bf16']:.2f}x")
+    print(f"    RATIO {ratio_line(tps, of_bound('probekit extract fp32', 'fp32'))}")
     return {"device": device_line(device), "model": model, "tok_s": tps, "bound_tok_s": bound, "gflops": gf,
             "gflops_rounds": peaks, "mfu_nominal": mfu,
             "of_fp32_bound": {k: of_bound(k, "fp32") for k in tps}, "padding": 1 - real / computed, "auto": auto,
@@ -449,6 +476,9 @@ def main():
                     "instead of EWT train/dev (section 5: its last sentences)")
     ap.add_argument("--peak-tflops", type=float, default=None,
                     help="the device's nominal bf16 peak (data sheet, dense): section 1 adds MFU against it")
+    ap.add_argument("--bf16-anyway", action="store_true",
+                    help="run the bf16 work (section 1's bf16 paths, sections 5-7) on a device without bf16 matrix "
+                    "units too (hours on such a CPU)")
     ap.add_argument("--skip", nargs="*", default=[],
                     choices=["extract", "probes", "memory", "cache", "fidelity", "accuracy", "weights"])
     args = ap.parse_args()
@@ -459,9 +489,19 @@ def main():
     print(f"probekit benchmark: torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"device {args.device}, {time.strftime('%Y-%m-%d %H:%M')}\n{device_line(args.device)}")
     res = {}
+    from probekit.activations.precision import bf16_matrix_units
+
+    bf16 = {d: args.bf16_anyway or bf16_matrix_units(d) for d in {args.device, "cpu"}}
+    left_out = [s for s, d in (("fidelity", args.device), ("accuracy", "cpu"), ("weights", "cpu"))
+                if not bf16[d] and s not in args.skip]
+    if left_out:
+        print(f"no bf16 matrix units on {', '.join(d for d in bf16 if not bf16[d])}: leaving out section 1's bf16 "
+              f"paths and {' '.join(left_out)} (--bf16-anyway runs them)")
+        args.skip += left_out
     if "extract" not in args.skip:
         res["extract"] = bench_extraction(args.extract_sentences, args.extract_repeats, device=args.device,
-                                          model=args.model, conllu=args.conllu, peak_tflops=args.peak_tflops)
+                                          model=args.model, conllu=args.conllu, peak_tflops=args.peak_tflops,
+                                          bf16=bf16[args.device])
     if "probes" not in args.skip:
         res["probes"] = bench_probes(args.probe_sentences, args.probe_layers)
         # the target is on upos; a 2-class task guards the few-class code paths (BLAS picks other kernels there)
