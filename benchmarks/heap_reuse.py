@@ -90,9 +90,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="extractions per precision in each child")
     ap.add_argument("--pairs", type=int, default=3, help="turns of all modes")
     ap.add_argument("--model", default="minilm")
-    ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    ap.add_argument("--precisions", nargs="+", default=None,
+                    help="default fp32, and bf16 where the CPU has bf16 matrix units")
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     args = ap.parse_args()
+    if args.precisions is None:
+        from probekit.activations.precision import bf16_matrix_units
+
+        args.precisions = ["fp32"] + (["bf16"] if bf16_matrix_units("cpu") else [])
     os.environ.setdefault("PROBEKIT_DATA_DIR", str(ROOT.parent / "shared" / "data"))
     modes = [m for m in MODES if m in args.modes]
     res: dict[str, list[dict]] = {m: [] for m in modes}

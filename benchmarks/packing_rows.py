@@ -3,7 +3,8 @@
 minilm over EWT train sentences, tokenized and aligned once beforehand; each layout is run through
 ``batching.make_batches`` and the model, nothing else (no pooling, no store). Real tokens per second, median of
 ``--repeats`` interleaved runs, fp32 and bf16 autocast (weights cast once, as extraction does). Run:
-``python benchmarks/packing_rows.py [--sentences 1000] [--repeats 3] [--widths 128,256,512]``.
+``python benchmarks/packing_rows.py [--sentences 1000] [--repeats 3] [--widths 128,256,512] [--precisions fp32,bf16]``
+(bf16 by default only where the CPU has bf16 matrix units).
 """
 from __future__ import annotations
 
@@ -25,14 +26,18 @@ def main() -> None:
     from probekit.activations.batching import make_batches
     from probekit.activations.extract import Extractor
     from probekit.activations.models import load_model
-    from probekit.activations.precision import forward_context
+    from probekit.activations.precision import bf16_matrix_units, forward_context
     from probekit.data.datasets import load_split
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--sentences", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--widths", default="128,256,512", help="packed row widths, comma-separated")
+    ap.add_argument("--precisions", default=None,
+                    help="comma-separated; default fp32, and bf16 where the CPU has bf16 matrix units")
     args = ap.parse_args()
+    precisions = (args.precisions.split(",") if args.precisions
+                  else ["fp32"] + (["bf16"] if bf16_matrix_units("cpu") else []))
     lm = load_model("minilm", device="cpu")
     sents = load_split("ud_ewt", "train", limit=args.sentences)
     ex = Extractor(lm)
@@ -52,7 +57,7 @@ def main() -> None:
         return real / (time.perf_counter() - t), 1 - real / computed
 
     print(f"minilm forward only, {len(sents)} EWT train sentences, medians of {args.repeats}; {cpu_line()}")
-    for precision in ("fp32", "bf16"):
+    for precision in precisions:
         for packing in layouts.values():
             run(packing, precision)  # warm-up (oneDNN builds a kernel per shape)
         res = {k: [] for k in layouts}
