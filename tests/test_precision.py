@@ -66,6 +66,32 @@ def test_bf16_units_come_from_what_torch_reports(monkeypatch):
     assert not bf16_matrix_units("cuda:0") and not bf16_matrix_units("mps")
 
 
+def test_emulated_precisions_warn_once_per_extractor(tiny_bert_dir, monkeypatch, caplog):
+    """bf16 on a CPU without bf16 units and fp16 without AMX-FP16 run correctly but ~100x slower: the extractor says
+    so in one line; fp32, and bf16 where the units are, say nothing."""
+    import logging
+
+    import torch
+
+    from probekit.activations import precision as P
+    from probekit.activations.extract import Extractor
+    from probekit.activations.models import load_model
+
+    lm = load_model(str(tiny_bert_dir))
+    for units, amx_fp16, precision, warned in ((False, False, "bf16", "no bf16 matrix units"),
+                                               (True, False, "bf16", None), (False, False, "fp32", None),
+                                               (True, False, "fp16", "fp16 matmuls are emulated"),
+                                               (True, True, "fp16", None)):
+        monkeypatch.setattr(P, "bf16_matrix_units", lambda device, u=units: u)
+        monkeypatch.setattr(torch.cpu, "_is_amx_fp16_supported", lambda a=amx_fp16: a, raising=False)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="probekit"):
+            Extractor(lm, precision=precision)
+        said = [r.getMessage() for r in caplog.records if "emulated" in r.getMessage()]
+        assert (said == []) if warned is None else (len(said) == 1 and warned in said[0]), (precision, units, said)
+    assert P.emulation_warning("cuda:0", "bf16") is None
+
+
 def test_gpu_precision_is_what_was_asked_or_an_error(monkeypatch):
     """No silent bf16 on a GPU (auto is fp32 unless chosen) and no silent fp16 for a bf16 request."""
     import torch

@@ -34,7 +34,7 @@ from probekit.activations.align import (
 )
 from probekit.activations.batching import Packing, make_batches, negotiate_packing
 from probekit.activations.heap import kept_heap, trim_if_over
-from probekit.activations.precision import forward_context, resolve_precision
+from probekit.activations.precision import emulation_warning, forward_context, resolve_precision
 from probekit.activations.sites import check_sites, record_sites, site_layers, site_width
 from probekit.activations.store import (
     DTYPES,
@@ -93,16 +93,13 @@ class Extractor:
             raise ConfigError(f"max_length {max_length} leaves {self.max_content} subword(s) for the words after "
                               f"{len(self.prefix) + len(self.suffix)} special token(s); give at least "
                               f"{len(self.prefix) + len(self.suffix) + 2} (default: the model's {model.max_length}).")
-        import torch
 
         dev = str(next(model.model.parameters()).device)
         self.device = dev
         self.batch_tokens = batch_tokens or (16384 if dev.startswith("cuda") else 4096)
         self.precision = resolve_precision(dev, precision)  # what runs, and what the store key records
-        if self.precision == "fp16" and dev.startswith("cpu") and not getattr(torch.cpu, "_is_amx_fp16_supported",
-                                                                                     lambda: False)():
-            log.warning("precision fp16 on the CPU: correct, but this CPU's fp16 matmuls are emulated and far "
-                        "slower than fp32 (use bf16 or fp32).")
+        if (slow := emulation_warning(dev, self.precision)) is not None:
+            log.warning(slow)
         self.max_padding = MAX_PADDING
         self.causal = model.kind == "decoder"
         self.sentence_poolings = [p for p in SENTENCE_POOLINGS if p != "cls" or (self.prefix and not self.causal)]

@@ -30,6 +30,23 @@ def bf16_matrix_units(device: str) -> bool:
     return False
 
 
+def emulation_warning(device: str, precision: str) -> str | None:
+    """A one-line warning where ``precision`` runs emulated on ``device``, correct but far slower than fp32: bf16 on
+    a CPU without bf16 matrix units (a Zen 3 EPYC's bf16 matmul runs at 0.01x its fp32, docs/design.md 23), fp16 on
+    a CPU without AMX-FP16. None elsewhere."""
+    import torch
+
+    if not device.startswith("cpu"):
+        return None
+    if precision == "bf16" and not bf16_matrix_units(device):
+        return ("precision bf16 on this CPU: correct, but it has no bf16 matrix units (AMX or AVX512-BF16), so its "
+                "bf16 matmuls are emulated, about 100x slower than fp32: use fp32.")
+    if precision == "fp16" and not getattr(torch.cpu, "_is_amx_fp16_supported", lambda: False)():
+        return ("precision fp16 on this CPU: correct, but its fp16 matmuls are emulated and far slower than fp32 "
+                "(use bf16 or fp32).")
+    return None
+
+
 def resolve_precision(device: str, precision: str | None = "auto") -> str:
     """The precision extraction really runs in on ``device``: ``fp32`` (no autocast), ``bf16`` or ``fp16`` (autocast).
 
