@@ -22,7 +22,7 @@ from probekit.errors import ProbekitError, StoreError
 log = logging.getLogger(__name__)
 
 #: Hex digits kept of each kind's key (these lengths are part of existing keys: changing one renames every record).
-KEY_LENGTHS = {"store": 20, "unit": 24, "baseline": 16, "task": 16, "eraser": 16}
+KEY_LENGTHS = {"store": 20, "unit": 24, "baseline": 16, "task": 16, "eraser": 16, "analysis": 24}
 
 
 def canonical_json(obj) -> bytes:

@@ -1,5 +1,6 @@
 """Sentence intervals, layer/model significance, error analysis and `compare` on synthetic predictions."""
 import json
+import logging
 
 import numpy as np
 import pandas as pd
@@ -98,6 +99,21 @@ def test_word_majority_and_seen_unseen():
     assert w.loc[("band", "1-9"), "n"] == 2
 
 
+def test_frequency_bands_at_their_edges():
+    """Every train count lands in the one band of BANDS whose range holds it, at each band's edges too."""
+    from collections import Counter
+
+    counts = Counter({f"w{n}": n for n in (1, 9, 10, 99, 100, 999, 1000, 5000)})
+    words = ["unseen"] + list(counts)
+    pred = pd.DataFrame({"model": "m", "task": "t", "probe": "linear", "pooling": "first", "seed": 0, "layer": 0,
+                         "sentence": 0, "word_index": range(len(words)), "word": words,
+                         "gold": "a", "predicted": ["a"] * 5 + ["b"] * 4})
+    w = error_analysis.by_word_type(pred, {"t": counts})
+    band = w[w["split_by"] == "band"].set_index("group")
+    assert band["n"].to_dict() == {"unseen": 1, "1-9": 2, "10-99": 2, "100-999": 2, ">=1000": 2}
+    assert band["accuracy"].to_dict() == {"unseen": 1.0, "1-9": 1.0, "10-99": 1.0, "100-999": 0.0, ">=1000": 0.0}
+
+
 def test_no_test_words_is_a_clear_error():
     with pytest.raises(DataError, match="no test words"):
         sentence_stats.counts_table(_pred({0: 0.9}).iloc[:0], analysis.labels_of)
@@ -146,7 +162,7 @@ def test_band_and_confusion_figures(tmp_path):
     assert sentence_bands(s.drop(columns=["sent_lo", "sent_hi"]), tests, tmp_path / "none", ("png",)) == []
 
 
-def test_experiment_writes_the_rigour_files_and_compare_runs(tmp_path, tiny_bert_dir, data_dir, capsys):
+def test_experiment_writes_the_rigour_files_and_compare_runs(tmp_path, tiny_bert_dir, data_dir, capsys, caplog):
     """A tiny run writes predictions, intervals, significance and error files; `probekit compare` reads two runs."""
     from probekit.cli import main
     from probekit.config import ExperimentConfig
@@ -168,6 +184,18 @@ def test_experiment_writes_the_rigour_files_and_compare_runs(tmp_path, tiny_bert
     assert set(s[s.probe == "word_majority"].task) == {"aux_verb", "upos"}
     assert "best layer" in (f / "significance.md").read_text()
     assert "95% CI (sent.)" in "".join(p.read_text() for p in build_report(f, ("png",)) if p.suffix == ".md")
+    # a rerun with the same units keeps the analysis files; a file that no longer matches its digest is rewritten
+    recorded = json.loads((f / analysis.RECORD).read_text())["files"]
+    assert set(recorded) >= {"predictions.csv.gz", "errors/per_label.csv", "errors/by_word_type.csv"}
+    assert any(name.startswith("errors/confusion/") for name in recorded)
+    before = {name: ((f / name).read_bytes(), (f / name).stat().st_mtime_ns) for name in recorded}
+    run_experiment(ExperimentConfig(name="a", **cfg), progress=False)
+    assert {name: ((f / name).read_bytes(), (f / name).stat().st_mtime_ns) for name in recorded} == before
+    (f / "errors/per_label.csv").write_text("edited\n")
+    with caplog.at_level(logging.WARNING, logger="probekit"):
+        run_experiment(ExperimentConfig(name="a", **cfg), progress=False)
+    assert any("per_label.csv" in r.getMessage() and "sha256" in r.getMessage() for r in caplog.records)
+    assert {name: (f / name).read_bytes() for name in recorded} == {name: b for name, (b, _) in before.items()}
     run_experiment(ExperimentConfig(name="b", **{**cfg, "seeds": [1]}), progress=False)
     assert main(["compare", str(f), str(f.parent / "b")]) == 0
     assert "vs" in capsys.readouterr().out

@@ -12,24 +12,37 @@ error analysis.
 * ``errors/per_label.csv``, ``errors/confusion/<model>__<task>__<probe>__<pooling>__L<layer>.csv``,
   ``errors/by_word_type.csv`` (seen / unseen types, frequency bands), ``errors/word_majority.csv``.
 
+``predictions.csv.gz`` and ``errors/`` are a pure function of the units' saved predictions and the data, which the
+unit keys determine: ``errors/analysis.json`` records their key (:func:`probekit.keys.content_key`) and each file's
+sha256, written last. A rerun with the same units whose files all still match their digests keeps them instead of
+writing them again (a warm quickstart rerun spent 12 s of 32 there); a file that does not match is named in a warning
+and everything is written again.
+
 :func:`from_folder` redoes the summary-level part from a finished folder (``probekit report``): the summary's
 ``sent_lo`` / ``sent_hi`` columns and the word-majority rows.
 """
 from __future__ import annotations
 
+import json
 import logging
 import re
 from pathlib import Path
 
-from probekit._io import atomic_write_bytes
+from probekit._io import atomic_write_bytes, sha256_file
 from probekit.activations.models import ModelName
+from probekit.keys import content_key, distrust
 from probekit.results import error_analysis, predictions, sentence_stats
 from probekit.results.table import write_csv
 from probekit.tasks import get_task
 
 log = logging.getLogger(__name__)
 
-__all__ = ["analyse", "from_folder", "labels_of", "confusion_file"]
+__all__ = ["analyse", "from_folder", "labels_of", "confusion_file", "ANALYSIS_VERSION", "RECORD"]
+
+#: Bump when the files written for the same units change (their format, or what the error analysis computes).
+ANALYSIS_VERSION = 1
+#: The record of the written files (key and sha256 of each), relative to the results folder.
+RECORD = "errors/analysis.json"
 
 
 def labels_of(task: str) -> list:
@@ -45,7 +58,6 @@ def confusion_file(model, task, probe, pooling, layer) -> str:
 def analyse(folder: Path, unit_keys, data: dict, tasks, summary):
     """Write the files of the module doc for the units ``unit_keys``; returns ``summary`` with the sentence
     intervals and word-majority rows (unchanged when no unit saved predictions)."""
-    import pandas as pd
 
     folder = Path(folder)
     records, others = _by_site(predictions.gather(folder / "runs", unit_keys))
@@ -55,13 +67,42 @@ def analyse(folder: Path, unit_keys, data: dict, tasks, summary):
         return summary
     counts, n_sent = sentence_stats.counts_from_records(records, labels_of)
     first = min(r["seed"] for r in records)  # the error analysis and the intervals read the first seed
-    predictions.write_predictions(folder / predictions.FILE, [r for r in records if r["seed"] == first], data["test"],
-                                  labels_of)
+    key = content_key("analysis", {"version": ANALYSIS_VERSION, "units": list(unit_keys), "first_seed": first})
+    if not _kept(folder, key):
+        written = _write_error_files(folder, [r for r in records if r["seed"] == first], data, tasks)
+        record = {"key": key, "files": {name: sha256_file(folder / name) for name in written}}
+        atomic_write_bytes(folder / RECORD, json.dumps(record, indent=1, sort_keys=True).encode())
+    return _summary_and_tests(folder, summary, counts, n_sent, _site_counts(others))
+
+
+def _kept(folder: Path, key: str) -> bool:
+    """Whether ``folder``'s :data:`RECORD` has ``key`` and every file it lists still has its recorded sha256."""
+    path = folder / RECORD
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(record, dict) or record.get("key") != key:
+        return False
+    for name, digest in record.get("files", {}).items():
+        if not (folder / name).is_file() or sha256_file(folder / name) != digest:
+            distrust(folder / name, "is missing or does not match the sha256 in " + RECORD, what="analysis file")
+            return False
+    return True
+
+
+def _write_error_files(folder: Path, records: list[dict], data: dict, tasks) -> list[str]:
+    """Write ``predictions.csv.gz`` and ``errors/`` from the first seed's ``records``; their names, relative to
+    ``folder``."""
+    import pandas as pd
+
+    predictions.write_predictions(folder / predictions.FILE, records, data["test"], labels_of)
     pred = predictions.read_predictions(folder)
-    errors = folder / "errors"
-    write_csv(error_analysis.per_label(pred), errors / "per_label.csv")
+    written = [predictions.FILE, "errors/per_label.csv"]
+    write_csv(error_analysis.per_label(pred), folder / written[-1])
     for key, m in error_analysis.confusions(pred).items():
-        atomic_write_bytes(errors / "confusion" / confusion_file(*key), m.to_csv().encode())
+        written.append(f"errors/confusion/{confusion_file(*key)}")
+        atomic_write_bytes(folder / written[-1], m.to_csv().encode())
     type_counts, wm = {}, []
     for task in tasks:
         if task.level != "word":
@@ -69,9 +110,9 @@ def analyse(folder: Path, unit_keys, data: dict, tasks, summary):
         type_counts[task.name], best, majority = error_analysis.train_word_stats(data["train"], task)
         for metric, value in error_analysis.word_majority(data["test"], task, best, majority).items():
             wm.append({"task": task.name, "metric": metric, "value": value})
-    write_csv(error_analysis.by_word_type(pred, type_counts), errors / "by_word_type.csv")
-    write_csv(pd.DataFrame(wm, columns=["task", "metric", "value"]), errors / "word_majority.csv")
-    return _summary_and_tests(folder, summary, counts, n_sent, _site_counts(others))
+    write_csv(error_analysis.by_word_type(pred, type_counts), folder / "errors/by_word_type.csv")
+    write_csv(pd.DataFrame(wm, columns=["task", "metric", "value"]), folder / "errors/word_majority.csv")
+    return written + ["errors/by_word_type.csv", "errors/word_majority.csv"]
 
 
 def _by_site(records: list[dict]) -> tuple[list[dict], list[dict]]:

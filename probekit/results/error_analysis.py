@@ -51,10 +51,13 @@ def confusions(pred) -> dict:
 
     out = {}
     for key, part in _first_seed(pred).groupby(GROUP, sort=True):
-        labels = sorted(set(part["gold"]) | set(part["predicted"]))
-        m = pd.crosstab(pd.Categorical(part["gold"], labels), pd.Categorical(part["predicted"], labels),
-                        dropna=False)
-        m.index.name, m.columns.name = "gold", "predicted"
+        gold, guess = part["gold"].to_numpy(dtype=object), part["predicted"].to_numpy(dtype=object)
+        labels = sorted(set(gold) | set(guess))
+        code = {lab: i for i, lab in enumerate(labels)}
+        k = len(labels)
+        pairs = np.fromiter((code[g] * k + code[q] for g, q in zip(gold, guess)), dtype=np.int64, count=len(gold))
+        m = pd.DataFrame(np.bincount(pairs, minlength=k * k).reshape(k, k), index=pd.Index(labels, name="gold"),
+                         columns=pd.Index(labels, name="predicted"))
         out[key] = m
     return out
 
@@ -76,13 +79,6 @@ def train_word_stats(train_sentences, task) -> tuple[Counter, dict, str]:
     return counts, best, majority
 
 
-def _band(n: int) -> str:
-    for name, lo, hi in BANDS:
-        if n >= lo and (hi is None or n <= hi):
-            return name
-    raise AssertionError(n)
-
-
 def by_word_type(pred, train_counts: dict):
     """DataFrame: model, task, probe, pooling, layer, split_by (``seen`` / ``band``), group, n, accuracy.
 
@@ -92,15 +88,17 @@ def by_word_type(pred, train_counts: dict):
     recs = []
     p = _first_seed(pred)
     p = p[p["word_index"] >= 0]
+    lows = np.array([lo for _, lo, _ in BANDS])  # the bands tile 0..inf in order: a count's band is the last low <= it
     for key, part in p.groupby(GROUP, sort=True):
         counts = train_counts.get(key[1])
         if counts is None:
             continue
-        n = np.array([counts.get(w, 0) for w in part["word"]])
+        words = part["word"].to_numpy(dtype=object)
+        n = np.fromiter((counts.get(w, 0) for w in words), dtype=np.int64, count=len(words))
+        band = np.searchsorted(lows, n, side="right") - 1
         right = (part["gold"].to_numpy() == part["predicted"].to_numpy())
         for split_by, groups in (("seen", (("seen", n > 0), ("unseen", n == 0))),
-                                 ("band", tuple((b, np.array([_band(x) == b for x in n], dtype=bool))
-                                                for b, _, _ in BANDS))):
+                                 ("band", tuple((b, band == i) for i, (b, _, _) in enumerate(BANDS)))):
             for name, mask in groups:
                 if mask.any():
                     recs.append({**dict(zip(GROUP, key)), "split_by": split_by, "group": name,
