@@ -31,9 +31,9 @@ def bf16_matrix_units(device: str) -> bool:
 
 
 def emulation_warning(device: str, precision: str) -> str | None:
-    """A one-line warning where ``precision`` runs emulated on ``device``, correct but far slower than fp32: bf16 on
-    a CPU without bf16 matrix units (a Zen 3 EPYC's bf16 matmul runs at 0.01x its fp32, docs/design.md 23), fp16 on
-    a CPU without AMX-FP16. None elsewhere."""
+    """A one-line warning where ``precision`` runs emulated on ``device``, correct but far slower than fp32 (the
+    bf16 figures: docs/design.md 23): bf16 on a CPU without bf16 matrix units, fp16 on a CPU without AMX-FP16. None
+    elsewhere."""
     import torch
 
     if not device.startswith("cpu"):

@@ -15,8 +15,8 @@ error analysis.
 ``predictions.csv.gz`` and ``errors/`` are a pure function of the units' saved predictions and the data, which the
 unit keys determine: ``errors/analysis.json`` records their key (:func:`probekit.keys.content_key`) and each file's
 sha256, written last. A rerun with the same units whose files all still match their digests keeps them instead of
-writing them again (a warm quickstart rerun spent 12 s of 32 there); a file that does not match is named in a warning
-and everything is written again.
+writing them again (docs/design.md 24); a file that does not match is named in a warning and everything is written
+again.
 
 :func:`from_folder` redoes the summary-level part from a finished folder (``probekit report``): the summary's
 ``sent_lo`` / ``sent_hi`` columns and the word-majority rows.
@@ -58,7 +58,6 @@ def confusion_file(model, task, probe, pooling, layer) -> str:
 def analyse(folder: Path, unit_keys, data: dict, tasks, summary):
     """Write the files of the module doc for the units ``unit_keys``; returns ``summary`` with the sentence
     intervals and word-majority rows (unchanged when no unit saved predictions)."""
-
     folder = Path(folder)
     records, others = _by_site(predictions.gather(folder / "runs", unit_keys))
     if not records:
