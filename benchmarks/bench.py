@@ -23,8 +23,8 @@ Prints ratios (ours / reference) for:
   6. the probe test-accuracy difference bf16 minus fp32 on the quickstart tasks (a slice: --precision-train,
      --precision-limit), which decides what precision `auto` means (docs/design.md);
   7. smollm2-135m with weights loaded in bfloat16 vs float32: fidelity and probe-accuracy difference per layer.
-Where the device has no bf16 matrix units (as torch reports them: a Zen 3 EPYC's bf16 matmul runs at 1.7 GFLOP/s,
-0.013x its fp32), the bf16 work is left out: section 1's bf16 paths, and sections 5, 6 and 7, which would take hours
+Where the device has no bf16 matrix units (as torch reports them; there bf16 matmuls are emulated, docs/design.md
+23), the bf16 work is left out: section 1's bf16 paths, and sections 5, 6 and 7, which would take hours
 there and measure a precision nobody should choose on that CPU; the run says so and `--bf16-anyway` runs them.
 Machines are noisy: timings are medians of repeats where affordable. Run: `make bench` (< 10 min on 2 cores).
 On a lent GPU, sections 1 and 5 run there through `benchmarks/device_check.sh` (--device, --model, --conllu,
@@ -83,6 +83,13 @@ def matmul_gflops(dtype: str = "fp32", repeats=7, device: str = "cpu") -> float:
         a @ b
         best = max(best, 2 * m * k * n / median_time(lambda: a @ b, repeats, device) / 1e9)
     return best
+
+
+def timed_precisions(device: str = "cpu") -> list[str]:
+    """The precisions a benchmark times by default: fp32, and bf16 where ``device`` has bf16 matrix units."""
+    from probekit.activations.precision import bf16_matrix_units
+
+    return ["fp32"] + (["bf16"] if bf16_matrix_units(device) else [])
 
 
 def cpu_line() -> str:
@@ -489,9 +496,7 @@ def main():
     print(f"probekit benchmark: torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"device {args.device}, {time.strftime('%Y-%m-%d %H:%M')}\n{device_line(args.device)}")
     res = {}
-    from probekit.activations.precision import bf16_matrix_units
-
-    bf16 = {d: args.bf16_anyway or bf16_matrix_units(d) for d in {args.device, "cpu"}}
+    bf16 = {d: args.bf16_anyway or "bf16" in timed_precisions(d) for d in {args.device, "cpu"}}
     left_out = [s for s, d in (("fidelity", args.device), ("accuracy", "cpu"), ("weights", "cpu"))
                 if not bf16[d] and s not in args.skip]
     if left_out:

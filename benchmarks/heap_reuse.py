@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-from bench import cpu_line  # noqa: E402
+from bench import cpu_line, timed_precisions  # noqa: E402
 
 CHILD = """
 import ctypes, json, resource, statistics, sys, tempfile, time
@@ -94,10 +94,7 @@ def main() -> None:
                     help="default fp32, and bf16 where the CPU has bf16 matrix units")
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     args = ap.parse_args()
-    if args.precisions is None:
-        from probekit.activations.precision import bf16_matrix_units
-
-        args.precisions = ["fp32"] + (["bf16"] if bf16_matrix_units("cpu") else [])
+    args.precisions = args.precisions or timed_precisions()
     os.environ.setdefault("PROBEKIT_DATA_DIR", str(ROOT.parent / "shared" / "data"))
     modes = [m for m in MODES if m in args.modes]
     res: dict[str, list[dict]] = {m: [] for m in modes}

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import cpu_line  # noqa: E402
+from bench import cpu_line, timed_precisions  # noqa: E402
 
 
 def main() -> None:
@@ -26,7 +26,7 @@ def main() -> None:
     from probekit.activations.batching import make_batches
     from probekit.activations.extract import Extractor
     from probekit.activations.models import load_model
-    from probekit.activations.precision import bf16_matrix_units, forward_context
+    from probekit.activations.precision import forward_context
     from probekit.data.datasets import load_split
 
     ap = argparse.ArgumentParser()
@@ -36,8 +36,7 @@ def main() -> None:
     ap.add_argument("--precisions", default=None,
                     help="comma-separated; default fp32, and bf16 where the CPU has bf16 matrix units")
     args = ap.parse_args()
-    precisions = (args.precisions.split(",") if args.precisions
-                  else ["fp32"] + (["bf16"] if bf16_matrix_units("cpu") else []))
+    precisions = args.precisions.split(",") if args.precisions else timed_precisions()
     lm = load_model("minilm", device="cpu")
     sents = load_split("ud_ewt", "train", limit=args.sentences)
     ex = Extractor(lm)

@@ -132,9 +132,8 @@ else:
                     reason="glibc >= 2.33 on Linux with 4 KiB pages: page reuse is seen through minor faults")
 def test_no_page_is_faulted_in_twice(monkeypatch):
     """In fresh processes: inside `kept_heap` the miniature forward pass above faults in no more pages than the
-    heap holds at the end (6 runs here: 46,359-71,961 faults, heap 67,755-93,355 pages), so no page was handed back
-    and taken again; under glibc's adaptive thresholds it faults the temporary's pages in again round after round
-    (124,314-501,723 faults for a heap of 67,499-70,571 pages in 6 runs here)."""
+    heap holds at the end, so no page was handed back and taken again; under glibc's adaptive thresholds it faults
+    the temporary's pages in again round after round (the measured counts: docs/design.md 23)."""
     for v in heap._USER_VARS + ("GLIBC_TUNABLES",):
         monkeypatch.delenv(v, raising=False)
     root = Path(__file__).resolve().parents[1]
