@@ -147,3 +147,27 @@ def test_no_page_is_faulted_in_twice(monkeypatch):
     assert faults <= pages + 2048, (faults, pages)  # 2,048: the interpreter's own pages outside the heap
     faults, pages = faults_and_pages("default")
     assert faults > 1.25 * pages, (faults, pages)  # the test's own check: without kept_heap pages come back
+
+
+def test_paused_gc_restores_the_collector_as_it_was():
+    import gc
+
+    from probekit.activations.heap import paused_gc
+
+    assert gc.isenabled()
+    with paused_gc():
+        assert not gc.isenabled()
+        with paused_gc():
+            assert not gc.isenabled()
+        assert not gc.isenabled(), "an inner pause must not turn the collector back on"
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with paused_gc():
+            pass
+        assert not gc.isenabled(), "a collector the caller turned off stays off"
+    finally:
+        gc.enable()
+    with pytest.raises(RuntimeError), paused_gc():
+        raise RuntimeError
+    assert gc.isenabled()

@@ -363,3 +363,32 @@ def test_plan_shards_covers_every_sentence_once(words, max_words):
         assert p.index == k and p.sent_end > p.sent_start
         assert p.word_end - p.word_start == sum(words[p.sent_start:p.sent_end])
         assert p.word_end - p.word_start <= max_words or p.sent_end - p.sent_start == 1
+
+
+def test_a_commit_that_fails_on_the_commit_thread_stops_the_run_and_resumes(tmp_path, bert, mini_sents, monkeypatch):
+    # shard k is committed on a thread while shard k+1 is computed: the commit's error must reach the caller, at most
+    # the shards before it stay committed, nothing half-written is left, and the store lock is free for the rerun
+    import errno
+
+    import probekit.activations.writer as writer
+    from probekit.activations.extract import extract
+
+    real, calls = writer.write_shard, []
+
+    def full_on_third(store_dir, index, *a, **k):
+        calls.append(index)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(store_dir, index, *a, **k)
+
+    monkeypatch.setattr(writer, "write_shard", full_on_third)
+    with pytest.raises(OSError, match="No space left"):
+        extract(bert, mini_sents, store_root=tmp_path, shard_words=SHARD_WORDS, progress=False)
+    (store_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert sorted(p.name for p in store_dir.glob("shard-*")) == ["shard-00000", "shard-00001"]
+    assert not list(store_dir.glob(".tmp-*"))
+    monkeypatch.setattr(writer, "write_shard", real)
+    store = extract(bert, mini_sents, store_root=tmp_path, shard_words=SHARD_WORDS, progress=False)
+    assert store.computed_shards == len(store.manifest["shards"]) - 2
+    fresh = extract(bert, mini_sents, store_root=tmp_path / "fresh", shard_words=SHARD_WORDS, progress=False)
+    np.testing.assert_array_equal(store.layer(-1), fresh.layer(-1))

@@ -17,6 +17,7 @@ import functools
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
@@ -33,7 +34,7 @@ from probekit.activations.align import (
     special_layout,
 )
 from probekit.activations.batching import Packing, make_batches, negotiate_packing
-from probekit.activations.heap import kept_heap, trim_if_over
+from probekit.activations.heap import kept_heap, paused_gc, trim_if_over
 from probekit.activations.precision import emulation_warning, forward_context, resolve_precision
 from probekit.activations.sites import check_sites, record_sites, site_layers, site_width
 from probekit.activations.store import (
@@ -359,6 +360,16 @@ def plan_stores(model, ex: "Extractor", sentences: Sequence[Sentence], *, sites:
     return out
 
 
+def _commit_shard(writers, p, got: dict, stats: dict, dtype: str) -> None:
+    """Write shard ``p`` of every site in ``got`` (``{site: (words, {pooling: sentence vectors})}``) in the store's
+    dtype and record it in each site's manifest."""
+    for w in writers:
+        words, sents = got.pop(w.plan.site)
+        arrays = {"words": to_disk(words, dtype), **{f"sent-{k}": to_disk(v, dtype) for k, v in sents.items()}}
+        w.commit(p, arrays, stats)
+        del words, sents, arrays
+
+
 def extract_sites(model, sentences: Sequence[Sentence], *, sites: Sequence[str] = ("resid_post",),
                   layers: Sequence[int] | None = None, dataset: str = "custom", split: str = "custom",
                   data_checksum: str | None = None, store_root: str | os.PathLike | None = None,
@@ -419,7 +430,10 @@ def extract_sites(model, sentences: Sequence[Sentence], *, sites: Sequence[str] 
             bar = progress_bar(total_words, f"extract {Path(model.name).name} {split}", unit="word", enabled=progress)
             # bfloat16 has no numpy dtype: its shards are pooled in float32 and rounded when written
             np_dtype = np.float32 if dtype == "bfloat16" else DTYPES[dtype]
-            with kept_heap():  # one heap kept across the shards, handed back at the end
+            # one heap kept across the shards, handed back at the end; shard k is committed on a thread while shard
+            # k+1 is computed (at most one commit in flight: its error stops the run at the next shard)
+            with kept_heap(), paused_gc(), ThreadPoolExecutor(1, thread_name_prefix="probekit-commit") as committer:
+                pending = None
                 for n_done, p in enumerate(todo):
                     if _stop_after_shards is not None and n_done >= _stop_after_shards:
                         break
@@ -427,14 +441,14 @@ def extract_sites(model, sentences: Sequence[Sentence], *, sites: Sequence[str] 
                     got = ex.encode_sites(sentences[p.sent_start:p.sent_end], sites=[w.plan.site for w in need],
                                           layers={w.plan.site: w.plan.layers for w in need}, out_dtype=np_dtype)
                     stats, ex.stats = ex.stats, {k: 0 for k in ex.stats}
-                    for w in need:
-                        words, sents = got.pop(w.plan.site)
-                        arrays = {"words": to_disk(words, dtype), **{f"sent-{k}": to_disk(v, dtype)
-                                                                     for k, v in sents.items()}}
-                        w.commit(p, arrays, stats)
-                        del words, sents, arrays
+                    if pending is not None:
+                        pending.result()
+                    pending = committer.submit(_commit_shard, need, p, got, stats, dtype)
+                    del got
                     trim_if_over()  # the heap kept for reuse stays bounded over any corpus
                     bar.update(p.word_end - p.word_start)
+                if pending is not None:
+                    pending.result()
             bar.close()
         for w in writers:
             w.finish()

@@ -19,6 +19,7 @@ module changes nothing.
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import threading
 from contextlib import contextmanager
@@ -116,3 +117,20 @@ def trim_if_over(limit: int = KEEP_FREE) -> bool:
         return False
     lib.malloc_trim(0)
     return True
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """Python's cyclic collector off inside the ``with``, as it was on leaving.
+
+    Extraction makes few reference cycles but many long-lived objects (aligned sentences, shard arrays), so the
+    collector's full passes over every object of the process (a loaded treebank holds hundreds of thousands) cost
+    time and find nothing to free (docs/design.md 23). Reference counting still frees everything that is not in a
+    cycle."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
