@@ -171,3 +171,26 @@ def test_paused_gc_restores_the_collector_as_it_was():
     with pytest.raises(RuntimeError), paused_gc():
         raise RuntimeError
     assert gc.isenabled()
+
+
+def test_paused_gc_across_threads_turns_the_collector_on_only_when_the_last_leaves():
+    import gc
+    import threading
+
+    from probekit.activations.heap import paused_gc
+
+    inside, leave = threading.Event(), threading.Event()
+
+    def other():
+        with paused_gc():
+            inside.set()
+            leave.wait(10)
+
+    t = threading.Thread(target=other)
+    with paused_gc():
+        t.start()
+        inside.wait(10)
+    assert not gc.isenabled(), "the other thread is still inside"
+    leave.set()
+    t.join(10)
+    assert gc.isenabled()

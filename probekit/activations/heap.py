@@ -1,5 +1,6 @@
-"""The C heap while extracting: a batch's freed buffers are kept for the next batch instead of being handed back to
-the OS and faulted in again (glibc; elsewhere nothing changes).
+"""Memory while extracting: the C heap keeps a batch's freed buffers for the next batch instead of handing them back
+to the OS to be faulted in again (glibc; elsewhere nothing changes), and Python's cyclic collector is paused
+(:func:`paused_gc`).
 
 Every batch of a forward pass allocates the same buffers again (hidden states, attention and feed-forward
 temporaries, up to tens of MB each). Each page glibc hands back to the OS is taken again by the next batch through a
@@ -46,6 +47,7 @@ class _MallInfo2(ctypes.Structure):
 
 _lock = threading.Lock()
 _depth = 0
+_gc_depth, _gc_was_on = 0, False
 _libc_cache: list = []
 
 
@@ -121,16 +123,23 @@ def trim_if_over(limit: int = KEEP_FREE) -> bool:
 
 @contextmanager
 def paused_gc() -> Iterator[None]:
-    """Python's cyclic collector off inside the ``with``, as it was on leaving.
+    """Python's cyclic collector off inside the ``with``; nests and is thread-safe: the outermost ``with`` turns it
+    off and, on leaving, back on if it was on.
 
     Extraction makes few reference cycles but many long-lived objects (aligned sentences, shard arrays), so the
     collector's full passes over every object of the process (a loaded treebank holds hundreds of thousands) cost
     time and find nothing to free (docs/design.md 23). Reference counting still frees everything that is not in a
     cycle."""
-    was = gc.isenabled()
-    gc.disable()
+    global _gc_depth, _gc_was_on
+    with _lock:
+        if _gc_depth == 0:
+            _gc_was_on = gc.isenabled()
+            gc.disable()
+        _gc_depth += 1
     try:
         yield
     finally:
-        if was:
-            gc.enable()
+        with _lock:
+            _gc_depth -= 1
+            if _gc_depth == 0 and _gc_was_on:
+                gc.enable()
