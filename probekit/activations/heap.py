@@ -45,10 +45,34 @@ class _MallInfo2(ctypes.Structure):
                                                  "fsmblks", "uordblks", "fordblks", "keepcost")]
 
 
-_lock = threading.Lock()
-_depth = 0
-_gc_depth, _gc_was_on = 0, False
 _libc_cache: list = []
+
+
+class _Outermost:
+    """A setting held by nested ``with`` blocks, on any threads: ``on()`` runs when the first is entered, and
+    ``off(what on returned)`` when the last is left (which may be another block, on another thread)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._before = None
+
+    @contextmanager
+    def held(self, on, off) -> Iterator[None]:
+        with self._lock:
+            if self._depth == 0:
+                self._before = on()
+            self._depth += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._depth -= 1
+                if self._depth == 0:
+                    off(self._before)
+
+
+_heap_kept, _gc_paused = _Outermost(), _Outermost()
 
 
 def _libc():
@@ -80,24 +104,21 @@ def _controls():
 def kept_heap() -> Iterator[None]:
     """Keep freed buffers in the heap for reuse inside the ``with`` (module docstring); nests and is thread-safe:
     the outermost ``with`` sets the thresholds and, on leaving, hands the free heap back."""
-    global _depth
     lib = _controls()
     if lib is None:
         yield
         return
-    with _lock:
-        if _depth == 0:
-            lib.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-            lib.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
-        _depth += 1
-    try:
+
+    def on():
+        lib.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        lib.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+
+    def off(_):
+        lib.malloc_trim(0)
+        lib.mallopt(M_TRIM_THRESHOLD, TRIM_AFTER)
+
+    with _heap_kept.held(on, off):
         yield
-    finally:
-        with _lock:
-            _depth -= 1
-            if _depth == 0:
-                lib.malloc_trim(0)
-                lib.mallopt(M_TRIM_THRESHOLD, TRIM_AFTER)
 
 
 def free_heap_bytes() -> int | None:
@@ -130,16 +151,14 @@ def paused_gc() -> Iterator[None]:
     collector's full passes over every object of the process (a loaded treebank holds hundreds of thousands) cost
     time and find nothing to free (docs/design.md 23). Reference counting still frees everything that is not in a
     cycle."""
-    global _gc_depth, _gc_was_on
-    with _lock:
-        if _gc_depth == 0:
-            _gc_was_on = gc.isenabled()
-            gc.disable()
-        _gc_depth += 1
-    try:
+    def on() -> bool:
+        was_on = gc.isenabled()
+        gc.disable()
+        return was_on
+
+    def off(was_on: bool) -> None:
+        if was_on:
+            gc.enable()
+
+    with _gc_paused.held(on, off):
         yield
-    finally:
-        with _lock:
-            _gc_depth -= 1
-            if _gc_depth == 0 and _gc_was_on:
-                gc.enable()
